@@ -1,0 +1,1 @@
+"""Database access: engine and pools, Core tables, bulk writer."""

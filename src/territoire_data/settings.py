@@ -1,0 +1,114 @@
+"""Every knob of the platform, read from TERRITOIRE_* environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from territoire_data.errors import ConfigurationError
+
+ENV_PREFIX = "TERRITOIRE_"
+
+
+class Settings(BaseSettings):
+    """Platform settings; built once in an entry point and passed down, never read at import time."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field(description="postgresql://user:password@host:5432/dbname")
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts://user:pass@host:port")
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    base_url: str = Field(default="http://127.0.0.1:8000", description="public URL used in links")
+
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=5, ge=0, le=500)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    ingest_batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
+    ingest_batch_ms: int = Field(default=200, ge=1, le=60_000)
+    ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError("must start with postgresql://")
+        if not parts.hostname and "host=" not in (parts.query or ""):
+            raise ValueError("must name a host, e.g. postgresql://user@127.0.0.1:5432/territoire")
+        if not parts.path.strip("/"):
+            raise ValueError("must name a database, e.g. postgresql://user@127.0.0.1:5432/territoire")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("must name a host, e.g. mqtt://127.0.0.1:1883")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError("has a malformed port") from exc
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://data.example.fr")
+        return value.rstrip("/")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL in the form SQLAlchemy's asyncpg dialect wants."""
+        scheme, rest = self.database_url.split("://", 1)
+        return f"postgresql+asyncpg://{rest}" if scheme != "postgresql+asyncpg" else self.database_url
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The database URL in the form asyncpg wants."""
+        return "postgresql://" + self.database_url.split("://", 1)[1]
+
+    def redacted_database_url(self) -> str:
+        """The database URL without its password, fit for logs."""
+        return redact_url(self.database_url)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL (for logs and messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation failure into one clear line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        variable = ENV_PREFIX + field.upper()
+        if first["type"] == "missing":
+            message = f"{variable} is not set"
+        else:
+            message = f"{variable} is invalid: {first['msg'].removeprefix('Value error, ')}"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more setting{'s' if more > 1 else ''} wrong)"
+        raise ConfigurationError(message) from None
