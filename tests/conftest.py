@@ -281,3 +281,19 @@ class TcpProxy:
 
     async def heal(self) -> None:
         await self.start()
+
+
+# --- API keys --------------------------------------------------------------------------------------------
+
+
+async def make_key(engine: AsyncEngine, role: str, grants: list[tuple[str, str]] | None = None) -> str:
+    """Create an API key of `role` with grants [(dataset slug, 'read'|'write')]; returns the clear key."""
+    from territoire_data.auth.keys import create_key
+
+    async with engine.begin() as conn:
+        return (await create_key(conn, name=f"test {role}", role=role, grants=grants)).key
+
+
+@pytest.fixture
+async def admin_key(engine: AsyncEngine, db: asyncpg.Connection) -> str:
+    return await make_key(engine, "admin")

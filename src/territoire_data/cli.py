@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(help="Load data: files (CSV, GeoJSON) and MQTT streams.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,6 +125,89 @@ def openapi(
             handle.write(text)
     else:
         sys.stdout.write(text)
+
+
+def run_with_connection(settings: Settings, work: Callable[[Any], Any], *, write: bool = False) -> Any:
+    """Run `work(conn)` on one connection (in a transaction when writing) and return its result."""
+    from territoire_data.db.engine import create_engine
+
+    async def runner() -> Any:
+        engine = create_engine(settings, pool_size=1, application_name="cli")
+        try:
+            if write:
+                async with engine.begin() as conn:
+                    return await work(conn)
+            async with engine.connect() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(runner())
+
+
+@keys_app.command("create")
+@clear_errors
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, publisher or reader")],
+    name: Annotated[str, typer.Option(help="Who or what uses the key")],
+    grant: Annotated[list[str] | None, typer.Option(help="DATASET:read or DATASET:write (repeatable)")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry, ISO 8601 (e.g. 2027-06-30)")] = None,
+) -> None:
+    """Create an API key; the key is printed once and stored only as a hash."""
+    from datetime import datetime
+
+    from territoire_data.auth import keys
+    from territoire_data.auth.audit import record
+    from territoire_data.errors import ValidationFailedError
+
+    settings = settings_for_command()
+    grants = []
+    for item in grant or []:
+        slug, sep, permission = item.rpartition(":")
+        if not sep:
+            raise ValidationFailedError(f"--grant {item!r}: expected DATASET:read or DATASET:write")
+        grants.append((slug, permission))
+    expires_at = datetime.fromisoformat(expires).astimezone() if expires else None
+
+    async def work(conn: Any) -> Any:
+        new = await keys.create_key(conn, name=name, role=role, expires_at=expires_at, grants=grants)
+        await record(conn, "cli", "key.create", "api_key", new.id, details={"prefix": new.prefix, "role": role})
+        return new
+
+    new = run_with_connection(settings, work, write=True)
+    typer.echo(f"created key {new.id} (prefix {new.prefix}, role {role}); it is shown only now:", err=True)
+    typer.echo(new.key)
+
+
+@keys_app.command("list")
+@clear_errors
+def keys_list() -> None:
+    """List keys (prefix, role, grants, state); secrets are never shown."""
+    from territoire_data.auth import keys
+
+    settings = settings_for_command()
+    rows = run_with_connection(settings, keys.list_keys)
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        grants = ",".join(row["grants"]) or "-"
+        typer.echo(f"{row['id']}\t{row['prefix']}\t{row['role']}\t{state}\t{row['name']}\t{grants}")
+
+
+@keys_app.command("revoke")
+@clear_errors
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix")]) -> None:
+    """Revoke a key (it stops working at once in this process, within seconds in the API)."""
+    from territoire_data.auth import keys
+    from territoire_data.auth.audit import record
+
+    settings = settings_for_command()
+
+    async def work(conn: Any) -> int:
+        key_id = await keys.revoke_key(conn, key)
+        await record(conn, "cli", "key.revoke", "api_key", key_id)
+        return key_id
+
+    typer.echo(f"revoked key {run_with_connection(settings, work, write=True)}")
 
 
 def main() -> None:

@@ -54,7 +54,16 @@ async def _territoire_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TerritoireError)
     if exc.status >= 500:
         logger.error("%s on %s: %s", type(exc).__name__, request.url.path, exc.detail)
-    return problem(exc.status, exc.title, exc.detail, type_slug=exc.type_slug, instance=request.url.path, **exc.extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="territoire-data"'} if exc.status == 401 else None
+    return problem(
+        exc.status,
+        exc.title,
+        exc.detail,
+        type_slug=exc.type_slug,
+        instance=request.url.path,
+        headers=headers,
+        **exc.extra,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
