@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     ingest_batch_ms: int = Field(default=200, ge=1, le=60_000)
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1)
 
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="request body limit")
+    max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024, description="file upload limit")
+    rate_limit_per_minute: int = Field(default=1200, ge=0, description="per IP without a key; 0 disables")
+    rate_limit_key_per_minute: int = Field(default=6000, ge=1, description="per API key")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     cors_origins: list[str] = Field(default_factory=list)

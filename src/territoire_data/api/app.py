@@ -10,7 +10,6 @@ import swagger_ui_bundle
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
@@ -20,6 +19,7 @@ from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
+from territoire_data.api.security import BodyLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
 from territoire_data.auth import routes as auth_routes
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
@@ -59,7 +59,15 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    # Added innermost first: headers, body limit, rate limit, CORS, metrics, then the request id outermost.
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    if settings.rate_limit_per_minute:
+        app.add_middleware(
+            RateLimitMiddleware,
+            anonymous_per_minute=settings.rate_limit_per_minute,
+            key_per_minute=settings.rate_limit_key_per_minute,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -68,6 +76,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
             expose_headers=["X-Request-ID", "ETag", "Content-Crs", "Link"],
         )
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 
     app.include_router(health.router)
@@ -76,18 +85,30 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     return app
 
 
+DOCS_PAGE = """<!doctype html>
+<html lang="fr">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>territoire-data — API</title>
+<link rel="stylesheet" href="{root}/static/docs/swagger-ui.css">
+<link rel="icon" type="image/png" href="{root}/static/docs/favicon-32x32.png">
+</head>
+<body>
+<main id="swagger-ui" data-openapi-url="{root}/openapi.json"></main>
+<script src="{root}/static/docs/swagger-ui-bundle.js"></script>
+<script src="{root}/static/api/docs-init.js"></script>
+</body>
+</html>
+"""
+
+
 def _mount_docs(app: FastAPI) -> None:
-    """Swagger UI from the swagger-ui-bundle package, served by us: no CDN."""
-    assets = Path(swagger_ui_bundle.swagger_ui_path)
-    app.mount("/static/docs", StaticFiles(directory=assets), name="docs-assets")
+    """Swagger UI from the swagger-ui-bundle-v2 package, served by us: no CDN, no inline script (CSP)."""
+    app.mount("/static/docs", StaticFiles(directory=Path(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
+    app.mount("/static/api", StaticFiles(directory=Path(__file__).parent / "static"), name="api-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}/openapi.json",
-            title="territoire-data — API",
-            swagger_js_url=f"{root}/static/docs/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/static/docs/swagger-ui.css",
-            swagger_favicon_url=f"{root}/static/docs/favicon-32x32.png",
-        )
+        return HTMLResponse(DOCS_PAGE.format(root=root))

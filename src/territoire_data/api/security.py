@@ -1,0 +1,162 @@
+"""Hardening middleware: security headers, request body limits and rate limits (429 with Retry-After)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from territoire_data.api.errors import problem
+
+# No inline script or style anywhere: pages load their scripts from /static; maps draw in blob workers.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "font-src 'self'; connect-src 'self'; worker-src 'self' blob:; child-src blob:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"geolocation=(), camera=(), microphone=()"),
+]
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name for name, _ in message.get("headers", [])}
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    *((name, value) for name, value in SECURITY_HEADERS if name not in present),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit (413), by Content-Length up front or by counting a streamed body.
+
+    Upload paths (`.../imports`) get the larger upload limit; they stream to disk, never to memory.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_upload if scope["path"].rstrip("/").endswith("/imports") else self.max_body
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, receive, send, limit)
+                return
+        received = 0
+        started = False
+        refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Answer now; the app sees a disconnected client and whatever it sends is dropped.
+                    refused = True
+                    if not started:
+                        await self._refuse(scope, receive, send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting_receive, tracking_send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem(
+            413,
+            "Payload too large",
+            f"the request body is over the limit of {limit} bytes",
+            type_slug="payload-too-large",
+        )
+        await response(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    """Per-client rate limits in this process: by API key prefix when one is sent, else by IP address.
+
+    A request with a key also counts against a generous per-IP limit, so made-up keys cannot dodge the IP limit.
+    Operations endpoints (/health, /ready, /metrics) are never limited.
+    """
+
+    EXEMPT = ("/health", "/ready", "/metrics")
+
+    def __init__(self, app: ASGIApp, anonymous_per_minute: int, key_per_minute: int) -> None:
+        self.app = app
+        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.anonymous: RateLimitItem = RateLimitItemPerMinute(anonymous_per_minute)
+        self.keyed: RateLimitItem = RateLimitItemPerMinute(key_per_minute)
+        self.keyed_ip: RateLimitItem = RateLimitItemPerMinute(max(key_per_minute, anonymous_per_minute * 10))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        ip = scope["client"][0] if scope.get("client") else "unknown"
+        prefix = _key_prefix(scope)
+        checks = (
+            [(self.keyed, f"key:{prefix}"), (self.keyed_ip, f"keyed-ip:{ip}")]
+            if prefix
+            else [(self.anonymous, f"ip:{ip}")]
+        )
+        for item, identity in checks:
+            if not self.limiter.hit(item, identity):
+                reset = self.limiter.get_window_stats(item, identity).reset_time
+                retry = max(1, math.ceil(reset - time.time()))
+                response = problem(
+                    429,
+                    "Too many requests",
+                    f"rate limit of {item.amount} requests per minute reached; retry in {retry} s",
+                    type_slug="too-many-requests",
+                    headers={"Retry-After": str(retry)},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _key_prefix(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name in (b"authorization", b"x-api-key"):
+            token: str = value.decode("latin-1").split(" ")[-1]
+            if token.startswith("td_") and len(token) > 12:
+                return token[3:11]
+            return "malformed"
+    return None
