@@ -125,6 +125,29 @@ def openapi(
         sys.stdout.write(text)
 
 
+@ingest_app.command("mqtt")
+@clear_errors
+def ingest_mqtt(
+    connector: Annotated[str, typer.Argument(help="Connector definition, e.g. connectors/chirpstack-v4.yaml")],
+    client_id: Annotated[
+        str | None, typer.Option(help="MQTT client id (stable: it names the persistent session); one per worker")
+    ] = None,
+    shared_group: Annotated[
+        str | None, typer.Option(help="Share the subscription with other workers of this group ($share/GROUP/...)")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+) -> None:
+    """Run a long-lived MQTT ingest worker for one connector (stops cleanly on SIGTERM)."""
+    from territoire_data.ingest.mqtt.config import load_connector
+    from territoire_data.ingest.mqtt.worker import run_until_signalled
+
+    settings = settings_for_command()
+    config = load_connector(connector)
+    if shared_group:
+        config = config.model_copy(update={"shared_group": shared_group})
+    asyncio.run(run_until_signalled(settings, config, client_id=client_id, metrics_port=metrics_port))
+
+
 def main() -> None:
     app()
 

@@ -20,6 +20,7 @@ REASONS = (
     "no_values",
     "unknown_device",
     "unknown_datastream",
+    "store_failed",
 )
 
 
@@ -74,7 +75,7 @@ class Ignored:
     kind: str
 
 
-class Rejection(Exception):  # noqa: N818 - it is a verdict on a message, not a program error
+class Rejection(Exception):
     """A message that cannot be stored, with one of REASONS and a human-readable detail."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from territoire_data.ingest.mqtt.config import ConnectorConfig, JsonValueSpec
 from territoire_data.ingest.model import Decoded, Device, Ignored, Position, Reading, Rejection
+from territoire_data.ingest.mqtt.config import ConnectorConfig, JsonValueSpec
 
 MAX_QUANTITY_LENGTH = 100
 MAX_DEVICE_LENGTH = 200
@@ -208,24 +208,24 @@ def _best_rx(rx: Any, rssi_key: str, snr_key: str) -> dict[str, float]:
     best: dict[str, float] = {}
     if isinstance(rx, list):
         for item in rx:
-            if isinstance(item, dict) and isinstance(item.get(rssi_key), int | float):
-                if not best or item[rssi_key] > best["rssi"]:
-                    best = {"rssi": float(item[rssi_key])}
-                    if isinstance(item.get(snr_key), int | float):
-                        best["snr"] = float(item[snr_key])
+            rssi = item.get(rssi_key) if isinstance(item, dict) else None
+            if isinstance(rssi, int | float) and (not best or rssi > best["rssi"]):
+                best = {"rssi": float(rssi)}
+                if isinstance(item.get(snr_key), int | float):
+                    best["snr"] = float(item[snr_key])
     return best
 
 
 RX_UNITS: dict[str, str | None] = {"rssi": "dB[mW]", "snr": "dB"}
 
-CHIRPSTACK_EVENT = re.compile(r"^application/[^/]+/device/[^/]+/event/([^/]+)$")
+CHIRPSTACK_EVENT = re.compile(r"(?:^|/)application/[^/]+/device/[^/]+/event/([^/]+)$")
 CHIRPSTACK_IGNORED = {"join", "ack", "txack", "log", "location", "integration"}
 
 
 def decode_chirpstack_v4(topic: str, data: Any, config: ConnectorConfig, now: datetime) -> Decoded:
     """ChirpStack v4 integration events (JSON): `up` and `status` carry measurements; others are ignored."""
     payload = _require_object(data, "a ChirpStack event")
-    match = CHIRPSTACK_EVENT.match(topic)
+    match = CHIRPSTACK_EVENT.search(topic)
     if match:
         event = match.group(1)
     elif "fPort" in payload or "object" in payload or "data" in payload:
@@ -242,7 +242,7 @@ def decode_chirpstack_v4(topic: str, data: Any, config: ConnectorConfig, now: da
     if not isinstance(info, dict):
         raise Rejection("missing_device", "no deviceInfo")
     eui = _device_key(info.get("devEui"), "deviceInfo.devEui").lower()
-    tags = info.get("tags") if isinstance(info.get("tags"), dict) else {}
+    tags: dict[str, Any] = info["tags"] if isinstance(info.get("tags"), dict) else {}
     position = _position(
         tags.get("latitude", tags.get("lat")), tags.get("longitude", tags.get("lon")), tags.get("altitude")
     )
@@ -270,8 +270,8 @@ def decode_chirpstack_v4(topic: str, data: Any, config: ConnectorConfig, now: da
     obj = payload.get("object")
     if obj is not None and not isinstance(obj, dict):
         raise Rejection("wrong_type", f"object is a {type(obj).__name__}, not a JSON object")
-    parameters = {"deduplicationId": payload.get("deduplicationId"), "fCnt": payload.get("fCnt")}
-    parameters = {k: v for k, v in parameters.items() if v is not None} or None
+    found = {"deduplicationId": payload.get("deduplicationId"), "fCnt": payload.get("fCnt")}
+    parameters = {k: v for k, v in found.items() if v is not None} or None
     readings = readings_from_object(config, device, time, obj or {}, parameters=parameters)
     if config.rx_metadata:
         readings += readings_from_object(
@@ -304,7 +304,7 @@ def decode_ttn_v3(topic: str, data: Any, config: ConnectorConfig, now: datetime)
         chosen = locations.get("user") or locations.get("frm-payload") or next(iter(locations.values()))
         if isinstance(chosen, dict):
             position = _position(chosen.get("latitude"), chosen.get("longitude"), chosen.get("altitude"))
-    versions = uplink.get("version_ids") if isinstance(uplink.get("version_ids"), dict) else {}
+    versions: dict[str, Any] = uplink["version_ids"] if isinstance(uplink.get("version_ids"), dict) else {}
     model = "/".join(str(versions[k]) for k in ("brand_id", "model_id") if versions.get(k)) or None
     properties: dict[str, Any] = {"device_id": device_id}
     if app:
@@ -401,7 +401,7 @@ def decode_senml(topic: str, data: Any, config: ConnectorConfig, now: datetime) 
             time = now + timedelta(seconds=seconds if has_time else 0)
         else:
             time = parse_time(seconds, "SenML time")
-        unit_text = record["u"] if "u" in record else base_unit
+        unit_text = record.get("u", base_unit)
         if unit_text is not None and not isinstance(unit_text, str):
             raise Rejection("wrong_type", "SenML field 'u' must be a string")
         spec = config.quantity(quantity)
@@ -488,5 +488,7 @@ def decode_payload(
     horizon = now + timedelta(seconds=config.max_future_seconds)
     for reading in result:
         if reading.time > horizon:
-            raise Rejection("future_time", f"time {reading.time.isoformat()} is beyond now + {config.max_future_seconds} s")
+            raise Rejection(
+                "future_time", f"time {reading.time.isoformat()} is beyond now + {config.max_future_seconds} s"
+            )
     return result
