@@ -243,7 +243,11 @@ def json_connector(**extra: Any) -> ConnectorConfig:
 
 
 def test_json_mapping_reads_device_time_values_units_and_position() -> None:
-    payload = {"meta": {"id": "aq-7", "lat": 47.21, "lon": -1.55}, "ts": 1764331200000, "data": {"temp": 8.5, "pm": [12]}}
+    payload = {
+        "meta": {"id": "aq-7", "lat": 47.21, "lon": -1.55},
+        "ts": 1764331200000,
+        "data": {"temp": 8.5, "pm": [12]},
+    }
     readings = decode(json_connector(), payload)
     assert {(r.quantity, r.value, r.unit) for r in readings} == {("temperature", 8.5, "Cel"), ("pm10", 12.0, "ug/m3")}
     assert readings[0].device.key == "aq-7"
@@ -311,7 +315,9 @@ def test_connector_errors_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="decoder"):
         parse_connector({"name": "x", "decoder": "xml", "topics": ["a"], "dataset": {"slug": "a", "title": "A"}})
     with pytest.raises(ConfigurationError, match="shared_group"):
-        parse_connector({"name": "x", "decoder": "senml", "topics": ["$share/g/a"], "dataset": {"slug": "a", "title": "A"}})
+        parse_connector(
+            {"name": "x", "decoder": "senml", "topics": ["$share/g/a"], "dataset": {"slug": "a", "title": "A"}}
+        )
     with pytest.raises(ConfigurationError, match="not found"):
         load_connector(tmp_path / "missing.yaml")
 
