@@ -108,9 +108,9 @@ class RunningWorker:
 
 
 async def until(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 20, what: str = "condition"
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         result = condition()
         if not isinstance(result, bool):

@@ -72,11 +72,11 @@ async def test_broker_restart_mid_stream_loses_nothing_and_duplicates_nothing(
         generation = worker.worker.source.generation
         broker.stop()  # saves its persistence: queued and in-flight messages of the worker's session
         broker.start()
-        await until(lambda: worker.worker.source.generation > generation, timeout=30, what="worker reconnected")
+        await until(lambda: worker.worker.source.generation > generation, seconds=30, what="worker reconnected")
         publisher = Publisher(broker.url)
         publisher.publish_all(uplinks(topic_prefix, 3000, 3500))  # type: ignore[arg-type]
         publisher.close()
-        await until(lambda: _observations(db, 7000), timeout=60, what="all 3500 messages stored")
+        await until(lambda: _observations(db, 7000), seconds=60, what="all 3500 messages stored")
     finally:
         await worker.stop()
         broker.stop()
@@ -106,7 +106,7 @@ async def test_database_outage_mid_stream_loses_nothing_and_duplicates_nothing(
         assert worker.worker.source.acknowledged == acknowledged, "nothing acknowledged while the database is away"
         await proxy.heal()
         thread.join(30)
-        await until(lambda: _observations(db, 6000), timeout=60, what="all 3000 messages stored")
+        await until(lambda: _observations(db, 6000), seconds=60, what="all 3000 messages stored")
         await until(lambda: worker.worker.source.acknowledged >= 3000, what="all acknowledged")
     finally:
         await worker.stop()
@@ -152,7 +152,7 @@ async def test_worker_killed_mid_batch_then_restarted_loses_nothing_and_duplicat
         assert stored_at_kill < 8000, "the kill must come mid-stream"
         thread.join(30)
         process = _worker_process(settings, connector, client_id, log)
-        await until(lambda: _observations(db, 8000), timeout=60, what="all 4000 messages stored after restart")
+        await until(lambda: _observations(db, 8000), seconds=60, what="all 4000 messages stored after restart")
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, log.read_text()[-2000:]
     finally:
@@ -172,7 +172,7 @@ async def test_two_workers_share_a_subscription_without_loss_or_duplicate(
         publisher = Publisher(mqtt_url)
         publisher.publish_all(uplinks(topic_prefix, 0, 4000))  # type: ignore[arg-type]
         publisher.close()
-        await until(lambda: _observations(db, 8000), timeout=60, what="all stored")
+        await until(lambda: _observations(db, 8000), seconds=60, what="all stored")
         await until(
             lambda: first.worker.source.acknowledged + second.worker.source.acknowledged >= 4000, what="all acked"
         )
@@ -180,7 +180,8 @@ async def test_two_workers_share_a_subscription_without_loss_or_duplicate(
         await first.stop()
         await second.stop()
     a, b = first.worker.source.received, second.worker.source.received
-    assert a > 0 and b > 0, (a, b)
+    assert a > 0, (a, b)
+    assert b > 0, (a, b)
     assert a + b == 4000  # each message went to exactly one worker
     await assert_exactly(db, 4000)
     assert await count(db, "SELECT count(*) FROM thing") == 10

@@ -325,3 +325,39 @@ def test_connector_errors_are_one_clear_line(tmp_path: Path) -> None:
 def test_shared_group_subscribes_to_shared_topics() -> None:
     config = connector("senml", shared_group="workers")
     assert config.subscriptions() == ["$share/workers/t/#"]
+
+
+def test_senml_lat_lon_records_give_the_device_position_not_readings() -> None:
+    pack = [
+        {"bn": "urn:dev:nantes:sonometre-01:", "bt": 1.7e9, "n": "laeq", "u": "dB", "v": 61.5},
+        {"n": "lat", "u": "lat", "v": 47.2147},
+        {"n": "lon", "u": "lon", "v": -1.5531},
+    ]
+    (reading,) = decode(connector("senml"), pack)
+    assert reading.quantity == "laeq"
+    assert reading.device.position is not None
+    assert (reading.device.position.latitude, reading.device.position.longitude) == (47.2147, -1.5531)
+
+
+def test_simulated_traffic_is_accepted_by_the_shipped_connectors() -> None:
+    from territoire_data.ingest.mqtt.simulate import traffic
+
+    configs = {
+        "application/": load_connector(CONNECTORS / "chirpstack-v4.yaml"),
+        "v3/": load_connector(CONNECTORS / "ttn-v3.yaml"),
+        "senml/": load_connector(CONNECTORS / "senml.yaml"),
+    }
+    kinds: dict[str, int] = {}
+    stream = traffic(seed=1)
+    for _ in range(200):
+        topic, payload = next(stream)
+        config = next(c for start, c in configs.items() if topic.startswith(start))
+        readings = decode_payload(topic, payload, config, datetime.now(UTC), LIMIT)
+        assert isinstance(readings, list)
+        assert all(r.device.position is not None for r in readings)
+        for reading in readings:
+            kinds[reading.quantity] = kinds.get(reading.quantity, 0) + 1
+            spec = config.quantity(reading.quantity)
+            assert spec is not None, reading.quantity
+            assert spec.unit == reading.unit or (spec.unit is None and reading.unit is None) or reading.unit == "dB"
+    assert set(kinds) >= {"pm10", "pm2_5", "no2", "temperature", "humidity", "count", "occupied", "battery", "laeq"}

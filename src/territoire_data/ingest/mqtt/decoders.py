@@ -10,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -352,6 +353,7 @@ def decode_senml(topic: str, data: Any, config: ConnectorConfig, now: datetime) 
     topic_device = topic.rsplit("/", 1)[-1]
     readings: list[Reading] = []
     devices: dict[str, Device] = {}
+    coordinates: dict[str, dict[str, float]] = {}
     for index, record in enumerate(pack):
         if not isinstance(record, dict):
             raise Rejection("wrong_type", f"SenML record {index} is not a JSON object")
@@ -404,6 +406,10 @@ def decode_senml(topic: str, data: Any, config: ConnectorConfig, now: datetime) 
         unit_text = record.get("u", base_unit)
         if unit_text is not None and not isinstance(unit_text, str):
             raise Rejection("wrong_type", "SenML field 'u' must be a string")
+        if (quantity in ("lat", "lon") or unit_text in ("lat", "lon")) and isinstance(raw, float):
+            # RFC 8428 position records: where the device is, not a measurement.
+            coordinates.setdefault(device_key, {})["lat" if (unit_text or quantity) == "lat" else "lon"] = raw
+            continue
         spec = config.quantity(quantity)
         if spec is None and config.only_known_quantities:
             continue
@@ -416,6 +422,11 @@ def decode_senml(topic: str, data: Any, config: ConnectorConfig, now: datetime) 
         readings.append(Reading(device, quantity, time, value, unit=unit, parameters=parameters))
     if not readings:
         raise Rejection("no_values", "SenML pack has no value")
+    for key, where in coordinates.items():
+        position = _position(where.get("lat"), where.get("lon"))
+        if position is not None and key in devices:
+            located = replace(devices[key], position=position)
+            readings = [replace(r, device=located) if r.device.key == key else r for r in readings]
     return readings
 
 
