@@ -82,7 +82,7 @@ class SimDevice:
 
 def demo_devices(seed: int = 44) -> list[SimDevice]:
     """The demo territory's 40 devices, at stable identifiers and positions."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - demo values, reproducible on purpose
     devices: list[SimDevice] = []
     for i, (place, lat, lon) in enumerate(AIR_SITES):
         devices.append(SimDevice("air", f"a84041000018{i:04x}", f"Qualité de l'air – {place}", lat, lon))
@@ -221,7 +221,7 @@ def message(device: SimDevice, now: datetime, rng: random.Random, prefix: str = 
 
 def traffic(seed: int = 44, prefix: str = "") -> Iterator[tuple[str, bytes]]:
     """An endless stream of demo messages, devices taken in turn in a shuffled order."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - demo values, reproducible on purpose
     devices = demo_devices(seed)
     while True:
         rng.shuffle(devices)
