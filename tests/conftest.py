@@ -142,6 +142,8 @@ class MosquittoProcess:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="td-mosquitto-"))
+        # Mosquitto started as root drops to the `mosquitto` user: it must be able to write its persistence here.
+        self.dir.chmod(0o777)
         self.process: subprocess.Popen[bytes] | None = None
         shipped = (ROOT / "deploy" / "mosquitto" / "territoire.conf").read_text()
         (self.dir / "mosquitto.conf").write_text(

@@ -210,6 +210,50 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix")]) ->
     typer.echo(f"revoked key {run_with_connection(settings, work, write=True)}")
 
 
+@ingest_app.command("mqtt")
+@clear_errors
+def ingest_mqtt(
+    connector: Annotated[str, typer.Argument(help="Connector definition, e.g. connectors/chirpstack-v4.yaml")],
+    client_id: Annotated[
+        str | None, typer.Option(help="MQTT client id (stable: it names the persistent session); one per worker")
+    ] = None,
+    shared_group: Annotated[
+        str | None, typer.Option(help="Share the subscription with other workers of this group ($share/GROUP/...)")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+) -> None:
+    """Run a long-lived MQTT ingest worker for one connector (stops cleanly on SIGTERM)."""
+    from territoire_data.ingest.mqtt.config import load_connector
+    from territoire_data.ingest.mqtt.worker import run_until_signalled
+
+    settings = settings_for_command()
+    config = load_connector(connector)
+    if shared_group:
+        config = config.model_copy(update={"shared_group": shared_group})
+    asyncio.run(run_until_signalled(settings, config, client_id=client_id, metrics_port=metrics_port))
+
+
+@app.command()
+@clear_errors
+def simulate(
+    rate: Annotated[float, typer.Option(min=0.01, help="Messages per second, all devices together")] = 5.0,
+    duration: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds")] = None,
+    count: Annotated[int | None, typer.Option(min=0, help="Stop after this many messages")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same devices and values)")] = 44,
+    prefix: Annotated[str, typer.Option(help="Prefix every topic with this (e.g. for a test)")] = "",
+    mqtt_url: Annotated[
+        str, typer.Option(envvar="TERRITOIRE_MQTT_URL", help="Broker (default: TERRITOIRE_MQTT_URL)")
+    ] = "mqtt://127.0.0.1:1883",
+) -> None:
+    """Publish demo sensor traffic for Nantes (ChirpStack, TTN and SenML) until stopped, --duration or --count."""
+    from territoire_data.ingest.mqtt.simulate import demo_devices, run_simulation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(f"simulating {len(demo_devices())} devices at {rate:g} msg/s (Ctrl-C to stop)")
+    published = run_simulation(mqtt_url, rate=rate, duration=duration, count=count, seed=seed, prefix=prefix)
+    typer.echo(f"{published} messages published")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,193 @@
+"""The broker side of the MQTT worker: a paho-mqtt 2 client with a persistent session and manual acknowledgement.
+
+paho's network thread converts each message to an `InboundMessage` and puts it in a bounded queue; when the queue
+is full it blocks, which stops reading the socket (back-pressure: the broker keeps the rest, our shipped broker
+config never drops it). With MQTT 5 the broker is also told our Receive Maximum, so it never sends more
+unacknowledged messages than the queue holds. Acknowledgements go back only for messages of the current
+connection: after a reconnect the broker redelivers the others, and the idempotent write absorbs the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from territoire_data.ingest.model import InboundMessage
+from territoire_data.ingest.mqtt.config import ConnectorConfig
+from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_RECEIVE_MAXIMUM = 65_535
+
+
+class MqttSource:
+    """Subscribes with QoS 1 on a persistent session and hands messages over through a bounded queue."""
+
+    def __init__(self, settings: Settings, config: ConnectorConfig, *, client_id: str, queue_size: int) -> None:
+        broker = config.broker
+        self.config = config
+        self.client_id = client_id
+        self.address = parse_mqtt_url(broker.url or settings.mqtt_url)
+        self.v5 = broker.protocol == "5"
+        self.queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
+        self.receive_maximum = min(MAX_RECEIVE_MAXIMUM, queue_size)
+        self.generation = 0
+        self.received = 0
+        self.acknowledged = 0
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._waiting = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else False,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        username = broker.username or self.address.username
+        password = broker.password or self.address.password
+        if username:
+            client.username_pw_set(username, password)
+        ca_file = broker.ca_file or settings.mqtt_ca_file
+        if self.address.tls or ca_file:
+            context = ssl.create_default_context(cafile=ca_file)
+            cert_file = broker.cert_file or settings.mqtt_cert_file
+            if cert_file:
+                context.load_cert_chain(cert_file, broker.key_file or settings.mqtt_key_file)
+            client.tls_set_context(context)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self.client = client
+
+    # --- paho's network thread -------------------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            logger.error("broker refused the connection of %s: %s", self.client_id, reason)
+            return
+        self.generation += 1
+        logger.info("connected to %r as %s (session present: %s)", self.address, self.client_id, flags.session_present)
+        topics = self.config.subscriptions()
+        if self.v5:
+            client.subscribe([(topic, SubscribeOptions(qos=self.config.qos)) for topic in topics])
+        else:
+            client.subscribe([(topic, int(self.config.qos)) for topic in topics])
+        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        failures = [r for r in reasons if r.is_failure]
+        if failures:
+            logger.error("subscription refused by the broker: %s", failures[0])
+            return
+        logger.info("subscribed to %s", ", ".join(self.config.subscriptions()))
+        self.subscribed.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if reason.is_failure:
+            logger.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = bytes(message._topic).decode("utf-8", errors="replace")
+        inbound = InboundMessage(
+            topic=topic,
+            payload=bytes(message.payload),
+            mid=message.mid,
+            qos=message.qos,
+            received=time.monotonic(),
+            generation=self.generation,
+        )
+        self.queue.put(inbound)  # blocks when full: back-pressure onto the socket and the broker
+        self.received += 1
+        if self._waiting and self._loop is not None and self._wakeup is not None:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    # --- the pipeline's side ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (paho retries with backoff until the broker answers)."""
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        properties = None
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.config.broker.session_expiry_seconds
+            properties.ReceiveMaximum = self.receive_maximum
+        self.client.connect_async(
+            self.address.host,
+            self.address.port,
+            keepalive=self.config.broker.keepalive,
+            clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    def get_nowait(self) -> InboundMessage | None:
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    async def wait(self, seconds: float) -> None:
+        """Wait until a message is queued or `seconds` pass."""
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        self._waiting = True
+        try:
+            if not self.queue.empty():
+                return
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiting = False
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    def ack(self, messages: Sequence[InboundMessage]) -> int:
+        """Acknowledge stored messages that came on the current connection; returns how many were acked."""
+        generation = self.generation
+        done = 0
+        for message in messages:
+            current = message.generation == generation
+            acked = message.qos == 0 or (current and self.client.ack(message.mid, message.qos) == 0)
+            done += acked
+        self.acknowledged += len(messages)
+        return done
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (after the acknowledgements already queued) and stop the network thread."""
+        try:
+            self.client.disconnect()
+        finally:
+            deadline = time.monotonic() + timeout
+            while self.client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.client.loop_stop()

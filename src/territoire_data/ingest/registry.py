@@ -1,0 +1,287 @@
+"""SensorThings entities for incoming readings: Things, Locations, Sensors, ObservedProperties, Datastreams.
+
+Resolved set-wise per batch by their unique `external_key` (INSERT ... ON CONFLICT, then one SELECT), cached in
+memory by key, so a batch of known devices costs no query at all. The cache is only filled after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from territoire_data.ingest.model import Device, Position, Reading
+
+logger = logging.getLogger(__name__)
+
+OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
+OBSERVATION_TYPES = {
+    "number": OM + "OM_Measurement",
+    "boolean": OM + "OM_TruthObservation",
+    "string": OM + "OM_CategoryObservation",
+    "json": OM + "OM_Observation",
+}
+UCUM = "http://unitsofmeasure.org/ucum.html"
+
+
+def value_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, float | int):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityInfo:
+    """What the connector says of a quantity (ObservedProperty name, definition, unit name)."""
+
+    name: str
+    definition: str = ""
+    description: str = ""
+    unit_name: str | None = None
+
+
+@dataclass
+class Resolution:
+    """What one batch's registration found: datastream ids, positions written, and pairs it could not resolve."""
+
+    datastreams: dict[tuple[str, str], int] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)
+    unresolved: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    """Entities to create or look up for one batch, keyed by external key; filled from readings."""
+
+    things: dict[str, Device] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)
+    sensors: dict[str, str] = field(default_factory=dict)  # sensor key -> name
+    properties: dict[str, str] = field(default_factory=dict)  # quantity -> quantity
+    datastreams: dict[tuple[str, str], Reading] = field(default_factory=dict)
+
+
+class EntityRegistry:
+    """Maps (device key, quantity) to a datastream id, registering what is new when allowed."""
+
+    def __init__(
+        self,
+        source: str,
+        dataset_id: int,
+        *,
+        auto_register: bool,
+        quantities: dict[str, QuantityInfo] | None = None,
+    ) -> None:
+        self.source = source
+        self.dataset_id = dataset_id
+        self.auto_register = auto_register
+        self.quantities = quantities or {}
+        self.datastreams: dict[tuple[str, str], int] = {}
+        self.positions: dict[str, Position] = {}
+
+    def thing_key(self, device_key: str) -> str:
+        return f"{self.source}:{device_key}"
+
+    def sensor_key(self, device: Device) -> str:
+        return f"{self.source}:model:{device.model or 'default'}"
+
+    def datastream_key(self, device_key: str, quantity: str) -> str:
+        return f"{self.source}:{device_key}/{quantity}"
+
+    def missing(self, readings: Iterable[Reading]) -> Pending:
+        """What this batch needs that the cache does not know (new devices, quantities, moved devices)."""
+        pending = Pending()
+        for reading in readings:
+            device = reading.device
+            pair = (device.key, reading.quantity)
+            position = device.position
+            if position is not None and self.positions.get(device.key) != position:
+                pending.positions[device.key] = position
+                pending.things.setdefault(device.key, device)
+            if pair in self.datastreams or pair in pending.datastreams:
+                continue
+            pending.datastreams[pair] = reading
+            pending.things.setdefault(device.key, device)
+            pending.sensors.setdefault(self.sensor_key(device), device.model or f"{self.source} device")
+            pending.properties.setdefault(reading.quantity, reading.quantity)
+        return pending
+
+    async def resolve(self, conn: asyncpg.Connection, pending: Pending) -> Resolution:
+        """Create or find what `pending` lists, in the caller's transaction (`remember` it after commit)."""
+        if not pending.things and not pending.datastreams:
+            return Resolution()
+        if self.auto_register:
+            return await self._register(conn, pending)
+        return await self._lookup(conn, pending)
+
+    async def _lookup(self, conn: asyncpg.Connection, pending: Pending) -> Resolution:
+        pairs = sorted(pending.datastreams)
+        rows = await conn.fetch(
+            "SELECT id, external_key FROM datastream WHERE external_key = ANY($1::text[])",
+            [self.datastream_key(d, q) for d, q in pairs],
+        )
+        found = {row["external_key"]: row["id"] for row in rows}
+        things = await conn.fetch(
+            "SELECT external_key FROM thing WHERE external_key = ANY($1::text[])",
+            [self.thing_key(d) for d in {d for d, _ in pairs}],
+        )
+        known_things = {row["external_key"] for row in things}
+        result = Resolution()
+        for device_key, quantity in pairs:
+            ds_id = found.get(self.datastream_key(device_key, quantity))
+            if ds_id is not None:
+                result.datastreams[(device_key, quantity)] = ds_id
+            elif self.thing_key(device_key) not in known_things:
+                result.unresolved[(device_key, quantity)] = "unknown_device"
+            else:
+                result.unresolved[(device_key, quantity)] = "unknown_datastream"
+        return result
+
+    async def _upsert_keys(
+        self, conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> dict[str, int]:
+        """INSERT rows (the last column is external_key) unless their key exists; return key -> id for all."""
+        if not rows:
+            return {}
+        rows.sort(key=lambda row: row[-1])  # one lock order for every worker: no deadlock between workers
+        # Table and column names come from this module's constants only; values are bound.
+        types = {"properties": "jsonb", "location": "jsonb", "dataset_id": "bigint", "thing_id": "bigint"}
+        types |= {"sensor_id": "bigint", "observed_property_id": "bigint", "unit_of_measurement": "jsonb"}
+        arrays = ", ".join(
+            f"${i + 1}::{'text' if types.get(c) == 'jsonb' else types.get(c, 'text')}[]" for i, c in enumerate(columns)
+        )
+        select = ", ".join(f"u.{c}::{types[c]}" if types.get(c) == "jsonb" else f"u.{c}" for c in columns)
+        column_list = ", ".join(columns)
+        await conn.execute(
+            f"INSERT INTO {table} ({column_list}) SELECT {select} FROM unnest({arrays}) AS u({column_list}) "  # noqa: S608
+            "ON CONFLICT (external_key) DO NOTHING",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+        found = await conn.fetch(
+            f"SELECT id, external_key FROM {table} WHERE external_key = ANY($1::text[])",  # noqa: S608
+            [row[-1] for row in rows],
+        )
+        return {row["external_key"]: row["id"] for row in found}
+
+    async def _register(self, conn: asyncpg.Connection, pending: Pending) -> Resolution:
+        thing_rows = []
+        for key, device in pending.things.items():
+            properties = {"source": self.source, "device": key, **device.properties}
+            thing_rows.append(
+                (
+                    device.name,
+                    f"Capteur {device.name}",
+                    orjson.dumps(properties).decode(),
+                    self.dataset_id,
+                    self.thing_key(key),
+                )
+            )
+        thing_ids = await self._upsert_keys(
+            conn, "thing", ("name", "description", "properties", "dataset_id", "external_key"), thing_rows
+        )
+        if pending.positions:
+            await self._locate(conn, pending)
+        sensor_ids = await self._upsert_keys(
+            conn,
+            "sensor",
+            ("name", "description", "encoding_type", "metadata", "external_key"),
+            [(name, f"Modèle de capteur {name}", "text/plain", name, key) for key, name in pending.sensors.items()],
+        )
+        property_rows = []
+        for quantity in pending.properties:
+            info = self.quantities.get(quantity) or QuantityInfo(name=quantity)
+            property_rows.append((info.name, info.definition, info.description, quantity))
+        property_ids = await self._upsert_keys(
+            conn, "observed_property", ("name", "definition", "description", "external_key"), property_rows
+        )
+        datastream_rows = []
+        for (device_key, quantity), reading in pending.datastreams.items():
+            device = reading.device
+            info = self.quantities.get(quantity) or QuantityInfo(name=quantity)
+            unit: dict[str, Any] = {}
+            if reading.unit:
+                unit = {
+                    "name": info.unit_name or reading.unit,
+                    "symbol": reading.unit,
+                    "definition": f"{UCUM}#{reading.unit}",
+                }
+            datastream_rows.append(
+                (
+                    f"{info.name} – {device.name}",
+                    f"{info.name} mesuré(e) par {device.name}",
+                    OBSERVATION_TYPES[value_kind(reading.value)],
+                    orjson.dumps(unit).decode(),
+                    thing_ids[self.thing_key(device_key)],
+                    sensor_ids[self.sensor_key(device)],
+                    property_ids[quantity],
+                    self.dataset_id,
+                    self.datastream_key(device_key, quantity),
+                )
+            )
+        datastream_ids = await self._upsert_keys(
+            conn,
+            "datastream",
+            (
+                "name",
+                "description",
+                "observation_type",
+                "unit_of_measurement",
+                "thing_id",
+                "sensor_id",
+                "observed_property_id",
+                "dataset_id",
+                "external_key",
+            ),
+            datastream_rows,
+        )
+        return Resolution(
+            datastreams={pair: datastream_ids[self.datastream_key(*pair)] for pair in pending.datastreams},
+            positions=dict(pending.positions),
+        )
+
+    async def _locate(self, conn: asyncpg.Connection, pending: Pending) -> None:
+        """One Location per device (key = the thing's), updated when the device reports a new position."""
+        keys = sorted(pending.positions)
+        names, geojson, lons, lats, ext = [], [], [], [], []
+        for key in keys:
+            position = pending.positions[key]
+            coordinates = [position.longitude, position.latitude]
+            if position.altitude is not None:
+                coordinates.append(position.altitude)
+            names.append(pending.things[key].name)
+            geojson.append(orjson.dumps({"type": "Point", "coordinates": coordinates}).decode())
+            lons.append(position.longitude)
+            lats.append(position.latitude)
+            ext.append(self.thing_key(key))
+        await conn.execute(
+            "INSERT INTO location (name, description, encoding_type, location, geom, external_key) "
+            "SELECT u.name, 'Position du capteur ' || u.name, 'application/geo+json', u.loc::jsonb, "
+            "ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.ext "
+            "FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[]) "
+            "AS u(name, loc, lon, lat, ext) "
+            "ON CONFLICT (external_key) DO UPDATE SET location = EXCLUDED.location, geom = EXCLUDED.geom "
+            "WHERE location.location IS DISTINCT FROM EXCLUDED.location",
+            names,
+            geojson,
+            lons,
+            lats,
+            ext,
+        )
+        await conn.execute(
+            "INSERT INTO thing_location (thing_id, location_id) "
+            "SELECT t.id, l.id FROM thing t JOIN location l ON l.external_key = t.external_key "
+            "WHERE t.external_key = ANY($1::text[]) ON CONFLICT DO NOTHING",
+            ext,
+        )
+
+    def remember(self, resolution: Resolution) -> None:
+        """Fill the cache with what a registration found, once its transaction has committed."""
+        self.datastreams.update(resolution.datastreams)
+        self.positions.update(resolution.positions)

@@ -1,0 +1,261 @@
+"""Writes a batch in one transaction: entities registered, observations merged idempotently, dead letters kept.
+
+Observations go through `db.bulk.copy_and_merge` (COPY into staging, one INSERT ... ON CONFLICT DO NOTHING on
+(datastream_id, phenomenon_time)), so a redelivered message never makes a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from territoire_data.db.bulk import copy_and_merge
+from territoire_data.ingest.model import InboundMessage, Reading
+from territoire_data.ingest.registry import EntityRegistry, Resolution
+
+logger = logging.getLogger(__name__)
+
+PAYLOAD_LIMIT = 64 * 1024  # ingest_rejection.payload holds at most 64 KiB
+
+OBSERVATION_COLUMNS = (
+    "datastream_id",
+    "phenomenon_time",
+    "result_number",
+    "result_string",
+    "result_boolean",
+    "result_json",
+    "parameters",
+)
+REJECTION_COLUMNS = ("source", "topic", "reason", "payload", "payload_bytes", "dataset_id")
+
+
+def bounded_payload(payload: bytes) -> str:
+    """The payload as text for a dead letter: UTF-8 with replacement, no NUL, at most 64 KiB once encoded."""
+    text = payload[:PAYLOAD_LIMIT].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    encoded = text.encode("utf-8")
+    if len(encoded) > PAYLOAD_LIMIT:
+        text = encoded[:PAYLOAD_LIMIT].decode("utf-8", errors="ignore")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that will be kept in ingest_rejection instead of being stored."""
+
+    topic: str
+    reason: str  # one of model.REASONS
+    detail: str
+    payload: bytes
+
+
+@dataclass
+class WriteResult:
+    stored: int = 0  # new observation rows
+    duplicates: int = 0  # readings that were already stored (redeliveries)
+    rejected: list[DeadLetter] = field(default_factory=list)  # including those found unresolvable at write time
+    months_created: int = 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database failure is worth retrying the whole batch (connection lost, server restarting)."""
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.TransactionRollbackError
+        | asyncpg.exceptions.InsufficientResourcesError,
+    )
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class ObservationStore:
+    """Owns one database connection and writes batches through it; the caller retries on transient errors."""
+
+    def __init__(self, dsn: str, *, source: str, statement_timeout_ms: int = 30_000) -> None:
+        self.dsn = dsn
+        self.registry: EntityRegistry | None = None  # set once the connector's dataset is known
+        self.source = source
+        self.statement_timeout_ms = statement_timeout_ms
+        self.conn: asyncpg.Connection | None = None
+        self.months: set[datetime] = set()
+
+    async def connect(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            settings = {"application_name": f"territoire-data-ingest-{self.source}"[:63]}
+            if self.statement_timeout_ms:
+                settings["statement_timeout"] = str(self.statement_timeout_ms)
+            self.conn = await asyncpg.connect(self.dsn, server_settings=settings, timeout=10)
+            if not self.months:
+                rows = await self.conn.fetch(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'observation'::regclass AND c.relname ~ '^observation_[0-9]{4}_[0-9]{2}$'"
+                )
+                for row in rows:
+                    year, month = row["relname"].split("_")[1:]
+                    self.months.add(datetime(int(year), int(month), 1, tzinfo=UTC))
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            try:
+                await asyncio.wait_for(self.conn.close(), 5)
+            except (OSError, TimeoutError, asyncpg.InterfaceError):
+                self.conn.terminate()
+        self.conn = None
+
+    def discard(self) -> None:
+        """Drop a connection that failed; the next write reconnects."""
+        if self.conn is not None:
+            self.conn.terminate()
+        self.conn = None
+
+    async def ensure_dataset(
+        self,
+        *,
+        slug: str,
+        title: str,
+        description: str,
+        access: str,
+        licence: str | None,
+        publisher: str | None,
+        keywords: Sequence[str],
+    ) -> int:
+        """The id of the connector's dataset, created with kind 'sensors' when missing."""
+        conn = await self.connect()
+        await conn.execute(
+            "INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, keywords) "
+            "VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING",
+            slug,
+            title,
+            description,
+            access,
+            licence,
+            publisher,
+            list(keywords),
+        )
+        row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
+        assert row is not None
+        if row["kind"] != "sensors":
+            from territoire_data.errors import ConfigurationError
+
+            raise ConfigurationError(f"dataset {slug!r} exists and is not a sensors dataset")
+        return int(row["id"])
+
+    async def _ensure_months(self, conn: asyncpg.Connection, readings: Sequence[Reading]) -> int:
+        """Create the monthly partitions this batch touches that do not exist yet (rows never land in default)."""
+        needed = {month_start(r.time) for r in readings} - self.months
+        created = 0
+        for month in sorted(needed):
+            created += await conn.fetchval(
+                "SELECT ensure_observation_partitions($1::timestamptz, $1::timestamptz + interval '1 day')", month
+            )
+        return created
+
+    async def write(
+        self,
+        readings: Sequence[tuple[int, Reading]],
+        dead: Sequence[DeadLetter],
+        messages: Sequence[InboundMessage],
+    ) -> WriteResult:
+        """Store a batch in one transaction: readings (tagged with their message index) and dead letters.
+
+        `messages` gives the message of each index, so that a message whose device cannot be resolved
+        (auto-registration off) becomes a dead letter as a whole.
+        """
+        assert self.registry is not None, "ensure_dataset first"
+        registry = self.registry
+        conn = await self.connect()
+        result = WriteResult(rejected=list(dead))
+        just_readings = [reading for _, reading in readings]
+        needed_months = {month_start(r.time) for r in just_readings} - self.months
+        if needed_months:
+            async with conn.transaction():
+                result.months_created = await self._ensure_months(conn, just_readings)
+            self.months |= needed_months
+        resolution = Resolution()
+        async with conn.transaction():
+            pending = registry.missing(just_readings)
+            if pending.things or pending.datastreams:
+                resolution = await registry.resolve(conn, pending)
+            ids = registry.datastreams
+            built: list[tuple[int, tuple[object, ...]]] = []
+            refused: dict[int, str] = {}
+            for index, reading in readings:
+                pair = (reading.device.key, reading.quantity)
+                ds_id = ids.get(pair) or resolution.datastreams.get(pair)
+                if ds_id is None:
+                    refused.setdefault(index, resolution.unresolved.get(pair, "unknown_datastream"))
+                    continue
+                value = reading.value
+                built.append(
+                    (
+                        index,
+                        (
+                            ds_id,
+                            reading.time,
+                            float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None,
+                            value if isinstance(value, str) else None,
+                            value if isinstance(value, bool) else None,
+                            orjson.dumps(value).decode() if isinstance(value, dict | list) else None,
+                            orjson.dumps(reading.parameters).decode() if reading.parameters else None,
+                        ),
+                    )
+                )
+            # A message is stored whole or not at all: drop the records of refused messages.
+            records = [record for index, record in built if index not in refused]
+            if refused:
+                for index, reason in refused.items():
+                    message = messages[index]
+                    result.rejected.append(DeadLetter(message.topic, reason, _refusal_detail(reason), message.payload))
+            if records:
+                written = await copy_and_merge(
+                    conn,
+                    schema="public",
+                    table="observation",
+                    columns=OBSERVATION_COLUMNS,
+                    records=records,
+                    conflict_columns=("datastream_id", "phenomenon_time"),
+                    on_conflict="ignore",
+                )
+                assert isinstance(written, int)
+                result.stored = written
+                result.duplicates = len(records) - written
+            if result.rejected:
+                await copy_and_merge(
+                    conn,
+                    schema="public",
+                    table="ingest_rejection",
+                    columns=REJECTION_COLUMNS,
+                    records=[
+                        (
+                            self.source,
+                            d.topic,
+                            f"{d.reason}: {d.detail}"[:1000],
+                            bounded_payload(d.payload),
+                            len(d.payload),
+                            registry.dataset_id,
+                        )
+                        for d in result.rejected
+                    ],
+                )
+        registry.remember(resolution)
+        return result
+
+
+def _refusal_detail(reason: str) -> str:
+    if reason == "unknown_device":
+        return "device is not registered and auto-registration is off"
+    return "datastream is not registered and auto-registration is off"

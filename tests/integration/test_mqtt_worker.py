@@ -1,0 +1,126 @@
+"""The MQTT worker against a real Mosquitto and PostGIS: stored once, bad input kept as dead letters."""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+import pytest
+
+from territoire_data.settings import Settings
+from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_up, connector_for, count, until
+
+pytestmark = [pytest.mark.db, pytest.mark.mqtt]
+
+
+async def test_uplinks_become_things_datastreams_and_observations_once(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    publisher = Publisher(mqtt_url)
+    try:
+        messages = [chirpstack_up(topic_prefix, f"70b3d5{d:010x}", seq) for d in range(5) for seq in range(40)]
+        publisher.publish_all(messages)
+        await until(lambda: worker.worker.source.acknowledged >= 200, what="200 acknowledged")
+        assert await count(db, "SELECT count(*) FROM observation") == 400
+        # The same messages again (a redelivery): nothing new.
+        publisher.publish_all(messages[:50])
+        await until(lambda: worker.worker.source.acknowledged >= 250, what="250 acknowledged")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM observation") == 400
+    assert await count(db, "SELECT count(*) FROM thing") == 5
+    assert await count(db, "SELECT count(*) FROM datastream") == 10
+    assert await count(db, "SELECT count(*) FROM observed_property") == 2
+    assert await count(db, "SELECT count(*) FROM sensor") == 1
+    assert await count(db, "SELECT count(*) FROM location l JOIN thing_location tl ON tl.location_id = l.id") == 5
+    assert await count(db, "SELECT count(*) FROM observation_default") == 0
+    dataset = await db.fetchrow("SELECT kind, access, title FROM dataset WHERE slug = 'capteurs-test'")
+    assert dict(dataset) == {"kind": "sensors", "access": "public", "title": "Capteurs de test"}
+    stream = await db.fetchrow(
+        "SELECT d.unit_of_measurement, d.observation_type, op.name FROM datastream d "
+        "JOIN observed_property op ON op.id = d.observed_property_id WHERE op.external_key = 'temperature' LIMIT 1"
+    )
+    assert orjson.loads(stream["unit_of_measurement"])["symbol"] == "Cel"
+    assert stream["observation_type"].endswith("OM_Measurement")
+    assert stream["name"] == "Température"
+    assert await count(db, "SELECT count(*) FROM ingest_rejection") == 0
+
+
+async def test_bad_payloads_are_dead_letters_and_the_good_ones_around_them_are_stored(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    publisher = Publisher(mqtt_url)
+    topic, good = chirpstack_up(topic_prefix, "70b3d50000000001", 1)
+    no_time = {k: v for k, v in good.items() if k != "time"}
+    future = {**good, "time": "2999-01-01T00:00:00Z"}
+    bad: list[tuple[str, bytes | dict[str, object]]] = [
+        (topic, b"{not json"),
+        (topic, orjson.dumps(good).replace(b'"co2":401', b'"co2":NaN')),
+        (topic, no_time),
+        (topic, future),
+        (topic, {**good, "object": {"temperature": 1}, "deviceInfo": {"devEui": ["x"]}}),
+        (topic, b"\xff\xfe" + b"x" * (settings.ingest_max_payload_bytes + 10)),
+        (topic.replace("/up", "/banana"), good),
+    ]
+    items: list[tuple[str, object]] = []
+    for i, (bad_topic, payload) in enumerate(bad):
+        items.append(chirpstack_up(topic_prefix, "70b3d50000000001", 100 + i))
+        items.append((bad_topic, payload))
+    items.append(chirpstack_up(topic_prefix, "70b3d50000000001", 200))
+    try:
+        publisher.publish_all(items)  # type: ignore[arg-type]
+        await until(lambda: worker.worker.source.acknowledged >= len(items), what="all acknowledged")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM observation") == 2 * (len(bad) + 1)
+    rows = await db.fetch("SELECT source, topic, reason, payload, payload_bytes FROM ingest_rejection ORDER BY id")
+    reasons = [row["reason"].split(":", 1)[0] for row in rows]
+    assert reasons == [
+        "invalid_json",
+        "non_finite",
+        "missing_time",
+        "future_time",
+        "wrong_type",
+        "too_large",
+        "unknown_format",
+    ]
+    assert {row["source"] for row in rows} == {"test-chirpstack-v4"}
+    assert rows[0]["topic"] == topic
+    assert rows[0]["payload"] == "{not json"
+    big = rows[5]
+    assert big["payload_bytes"] == settings.ingest_max_payload_bytes + 12
+    assert len(big["payload"].encode()) <= 64 * 1024
+    assert big["payload"].startswith("\ufffd\ufffd")
+
+
+async def test_unknown_devices_are_rejected_when_auto_registration_is_off(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    config = connector_for(topic_prefix)
+    worker = await RunningWorker(settings, config).start()
+    publisher = Publisher(mqtt_url)
+    try:
+        publisher.publish_all([chirpstack_up(topic_prefix, "70b3d50000000001", 1)])
+        await until(lambda: worker.worker.source.acknowledged >= 1, what="registration")
+    finally:
+        await worker.stop()
+    locked = await RunningWorker(settings, config.model_copy(update={"auto_register": False})).start()
+    try:
+        publisher.publish_all(
+            [
+                chirpstack_up(topic_prefix, "70b3d50000000001", 2),  # known device and quantities
+                chirpstack_up(topic_prefix, "70b3d50000000002", 3),  # unknown device
+                chirpstack_up(topic_prefix, "70b3d50000000001", 4, temperature=3, humidity=50),  # unknown quantity
+            ]
+        )
+        await until(lambda: locked.worker.source.acknowledged >= 3, what="3 acknowledged")
+    finally:
+        publisher.close()
+        await locked.stop()
+    assert await count(db, "SELECT count(*) FROM observation") == 4
+    assert await count(db, "SELECT count(*) FROM thing") == 1
+    reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection ORDER BY id")]
+    assert [r.split(":", 1)[0] for r in reasons] == ["unknown_device", "unknown_datastream"]
