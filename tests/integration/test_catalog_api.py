@@ -59,7 +59,9 @@ async def test_create_show_update_delete_round_trip(api: httpx.AsyncClient, db: 
     )
     assert patched.status_code == 200, patched.text
     body = patched.json()
-    assert body["title"] == "Sanisettes" and body["keywords"] == ["wc"] and body["licence"] is None
+    assert body["title"] == "Sanisettes"
+    assert body["keywords"] == ["wc"]
+    assert body["licence"] is None
     assert body["identifier"] == identifier, "the identifier never changes"
     assert body["description"] == FULL_METADATA["description"], "fields not sent are kept"
     assert [w["field"] for w in body["quality_warnings"]] == ["licence"]
@@ -148,7 +150,8 @@ async def test_facets_filter_and_count(api: httpx.AsyncClient, db: asyncpg.Conne
     assert await search(format="geojson") == ["a"]
     assert await search(format="sensorthings") == ["c"]
     bad = await api.get("/api/v1/datasets", params={"format": "xls"})
-    assert bad.status_code == 422 and "unknown format" in bad.json()["detail"]
+    assert bad.status_code == 422
+    assert "unknown format" in bad.json()["detail"]
 
 
 async def test_list_pages_in_stable_order_with_next_links(api: httpx.AsyncClient) -> None:
@@ -172,7 +175,8 @@ async def test_restricted_dataset_is_absent_from_lists_counts_and_detail(api: ht
     await create_dataset(api, "secret", "Données secrètes du parc", themes=["ENVI"], access="restricted")
     body = (await api.get("/api/v1/datasets", params={"q": "parc"})).json()
     assert [i["slug"] for i in body["items"]] == ["ouvert"]
-    assert body["total"] == 1 and body["facets"]["theme"] == [{"value": "ENVI", "label": "Environnement", "count": 1}]
+    assert body["total"] == 1
+    assert body["facets"]["theme"] == [{"value": "ENVI", "label": "Environnement", "count": 1}]
     missing = await api.get("/api/v1/datasets/secret")
     absent = await api.get("/api/v1/datasets/never-existed")
     assert missing.status_code == absent.status_code == 404
@@ -186,7 +190,8 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     await add_point_table(db, "points", [("a", 2.0, 48.0, "2024-01-15"), ("b", 3.0, 49.0, "2024-03-01")])
     body = (await api.get("/api/v1/datasets/points")).json()
     assert body["bbox"] == [2.0, 48.0, 3.0, 49.0]
-    assert body["temporal"]["start"].startswith("2024-01-15") and body["temporal"]["end"].startswith("2024-03-01")
+    assert body["temporal"]["start"].startswith("2024-01-15")
+    assert body["temporal"]["end"].startswith("2024-03-01")
     assert body["formats"] == ["csv", "geojson", "parquet"]
     urls = {d["format"]: d["url"] for d in body["distributions"]}
     assert urls["csv"] == "http://testserver/api/v1/datasets/points/exports/csv"
@@ -196,7 +201,8 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     datastream = await add_sensor(db, "air", lon=4.8, lat=45.7, values=[10.0, 12.5, 11.0])
     sensors = (await api.get("/api/v1/datasets/air")).json()
     assert sensors["bbox"] == [4.8, 45.7, 4.8, 45.7]
-    assert sensors["temporal"]["start"] is not None and sensors["temporal"]["end"] > sensors["temporal"]["start"]
+    assert sensors["temporal"]["start"] is not None
+    assert sensors["temporal"]["end"] > sensors["temporal"]["start"]
     assert [d["url"] for d in sensors["distributions"]] == [
         f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations"
     ]
