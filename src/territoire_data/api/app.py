@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
 
     app.include_router(health.router)
     app.include_router(catalog_api.router)
+    app.include_router(catalog_api.dcat_router)
     _mount_docs(app)
     return app
 

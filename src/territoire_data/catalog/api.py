@@ -6,14 +6,15 @@ is set and sent as `Authorization: Bearer <token>`. The same token shows restric
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from territoire_data.auth.admin_token import principal_for
-from territoire_data.auth.policy import Principal
-from territoire_data.catalog import store
+from territoire_data.auth.policy import ANONYMOUS, Principal
+from territoire_data.catalog import dcat, store
 from territoire_data.catalog.metadata import (
     DatasetCreate,
     DatasetList,
@@ -25,7 +26,8 @@ from territoire_data.catalog.metadata import (
     dataset_public,
 )
 from territoire_data.deps import ConnDep, EngineDep, SettingsDep
-from territoire_data.errors import ForbiddenError
+from territoire_data.errors import ForbiddenError, TerritoireError
+from territoire_data.settings import Settings
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["catalog"])
 
@@ -162,3 +164,79 @@ async def delete_dataset(slug: str, engine: EngineDep, principal: PublisherDep, 
     async with engine.begin() as conn:
         await store.delete_dataset(conn, slug, actor=principal.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- DCAT-AP -----------------------------------------------------------------------------------------------
+
+dcat_router = APIRouter(prefix="/dcat", tags=["dcat"])
+DCAT_DEFAULT_PAGE_SIZE = 100
+
+
+class NotAcceptableError(TerritoireError):
+    status = 406
+    title = "Not acceptable"
+    type_slug = "not-acceptable"
+
+
+async def _dcat_response(
+    conn: AsyncConnection, settings: Settings, extension: str, page: int, page_size: int
+) -> Response:
+    result = await store.list_public_datasets(conn, ANONYMOUS, limit=page_size, offset=(page - 1) * page_size)
+    datasets = [dataset_public(row, settings.base_url) for row in result.rows]
+    info = dcat.CatalogInfo(
+        base_url=settings.base_url, title=settings.catalog_title, publisher=settings.catalog_publisher
+    )
+    paging = dcat.Page(
+        number=page, size=page_size, total=result.total, extension=extension, default_size=DCAT_DEFAULT_PAGE_SIZE
+    )
+    body, media_type = dcat.serialise(dcat.catalog_graph(datasets, info, paging), extension)
+    return Response(body, media_type=media_type, headers={"Vary": "Accept"})
+
+
+PageDep = Annotated[int, Query(ge=1, le=100_000, description="page number, from 1")]
+PageSizeDep = Annotated[int, Query(ge=1, le=1000, description="datasets per page")]
+DCAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media: {} for _, media in dcat.SERIALISATIONS.values()}, "description": "DCAT-AP catalog"}
+}
+
+
+def _dcat_route(extension: str) -> None:
+    media_type = dcat.SERIALISATIONS[extension][1]
+
+    @dcat_router.get(
+        f"/catalog.{extension}",
+        summary=f"DCAT-AP catalog ({media_type})",
+        response_class=Response,
+        responses={200: {"content": {media_type: {}}, "description": "DCAT-AP catalog, public datasets only"}},
+        name=f"dcat_catalog_{extension}",
+    )
+    async def catalog(
+        conn: ConnDep, settings: SettingsDep, page: PageDep = 1, page_size: PageSizeDep = DCAT_DEFAULT_PAGE_SIZE
+    ) -> Response:
+        return await _dcat_response(conn, settings, extension, page, page_size)
+
+
+for _extension in dcat.SERIALISATIONS:
+    _dcat_route(_extension)
+
+
+@dcat_router.get(
+    "/catalog",
+    summary="DCAT-AP catalog, format chosen by the Accept header (JSON-LD, Turtle, RDF/XML)",
+    response_class=Response,
+    responses={**DCAT_RESPONSES, 406: {"description": "no serialisation fits the Accept header"}},
+)
+async def dcat_catalog(
+    conn: ConnDep,
+    settings: SettingsDep,
+    accept: Annotated[str | None, Header()] = None,
+    page: PageDep = 1,
+    page_size: PageSizeDep = DCAT_DEFAULT_PAGE_SIZE,
+) -> Response:
+    extension = dcat.negotiate(accept)
+    if extension is None:
+        raise NotAcceptableError(
+            "the catalog is served as application/ld+json, text/turtle or application/rdf+xml",
+            available=sorted({media for _, media in dcat.SERIALISATIONS.values()}),
+        )
+    return await _dcat_response(conn, settings, extension, page, page_size)
