@@ -24,6 +24,7 @@ from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.settings import Settings
+from territoire_data.web.portal import install_portal
 
 DESCRIPTION = """
 Open, sovereign urban data for French local governments: datasets, sensors and their observations,
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(catalog_api.router)
     app.include_router(catalog_api.dcat_router)
     _mount_docs(app)
+    install_portal(app)
     return app
 
 
