@@ -101,3 +101,42 @@ async def add_sensor(
         [(datastream_id, now - timedelta(hours=len(values) - i), v) for i, v in enumerate(values)],
     )
     return int(datastream_id)
+
+
+async def add_geojson_table(db: asyncpg.Connection, slug: str, path: str) -> int:
+    """A typed table per the contract from a GeoJSON file of features with string properties."""
+    import json
+
+    features = json.loads(open(path, encoding="utf-8").read())["features"]
+    fields = sorted({key for f in features for key in f["properties"]})
+    dataset_id = await db.fetchval("SELECT id FROM dataset WHERE slug = $1", slug)
+    table = f"ds_{dataset_id}"
+    columns = ", ".join(f'"{name}" text' for name in fields)
+    await db.execute(
+        f'CREATE TABLE datasets."{table}" (_fid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {columns}, '
+        "geom geometry(Geometry, 4326))"
+    )
+    await db.execute(f'CREATE INDEX "{table}_geom_idx" ON datasets."{table}" USING gist (geom)')
+    names = ", ".join(f'"{name}"' for name in fields)
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(fields)))
+    await db.executemany(
+        f'INSERT INTO datasets."{table}" ({names}, geom) '
+        f"VALUES ({placeholders}, ST_SetSRID(ST_GeomFromGeoJSON(${len(fields) + 1}), 4326))",
+        [
+            [None if f["properties"].get(n) is None else str(f["properties"][n]) for n in fields]
+            + [json.dumps(f["geometry"])]
+            for f in features
+        ],
+    )
+    schema = {"fields": [{"name": name, "type": "string"} for name in fields]}
+    await db.execute(
+        f"""UPDATE dataset SET table_name = $2, table_schema = $3::jsonb, row_count = $4, geometry_type = 'Point',
+            spatial_extent = (SELECT ST_SetSRID(ST_Envelope(ST_Extent(geom)::geometry), 4326)
+                                FROM datasets."{table}"),
+            modified_at = now() WHERE id = $1""",
+        dataset_id,
+        table,
+        json.dumps(schema),
+        len(features),
+    )
+    return len(features)
