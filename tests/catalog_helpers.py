@@ -107,7 +107,7 @@ async def add_geojson_table(db: asyncpg.Connection, slug: str, path: str) -> int
     """A typed table per the contract from a GeoJSON file of features with string properties."""
     import json
 
-    features = json.loads(open(path, encoding="utf-8").read())["features"]
+    features = load_features(path)
     fields = sorted({key for f in features for key in f["properties"]})
     dataset_id = await db.fetchval("SELECT id FROM dataset WHERE slug = $1", slug)
     table = f"ds_{dataset_id}"
@@ -140,3 +140,12 @@ async def add_geojson_table(db: asyncpg.Connection, slug: str, path: str) -> int
         len(features),
     )
     return len(features)
+
+
+def load_features(path: str) -> list[dict[str, Any]]:
+    """The features of a GeoJSON file."""
+    import json
+    from pathlib import Path
+
+    features: list[dict[str, Any]] = json.loads(Path(path).read_text(encoding="utf-8"))["features"]
+    return features
