@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from territoire_data.auth.admin_token import principal_for
 from territoire_data.auth.policy import ANONYMOUS, Principal
-from territoire_data.catalog import dcat, store
+from territoire_data.catalog import dcat, scdl, store
 from territoire_data.catalog.metadata import (
     DatasetCreate,
     DatasetList,
@@ -240,3 +240,31 @@ async def dcat_catalog(
             available=sorted({media for _, media in dcat.SERIALISATIONS.values()}),
         )
     return await _dcat_response(conn, settings, extension, page, page_size)
+
+
+@dcat_router.get(
+    "/catalog.scdl.csv",
+    summary="The catalog in the SCDL 'catalogue simplifié' CSV schema (OpenDataFrance)",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per public dataset"}},
+)
+async def scdl_catalog(conn: ConnDep, settings: SettingsDep) -> Response:
+    datasets: list[DatasetPublic] = []
+    offset = 0
+    while True:
+        result = await store.list_public_datasets(conn, ANONYMOUS, limit=500, offset=offset)
+        datasets += [dataset_public(row, settings.base_url) for row in result.rows]
+        offset += 500
+        if offset >= result.total:
+            break
+    body = scdl.scdl_csv(
+        datasets,
+        base_url=settings.base_url,
+        organisation=settings.catalog_publisher or settings.catalog_title,
+        siret=settings.catalog_publisher_siret,
+    )
+    return Response(
+        body.encode("utf-8"),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="catalogue-scdl.csv"'},
+    )
