@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from rdflib import Graph, Literal, URIRef
-from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS
+from rdflib import namespace as rns
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
@@ -61,79 +61,81 @@ async def test_every_public_dataset_has_every_field_udata_reads(
 ) -> None:
     await fill_catalog(api, db)
     graph = await parse(api, extension)
-    datasets = set(graph.subjects(RDF.type, DCAT.Dataset))
+    datasets = set(graph.subjects(rns.RDF.type, rns.DCAT.Dataset))
     assert datasets == {URIRef("http://testserver/datasets/sanisettes"), URIRef("http://testserver/datasets/air")}
 
     catalog = URIRef("http://testserver/dcat/catalog")
-    assert (catalog, RDF.type, DCAT.Catalog) in graph
-    assert set(graph.objects(catalog, DCAT.dataset)) == datasets
+    assert (catalog, rns.RDF.type, rns.DCAT.Catalog) in graph
+    assert set(graph.objects(catalog, rns.DCAT.dataset)) == datasets
 
     for node in datasets:
         slug = str(node).rsplit("/", 1)[-1]
         api_view = (await api.get(f"/api/v1/datasets/{slug}")).json()
         one = lambda p, n=node: list(graph.objects(n, p))  # noqa: E731
-        assert one(DCTERMS.identifier) == [Literal(api_view["identifier"])]
-        assert str(one(DCTERMS.title)[0]) == api_view["title"]
-        assert str(one(DCTERMS.description)[0]) == FULL_METADATA["description"]
-        assert sorted(str(k) for k in one(DCAT.keyword)) == sorted(FULL_METADATA["keywords"])
-        themes = one(DCAT.theme)
+        assert one(rns.DCTERMS.identifier) == [Literal(api_view["identifier"])]
+        assert str(one(rns.DCTERMS.title)[0]) == api_view["title"]
+        assert str(one(rns.DCTERMS.description)[0]) == FULL_METADATA["description"]
+        assert sorted(str(k) for k in one(rns.DCAT.keyword)) == sorted(FULL_METADATA["keywords"])
+        themes = one(rns.DCAT.theme)
         assert themes
         for theme in themes:
             assert str(theme).startswith("http://publications.europa.eu/resource/authority/data-theme/")
-            assert any(label.language == "fr" for label in graph.objects(theme, SKOS.prefLabel))
-        assert len(one(DCTERMS.issued)) == 1
-        assert len(one(DCTERMS.modified)) == 1
+            assert any(label.language == "fr" for label in graph.objects(theme, rns.SKOS.prefLabel))
+        assert len(one(rns.DCTERMS.issued)) == 1
+        assert len(one(rns.DCTERMS.modified)) == 1
         licence = {"sanisettes": "https://www.etalab.gouv.fr/licence-ouverte-open-licence"}.get(
             slug, "https://opendatacommons.org/licenses/odbl/1-0/"
         )
-        assert one(DCTERMS.license) == [URIRef(licence)]
-        assert one(DCTERMS.accrualPeriodicity) == [
+        assert one(rns.DCTERMS.license) == [URIRef(licence)]
+        assert one(rns.DCTERMS.accrualPeriodicity) == [
             URIRef("http://publications.europa.eu/resource/authority/frequency/MONTHLY")
         ]
-        (period,) = one(DCTERMS.temporal)
-        assert (period, RDF.type, DCTERMS.PeriodOfTime) in graph
-        assert graph.value(period, DCAT.startDate) is not None
-        assert graph.value(period, DCAT.endDate) is not None
-        (location,) = one(DCTERMS.spatial)
+        (period,) = one(rns.DCTERMS.temporal)
+        assert (period, rns.RDF.type, rns.DCTERMS.PeriodOfTime) in graph
+        assert graph.value(period, rns.DCAT.startDate) is not None
+        assert graph.value(period, rns.DCAT.endDate) is not None
+        (location,) = one(rns.DCTERMS.spatial)
         geometry = graph.value(location, LOCN.geometry)
         assert geometry is not None
         assert geometry.datatype == GEOJSON_LITERAL
         assert json.loads(str(geometry))["type"] == "Polygon"
-        assert graph.value(location, DCAT.bbox) is not None
-        (contact,) = one(DCAT.contactPoint)
+        assert graph.value(location, rns.DCAT.bbox) is not None
+        (contact,) = one(rns.DCAT.contactPoint)
         assert str(graph.value(contact, VCARD.fn)) == "Service données"
         assert graph.value(contact, VCARD.hasEmail) == URIRef("mailto:donnees@testville.fr")
-        (publisher,) = one(DCTERMS.publisher)
-        assert str(graph.value(publisher, FOAF.name)) == "Ville de Testville"
-        assert one(DCTERMS.conformsTo) == [URIRef(FULL_METADATA["conforms_to"])]
+        (publisher,) = one(rns.DCTERMS.publisher)
+        assert str(graph.value(publisher, rns.FOAF.name)) == "Ville de Testville"
+        assert one(rns.DCTERMS.conformsTo) == [URIRef(FULL_METADATA["conforms_to"])]
 
-        distributions = one(DCAT.distribution)
-        formats = {str(graph.value(d, DCTERMS.format)).rsplit("/", 1)[-1] for d in distributions}
+        distributions = one(rns.DCAT.distribution)
+        formats = {str(graph.value(d, rns.DCTERMS.format)).rsplit("/", 1)[-1] for d in distributions}
         for dist in distributions:
-            assert (dist, RDF.type, DCAT.Distribution) in graph
-            assert graph.value(dist, DCAT.mediaType) is not None
-            assert graph.value(dist, DCTERMS.format) is not None
-            assert graph.value(dist, DCAT.accessURL) is not None
-            assert graph.value(dist, DCTERMS.license) == URIRef(licence)
+            assert (dist, rns.RDF.type, rns.DCAT.Distribution) in graph
+            assert graph.value(dist, rns.DCAT.mediaType) is not None
+            assert graph.value(dist, rns.DCTERMS.format) is not None
+            assert graph.value(dist, rns.DCAT.accessURL) is not None
+            assert graph.value(dist, rns.DCTERMS.license) == URIRef(licence)
         if slug == "sanisettes":
             assert formats == {"CSV", "GEOJSON", "PARQUET", "JSON"}
-            downloads = {str(graph.value(d, DCAT.downloadURL)) for d in distributions} - {"None"}
+            downloads = {str(graph.value(d, rns.DCAT.downloadURL)) for d in distributions} - {"None"}
             assert downloads == {
                 f"http://testserver/api/v1/datasets/sanisettes/exports/{f}" for f in ("csv", "geojson", "parquet")
             }
-            csv = next(d for d in distributions if str(graph.value(d, DCTERMS.format)).endswith("/CSV"))
-            assert graph.value(csv, DCAT.mediaType) == URIRef("https://www.iana.org/assignments/media-types/text/csv")
+            csv = next(d for d in distributions if str(graph.value(d, rns.DCTERMS.format)).endswith("/CSV"))
+            assert graph.value(csv, rns.DCAT.mediaType) == URIRef(
+                "https://www.iana.org/assignments/media-types/text/csv"
+            )
         else:
             assert len(distributions) == 2, "one SensorThings distribution per datastream"
             for dist in distributions:
-                assert graph.value(dist, DCAT.accessService) == URIRef("http://testserver/sta/v1.1")
+                assert graph.value(dist, rns.DCAT.accessService) == URIRef("http://testserver/sta/v1.1")
 
-    services = set(graph.subjects(RDF.type, DCAT.DataService))
+    services = set(graph.subjects(rns.RDF.type, rns.DCAT.DataService))
     assert {URIRef("http://testserver/sta/v1.1"), URIRef("http://testserver/ogcapi")} <= services
     sta = URIRef("http://testserver/sta/v1.1")
-    assert graph.value(sta, DCAT.endpointURL) == sta
-    assert set(graph.objects(sta, DCAT.servesDataset)) == {URIRef("http://testserver/datasets/air")}
-    assert set(graph.objects(URIRef("http://testserver/ogcapi"), DCAT.servesDataset)) == {
+    assert graph.value(sta, rns.DCAT.endpointURL) == sta
+    assert set(graph.objects(sta, rns.DCAT.servesDataset)) == {URIRef("http://testserver/datasets/air")}
+    assert set(graph.objects(URIRef("http://testserver/ogcapi"), rns.DCAT.servesDataset)) == {
         URIRef("http://testserver/datasets/sanisettes")
     }
 
@@ -145,7 +147,7 @@ async def test_restricted_dataset_is_nowhere_in_the_dcat_output(api: httpx.Async
         assert "secret" not in response.text.lower()
         assert "Registre" not in response.text
     graph = await parse(api, "ttl")
-    total = graph.value(predicate=RDF.type, object=HYDRA.PagedCollection)
+    total = graph.value(predicate=rns.RDF.type, object=HYDRA.PagedCollection)
     assert int(graph.value(total, HYDRA.totalItems)) == 2  # type: ignore[arg-type]
 
 
@@ -158,8 +160,8 @@ async def test_hydra_paging_walks_the_whole_catalog(api: httpx.AsyncClient) -> N
     while url:
         response = await api.get(url)
         graph = Graph().parse(data=response.text, format="turtle")
-        seen += sorted(str(s) for s in graph.subjects(RDF.type, DCAT.Dataset))
-        view = graph.value(predicate=RDF.type, object=HYDRA.PartialCollectionView)
+        seen += sorted(str(s) for s in graph.subjects(rns.RDF.type, rns.DCAT.Dataset))
+        view = graph.value(predicate=rns.RDF.type, object=HYDRA.PartialCollectionView)
         assert int(graph.value(view, HYDRA.totalItems)) == 5  # type: ignore[arg-type]
         assert graph.value(view, HYDRA.next) == graph.value(view, HYDRA.nextPage)
         next_page = graph.value(view, HYDRA.next)
@@ -191,7 +193,7 @@ async def test_content_negotiation_on_dcat_catalog(
     assert response.headers["vary"] == "Accept"
     fmt = {"text/turtle": "turtle", "application/rdf+xml": "xml", "application/ld+json": "json-ld"}[media_type]
     graph = Graph().parse(data=response.content, format=fmt)
-    assert len(set(graph.subjects(RDF.type, DCAT.Dataset))) == 1
+    assert len(set(graph.subjects(rns.RDF.type, rns.DCAT.Dataset))) == 1
 
 
 async def test_unacceptable_media_type_is_406_problem(api: httpx.AsyncClient) -> None:
