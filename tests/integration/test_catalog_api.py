@@ -206,3 +206,16 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     assert [d["url"] for d in sensors["distributions"]] == [
         f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations"
     ]
+
+
+async def test_making_a_dataset_restricted_removes_it_everywhere_at_once(api: httpx.AsyncClient) -> None:
+    await create_dataset(api, "parcs", "Parcs et jardins", **FULL_METADATA)
+    assert (await api.get("/api/v1/datasets/parcs")).status_code == 200
+    patched = await api.patch("/api/v1/datasets/parcs", json={"access": "restricted"}, headers=AUTH)
+    assert patched.status_code == 200
+    assert patched.json()["access"] == "restricted"
+    assert (await api.get("/api/v1/datasets/parcs")).status_code == 404
+    assert (await api.get("/api/v1/datasets")).json()["total"] == 0
+    assert "parcs" not in (await api.get("/dcat/catalog.ttl")).text
+    assert (await api.get("/datasets/parcs")).status_code == 404
+    assert "Parcs et jardins" not in (await api.get("/")).text
