@@ -29,6 +29,10 @@ ingest_app = typer.Typer(help="Load data: files (CSV, GeoJSON) and MQTT streams.
 app.add_typer(ingest_app, name="ingest")
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+datasets_app = typer.Typer(
+    help="Manage the catalog: list, show, create, update, delete datasets.", no_args_is_help=True
+)
+app.add_typer(datasets_app, name="datasets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -252,6 +256,125 @@ def simulate(
     typer.echo(f"simulating {len(demo_devices())} devices at {rate:g} msg/s (Ctrl-C to stop)")
     published = run_simulation(mqtt_url, rate=rate, duration=duration, count=count, seed=seed, prefix=prefix)
     typer.echo(f"{published} messages published")
+
+
+# --- datasets: thin commands over territoire_data.catalog.admin ------------------------------------------
+
+KeywordOpt = Annotated[list[str] | None, typer.Option("--keyword", "-k", help="Keyword (repeat)")]
+ThemeOpt = Annotated[list[str] | None, typer.Option("--theme", help="EU data-theme code, e.g. TRAN (repeat)")]
+LicenceOpt = Annotated[str | None, typer.Option(help="etalab-2.0, odbl-1.0, cc-by-4.0 or cc-by-sa-4.0")]
+FrequencyOpt = Annotated[str | None, typer.Option("--frequency", help="EU frequency code, e.g. DAILY, UPDATE_CONT")]
+TextOpt = Annotated[str | None, typer.Option()]
+
+
+def _metadata_options(**values: Any) -> dict[str, Any]:
+    """Map CLI option names to dataset fields."""
+    values["keywords"] = values.pop("keyword") or None
+    values["themes"] = values.pop("theme") or None
+    values["update_frequency"] = values.pop("frequency")
+    return values
+
+
+@datasets_app.command("list")
+@clear_errors
+def datasets_list(
+    q: Annotated[str | None, typer.Option("--search", "-q", help="Full-text search")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List datasets (restricted ones included), with their metadata warnings."""
+    from territoire_data.catalog import admin, store
+
+    items, total = asyncio.run(
+        admin.list_datasets(settings_for_command(), store.SearchQuery(q=q, limit=limit, offset=offset))
+    )
+    if as_json:
+        typer.echo(dump_json({"total": total, "items": [i.model_dump(mode="json") for i in items]}))
+        return
+    for item in items:
+        warnings = getattr(item, "quality_warnings", [])
+        flag = f"  ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+        typer.echo(f"{item.slug}\t{item.access}\t{item.title}{flag}")
+    typer.echo(f"{len(items)} of {total} dataset(s)", err=True)
+
+
+@datasets_app.command("show")
+@clear_errors
+def datasets_show(slug: str) -> None:
+    """Print a dataset's metadata as JSON, with its quality warnings."""
+    from territoire_data.catalog import admin
+
+    typer.echo(dump_json(asyncio.run(admin.show_dataset(settings_for_command(), slug)).model_dump(mode="json")))
+
+
+@datasets_app.command("create")
+@clear_errors
+def datasets_create(
+    slug: Annotated[str, typer.Argument(help="Permanent id in URLs: lower case, digits, hyphens")],
+    title: Annotated[str, typer.Option(help="Title")],
+    description: TextOpt = None,
+    keyword: KeywordOpt = None,
+    theme: ThemeOpt = None,
+    licence: LicenceOpt = None,
+    publisher: TextOpt = None,
+    contact_name: TextOpt = None,
+    contact_email: TextOpt = None,
+    access: Annotated[str, typer.Option(help="public or restricted")] = "public",
+    frequency: FrequencyOpt = None,
+    kind: Annotated[str, typer.Option(help="table or sensors")] = "table",
+    conforms_to: Annotated[str | None, typer.Option(help="URL of the Table Schema it follows")] = None,
+    spatial_coverage: Annotated[str | None, typer.Option(help="Name of the area covered")] = None,
+) -> None:
+    """Create a dataset; prints it, with its quality warnings."""
+    from territoire_data.catalog import admin
+
+    values = _metadata_options(**{k: v for k, v in locals().items() if k != "admin"})
+    data = admin.parse_create(values)
+    created = asyncio.run(admin.create_dataset(settings_for_command(), data))
+    typer.echo(dump_json(created.model_dump(mode="json")))
+
+
+@datasets_app.command("update")
+@clear_errors
+def datasets_update(
+    slug: str,
+    title: TextOpt = None,
+    description: TextOpt = None,
+    keyword: KeywordOpt = None,
+    theme: ThemeOpt = None,
+    licence: LicenceOpt = None,
+    publisher: TextOpt = None,
+    contact_name: TextOpt = None,
+    contact_email: TextOpt = None,
+    access: Annotated[str | None, typer.Option(help="public or restricted")] = None,
+    frequency: FrequencyOpt = None,
+    conforms_to: TextOpt = None,
+    spatial_coverage: TextOpt = None,
+    clear: Annotated[list[str] | None, typer.Option(help="Field to empty, e.g. --clear licence (repeat)")] = None,
+) -> None:
+    """Change some metadata of a dataset (only the options given)."""
+    from territoire_data.catalog import admin
+
+    values = _metadata_options(**{k: v for k, v in locals().items() if k not in ("admin", "slug", "clear")})
+    data = admin.parse_update(values, clear or [])
+    updated = asyncio.run(admin.update_dataset(settings_for_command(), slug, data))
+    typer.echo(dump_json(updated.model_dump(mode="json")))
+
+
+@datasets_app.command("delete")
+@clear_errors
+def datasets_delete(
+    slug: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Delete a dataset and its data table."""
+    from territoire_data.catalog import admin
+
+    if not yes:
+        typer.confirm(f"Delete dataset {slug!r} and all its data?", abort=True)
+    asyncio.run(admin.delete_dataset(settings_for_command(), slug))
+    typer.echo(f"deleted {slug}")
 
 
 def main() -> None:

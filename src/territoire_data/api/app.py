@@ -21,9 +21,11 @@ from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import BodyLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
 from territoire_data.auth import routes as auth_routes
+from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.settings import Settings
+from territoire_data.web.portal import install_portal
 
 DESCRIPTION = """
 Open, sovereign urban data for French local governments: datasets, sensors and their observations,
@@ -81,7 +83,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
 
     app.include_router(health.router)
     app.include_router(auth_routes.router)
+    app.include_router(catalog_api.router)
+    app.include_router(catalog_api.dcat_router)
     _mount_docs(app)
+    install_portal(app)
     return app
 
 

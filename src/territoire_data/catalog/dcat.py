@@ -1,0 +1,313 @@
+"""DCAT-AP catalog as one rdflib graph, serialised as JSON-LD, Turtle or RDF/XML, with Hydra paging.
+
+Field choices follow what udata's DCAT harvester (data.gouv.fr) and ckanext-dcat read: dct:identifier (our
+permanent UUID), licences as URIs, themes as EU data-theme concepts with skos:prefLabel (udata turns labels into
+tags), EU frequency URIs, dct:PeriodOfTime with dcat:startDate/endDate, dct:spatial with a GeoJSON polygon
+(locn:geometry) and a WKT dcat:bbox, dcat:contactPoint as a vCard with fn and hasEmail, one dcat:Distribution per
+format, dcat:DataService entries for our APIs, and both Hydra paging styles (PartialCollectionView + next,
+PagedCollection + nextPage). Free of FastAPI so it is unit-testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import orjson
+from rdflib import BNode, Graph, Literal, Namespace, URIRef
+from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS, XSD
+
+from territoire_data.catalog.metadata import (
+    EU_ACCESS_RIGHT_BASE,
+    EU_FILE_TYPE_BASE,
+    EU_FREQUENCY_BASE,
+    FORMATS,
+    IANA_MEDIA_TYPE_BASE,
+    LICENCES,
+    THEMES,
+    DatasetPublic,
+)
+
+VCARD = Namespace("http://www.w3.org/2006/vcard/ns#")
+LOCN = Namespace("http://www.w3.org/ns/locn#")
+HYDRA = Namespace("http://www.w3.org/ns/hydra/core#")
+ADMS = Namespace("http://www.w3.org/ns/adms#")
+GEOJSON_LITERAL = URIRef("https://www.iana.org/assignments/media-types/application/vnd.geo+json")
+WKT_LITERAL = URIRef("http://www.opengis.net/ont/geosparql#wktLiteral")
+LANGUAGE_FRA = URIRef("http://publications.europa.eu/resource/authority/language/FRA")
+
+SERIALISATIONS: dict[str, tuple[str, str]] = {
+    "jsonld": ("json-ld", "application/ld+json"),
+    "ttl": ("turtle", "text/turtle"),
+    "rdf": ("pretty-xml", "application/rdf+xml"),
+}
+# Media types a client may ask /dcat/catalog for, and the extension that serves them.
+NEGOTIABLE: dict[str, str] = {
+    "application/ld+json": "jsonld",
+    "application/json": "jsonld",
+    "text/turtle": "ttl",
+    "application/x-turtle": "ttl",
+    "application/rdf+xml": "rdf",
+    "application/xml": "rdf",
+    "text/xml": "rdf",
+}
+
+STA_CONFORMS_TO = "http://www.opengis.net/doc/is/sensorthings/1.1"
+OGCAPI_FEATURES_CONFORMS_TO = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core"
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    """The catalog itself: who publishes it and where it lives."""
+
+    base_url: str
+    title: str
+    publisher: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """Where this page sits in the whole catalog (for Hydra paging links)."""
+
+    number: int
+    size: int
+    total: int
+    extension: str
+    default_size: int
+
+    @property
+    def last(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+
+def page_url(info: CatalogInfo, page: Page, number: int) -> str:
+    params: dict[str, int] = {"page": number}
+    if page.size != page.default_size:
+        params["page_size"] = page.size
+    return f"{info.base_url}/dcat/catalog.{page.extension}?{urlencode(params)}"
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The serialisation to serve for an Accept header (JSON-LD when anything goes); None when none fits."""
+    if not accept or not accept.strip():
+        return "jsonld"
+    choices: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        media = media.lower()
+        if media in NEGOTIABLE:
+            choices.append((quality, -position, NEGOTIABLE[media]))
+        elif media in ("*/*", "application/*", "text/html"):
+            # Browsers ask for HTML first; they get JSON-LD, which they display.
+            choices.append((quality - 0.001, -position, "jsonld"))
+        elif media == "text/*":
+            choices.append((quality - 0.001, -position, "ttl"))
+    return max(choices)[2] if choices else None
+
+
+def _dt(value: object) -> Literal:
+    return Literal(value, datatype=XSD.dateTime)
+
+
+def _bbox_geometries(bbox: Sequence[float]) -> tuple[str, str]:
+    """A bounding box as a GeoJSON polygon (what udata reads) and a WKT polygon (DCAT-AP's dcat:bbox)."""
+    west, south, east, north = bbox
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    geojson = orjson.dumps({"type": "Polygon", "coordinates": [ring]}).decode()
+    wkt = "POLYGON((" + ", ".join(f"{x} {y}" for x, y in ring) + "))"
+    return geojson, wkt
+
+
+def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: dict[str, URIRef]) -> URIRef:
+    landing = f"{info.base_url}/datasets/{ds.slug}"
+    node = URIRef(landing)
+    graph.add((node, RDF.type, DCAT.Dataset))
+    graph.add((node, DCTERMS.identifier, Literal(str(ds.identifier))))
+    graph.add((node, DCTERMS.title, Literal(ds.title, lang="fr")))
+    graph.add((node, DCTERMS.description, Literal(ds.description, lang="fr")))
+    graph.add((node, DCAT.landingPage, node))
+    graph.add((node, DCTERMS.language, LANGUAGE_FRA))
+    graph.add((node, DCTERMS.accessRights, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC")))
+    graph.add((node, DCTERMS.issued, _dt(ds.created)))
+    graph.add((node, DCTERMS.modified, _dt(ds.modified)))
+    for keyword in ds.keywords:
+        graph.add((node, DCAT.keyword, Literal(keyword, lang="fr")))
+    for theme in ds.themes:
+        concept = URIRef(theme.uri)
+        graph.add((node, DCAT.theme, concept))
+        graph.add((concept, RDF.type, SKOS.Concept))
+        graph.add((concept, SKOS.prefLabel, Literal(THEMES[theme.code][0], lang="fr")))
+        graph.add((concept, SKOS.prefLabel, Literal(THEMES[theme.code][1], lang="en")))
+    licence = LICENCES.get(ds.licence.id) if ds.licence else None
+    if licence:
+        graph.add((node, DCTERMS.license, URIRef(licence.url)))
+        graph.add((URIRef(licence.url), RDF.type, DCTERMS.LicenseDocument))
+        graph.add((URIRef(licence.url), DCTERMS.title, Literal(licence.title)))
+    if ds.update_frequency:
+        graph.add((node, DCTERMS.accrualPeriodicity, URIRef(EU_FREQUENCY_BASE + ds.update_frequency)))
+    if ds.temporal.start or ds.temporal.end:
+        period = BNode()
+        graph.add((node, DCTERMS.temporal, period))
+        graph.add((period, RDF.type, DCTERMS.PeriodOfTime))
+        if ds.temporal.start:
+            graph.add((period, DCAT.startDate, _dt(ds.temporal.start)))
+        if ds.temporal.end:
+            graph.add((period, DCAT.endDate, _dt(ds.temporal.end)))
+    if ds.bbox or ds.spatial_coverage:
+        location = BNode()
+        graph.add((node, DCTERMS.spatial, location))
+        graph.add((location, RDF.type, DCTERMS.Location))
+        if ds.bbox:
+            geojson, wkt = _bbox_geometries(ds.bbox)
+            graph.add((location, LOCN.geometry, Literal(geojson, datatype=GEOJSON_LITERAL)))
+            graph.add((location, DCAT.bbox, Literal(wkt, datatype=WKT_LITERAL)))
+        if ds.spatial_coverage:
+            graph.add((location, SKOS.prefLabel, Literal(ds.spatial_coverage, lang="fr")))
+    if ds.contact.email or ds.contact.name:
+        contact = BNode()
+        graph.add((node, DCAT.contactPoint, contact))
+        graph.add((contact, RDF.type, VCARD.Kind))
+        graph.add((contact, VCARD.fn, Literal(ds.contact.name or ds.publisher or info.publisher or ds.contact.email)))
+        if ds.contact.email:
+            graph.add((contact, VCARD.hasEmail, URIRef(f"mailto:{ds.contact.email}")))
+    publisher_name = ds.publisher or info.publisher
+    if publisher_name:
+        agent = BNode()
+        graph.add((node, DCTERMS.publisher, agent))
+        graph.add((agent, RDF.type, FOAF.Agent))
+        graph.add((agent, FOAF.name, Literal(publisher_name)))
+    if ds.conforms_to:
+        graph.add((node, DCTERMS.conformsTo, URIRef(ds.conforms_to)))
+
+    for distribution in ds.distributions:
+        fmt = FORMATS[distribution.format]
+        dist = URIRef(f"{landing}#distribution-{distribution.format}")
+        if distribution.format == "sensorthings":
+            dist = URIRef(f"{landing}#distribution-{distribution.url.rsplit('(', 1)[-1].split(')')[0]}")
+        graph.add((node, DCAT.distribution, dist))
+        graph.add((dist, RDF.type, DCAT.Distribution))
+        graph.add((dist, DCTERMS.title, Literal(distribution.title, lang="fr")))
+        graph.add((dist, DCAT.accessURL, URIRef(distribution.url)))
+        graph.add((dist, DCAT.mediaType, URIRef(IANA_MEDIA_TYPE_BASE + fmt.media_type)))
+        graph.add((dist, DCTERMS.format, URIRef(EU_FILE_TYPE_BASE + fmt.eu_file_type)))
+        if licence:
+            graph.add((dist, DCTERMS.license, URIRef(licence.url)))
+        if ds.conforms_to and distribution.kind == "download":
+            graph.add((dist, DCTERMS.conformsTo, URIRef(ds.conforms_to)))
+        if distribution.kind == "download":
+            # Exports are streamed from the live table, so their size is not known in advance: no dcat:byteSize.
+            graph.add((dist, DCAT.downloadURL, URIRef(distribution.url)))
+        else:
+            service = services[{"sensorthings": "sta", "ogcapi-features": "ogcapi"}.get(distribution.format, "api")]
+            graph.add((dist, DCAT.accessService, service))
+            graph.add((service, DCAT.servesDataset, node))
+    return node
+
+
+def _add_services(graph: Graph, info: CatalogInfo) -> dict[str, URIRef]:
+    """Our APIs as dcat:DataService entries (SensorThings, OGC API – Features, the records API)."""
+    specs = {
+        "sta": (
+            f"{info.base_url}/sta/v1.1",
+            "OGC SensorThings API 1.1 — capteurs et observations",
+            STA_CONFORMS_TO,
+            f"{info.base_url}/sta/v1.1",
+        ),
+        "ogcapi": (
+            f"{info.base_url}/ogcapi",
+            "OGC API – Features — données géographiques",
+            OGCAPI_FEATURES_CONFORMS_TO,
+            f"{info.base_url}/ogcapi/api",
+        ),
+        "api": (
+            f"{info.base_url}/api/v1/datasets",
+            "API du catalogue et des enregistrements (JSON)",
+            None,
+            f"{info.base_url}/openapi.json",
+        ),
+    }
+    services: dict[str, URIRef] = {}
+    for key, (endpoint, title, conforms_to, description) in specs.items():
+        node = URIRef(endpoint)
+        services[key] = node
+        graph.add((node, RDF.type, DCAT.DataService))
+        graph.add((node, DCTERMS.title, Literal(title, lang="fr")))
+        graph.add((node, DCAT.endpointURL, URIRef(endpoint)))
+        graph.add((node, DCAT.endpointDescription, URIRef(description)))
+        if conforms_to:
+            graph.add((node, DCTERMS.conformsTo, URIRef(conforms_to)))
+        graph.add((node, DCTERMS.accessRights, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC")))
+    return services
+
+
+def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Page) -> Graph:
+    """The DCAT-AP graph of one page of the catalog (public datasets only: the caller filters)."""
+    graph = Graph()
+    for prefix, namespace in (
+        ("dcat", DCAT),
+        ("dct", DCTERMS),
+        ("foaf", FOAF),
+        ("vcard", VCARD),
+        ("locn", LOCN),
+        ("hydra", HYDRA),
+        ("skos", SKOS),
+        ("adms", ADMS),
+    ):
+        graph.bind(prefix, namespace, override=True)
+    catalog = URIRef(f"{info.base_url}/dcat/catalog")
+    graph.add((catalog, RDF.type, DCAT.Catalog))
+    graph.add((catalog, DCTERMS.title, Literal(info.title, lang="fr")))
+    graph.add((catalog, DCTERMS.description, Literal(f"Catalogue des données ouvertes : {info.title}", lang="fr")))
+    graph.add((catalog, FOAF.homepage, URIRef(f"{info.base_url}/")))
+    graph.add((catalog, DCTERMS.language, LANGUAGE_FRA))
+    if info.publisher:
+        agent = BNode()
+        graph.add((catalog, DCTERMS.publisher, agent))
+        graph.add((agent, RDF.type, FOAF.Agent))
+        graph.add((agent, FOAF.name, Literal(info.publisher)))
+    if datasets:
+        graph.add((catalog, DCTERMS.modified, _dt(max(ds.modified for ds in datasets))))
+    services = _add_services(graph, info)
+    for service in services.values():
+        graph.add((catalog, DCAT.service, service))
+    for ds in datasets:
+        graph.add((catalog, DCAT.dataset, _add_dataset(graph, ds, info, services)))
+
+    view = URIRef(page_url(info, page, page.number))
+    for kind in (HYDRA.PartialCollectionView, HYDRA.PagedCollection):
+        graph.add((view, RDF.type, kind))
+    graph.add((view, HYDRA.totalItems, Literal(page.total, datatype=XSD.integer)))
+    graph.add((view, HYDRA.itemsPerPage, Literal(page.size, datatype=XSD.integer)))
+    links = [(HYDRA.first, HYDRA.firstPage, 1), (HYDRA.last, HYDRA.lastPage, page.last)]
+    if page.number < page.last:
+        links.append((HYDRA.next, HYDRA.nextPage, page.number + 1))
+    if page.number > 1:
+        links.append((HYDRA.previous, HYDRA.previousPage, min(page.number - 1, page.last)))
+    for new_style, old_style, number in links:
+        # PartialCollectionView uses hydra:next (udata), PagedCollection hydra:nextPage (older ckanext-dcat).
+        target = Literal(page_url(info, page, number))
+        graph.add((view, new_style, URIRef(str(target))))
+        graph.add((view, old_style, URIRef(str(target))))
+    return graph
+
+
+def serialise(graph: Graph, extension: str) -> tuple[bytes, str]:
+    """The graph in one of our serialisations, with its media type."""
+    rdflib_format, media_type = SERIALISATIONS[extension]
+    if rdflib_format == "json-ld":
+        context = {prefix: str(ns) for prefix, ns in graph.namespaces() if prefix}
+        text = graph.serialize(format="json-ld", context=context, auto_compact=True)
+    else:
+        text = graph.serialize(format=rdflib_format)
+    return text.encode("utf-8"), media_type

@@ -1,0 +1,128 @@
+"""The portal's server-rendered pages and feeds, without a browser: what works without JavaScript."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from territoire_data.api.app import create_app
+from territoire_data.settings import Settings
+from tests.catalog_helpers import AUTH, FULL_METADATA, add_point_table, add_sensor, create_dataset
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+async def api(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings.model_copy(
+            update={"admin_token": SecretStr(AUTH["Authorization"][7:]), "catalog_title": "Données de Testville"}
+        ),
+        engine=engine,
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        yield http
+
+
+async def fill(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    await create_dataset(api, "sanisettes", "Toilettes publiques", **FULL_METADATA)
+    await add_point_table(
+        db, "sanisettes", [("Gare <Nord>", 2.35, 48.88, "2024-01-02"), ("Mairie", 2.34, 48.86, "2024-02-01")]
+    )
+    await create_dataset(api, "air", "Qualité de l'air", kind="sensors", themes=["ENVI"], licence="odbl-1.0")
+    await add_sensor(db, "air", lon=4.8, lat=45.7, values=[10.0, 12.0, 14.5])
+    await create_dataset(api, "secret", "Registre confidentiel des toilettes", access="restricted", **FULL_METADATA)
+
+
+async def test_home_lists_searches_and_filters_public_datasets(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    await fill(api, db)
+    home = await api.get("/")
+    assert home.status_code == 200
+    assert home.headers["content-language"] == "fr"
+    html = home.text
+    assert '<html lang="fr">' in html
+    assert "Données de Testville" in html
+    assert 'href="/datasets/sanisettes"' in html
+    assert 'href="/datasets/air"' in html
+    assert "2 jeu(x) de données" in html
+    assert "confidentiel" not in html
+    for landmark in ('role="banner"', '<main id="main"', 'role="contentinfo"', 'role="search"', "<nav"):
+        assert landmark in html
+    assert '<label for="q">' in html
+
+    found = (await api.get("/", params={"q": "toilettes"})).text
+    assert 'href="/datasets/sanisettes"' in found
+    assert 'href="/datasets/air"' not in found
+    assert "confidentiel" not in found
+    assert "1 jeu(x) de données" in found
+
+    filtered = (await api.get("/", params={"theme": "ENVI"})).text
+    assert 'href="/datasets/air"' in filtered
+    assert 'href="/datasets/sanisettes"' not in filtered
+    assert 'value="ENVI" checked' in filtered
+
+
+async def test_dataset_page_shows_metadata_licence_preview_downloads_and_examples(
+    api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await fill(api, db)
+    page = await api.get("/datasets/sanisettes")
+    assert page.status_code == 200
+    html = page.text
+    assert "<h1>Toilettes publiques</h1>" in html
+    assert "Licence Ouverte / Open Licence version 2.0" in html
+    assert "à condition de citer la source" in html, "the licence in plain words"
+    assert "Gare &lt;Nord&gt;" in html, "preview values are escaped"
+    assert "mailto:donnees@testville.fr" in html
+    for fmt in ("csv", "geojson", "parquet"):
+        assert f'href="/api/v1/datasets/sanisettes/exports/{fmt}" download' in html
+    assert 'curl -L -o sanisettes.csv "http://testserver/api/v1/datasets/sanisettes/exports/csv"' in html
+    assert 'pd.read_csv("http://testserver/api/v1/datasets/sanisettes/exports/csv")' in html
+    assert 'data-geojson="/datasets/sanisettes/preview.geojson"' in html or "La carte n&#39;est pas disponible" in html
+    assert "du 02/01/2024 au 01/02/2024" in html
+
+    english = await api.get("/datasets/sanisettes", params={"lang": "en"})
+    assert '<html lang="en">' in english.text
+    assert "provided you credit the source" in english.text
+    assert english.cookies.get("lang") == "en"
+
+
+async def test_restricted_or_missing_dataset_page_is_404_html(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    await fill(api, db)
+    for slug in ("secret", "does-not-exist"):
+        page = await api.get(f"/datasets/{slug}")
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "confidentiel" not in page.text
+        assert (await api.get(f"/datasets/{slug}/preview.geojson")).status_code == 404
+
+
+async def test_map_feed_is_geojson_of_the_typed_table_and_of_sensor_locations(
+    api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await fill(api, db)
+    table = (await api.get("/datasets/sanisettes/preview.geojson")).json()
+    assert table["type"] == "FeatureCollection"
+    assert [f["properties"]["nom"] for f in table["features"]] == ["Gare <Nord>", "Mairie"]
+    assert table["features"][0]["geometry"] == {"type": "Point", "coordinates": [2.35, 48.88]}
+    sensors = (await api.get("/datasets/air/preview.geojson")).json()
+    assert [f["geometry"]["coordinates"] for f in sensors["features"]] == [[4.8, 45.7]]
+
+
+async def test_sensor_page_shows_the_last_values_and_the_chart_feed(
+    api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await fill(api, db)
+    html = (await api.get("/datasets/air")).text
+    assert "Mesures des dernières 24 heures" in html
+    assert "14.5 µg/m³" in html
+    series = (await api.get("/datasets/air/recent.json")).json()
+    assert len(series) == 1
+    assert series[0]["values"] == [10.0, 12.0, 14.5]
+    assert series[0]["unit"] == "µg/m³"
+    assert len(series[0]["times"]) == 3
