@@ -116,7 +116,14 @@ async def browser(chromium_ready: None) -> AsyncIterator[Browser]:
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
     context = await browser.new_context(locale="fr-FR", viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    # axe-core comes in as an init script (not subject to the page's CSP, which forbids inline scripts).
+    await context.add_init_script(path=str(AXE))
     page = await context.new_page()
+    csp_violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: csp_violations.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     external: list[str] = []
     page.on(
         "request",
@@ -127,6 +134,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     yield page
     await context.close()
     assert external == [], f"the portal loaded external resources: {external}"
+    assert csp_violations == [], f"the portal broke its own Content-Security-Policy: {csp_violations}"
 
 
 async def screenshot(page: Page, name: str) -> None:
@@ -136,7 +144,6 @@ async def screenshot(page: Page, name: str) -> None:
 
 async def serious_violations(page: Page) -> list[dict[str, Any]]:
     """axe-core (npm registry, web/node_modules) on the current page: WCAG 2.0/2.1 A and AA rules."""
-    await page.add_script_tag(path=str(AXE))
     result = await page.evaluate(
         "() => axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})"
     )
