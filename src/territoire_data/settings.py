@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from territoire_data.errors import ConfigurationError
@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
     ingest_batch_ms: int = Field(default=200, ge=1, le=60_000)
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="temporary write credential (Authorization: Bearer) until API keys exist; unset = no writes",
+    )
+    sta_default_top: int = Field(default=100, ge=1, le=100_000, description="SensorThings page size by default")
+    sta_max_top: int = Field(default=10_000, ge=1, le=1_000_000, description="largest SensorThings $top honoured")
+    sta_count_exact_limit: int = Field(
+        default=1_000_000, ge=0, description="$count above this planner estimate is answered with the estimate"
+    )
+    sta_mqtt_publish: bool = Field(default=True, description="publish new Observations on SensorThings MQTT topics")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

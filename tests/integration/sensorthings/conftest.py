@@ -1,0 +1,83 @@
+"""Fixtures for the SensorThings tests: an in-process client with the temporary admin token, sample data."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from territoire_data.api.app import create_app
+from territoire_data.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BASE = "/sta/v1.1"
+
+
+@pytest.fixture
+def sta_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"admin_token": SecretStr(ADMIN_TOKEN)})
+
+
+@pytest.fixture
+async def sta(sta_settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app (writes allowed with AUTH), over a clean database."""
+    app = create_app(sta_settings, engine=engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        yield http
+
+
+def thing_body(name: str = "Station Bellecour", lon: float = 4.832, lat: float = 45.757, n_ds: int = 1) -> dict[str, Any]:
+    """A Thing with its Location and Datastreams (Sensor and ObservedProperty nested): one deep insert."""
+    return {
+        "name": name,
+        "description": "Air quality station",
+        "properties": {"owner": "Métropole de Lyon", "floors": 3},
+        "Locations": [
+            {
+                "name": f"{name} site",
+                "description": "where it stands",
+                "encodingType": "application/geo+json",
+                "location": {"type": "Point", "coordinates": [lon, lat]},
+            }
+        ],
+        "Datastreams": [
+            {
+                "name": f"{name} temperature {i}",
+                "description": "air temperature",
+                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "ucum:Cel"},
+                "Sensor": {
+                    "name": f"DHT22 {name} {i}",
+                    "description": "thermometer",
+                    "encodingType": "application/pdf",
+                    "metadata": "https://example.org/dht22.pdf",
+                },
+                "ObservedProperty": {
+                    "name": "Temperature",
+                    "definition": "http://dbpedia.org/page/Temperature",
+                    "description": "air temperature",
+                },
+            }
+            for i in range(n_ds)
+        ],
+    }
+
+
+async def create(http: httpx.AsyncClient, path: str, body: Any) -> dict[str, Any]:
+    response = await http.post(f"{BASE}/{path}", json=body, headers=AUTH)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    assert response.headers["location"] == result["@iot.selfLink"]
+    return result
+
+
+async def get(http: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    response = await http.get(f"{BASE}/{path}", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
