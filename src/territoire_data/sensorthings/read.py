@@ -190,16 +190,16 @@ async def estimated_or_exact_count(conn: asyncpg.Connection, ctx: Context, stmt:
     """An exact count, unless the planner expects more rows than the limit: then its estimate, flagged."""
     plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {stmt.sql}", *stmt.params)
     document = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
-    node = document[0]["Plan"]
-    # the count's Aggregate node estimates one row; the rows counted are its input's
-    while node.get("Node Type") in ("Aggregate", "Gather", "Finalize Aggregate", "Partial Aggregate") and node.get(
-        "Plans"
-    ):
-        node = node["Plans"][0]
-    estimate = int(node.get("Plan Rows", 0))
+    # the rows the scans expect (before the access semi-joins, whose selectivity the planner only guesses)
+    estimate = _largest_estimate(document[0]["Plan"])
     if estimate > ctx.count_exact_limit:
         return estimate, True
     return int(await conn.fetchval(stmt.sql, *stmt.params)), False
+
+
+def _largest_estimate(node: dict[str, Any]) -> int:
+    here = 0 if node.get("Node Type") == "Aggregate" else int(node.get("Plan Rows", 0))
+    return max([here, *(_largest_estimate(child) for child in node.get("Plans", []))])
 
 
 def _next_link(url: str, params: dict[str, str], top: int, skip: int) -> str:
