@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from typing import Any
 
 from territoire_data.auth.policy import Principal, member_visible_sql
@@ -379,27 +378,20 @@ class ExprCompiler:
             return Typed(sql if node.op == "eq" else f"NOT {sql}", "bool")
         return Typed(f"({lsql} {op} {rsql})", "bool")
 
-    def _date_side(self, typed: Typed) -> str:
+    @staticmethod
+    def _date_side(typed: Typed) -> str:
         if typed.kind == "date":
             return typed.sql
-        if typed.kind == "time" and typed.sql.startswith("$"):
-            value: datetime = self.params.values[int(typed.sql[1:].split("::")[0]) - 1]
-            return self.params.add(value.date(), "date")
-        if typed.kind == "text" and typed.variants and "raw" in typed.variants:
-            try:
-                return self.params.add(date.fromisoformat(typed.variants["raw"]), "date")
-            except ValueError:
-                raise InvalidQueryError(f"$filter: not a date: {typed.variants['raw']!r}") from None
+        if typed.kind == "text":
+            return f"({typed.sql})::date"
         return f"(({typed.sql}) AT TIME ZONE 'UTC')::date"
 
-    def _clock_side(self, typed: Typed) -> str:
+    @staticmethod
+    def _clock_side(typed: Typed) -> str:
         if typed.kind == "clock":
             return typed.sql
-        if typed.kind == "text" and typed.variants and "raw" in typed.variants:
-            try:
-                return self.params.add(time.fromisoformat(typed.variants["raw"]), "time")
-            except ValueError:
-                raise InvalidQueryError(f"$filter: not a time of day: {typed.variants['raw']!r}") from None
+        if typed.kind == "text":
+            return f"({typed.sql})::time"
         raise InvalidQueryError(f"$filter: expected a time of day, found a {typed.kind}")
 
     @staticmethod
