@@ -21,8 +21,8 @@ from territoire_data.api import health
 from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.db.engine import create_engine
-from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.db.migrate import head_revision
+from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 
 DESCRIPTION = """

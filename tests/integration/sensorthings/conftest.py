@@ -32,7 +32,9 @@ async def sta(sta_settings: Settings, engine: AsyncEngine, db: asyncpg.Connectio
         yield http
 
 
-def thing_body(name: str = "Station Bellecour", lon: float = 4.832, lat: float = 45.757, n_ds: int = 1) -> dict[str, Any]:
+def thing_body(
+    name: str = "Station Bellecour", lon: float = 4.832, lat: float = 45.757, n_ds: int = 1
+) -> dict[str, Any]:
     """A Thing with its Location and Datastreams (Sensor and ObservedProperty nested): one deep insert."""
     return {
         "name": name,

@@ -19,13 +19,22 @@ async def data(sta: httpx.AsyncClient) -> dict[str, int]:
         ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
         ids[name] = ds
         offset = 0 if name == "lyon" else 100
-        body = [{"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result"],
-                 "dataArray": [[f"2026-11-0{d}T12:30:15.250Z", offset + d] for d in range(1, 6)]}]
+        body = [
+            {
+                "Datastream": {"@iot.id": ds},
+                "components": ["phenomenonTime", "result"],
+                "dataArray": [[f"2026-11-0{d}T12:30:15.250Z", offset + d] for d in range(1, 6)],
+            }
+        ]
         assert (await sta.post(f"{BASE}/CreateObservations", json=body, headers=AUTH)).status_code == 201
-    await create(sta, f"Datastreams({ids['lyon']})/Observations",
-                 {"phenomenonTime": "2026-11-08T00:00:00Z", "result": "calibrating"})
-    await create(sta, f"Datastreams({ids['lyon']})/Observations",
-                 {"phenomenonTime": "2026-11-09T00:00:00Z", "result": True})
+    await create(
+        sta,
+        f"Datastreams({ids['lyon']})/Observations",
+        {"phenomenonTime": "2026-11-08T00:00:00Z", "result": "calibrating"},
+    )
+    await create(
+        sta, f"Datastreams({ids['lyon']})/Observations", {"phenomenonTime": "2026-11-09T00:00:00Z", "result": True}
+    )
     return ids
 
 
@@ -50,13 +59,19 @@ CASES = [
     ("phenomenonTime ge 2026-11-04T00:00:00Z and phenomenonTime lt 2026-11-05T00:00:00Z", [4, 104]),
     ("phenomenonTime gt 2026-11-04T00:00:00Z sub duration'P1D' and result lt 100 and result gt 0", [3, 4, 5]),
     ("year(phenomenonTime) eq 2026 and day(phenomenonTime) eq 2", [2, 102]),
-    ("month(phenomenonTime) eq 11 and hour(phenomenonTime) eq 12 and minute(phenomenonTime) eq 30 "
-     "and second(phenomenonTime) eq 15 and fractionalseconds(phenomenonTime) eq 0.25 and result lt 2", [1]),
+    (
+        "month(phenomenonTime) eq 11 and hour(phenomenonTime) eq 12 and minute(phenomenonTime) eq 30 "
+        "and second(phenomenonTime) eq 15 and fractionalseconds(phenomenonTime) eq 0.25 and result lt 2",
+        [1],
+    ),
     ("date(phenomenonTime) eq 2026-11-03", [3, 103]),
     ("time(phenomenonTime) eq '12:30:15.25' and result gt 104", [105]),
     ("totaloffsetminutes(phenomenonTime) eq 0 and result eq 1", [1]),
-    ("phenomenonTime lt now() and phenomenonTime gt mindatetime() and phenomenonTime lt maxdatetime() "
-     "and result eq 5", [5]),
+    (
+        "phenomenonTime lt now() and phenomenonTime gt mindatetime() and phenomenonTime lt maxdatetime() "
+        "and result eq 5",
+        [5],
+    ),
     ("round(result div 4) eq 1 and result lt 100", [3, 4, 5]),
     ("floor(result div 4) eq 1 and result lt 100", [4, 5]),
     ("ceiling(result div 4) eq 1 and result lt 100", [1, 2, 3, 4]),
@@ -68,8 +83,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("flt", "expected"), CASES)
-async def test_filter_on_observations(sta: httpx.AsyncClient, data: dict[str, int], flt: str,
-                                      expected: list[object]) -> None:
+async def test_filter_on_observations(
+    sta: httpx.AsyncClient, data: dict[str, int], flt: str, expected: list[object]
+) -> None:
     assert await _results(sta, flt) == expected
 
 
@@ -94,8 +110,10 @@ THING_CASES = [
     ("st_equals(Locations/location, geography'POINT(4.832 45.757)')", ["Lyon Bellecour"]),
     ("st_intersects(Locations/location, geography'LINESTRING(2 48, 3 49)')", []),
     ("st_contains(geography'POLYGON((2 48, 3 48, 3 49, 2 49, 2 48))', Locations/location)", ["Paris Louvre"]),
-    ("st_touches(Locations/location, geography'POLYGON((4.832 45.757, 5 45.757, 5 46, 4.832 46, 4.832 45.757))')",
-     ["Lyon Bellecour"]),
+    (
+        "st_touches(Locations/location, geography'POLYGON((4.832 45.757, 5 45.757, 5 46, 4.832 46, 4.832 45.757))')",
+        ["Lyon Bellecour"],
+    ),
     ("st_overlaps(Locations/location, geography'POINT(0 0)')", []),
     ("st_crosses(geography'LINESTRING(2 48, 3 49)', Locations/location)", []),
     ("st_relate(Locations/location, geography'POINT(4.832 45.757)', 'T*F**FFF*')", ["Lyon Bellecour"]),
@@ -110,7 +128,9 @@ async def test_filter_on_things(sta: httpx.AsyncClient, data: dict[str, int], fl
 
 
 async def test_orderby_several_keys_and_through_relations(sta: httpx.AsyncClient, data: dict[str, int]) -> None:
-    body = await get(sta, "Observations", **{"$filter": "result lt 1000", "$orderby": "Datastream/Thing/name desc,result"})
+    body = await get(
+        sta, "Observations", **{"$filter": "result lt 1000", "$orderby": "Datastream/Thing/name desc,result"}
+    )
     names = [o["result"] for o in body["value"]]
     assert names == [101, 102, 103, 104, 105, 1, 2, 3, 4, 5]
     things = await get(sta, "Things", **{"$orderby": "name desc"})
@@ -119,19 +139,33 @@ async def test_orderby_several_keys_and_through_relations(sta: httpx.AsyncClient
 
 @pytest.mark.parametrize(
     ("flt", "where"),
-    [("name eq", 7), ("name eq 'x' and", 15), ("startswith(name 'x')", 16), ("name eq 'open", 8),
-     ("foo(name) eq 1", 0), ("name eq 1 eq 2", 10)],
+    [
+        ("name eq", 7),
+        ("name eq 'x' and", 15),
+        ("startswith(name 'x')", 16),
+        ("name eq 'open", 8),
+        ("foo(name) eq 1", 0),
+        ("name eq 1 eq 2", 10),
+    ],
 )
 async def test_syntax_errors_are_400_saying_where(sta: httpx.AsyncClient, flt: str, where: int) -> None:
     response = await sta.get(f"{BASE}/Things", params={"$filter": flt})
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
-    assert problem["position"] == where and f"position {where}" in problem["detail"]
+    assert problem["position"] == where
+    assert f"position {where}" in problem["detail"]
 
 
-@pytest.mark.parametrize("flt", ["nope eq 1", "name gt geography'POINT(1 2)'", "geo.intersects(name, name)",
-                                 "st_within(Locations/location, geography'POINT(1')"])
+@pytest.mark.parametrize(
+    "flt",
+    [
+        "nope eq 1",
+        "name gt geography'POINT(1 2)'",
+        "geo.intersects(name, name)",
+        "st_within(Locations/location, geography'POINT(1')",
+    ],
+)
 async def test_invalid_filters_are_400(sta: httpx.AsyncClient, data: dict[str, int], flt: str) -> None:
     response = await sta.get(f"{BASE}/Things", params={"$filter": flt})
     assert response.status_code == 400, response.text

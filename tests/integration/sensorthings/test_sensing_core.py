@@ -10,18 +10,29 @@ from tests.integration.sensorthings.conftest import BASE, create, get, thing_bod
 
 pytestmark = pytest.mark.db
 
-SETS = ("Things", "Locations", "HistoricalLocations", "Sensors", "ObservedProperties", "Datastreams",
-        "FeaturesOfInterest", "Observations")
+SETS = (
+    "Things",
+    "Locations",
+    "HistoricalLocations",
+    "Sensors",
+    "ObservedProperties",
+    "Datastreams",
+    "FeaturesOfInterest",
+    "Observations",
+)
 
 
 async def _observations(http: httpx.AsyncClient, ds: int, n: int, day: str = "2026-11-01") -> None:
-    body = [{
-        "Datastream": {"@iot.id": ds},
-        "components": ["phenomenonTime", "result"],
-        "dataArray": [[f"{day}T{h:02d}:00:00Z", 10.0 + h] for h in range(n)],
-    }]
-    response = await http.post(f"{BASE}/CreateObservations", json=body,
-                               headers={"Authorization": "Bearer test-admin-token-0123456789"})
+    body = [
+        {
+            "Datastream": {"@iot.id": ds},
+            "components": ["phenomenonTime", "result"],
+            "dataArray": [[f"{day}T{h:02d}:00:00Z", 10.0 + h] for h in range(n)],
+        }
+    ]
+    response = await http.post(
+        f"{BASE}/CreateObservations", json=body, headers={"Authorization": "Bearer test-admin-token-0123456789"}
+    )
     assert response.status_code == 201, response.text
     assert all(link != "error" for link in response.json())
 
@@ -49,14 +60,17 @@ async def test_entity_by_id_navigation_selflinks(sta: httpx.AsyncClient) -> None
     assert sensor["metadata"] == "https://example.org/dht22.pdf"
     assert (await get(sta, f"Things({tid})/name")) == {"name": "Station Bellecour"}
     raw = await sta.get(f"{BASE}/Things({tid})/name/$value")
-    assert raw.status_code == 200 and raw.text == "Station Bellecour"
+    assert raw.status_code == 200
+    assert raw.text == "Station Bellecour"
     refs = await get(sta, "Things/$ref")
     assert refs["value"] == [{"@iot.selfLink": thing["@iot.selfLink"]}]
     assert (await get(sta, f"Things({tid})/Datastreams/$ref"))["value"][0]["@iot.selfLink"].endswith(
-        f"Datastreams({ds['@iot.id']})")
+        f"Datastreams({ds['@iot.id']})"
+    )
     # the Thing got a HistoricalLocation when its Location was set
     hls = await get(sta, f"Things({tid})/HistoricalLocations", **{"$expand": "Locations"})
-    assert len(hls["value"]) == 1 and hls["value"][0]["Locations"][0]["name"].endswith("site")
+    assert len(hls["value"]) == 1
+    assert hls["value"][0]["Locations"][0]["name"].endswith("site")
 
 
 async def test_missing_entities_and_paths_are_404_problems(sta: httpx.AsyncClient) -> None:
@@ -71,7 +85,8 @@ async def test_paging_with_next_links_top_skip_count(sta: httpx.AsyncClient) -> 
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     await _observations(sta, ds, 7)
     page = await get(sta, f"Datastreams({ds})/Observations", **{"$top": "3", "$count": "true"})
-    assert page["@iot.count"] == 7 and len(page["value"]) == 3
+    assert page["@iot.count"] == 7
+    assert len(page["value"]) == 3
     seen = [o["result"] for o in page["value"]]
     while "@iot.nextLink" in page:
         response = await sta.get(page["@iot.nextLink"])
@@ -85,6 +100,7 @@ async def test_paging_with_next_links_top_skip_count(sta: httpx.AsyncClient) -> 
 
 async def test_default_and_maximum_top(sta_settings, engine, db) -> None:  # type: ignore[no-untyped-def]
     from territoire_data.api.app import create_app
+
     small = sta_settings.model_copy(update={"sta_default_top": 2, "sta_max_top": 3})
     app = create_app(small, engine=engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
@@ -92,18 +108,23 @@ async def test_default_and_maximum_top(sta_settings, engine, db) -> None:  # typ
             await create(http, "Things", {"name": f"t{i}", "description": ""})
         assert len((await get(http, "Things"))["value"]) == 2
         page = await get(http, "Things", **{"$top": "100"})
-        assert len(page["value"]) == 3 and "$top=3" in page["@iot.nextLink"]
+        assert len(page["value"]) == 3
+        assert "$top=3" in page["@iot.nextLink"]
 
 
 async def test_select_expand_nested_with_own_options(sta: httpx.AsyncClient) -> None:
     thing = await create(sta, "Things", thing_body(n_ds=2))
     for ds in (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]:
         await _observations(sta, ds["@iot.id"], 5)
-    body = await get(sta, "Things", **{
-        "$select": "name,id",
-        "$expand": "Datastreams($filter=endswith(name,'1');$select=name;"
-                   "$expand=Observations($top=1;$orderby=phenomenonTime desc;$select=result,phenomenonTime))",
-    })
+    body = await get(
+        sta,
+        "Things",
+        **{
+            "$select": "name,id",
+            "$expand": "Datastreams($filter=endswith(name,'1');$select=name;"
+            "$expand=Observations($top=1;$orderby=phenomenonTime desc;$select=result,phenomenonTime))",
+        },
+    )
     (t,) = body["value"]
     assert set(t) == {"@iot.id", "name", "Datastreams"}
     (ds,) = t["Datastreams"]
@@ -111,8 +132,9 @@ async def test_select_expand_nested_with_own_options(sta: httpx.AsyncClient) -> 
     assert ds["Observations"] == [{"phenomenonTime": "2026-11-01T04:00:00Z", "result": 14.0}]
     assert "Observations@iot.nextLink" in ds
     slash = await get(sta, "Things", **{"$expand": "Datastreams/Observations($top=2;$count=true)"})
-    assert all(len(d["Observations"]) == 2 and d["Observations@iot.count"] == 5
-               for d in slash["value"][0]["Datastreams"])
+    assert all(
+        len(d["Observations"]) == 2 and d["Observations@iot.count"] == 5 for d in slash["value"][0]["Datastreams"]
+    )
 
 
 async def test_latest_observation_and_data_array(sta: httpx.AsyncClient) -> None:
@@ -121,11 +143,13 @@ async def test_latest_observation_and_data_array(sta: httpx.AsyncClient) -> None
     await _observations(sta, ds, 4)
     latest = await get(sta, f"Datastreams({ds})/Observations", **{"$top": "1", "$orderby": "phenomenonTime desc"})
     assert latest["value"][0]["result"] == 13.0
-    arr = await get(sta, f"Datastreams({ds})/Observations",
-                    **{"$resultFormat": "dataArray", "$select": "phenomenonTime,result"})
+    arr = await get(
+        sta, f"Datastreams({ds})/Observations", **{"$resultFormat": "dataArray", "$select": "phenomenonTime,result"}
+    )
     (group,) = arr["value"]
     assert group["components"] == ["phenomenonTime", "result"]
-    assert group["dataArray"][0] == ["2026-11-01T00:00:00Z", 10.0] and group["dataArray@iot.count"] == 4
+    assert group["dataArray"][0] == ["2026-11-01T00:00:00Z", 10.0]
+    assert group["dataArray@iot.count"] == 4
     # the Datastream's phenomenonTime extent is kept by the database trigger
     assert (await get(sta, f"Datastreams({ds})"))["phenomenonTime"] == "2026-11-01T00:00:00Z/2026-11-01T03:00:00Z"
 
@@ -137,13 +161,32 @@ async def test_aggregates_extension(sta: httpx.AsyncClient) -> None:
     await _observations(sta, ds, 2, "2026-11-02")
     daily = await get(sta, f"Datastreams({ds})/Aggregates", interval="day", aggregate="min,max,avg,count,last,sum")
     assert daily["value"] == [
-        {"phenomenonTime": "2026-11-01T00:00:00Z/2026-11-02T00:00:00Z", "min": 10.0, "max": 33.0, "avg": 21.5,
-         "count": 24, "last": 33.0, "sum": 516.0},
-        {"phenomenonTime": "2026-11-02T00:00:00Z/2026-11-03T00:00:00Z", "min": 10.0, "max": 11.0, "avg": 10.5,
-         "count": 2, "last": 11.0, "sum": 21.0},
+        {
+            "phenomenonTime": "2026-11-01T00:00:00Z/2026-11-02T00:00:00Z",
+            "min": 10.0,
+            "max": 33.0,
+            "avg": 21.5,
+            "count": 24,
+            "last": 33.0,
+            "sum": 516.0,
+        },
+        {
+            "phenomenonTime": "2026-11-02T00:00:00Z/2026-11-03T00:00:00Z",
+            "min": 10.0,
+            "max": 11.0,
+            "avg": 10.5,
+            "count": 2,
+            "last": 11.0,
+            "sum": 21.0,
+        },
     ]
-    hourly = await get(sta, f"Datastreams({ds})/Aggregates", interval="hour", aggregate="count",
-                       **{"$filter": "phenomenonTime ge 2026-11-01T05:00:00Z and phenomenonTime lt 2026-11-01T08:00:00Z"})
+    hourly = await get(
+        sta,
+        f"Datastreams({ds})/Aggregates",
+        interval="hour",
+        aggregate="count",
+        **{"$filter": "phenomenonTime ge 2026-11-01T05:00:00Z and phenomenonTime lt 2026-11-01T08:00:00Z"},
+    )
     assert [b["count"] for b in hourly["value"]] == [1, 1, 1]
     bad = await sta.get(f"{BASE}/Datastreams({ds})/Aggregates", params={"interval": "week"})
     assert bad.status_code == 400
@@ -151,6 +194,7 @@ async def test_aggregates_extension(sta: httpx.AsyncClient) -> None:
 
 async def test_count_estimate_is_flagged_beyond_the_limit(sta_settings, engine, db) -> None:  # type: ignore[no-untyped-def]
     from territoire_data.api.app import create_app
+
     low = sta_settings.model_copy(update={"sta_count_exact_limit": 10})
     app = create_app(low, engine=engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
@@ -159,9 +203,11 @@ async def test_count_estimate_is_flagged_beyond_the_limit(sta_settings, engine, 
         await _observations(http, ds, 24)
         await db.execute("ANALYZE observation; ANALYZE thing; ANALYZE datastream; ANALYZE dataset")
         body = await get(http, "Observations", **{"$count": "true", "$top": "1"})
-        assert body["@territoire.countEstimated"] is True and body["@iot.count"] > 10
+        assert body["@territoire.countEstimated"] is True
+        assert body["@iot.count"] > 10
         exact = await get(http, "Things", **{"$count": "true"})
-        assert exact["@iot.count"] == 1 and "@territoire.countEstimated" not in exact
+        assert exact["@iot.count"] == 1
+        assert "@territoire.countEstimated" not in exact
 
 
 async def test_restricted_dataset_entities_are_invisible(sta: httpx.AsyncClient, db: asyncpg.Connection) -> None:
@@ -169,15 +215,18 @@ async def test_restricted_dataset_entities_are_invisible(sta: httpx.AsyncClient,
     secret = await create(sta, "Things", thing_body("secret", 5.0, 46.0))
     dataset = await db.fetchval(
         "INSERT INTO dataset (slug, title, kind, access) VALUES ('secret', 'Secret', 'sensors', 'restricted') "
-        "RETURNING id")
+        "RETURNING id"
+    )
     await db.execute("UPDATE thing SET dataset_id = $1 WHERE id = $2", dataset, secret["@iot.id"])
     await db.execute("UPDATE datastream SET dataset_id = $1 WHERE thing_id = $2", dataset, secret["@iot.id"])
     sds = await db.fetchval("SELECT id FROM datastream WHERE thing_id = $1", secret["@iot.id"])
     await _observations(sta, (await get(sta, f"Things({public['@iot.id']})/Datastreams"))["value"][0]["@iot.id"], 2)
     await db.execute(
-        "INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES ($1, now(), 1)", sds)
+        "INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES ($1, now(), 1)", sds
+    )
     things = await get(sta, "Things", **{"$count": "true", "$expand": "Datastreams"})
-    assert things["@iot.count"] == 1 and [t["name"] for t in things["value"]] == ["public"]
+    assert things["@iot.count"] == 1
+    assert [t["name"] for t in things["value"]] == ["public"]
     assert (await sta.get(f"{BASE}/Things({secret['@iot.id']})")).status_code == 404
     assert (await sta.get(f"{BASE}/Datastreams({sds})/Observations")).status_code == 404
     assert (await get(sta, "Observations", **{"$count": "true"}))["@iot.count"] == 2
