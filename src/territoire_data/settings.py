@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     sta_count_exact_limit: int = Field(
         default=1_000_000, ge=0, description="$count above this planner estimate is answered with the estimate"
     )
-    sta_mqtt_publish: bool = Field(default=True, description="publish new Observations on SensorThings MQTT topics")
+    sta_mqtt_publish: bool = Field(
+        default=True,
+        description="the SensorThings MQTT bridge (territoire-data sta-mqtt) runs: advertise MQTT in the service root",
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

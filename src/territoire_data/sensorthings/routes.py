@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -40,8 +41,13 @@ def write_auth(settings: Settings) -> service.WriteAuth:
 
 
 def mqtt_endpoints(settings: Settings) -> list[str]:
-    """MQTT endpoints advertised in the service root: none until the MQTT extension is served."""
-    return []
+    """The broker advertised in the service root (without credentials) when the MQTT bridge is deployed."""
+    if not settings.sta_mqtt_publish:
+        return []
+    parts = urlsplit(settings.mqtt_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+    return [f"{'mqtts' if parts.scheme in ('mqtts', 'ssl') else 'mqtt'}://{host}:{port}"]
 
 
 @asynccontextmanager

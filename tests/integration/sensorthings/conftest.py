@@ -83,3 +83,64 @@ async def get(http: httpx.AsyncClient, path: str, **params: Any) -> Any:
     response = await http.get(f"{BASE}/{path}", params=params)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# --- MQTT ------------------------------------------------------------------------------------------------
+
+
+class Subscriber:
+    """A plain MQTT v5 client that records what it receives (the outside client of the MQTT tests)."""
+
+    def __init__(self, mqtt_url: str, topics: list[str]) -> None:
+        import queue
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from territoire_data.mqtt_url import parse_mqtt_url
+
+        self.messages: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        address = parse_mqtt_url(mqtt_url)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        subscribed = __import__("threading").Event()
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, __import__("json").loads(m.payload)))
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "subscription not acknowledged"
+
+    def publish(self, topic: str, payload: Any, authorization: str | None = None) -> None:
+        import json
+
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        if authorization:
+            props.UserProperty = [("Authorization", authorization)]
+        self.client.publish(topic, json.dumps(payload), qos=1, properties=props).wait_for_publish(10)
+
+    def next(self, timeout: float = 10) -> tuple[str, dict[str, Any]]:
+        return self.messages.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+async def bridge(sta_settings: Settings, db: asyncpg.Connection, topic_prefix: str) -> AsyncIterator[Any]:
+    """The SensorThings MQTT bridge running in this event loop, on the test broker, under a private prefix."""
+    import asyncio
+
+    from territoire_data.sensorthings.mqtt import StaMqttBridge
+
+    bridge = StaMqttBridge(sta_settings, topic_prefix=f"{topic_prefix}/")
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    await asyncio.wait_for(bridge.is_publisher.wait(), 30)
+    yield bridge
+    stop.set()
+    await asyncio.wait_for(task, 30)
