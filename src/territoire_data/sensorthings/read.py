@@ -417,6 +417,10 @@ def data_array(ctx: Context, rows: list[asyncpg.Record], select: tuple[str, ...]
     ]
 
 
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
 # --- aggregation extension -------------------------------------------------------------------------------
 
 
@@ -441,7 +445,7 @@ async def read_aggregates(
             + (f"; unknown {unknown}" if unknown else "")
         )
     top = ctx.page_size(opts.top)
-    stmt = sql.aggregate_query(
+    stmt, from_rollups = sql.aggregate_query(
         datastream_id,
         ctx.principal,
         interval=interval,
@@ -451,14 +455,18 @@ async def read_aggregates(
         skip=opts.skip,
     )
     rows = await conn.fetch(stmt.sql, *stmt.params)
-    body: dict[str, Any] = {"interval": interval, "aggregates": functions}
+    body: dict[str, Any] = {
+        "interval": interval,
+        "aggregates": functions,
+        "source": "rollup-15min" if from_rollups else "observations",
+    }
     if len(rows) > top:
         body["@iot.nextLink"] = _next_link(url, params, top, opts.skip)
         rows = rows[:top]
     body["value"] = [
         {
             "phenomenonTime": f"{iso(r['bucket_start'])}/{iso(r['bucket_end'])}",
-            **{f: (float(r[f]) if r[f] is not None and f != "count" else r[f]) for f in functions},
+            **{f: (float(r[f]) if r[f] is not None and f != "count" else _int(r[f])) for f in functions},
         }
         for r in rows
     ]

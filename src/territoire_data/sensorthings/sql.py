@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from territoire_data.auth.policy import Principal, member_visible_sql
@@ -683,9 +684,50 @@ AGGREGATE_FUNCTIONS = {
     "max": "max(o.result_number)",
     "avg": "avg(o.result_number)",
     "sum": "sum(o.result_number)",
-    "count": "count(*)",
+    "count": "count(o.result_number)",
     "last": "(array_agg(o.result_number ORDER BY o.phenomenon_time DESC))[1]",
 }
+ROLLUP_FUNCTIONS = {
+    "min": "min(r.min_value)",
+    "max": "max(r.max_value)",
+    "avg": "sum(r.total) / sum(r.n)",
+    "sum": "sum(r.total)",
+    "count": "sum(r.n)",
+    "last": "(array_agg(r.last_value ORDER BY r.last_time DESC))[1]",
+}
+
+
+def rollup_bounds(node: Expr | None) -> list[tuple[str, datetime]] | None:
+    """The time bounds of a filter the 15-minute rollups can answer, or None when they cannot.
+
+    Only `phenomenonTime ge|lt <date-time>` terms joined by `and`, on 15-minute boundaries, qualify: the
+    buckets then hold exactly the filtered observations.
+    """
+    if node is None:
+        return []
+    if isinstance(node, Binary) and node.op == "and":
+        left, right = rollup_bounds(node.left), rollup_bounds(node.right)
+        return None if left is None or right is None else left + right
+    if (
+        isinstance(node, Binary)
+        and node.op in ("ge", "lt")
+        and node.left == Path(("phenomenonTime",))
+        and isinstance(node.right, Lit)
+        and isinstance(node.right.value, datetime)
+    ):
+        value = node.right.value
+        if value.second == 0 and value.microsecond == 0 and value.minute % 15 == 0 and value.utcoffset() is not None:
+            offset = value.utcoffset()
+            if offset is not None and (offset.total_seconds() / 60) % 15 == 0:
+                return [(node.op, value)]
+    return None
+
+
+def _bucket(interval: str, column: str) -> tuple[str, str]:
+    if interval == "month":
+        return f"date_trunc('month', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'", "interval '1 month'"
+    step = f"interval '{AGGREGATE_INTERVALS[interval]}'"
+    return f"date_bin({step}, {column}, timestamptz '2000-01-01 00:00:00+00')", step
 
 
 def aggregate_query(
@@ -697,25 +739,30 @@ def aggregate_query(
     filter_expr: Expr | None,
     top: int,
     skip: int,
-) -> Statement:
-    """Observations of one Datastream bucketed by time (UTC) with the asked aggregates, oldest bucket first."""
+) -> tuple[Statement, bool]:
+    """Observations of one Datastream bucketed by time (UTC), oldest bucket first; True when from rollups."""
     params = Params()
-    compiler = ExprCompiler(BY_NAME["Observation"], "o", params, principal)
     ds = params.add(datastream_id, "bigint")
-    parts = [f"o.datastream_id = {ds}"]
-    if filter_expr is not None:
-        parts.append(compiler.condition(filter_expr))
-    if interval == "month":
-        bucket = "date_trunc('month', o.phenomenon_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-        step = "interval '1 month'"
+    bounds = rollup_bounds(filter_expr)
+    if bounds is not None:
+        bucket, step = _bucket(interval, "r.bucket")
+        parts = [f"r.datastream_id = {ds}"]
+        for op, value in bounds:
+            parts.append(f"r.bucket {'>=' if op == 'ge' else '<'} {params.add(value, 'timestamptz')}")
+        aggregates = ", ".join(f"{ROLLUP_FUNCTIONS[f]} AS {f}" for f in functions)
+        source = "observation_rollup_15min r"
     else:
-        step = f"interval '{AGGREGATE_INTERVALS[interval]}'"
-        bucket = f"date_bin({step}, o.phenomenon_time, timestamptz '2000-01-01 00:00:00+00')"
-    aggregates = ", ".join(f"{AGGREGATE_FUNCTIONS[f]} AS {f}" for f in functions)
+        compiler = ExprCompiler(BY_NAME["Observation"], "o", params, principal)
+        bucket, step = _bucket(interval, "o.phenomenon_time")
+        parts = [f"o.datastream_id = {ds}", "o.result_number IS NOT NULL"]
+        if filter_expr is not None:
+            parts.append(compiler.condition(filter_expr))
+        aggregates = ", ".join(f"{AGGREGATE_FUNCTIONS[f]} AS {f}" for f in functions)
+        source = "observation o"
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
     sql = (
         f"SELECT {bucket} AS bucket_start, {bucket} + {step} AS bucket_end, {aggregates} "
-        f"FROM observation o WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
+        f"FROM {source} WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
     )
-    return Statement(sql, params.values)
+    return Statement(sql, params.values), bounds is not None

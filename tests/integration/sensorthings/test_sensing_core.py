@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.integration.sensorthings.conftest import BASE, create, get, thing_body
+from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
 
 pytestmark = pytest.mark.db
 
@@ -193,8 +193,50 @@ async def test_aggregates_extension(sta: httpx.AsyncClient) -> None:
         **{"$filter": "phenomenonTime ge 2026-11-01T05:00:00Z and phenomenonTime lt 2026-11-01T08:00:00Z"},
     )
     assert [b["count"] for b in hourly["value"]] == [1, 1, 1]
+    assert hourly["source"] == "rollup-15min"
+    # a filter the rollups cannot answer reads the observations, with the same results
+    raw = await get(
+        sta,
+        f"Datastreams({ds})/Aggregates",
+        interval="day",
+        aggregate="min,max,avg,count,last,sum",
+        **{"$filter": "result ge -1000"},
+    )
+    assert raw["source"] == "observations"
+    assert raw["value"] == daily["value"]
     bad = await sta.get(f"{BASE}/Datastreams({ds})/Aggregates", params={"interval": "week"})
     assert bad.status_code == 400
+
+
+async def test_rollups_stay_exact_through_updates_and_deletes(sta: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    thing = await create(sta, "Things", thing_body())
+    ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
+    await _observations(sta, ds, 24, "2026-11-01")
+    await db.execute("DELETE FROM observation WHERE datastream_id = $1 AND result_number > 30", ds)
+    last = await get(sta, f"Datastreams({ds})/Observations", **{"$top": "1", "$orderby": "phenomenonTime desc"})
+    patched = await sta.patch(f"{BASE}/Observations({last['value'][0]['@iot.id']})", json={"result": 100}, headers=AUTH)
+    assert patched.status_code == 200
+    for interval in ("15min", "hour", "day", "month"):
+        fast = await get(
+            sta, f"Datastreams({ds})/Aggregates", interval=interval, aggregate="min,max,avg,count,last,sum"
+        )
+        slow = await get(
+            sta,
+            f"Datastreams({ds})/Aggregates",
+            interval=interval,
+            aggregate="min,max,avg,count,last,sum",
+            **{"$filter": "result ge -1000"},
+        )
+        assert fast["source"] == "rollup-15min"
+        assert fast["value"] == slow["value"]
+    day = (await get(sta, f"Datastreams({ds})/Aggregates", interval="day", aggregate="max,count,last"))["value"][0]
+    assert day == {
+        "phenomenonTime": "2026-11-01T00:00:00Z/2026-11-02T00:00:00Z",
+        "max": 100.0,
+        "count": 21,
+        "last": 100.0,
+    }
+    assert await db.fetchval("SELECT sta_rebuild_rollups()") == 1 * 21
 
 
 async def test_count_estimate_is_flagged_beyond_the_limit(sta_settings, engine, db) -> None:  # type: ignore[no-untyped-def]
