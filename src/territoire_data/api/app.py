@@ -22,6 +22,7 @@ from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.sensorthings.routes import close_pool as close_sensorthings_pool
 from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await close_sensorthings_pool(app)
         if owns_engine:
             await app.state.engine.dispose()
 

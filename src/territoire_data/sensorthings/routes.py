@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,8 +15,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from territoire_data.auth.policy import ANONYMOUS
-from territoire_data.db.engine import raw_connection
-from territoire_data.deps import EngineDep, SettingsDep
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import read, service
 from territoire_data.settings import Settings
@@ -50,10 +49,49 @@ def mqtt_endpoints(settings: Settings) -> list[str]:
     return [f"{'mqtts' if parts.scheme in ('mqtts', 'ssl') else 'mqtt'}://{host}:{port}"]
 
 
+_POOL_LOCK = asyncio.Lock()
+
+
+async def _pool(request: Request) -> asyncpg.Pool:
+    """SensorThings' own asyncpg pool, made on first use and closed with the app (see close_pool).
+
+    The hot read path (latest value, one day of data) is a few hundred microseconds of SQL: the shared
+    engine's pre-ping and reset-on-return round trips would double it; asyncpg's statement cache keeps
+    the prepared plans per connection.
+    """
+    pool: asyncpg.Pool | None = getattr(request.app.state, "sta_pool", None)
+    if pool is not None:
+        return pool
+    async with _POOL_LOCK:
+        pool = getattr(request.app.state, "sta_pool", None)
+        if pool is None:
+            settings: Settings = request.app.state.settings
+            server_settings = {"application_name": "territoire-data-sta"}
+            if settings.db_statement_timeout_ms:
+                server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+            pool = await asyncpg.create_pool(
+                settings.asyncpg_dsn,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                max_inactive_connection_lifetime=300,
+                server_settings=server_settings,
+            )
+            request.app.state.sta_pool = pool
+    return pool
+
+
+async def close_pool(app: Any) -> None:
+    """Close the SensorThings pool if one was made (called from the app's lifespan)."""
+    pool: asyncpg.Pool | None = getattr(app.state, "sta_pool", None)
+    if pool is not None:
+        app.state.sta_pool = None
+        await pool.close()
+
+
 @asynccontextmanager
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    engine = request.app.state.engine
-    async with engine.connect() as sa_conn, raw_connection(sa_conn) as conn:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
         yield conn
 
 
@@ -76,7 +114,13 @@ def _database_error(exc: asyncpg.PostgresError) -> BadRequestError | None:
     return None
 
 
-async def _serve(request: Request, settings: Settings, path: str, body: bytes) -> Response:
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _serve(request: Request, path: str, body: bytes) -> Response:
+    settings = _settings(request)
     params = dict(request.query_params)
     async with _connection(request) as conn:
         try:
@@ -100,12 +144,14 @@ async def _serve(request: Request, settings: Settings, path: str, body: bytes) -
 
 @router.get("", summary="Service root: entity sets and serverSettings.conformance")
 @router.get("/", include_in_schema=False)
-async def root(settings: SettingsDep) -> Response:
+async def root(request: Request) -> Response:
+    settings = _settings(request)
     return _render(service.Reply(200, service.service_root(context(settings), mqtt_endpoints(settings))))
 
 
 @router.post("/$batch", summary="JSON batch request (atomicityGroup = one transaction)")
-async def batch(request: Request, settings: SettingsDep, engine: EngineDep) -> Response:
+async def batch(request: Request) -> Response:
+    settings = _settings(request)
     body = await request.body()
     async with _connection(request) as conn:
         reply = await service.batch(
@@ -118,8 +164,8 @@ async def batch(request: Request, settings: SettingsDep, engine: EngineDep) -> R
     "/{path:path}",
     summary="Entity sets, entities, navigation, properties, $value, $ref; OData $filter $expand $select ...",
 )
-async def get_resource(path: str, request: Request, settings: SettingsDep) -> Response:
-    return await _serve(request, settings, path, b"")
+async def get_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, b"")
 
 
 _WRITE_DOC: dict[str, Any] = {"description": "Needs Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN> (temporary)."}
@@ -128,20 +174,20 @@ _WRITE_DOC: dict[str, Any] = {"description": "Needs Authorization: Bearer <TERRI
 @router.post(
     "/{path:path}", summary="Create (deep insert, link by @iot.id), $ref links, CreateObservations", **_WRITE_DOC
 )
-async def post_resource(path: str, request: Request, settings: SettingsDep) -> Response:
-    return await _serve(request, settings, path, await request.body())
+async def post_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
 
 
 @router.patch("/{path:path}", summary="Update an entity", **_WRITE_DOC)
-async def patch_resource(path: str, request: Request, settings: SettingsDep) -> Response:
-    return await _serve(request, settings, path, await request.body())
+async def patch_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
 
 
 @router.put("/{path:path}", summary="Update an entity (the properties given)", **_WRITE_DOC)
-async def put_resource(path: str, request: Request, settings: SettingsDep) -> Response:
-    return await _serve(request, settings, path, await request.body())
+async def put_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
 
 
 @router.delete("/{path:path}", summary="Delete an entity with the standard's cascades, or a $ref link", **_WRITE_DOC)
-async def delete_resource(path: str, request: Request, settings: SettingsDep) -> Response:
-    return await _serve(request, settings, path, b"")
+async def delete_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, b"")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
+from territoire_data.sensorthings.routes import close_pool
 from territoire_data.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -27,9 +29,19 @@ def sta_settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def sta(sta_settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the app (writes allowed with AUTH), over a clean database."""
-    app = create_app(sta_settings, engine=engine)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+    async with app_client(sta_settings, engine) as http:
         yield http
+
+
+@asynccontextmanager
+async def app_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on a fresh app; closes the app's SensorThings pool afterwards (no lifespan runs in process)."""
+    app = create_app(settings, engine=engine)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+            yield http
+    finally:
+        await close_pool(app)
 
 
 def thing_body(

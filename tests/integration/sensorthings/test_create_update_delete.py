@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
+from territoire_data.settings import Settings
+from tests.integration.sensorthings.conftest import AUTH, BASE, app_client, create, get, thing_body
 
 pytestmark = pytest.mark.db
 
 
-async def test_writes_are_refused_without_the_admin_token(sta: httpx.AsyncClient, client: httpx.AsyncClient) -> None:
+async def test_writes_are_refused_without_the_admin_token(
+    sta: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
         response = await sta.post(f"{BASE}/Things", json={"name": "x", "description": ""}, headers=headers)
         assert response.status_code == 403
         assert response.headers["content-type"] == "application/problem+json"
     # an app without TERRITOIRE_ADMIN_TOKEN refuses every write, whatever is sent
-    response = await client.post(f"{BASE}/Things", json={"name": "x"}, headers=AUTH)
+    async with app_client(settings, engine) as client:
+        response = await client.post(f"{BASE}/Things", json={"name": "x"}, headers=AUTH)
     assert response.status_code == 403
     assert "TERRITOIRE_ADMIN_TOKEN" in response.json()["detail"]
     assert (await get(sta, "Things"))["value"] == []

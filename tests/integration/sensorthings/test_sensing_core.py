@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
+from tests.integration.sensorthings.conftest import AUTH, BASE, app_client, create, get, thing_body
 
 pytestmark = pytest.mark.db
 
@@ -104,11 +104,8 @@ async def test_paging_with_next_links_top_skip_count(sta: httpx.AsyncClient) -> 
 
 
 async def test_default_and_maximum_top(sta_settings, engine, db) -> None:  # type: ignore[no-untyped-def]
-    from territoire_data.api.app import create_app
-
     small = sta_settings.model_copy(update={"sta_default_top": 2, "sta_max_top": 3})
-    app = create_app(small, engine=engine)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+    async with app_client(small, engine) as http:
         for i in range(5):
             await create(http, "Things", {"name": f"t{i}", "description": ""})
         assert len((await get(http, "Things"))["value"]) == 2
@@ -240,11 +237,8 @@ async def test_rollups_stay_exact_through_updates_and_deletes(sta: httpx.AsyncCl
 
 
 async def test_count_estimate_is_flagged_beyond_the_limit(sta_settings, engine, db) -> None:  # type: ignore[no-untyped-def]
-    from territoire_data.api.app import create_app
-
     low = sta_settings.model_copy(update={"sta_count_exact_limit": 10})
-    app = create_app(low, engine=engine)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+    async with app_client(low, engine) as http:
         thing = await create(http, "Things", thing_body())
         ds = (await get(http, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
         await _observations(http, ds, 24)
