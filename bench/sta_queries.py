@@ -121,7 +121,7 @@ async def load_stage(stage: int, target: int, start: datetime, end: datetime) ->
     conn = await asyncpg.connect(db_url(DB_NAME))
     try:
         began = time.perf_counter()
-        # a bulk load is not a live update: no per-statement notification, extents computed once at the end
+        # a bulk load is not a live update: no notification; extents and rollups computed once at the end
         await conn.execute("ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted")
         await conn.execute("SELECT ensure_observation_partitions($1, $2)", start - timedelta(days=31), end)
         if stage == 0:
@@ -139,6 +139,7 @@ async def load_stage(stage: int, target: int, start: datetime, end: datetime) ->
             "(SELECT datastream_id, min(phenomenon_time) lo, max(phenomenon_time) hi FROM observation GROUP BY 1) x "
             "WHERE d.id = x.datastream_id"
         )
+        await conn.fetchval("SELECT sta_rebuild_rollups()")
         await conn.execute("VACUUM ANALYZE")
         count = int(await conn.fetchval("SELECT count(*) FROM observation"))
         print(f"  loaded to {count:,} observations in {time.perf_counter() - began:.0f} s", flush=True)

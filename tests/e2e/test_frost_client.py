@@ -60,8 +60,17 @@ def _scenario(url: str) -> None:
     assert [o.result for o in observations] == [21.0, 22.0, 23.0, 24.0, 25.0, 26.0]
     counted = service.datastreams().query().count().list()
     assert counted.count == 1
+    # FROST's client patches with JSON Patch (application/json-patch+json)
+    service.patch(
+        thing,
+        [
+            {"op": "replace", "path": "/name", "value": "Station Bellecour"},
+            {"op": "add", "path": "/properties/floors", "value": 3},
+        ],
+    )
     fetched = service.things().find(thing.id)
-    assert fetched.name == "Station"
+    assert fetched.name == "Station Bellecour"
+    assert fetched.properties == {"owner": "Lyon", "floors": 3}
     service.delete(fetched)
     assert list(service.things().query().list()) == []
 

@@ -21,7 +21,7 @@ from territoire_data.errors import BadRequestError, ForbiddenError, NotFoundErro
 from territoire_data.sensorthings import read
 from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL, ENTITY_TYPES
 from territoire_data.sensorthings.odata import QueryOptions, parse_options
-from territoire_data.sensorthings.writes import Writer
+from territoire_data.sensorthings.writes import Writer, apply_json_patch, patched_properties
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,9 @@ async def _write(
         if method == "DELETE":
             await writer.delete(entity, first_id)
             return Reply(200)
+        if method == "PATCH" and isinstance(body, list):  # JSON Patch (application/json-patch+json)
+            before = await read.read_entity(conn, ctx, entity, first_id, QueryOptions())
+            body = patched_properties(entity, before, apply_json_patch(before, body))
         await writer.update(entity, first_id, body)
         return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions()))
     if first_id is None:

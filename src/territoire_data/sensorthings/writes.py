@@ -7,7 +7,6 @@ these inside one transaction, so a deep insert lands whole or not at all.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -317,12 +316,7 @@ class Writer:
         if not isinstance(body, dict):
             raise BadRequestError(f"a {entity.name} update must be a JSON object")
         entity_id = await self.existing(entity, entity_id)
-        if entity.name in ("Location", "FeatureOfInterest") and "encodingType" in body:
-            pass
         columns = self._columns(entity, body, partial=True)
-        geo = next((p for p in entity.props if p.kind == "geojson" and p.wire in body), None)
-        if geo is not None and "encodingType" not in body:
-            pass  # encodingType stays as stored; _columns checked the default geo+json
         for rel in entity.relations:
             if rel.name not in body:
                 continue
@@ -506,4 +500,54 @@ class Writer:
         return out
 
 
-_INT = re.compile(r"^\d+$")
+def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:
+    """RFC 6902 JSON Patch (add, replace, remove, test) on an entity's JSON, as FROST's client sends it."""
+    if not isinstance(operations, list):
+        raise BadRequestError("a JSON Patch is an array of operations")
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(document))
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, dict) or not isinstance(operation.get("path"), str):
+            raise BadRequestError(f"JSON Patch operation {index} needs op and path")
+        op, path = operation.get("op"), operation["path"]
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+        if not parts or not parts[0]:
+            raise BadRequestError(f"JSON Patch operation {index}: the path must name a property")
+        parent: Any = doc
+        for part in parts[:-1]:
+            if not isinstance(parent, dict) or part not in parent or parent[part] is None:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r}")
+            parent = parent[part]
+        if not isinstance(parent, dict):
+            raise BadRequestError(f"JSON Patch operation {index}: {path!r} is not inside an object")
+        last = parts[-1]
+        if op in ("add", "replace"):
+            if "value" not in operation:
+                raise BadRequestError(f"JSON Patch operation {index} needs a value")
+            if op == "replace" and last not in parent:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r} to replace")
+            parent[last] = operation["value"]
+        elif op == "remove":
+            if last not in parent:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r} to remove")
+            del parent[last]
+        elif op == "test":
+            if parent.get(last) != operation.get("value"):
+                raise ConflictError(f"JSON Patch test failed at {path!r}")
+        else:
+            raise BadRequestError(f"JSON Patch operation {op!r} is not supported (add, replace, remove, test)")
+    return doc
+
+
+def patched_properties(entity: EntityType, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The writable properties a JSON Patch changed, as an update body (removed ones become null)."""
+    changes: dict[str, Any] = {}
+    for prop in entity.props:
+        if not prop.writable:
+            continue
+        if prop.wire in after and after[prop.wire] != before.get(prop.wire):
+            changes[prop.wire] = after[prop.wire]
+        elif prop.wire in before and prop.wire not in after:
+            if prop.required:
+                raise BadRequestError(f"{entity.name}/{prop.wire} cannot be removed")
+            changes[prop.wire] = None
+    return changes

@@ -158,3 +158,28 @@ def test_arbitrary_text_parses_or_fails_with_a_position(text: str) -> None:
         parse_filter(text)
     except ODataSyntaxError as exc:
         assert 0 <= exc.position <= len(text)  # noqa: PT017
+
+
+def test_json_patch_changes_only_what_it_names() -> None:
+    from territoire_data.errors import BadRequestError, ConflictError
+    from territoire_data.sensorthings.writes import apply_json_patch, patched_properties
+
+    thing = BY_NAME["Thing"]
+    before = {"@iot.id": 1, "name": "a", "description": "d", "properties": {"x": 1, "y": 2}}
+    after = apply_json_patch(
+        before,
+        [
+            {"op": "test", "path": "/name", "value": "a"},
+            {"op": "replace", "path": "/name", "value": "b"},
+            {"op": "remove", "path": "/properties/x"},
+            {"op": "add", "path": "/properties/z~1w", "value": [1]},
+        ],
+    )
+    assert before["name"] == "a"
+    assert patched_properties(thing, before, after) == {"name": "b", "properties": {"y": 2, "z/w": [1]}}
+    with pytest.raises(ConflictError):
+        apply_json_patch(before, [{"op": "test", "path": "/name", "value": "zz"}])
+    with pytest.raises(BadRequestError):
+        apply_json_patch(before, [{"op": "move", "path": "/name", "from": "/description"}])
+    with pytest.raises(BadRequestError):
+        patched_properties(thing, before, apply_json_patch(before, [{"op": "remove", "path": "/name"}]))
