@@ -244,7 +244,7 @@ class StaMqttBridge:
         )
         for row in rows:
             body = read.serialize(self.ctx, observation, row, ())
-            data = orjson.dumps(body)
+            data = read.dumps(body)
             for topic in topics_for(body, row["datastream_id"], row["feature_of_interest_id"], self.prefix):
                 self._publish(topic, data)
             self.published += 1

@@ -141,45 +141,72 @@ def self_link(ctx: Context, entity: EntityType, entity_id: int) -> str:
 
 
 def prop_value(prop: Prop, row: asyncpg.Record) -> Any:
-    """The wire value of one property from a row of `sql.select_list`."""
-    if prop.kind == "result":
-        for column in ("result_number", "result_string", "result_boolean"):
-            if row[column] is not None:
-                return row[column]
+    """The wire value of one property from a row of `sql.select_list`.
+
+    Instants stay `datetime` objects: the JSON encoder writes them as RFC 3339 in UTC (`JSON_OPTIONS`),
+    much faster than formatting them here; intervals become `start/end` strings.
+    """
+    kind = prop.kind
+    if kind == "result":
+        value = row["result_number"]
+        if value is not None:
+            return value
+        value = row["result_string"]
+        if value is not None:
+            return value
+        value = row["result_boolean"]
+        if value is not None:
+            return value
         return orjson.loads(row["result_json"]) if row["result_json"] is not None else None
     value = row[prop.column]
-    if prop.kind in ("json", "geojson"):
+    if kind in ("json", "geojson"):
         return orjson.loads(value) if value is not None else None
-    if prop.kind == "time":
+    if kind == "time":
         end = row[prop.end_column] if prop.end_column else None
-        return f"{iso(value)}/{iso(end)}" if end is not None else iso(value)
-    if prop.kind == "interval":
+        return f"{iso(value)}/{iso(end)}" if end is not None else value
+    if kind == "interval":
         if value is None:
             return None
         return f"{iso(value)}/{iso(row[prop.end_column] if prop.end_column else None) or iso(value)}"
     return value
 
 
+JSON_OPTIONS = orjson.OPT_UTC_Z
+_OMITTED_WHEN_NULL = frozenset({"properties", "resultQuality", "parameters", "observedArea", "validTime"})
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes of a SensorThings body (datetimes as RFC 3339 UTC with Z)."""
+    return orjson.dumps(value, option=JSON_OPTIONS)
+
+
 def serialize(ctx: Context, entity: EntityType, row: asyncpg.Record, select: tuple[str, ...]) -> dict[str, Any]:
     """One entity in its JSON form, with selfLink and navigation links, restricted to `$select` if given."""
+    entity_id = row["id"]
+    link = f"{ctx.base}/{entity.plural}({entity_id})"
+    out: dict[str, Any]
+    if not select:
+        out = {"@iot.id": entity_id, "@iot.selfLink": link}
+        for prop in entity.props[1:]:
+            value = prop_value(prop, row)
+            if value is None and prop.wire in _OMITTED_WHEN_NULL:
+                continue
+            out[prop.wire] = value
+        for rel in entity.relations:
+            out[rel.name + "@iot.navigationLink"] = f"{link}/{rel.name}"
+        return out
     chosen = set(select)
-    out: dict[str, Any] = {}
-    link = self_link(ctx, entity, row["id"])
-    if not chosen or chosen & {"id", "@iot.id"}:
-        out["@iot.id"] = row["id"]
-    if not chosen or "@iot.selfLink" in chosen:
+    out = {}
+    if chosen & {"id", "@iot.id"}:
+        out["@iot.id"] = entity_id
+    if "@iot.selfLink" in chosen:
         out["@iot.selfLink"] = link
     for prop in entity.props:
-        if prop.wire == "id" or (chosen and prop.wire not in chosen):
-            continue
-        value = prop_value(prop, row)
-        optional = ("properties", "resultQuality", "parameters", "observedArea", "validTime")
-        if value is None and prop.wire in optional and not chosen:
-            continue
-        out[prop.wire] = value
+        if prop.wire != "id" and prop.wire in chosen:
+            out[prop.wire] = prop_value(prop, row)
     for rel in entity.relations:
-        if not chosen or rel.name in chosen:
-            out[f"{rel.name}@iot.navigationLink"] = f"{link}/{rel.name}"
+        if rel.name in chosen:
+            out[rel.name + "@iot.navigationLink"] = f"{link}/{rel.name}"
     return out
 
 

@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -101,7 +100,7 @@ def _render(reply: service.Reply) -> Response:
     if isinstance(reply.body, str) and reply.headers.get("content-type", "").startswith("text/plain"):
         return Response(reply.body, status_code=reply.status, headers=reply.headers)
     return Response(
-        orjson.dumps(reply.body), status_code=reply.status, media_type="application/json", headers=reply.headers
+        read.dumps(reply.body), status_code=reply.status, media_type="application/json", headers=reply.headers
     )
 
 

@@ -11,6 +11,7 @@ import base64
 import hmac
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -159,7 +160,10 @@ async def _get(
         if target.value:
             if value is None:
                 return Reply(204)
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            if isinstance(value, datetime):
+                text = read.iso(value) or ""
+            else:
+                text = value if isinstance(value, str) else read.dumps(value).decode()
             return Reply(200, text, {"content-type": "text/plain; charset=utf-8"})
         return Reply(200, {target.prop.wire: value})
     if target.entity_id is not None:
@@ -194,7 +198,7 @@ async def _write(
             await writer.delete(entity, first_id)
             return Reply(200)
         if method == "PATCH" and isinstance(body, list):  # JSON Patch (application/json-patch+json)
-            before = await read.read_entity(conn, ctx, entity, first_id, QueryOptions())
+            before = orjson.loads(read.dumps(await read.read_entity(conn, ctx, entity, first_id, QueryOptions())))
             body = patched_properties(entity, before, apply_json_patch(before, body))
         await writer.update(entity, first_id, body)
         return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions()))
