@@ -34,9 +34,10 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-array",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/batch-request/batch-request",
 ]
+# Receiving updates is served for Observations only (not for the other entity sets, nor `?$select` topics), so
+# the standard's receive-updates class is not claimed: our own extension below says what is published.
 MQTT_CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation",
-    "http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates",
 ]
 EXT = "https://territoire-data.fr/spec/sta"
 EXTENSIONS = {
@@ -50,6 +51,15 @@ EXTENSIONS = {
         "description": "The latest Observation of a Datastream is read from the (datastream, phenomenonTime) key",
         "path": "/Datastreams({id})/Observations?$top=1&$orderby=phenomenonTime desc",
         "expand": "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc)) uses one query",
+    },
+    f"{EXT}/mqtt-observation-updates": {
+        "description": "Every stored Observation (whatever path stored it) is published as JSON, as over HTTP",
+        "topics": [
+            "v1.1/Datastreams({id})/Observations",
+            "v1.1/FeaturesOfInterest({id})/Observations",
+            "v1.1/Observations",
+        ],
+        "not_published": "other entity sets, entity property topics, $select topics; restricted datasets",
     },
     f"{EXT}/count-estimate": {
         "description": "$count=true answers the planner's estimate when it exceeds the limit, flagged in the body",
@@ -89,15 +99,14 @@ class WriteAuth:
 
 
 def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "conformance": CONFORMANCE + (MQTT_CONFORMANCE if mqtt_endpoints else []) + list(EXTENSIONS)
-    }
+    extensions = [e for e in EXTENSIONS if mqtt_endpoints or "mqtt" not in e]
+    settings: dict[str, Any] = {"conformance": CONFORMANCE + (MQTT_CONFORMANCE if mqtt_endpoints else []) + extensions}
     settings["http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete"] = {"enabled": True}
     if mqtt_endpoints:
         settings[
             "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
         ] = {"endpoints": mqtt_endpoints}
-    settings.update(EXTENSIONS)
+    settings.update({e: EXTENSIONS[e] for e in extensions})
     return {
         "value": [{"name": e.plural, "url": f"{ctx.base}/{e.plural}"} for e in ENTITY_TYPES],
         "serverSettings": settings,

@@ -1,4 +1,4 @@
-"""Conformance class MQTT receive updates: subscribers get each new Observation, whatever path stored it."""
+"""MQTT receive updates, for Observations (our mqtt-observation-updates extension): whatever path stored them."""
 
 from __future__ import annotations
 

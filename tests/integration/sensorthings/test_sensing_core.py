@@ -44,7 +44,7 @@ async def test_service_root_lists_the_eight_sets_and_conformance(sta: httpx.Asyn
     conformance = root["serverSettings"]["conformance"]
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data" in conformance
     assert "https://territoire-data.fr/spec/sta/aggregates" in conformance
-    assert "http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates" in conformance
+    assert "https://territoire-data.fr/spec/sta/mqtt-observation-updates" in conformance
     mqtt = root["serverSettings"][
         "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
     ]
