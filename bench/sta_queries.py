@@ -262,6 +262,10 @@ async def main() -> None:
         for index, target in enumerate(stages):
             print(f"stage {index + 1}: loading up to {target:,} observations", flush=True)
             count = await load_stage(index, target, start, end)
+            print(
+                f"  machine load average before measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+                flush=True,
+            )
             server = start_server(port, args.workers)
             try:
                 rng = random.Random(42)

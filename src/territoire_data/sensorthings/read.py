@@ -229,11 +229,15 @@ def _largest_estimate(node: dict[str, Any]) -> int:
     return max([here, *(_largest_estimate(child) for child in node.get("Plans", []))])
 
 
-def _next_link(url: str, params: dict[str, str], top: int, skip: int) -> str:
+def _next_query(params: dict[str, str], top: int, skip: int) -> str:
     query = {k: v for k, v in params.items() if k not in ("$top", "$skip")}
     query["$top"] = str(top)
     query["$skip"] = str(skip + top)
-    return f"{url}?{urlencode(query, quote_via=quote, safe='$(),;=/:')}"
+    return urlencode(query, quote_via=quote, safe="$(),;=/:")
+
+
+def _next_link(url: str, params: dict[str, str], top: int, skip: int) -> str:
+    return f"{url}?{_next_query(params, top, skip)}"
 
 
 async def read_collection(
@@ -363,11 +367,33 @@ async def _expand_many(
     child = BY_NAME[rel.target]
     top = ctx.page_size(opts.top)
     ids = [int(r["id"]) for r in rows]
-    stmt = sql.expand_many_query(
-        entity, rel, ctx.principal, ids, filter_expr=opts.filter, orderby=opts.orderby, top=top, skip=opts.skip
-    )
     found: dict[int, _Children] = {i: _Children() for i in ids}
-    for record in await conn.fetch(stmt.sql, *stmt.params):
+    window = sql.latest_window_applies(entity, rel, opts.filter, opts.orderby, opts.skip)
+    stmt = sql.expand_many_query(
+        entity,
+        rel,
+        ctx.principal,
+        ids,
+        filter_expr=opts.filter,
+        orderby=opts.orderby,
+        top=top,
+        skip=opts.skip,
+        recent_window=window,
+    )
+    records = list(await conn.fetch(stmt.sql, *stmt.params))
+    if window:
+        per_parent: dict[int, int] = {}
+        for record in records:
+            per_parent[record["__parent"]] = per_parent.get(record["__parent"], 0) + 1
+        short = [i for i in ids if per_parent.get(i, 0) <= top]
+        if short:  # fewer rows in the recent window than the page needs: read those Datastreams in full
+            again_ids = set(short)
+            records = [r for r in records if r["__parent"] not in again_ids]
+            again = sql.expand_many_query(
+                entity, rel, ctx.principal, short, filter_expr=None, orderby=opts.orderby, top=top, skip=0
+            )
+            records.extend(await conn.fetch(again.sql, *again.params))
+    for record in records:
         bucket = found[record["__parent"]]
         if len(bucket.rows) < top:
             bucket.rows.append(record)
@@ -379,6 +405,7 @@ async def _expand_many(
         counts = {r["__parent"]: r["n"] for r in await conn.fetch(count_stmt.sql, *count_stmt.params)}
     all_children: list[asyncpg.Record] = []
     all_values: list[dict[str, Any]] = []
+    next_query = _next_query(opts.raw, top, opts.skip)  # the same for every parent: encode it once
     for row, value in zip(rows, values, strict=True):
         bucket = found[int(row["id"])]
         if opts.count:
@@ -386,8 +413,7 @@ async def _expand_many(
         serialized = [serialize(ctx, child, r, opts.select) for r in bucket.rows]
         value[rel.name] = serialized
         if bucket.more:
-            link = f"{self_link(ctx, entity, row['id'])}/{rel.name}"
-            value[f"{rel.name}@iot.nextLink"] = _next_link(link, opts.raw, top, opts.skip)
+            value[f"{rel.name}@iot.nextLink"] = f"{self_link(ctx, entity, row['id'])}/{rel.name}?{next_query}"
         all_children.extend(bucket.rows)
         all_values.extend(serialized)
     await attach_expansions(conn, ctx, child, all_children, all_values, opts.expand)

@@ -622,8 +622,15 @@ def expand_many_query(
     orderby: tuple[OrderItem, ...],
     top: int,
     skip: int,
+    recent_window: bool = False,
 ) -> Statement:
-    """The expanded to-many relation of many parents in one statement: a LATERAL page per parent."""
+    """The expanded to-many relation of many parents in one statement: a LATERAL page per parent.
+
+    `recent_window` (latest Observations of Datastreams, see `latest_window_applies`) bounds each page to the
+    31 days before the Datastream's last phenomenonTime, so run-time partition pruning reads one or two monthly
+    partitions per Datastream instead of all of them; the caller re-reads without the window any Datastream
+    for which it found fewer rows than the page needs, so the answer stays exact.
+    """
     entity = BY_NAME[relation.target]
     params = Params()
     ids = params.add(parent_ids, "bigint[]")
@@ -638,12 +645,30 @@ def expand_many_query(
     order = order_by_sql(compiler, entity, alias, orderby, single)
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
+    source = f"unnest({ids}) AS p(id)"
+    if recent_window:
+        source += " JOIN datastream w ON w.id = p.id"
+        parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '31 days'")
     sql = (
-        f"SELECT p.id AS __parent, x.* FROM unnest({ids}) AS p(id) CROSS JOIN LATERAL "
+        f"SELECT p.id AS __parent, x.* FROM {source} CROSS JOIN LATERAL "
         f"(SELECT {select_list(entity, alias)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
         f"ORDER BY {order} LIMIT {limit} OFFSET {offset}) x"
     )
     return Statement(sql, params.values)
+
+
+def latest_window_applies(
+    parent: EntityType, relation: Relation, filter_expr: Expr | None, orderby: tuple[OrderItem, ...], skip: int
+) -> bool:
+    """Is this expansion "the latest Observations of each Datastream" (no filter, newest first, first page)?"""
+    return (
+        implied_visible(parent, relation)
+        and filter_expr is None
+        and skip == 0
+        and len(orderby) == 1
+        and orderby[0].descending
+        and orderby[0].expr == Path(("phenomenonTime",))
+    )
 
 
 def expand_count_query(

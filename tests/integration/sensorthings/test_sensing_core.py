@@ -139,6 +139,33 @@ async def test_select_expand_nested_with_own_options(sta: httpx.AsyncClient) -> 
     )
 
 
+async def test_expanded_latest_observations_are_exact_with_or_without_the_recent_window(
+    sta: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    thing = await create(sta, "Things", thing_body(n_ds=3))
+    ids = [d["@iot.id"] for d in (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]]
+    await _observations(sta, ids[0], 5, "2026-11-01")  # dense: the recent window answers
+    await _observations(sta, ids[1], 1, "2026-08-01")  # sparse: two observations months apart
+    await _observations(sta, ids[1], 1, "2026-11-01")
+    expand = {"$expand": "Datastreams($orderby=id;$expand=Observations($top=1;$orderby=phenomenonTime desc))"}
+
+    async def latest() -> list[tuple[list[str], bool]]:
+        body = await get(sta, f"Things({thing['@iot.id']})", **expand)
+        return [
+            ([o["phenomenonTime"] for o in d["Observations"]], "Observations@iot.nextLink" in d)
+            for d in body["Datastreams"]
+        ]
+
+    assert await latest() == [
+        (["2026-11-01T04:00:00Z"], True),
+        (["2026-11-01T00:00:00Z"], True),
+        ([], False),
+    ]
+    # the Datastream's extent still says November, but its November observation is gone
+    await db.execute("DELETE FROM observation WHERE datastream_id = $1 AND phenomenon_time > '2026-10-01'", ids[1])
+    assert (await latest())[1] == (["2026-08-01T00:00:00Z"], False)
+
+
 async def test_latest_observation_and_data_array(sta: httpx.AsyncClient) -> None:
     thing = await create(sta, "Things", thing_body())
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
