@@ -115,6 +115,26 @@ def serve(
     )
 
 
+@app.command("sta-mqtt")
+@clear_errors
+def sta_mqtt() -> None:
+    """Run the SensorThings MQTT bridge: publish stored Observations, create those published to v1.1/..."""
+    import signal
+
+    from territoire_data.sensorthings.mqtt import StaMqttBridge
+
+    settings = settings_for_command()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await StaMqttBridge(settings).run(stop)
+
+    asyncio.run(run())
+
+
 @app.command()
 @clear_errors
 def openapi(

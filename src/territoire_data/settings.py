@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")
+    sta_default_top: int = Field(default=100, ge=1, le=100_000, description="SensorThings page size by default")
+    sta_max_top: int = Field(default=10_000, ge=1, le=1_000_000, description="largest SensorThings $top honoured")
+    sta_count_exact_limit: int = Field(
+        default=1_000_000, ge=0, description="$count above this planner estimate is answered with the estimate"
+    )
+    sta_mqtt_publish: bool = Field(
+        default=True,
+        description="the SensorThings MQTT bridge (territoire-data sta-mqtt) runs: advertise MQTT in the service root",
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

@@ -24,6 +24,8 @@ from territoire_data.auth import routes as auth_routes
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.sensorthings.routes import close_pool as close_sensorthings_pool
+from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 from territoire_data.web.portal import install_portal
 
@@ -39,6 +41,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await close_sensorthings_pool(app)
         if owns_engine:
             await app.state.engine.dispose()
 
@@ -85,6 +88,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(auth_routes.router)
     app.include_router(catalog_api.router)
     app.include_router(catalog_api.dcat_router)
+    app.include_router(sensorthings_router)
     _mount_docs(app)
     install_portal(app)
     return app

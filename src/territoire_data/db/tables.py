@@ -269,3 +269,18 @@ ingest_rejection = Table(
     Column("payload", Text),
     Column("payload_bytes", BigInteger),
 )
+
+
+# SensorThings aggregation rollups (migration 0002_sta), kept exact by statement triggers on observation.
+observation_rollup_15min = Table(
+    "observation_rollup_15min",
+    metadata,
+    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("bucket", TZ, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("total", Float(precision=53), nullable=False),
+    Column("min_value", Float(precision=53), nullable=False),
+    Column("max_value", Float(precision=53), nullable=False),
+    Column("last_time", TZ, nullable=False),
+    Column("last_value", Float(precision=53), nullable=False),
+)

@@ -1,0 +1,309 @@
+"""SensorThings MQTT extension: publish every stored Observation, and create Observations published to us.
+
+Receiving updates: a statement-level trigger (migration 0002_sta) sends `pg_notify('sta_observation', ids)` for
+every statement that stores Observations, whatever wrote them (HTTP, CSV import, the MQTT ingest worker). The
+bridge LISTENs, reads the new rows and publishes each visible one, serialized as over HTTP, on
+`v1.1/Datastreams(<id>)/Observations`, `v1.1/FeaturesOfInterest(<id>)/Observations` and `v1.1/Observations`.
+One bridge publishes at a time (a PostgreSQL advisory lock elects it), so several replicas never duplicate.
+
+Creating: the bridge subscribes (shared subscription) to `v1.1/+/Observations` and `v1.1/Observations`; a
+message there without `@iot.id` is a create. Temporary write rule, as over HTTP: the message needs an MQTT v5
+user property `Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN>`; refused messages go to `ingest_rejection`.
+
+It runs as its own process (`territoire-data sta-mqtt`), not inside the API: API processes are stateless and
+scale with `--workers`, each would LISTEN and publish the same notification again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from territoire_data.auth.policy import ANONYMOUS
+from territoire_data.errors import BadRequestError, TerritoireError
+from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.sensorthings import read, sql
+from territoire_data.sensorthings.model import BY_NAME
+from territoire_data.sensorthings.service import WriteAuth
+from territoire_data.sensorthings.writes import Writer
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "sta_observation"
+LOCK_KEY = 0x5354_414D  # "STAM": one publisher across replicas
+MAX_RANGE = 10_000  # a bulk load notifies a range; beyond this it is not streamed message by message
+MAX_PAYLOAD = 256 * 1024
+ORIGIN = ("territoire-origin", "sta-publisher")
+_TOPIC = re.compile(r"^v1\.1/(?:(Datastreams|FeaturesOfInterest)\((\d+)\)/)?Observations$")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An MQTT message converted at the edge: topic, payload and the v5 user properties."""
+
+    topic: str
+    payload: bytes
+    user_properties: tuple[tuple[str, str], ...]
+
+
+def parse_notification(payload: str) -> tuple[list[int], tuple[int, int] | None]:
+    """`1,2,3` -> ids; `10-20` -> a range (see the trigger)."""
+    if "-" in payload:
+        lo, _, hi = payload.partition("-")
+        return [], (int(lo), int(hi))
+    return [int(p) for p in payload.split(",") if p], None
+
+
+def topics_for(observation: dict[str, Any], datastream_id: int, foi_id: int | None, prefix: str) -> list[str]:
+    topics = [f"{prefix}v1.1/Datastreams({datastream_id})/Observations", f"{prefix}v1.1/Observations"]
+    if foi_id is not None:
+        topics.append(f"{prefix}v1.1/FeaturesOfInterest({foi_id})/Observations")
+    return topics
+
+
+class StaMqttBridge:
+    """The SensorThings MQTT bridge between PostgreSQL notifications and the broker."""
+
+    def __init__(self, settings: Settings, *, topic_prefix: str = "", client_id: str | None = None) -> None:
+        self.settings = settings
+        self.prefix = topic_prefix
+        self.ctx = read.Context(base=settings.base_url + "/sta/v1.1", principal=ANONYMOUS)
+        self.auth = WriteAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+        self.client_id = client_id or f"territoire-sta-{uuid.uuid4().hex[:8]}"
+        self.published = 0
+        self.notifications_handled = 0
+        self.created = 0
+        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
+        self._notifications: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._connected = asyncio.Event()
+        self.is_publisher = asyncio.Event()
+
+    # --- MQTT edge ---------------------------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        address = parse_mqtt_url(self.settings.mqtt_url)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+        if address.username:
+            client.username_pw_set(address.username, address.password)
+        if address.tls:
+            context = ssl.create_default_context(cafile=self.settings.mqtt_ca_file)
+            if self.settings.mqtt_cert_file:
+                context.load_cert_chain(self.settings.mqtt_cert_file, self.settings.mqtt_key_file)
+            client.tls_set_context(context)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(1, 30)
+        client.connect_async(address.host, address.port, keepalive=30)
+        return client
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            logger.warning("MQTT connection refused: %s", reason)
+            return
+        options = SubscribeOptions(qos=1)
+        group = "$share/territoire-sta/"
+        client.subscribe(
+            [(f"{group}{self.prefix}v1.1/+/Observations", options), (f"{group}{self.prefix}v1.1/Observations", options)]
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.set)
+        logger.info("SensorThings MQTT bridge connected as %s", self.client_id)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.clear)
+        logger.warning("SensorThings MQTT bridge disconnected: %s", reason)
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        props = getattr(message, "properties", None)
+        user = tuple(getattr(props, "UserProperty", None) or ())
+        incoming = Incoming(message.topic, bytes(message.payload), user)
+        if self._loop is None:
+            return
+        # blocks paho's network thread while the queue is full: back-pressure instead of dropping
+        future = asyncio.run_coroutine_threadsafe(self._incoming.put(incoming), self._loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout=60)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = [ORIGIN]
+        self._client.publish(topic, payload, qos=1, properties=props)
+
+    # --- main loop ---------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set: elect the publisher, publish notifications, create from messages."""
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self._client.loop_start()
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=30)
+            writes = await asyncpg.connect(
+                self.settings.asyncpg_dsn, server_settings={"application_name": "territoire-data-sta-mqtt"}
+            )
+            tasks = [
+                asyncio.create_task(self._listen(stop, ready)),
+                asyncio.create_task(self._publish_loop(stop)),
+                asyncio.create_task(self._create_loop(stop, writes)),
+            ]
+            try:
+                await stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await writes.close()
+        finally:
+            self._client.loop_stop()
+            self._client.disconnect()
+
+    async def _listen(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        """Hold the publisher lock and the LISTEN; reconnect after a database outage."""
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self.settings.asyncpg_dsn, server_settings={"application_name": "territoire-data-sta-mqtt-listen"}
+                )
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+                    if ready is not None:
+                        ready.set()
+                    await asyncio.sleep(2)
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self.is_publisher.set()
+                if ready is not None:
+                    ready.set()
+                while not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=1)
+                        break
+                    except TimeoutError:
+                        continue
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("SensorThings MQTT bridge lost the database (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1)
+            finally:
+                self.is_publisher.clear()
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self._notifications.put_nowait(payload)
+        except asyncio.QueueFull:
+            logger.error("SensorThings MQTT: notification queue full, %s not published", payload[:40])
+
+    async def _publish_loop(self, stop: asyncio.Event) -> None:
+        conn: asyncpg.Connection | None = None
+        while not stop.is_set():
+            payload = await self._notifications.get()
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self.settings.asyncpg_dsn)
+                await self.publish_notification(conn, payload)
+                self.notifications_handled += 1
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("SensorThings MQTT: could not read notified observations: %s", type(exc).__name__)
+                conn = None
+        if conn is not None:
+            await conn.close()
+
+    async def publish_notification(self, conn: asyncpg.Connection, payload: str) -> int:
+        ids, span = parse_notification(payload)
+        observation = BY_NAME["Observation"]
+        params = sql.Params()
+        if span is not None:
+            if span[1] - span[0] >= MAX_RANGE:
+                logger.info("SensorThings MQTT: bulk load of ids %s not streamed", payload)
+                return 0
+            where = f"c.id BETWEEN {params.add(span[0], 'bigint')} AND {params.add(span[1], 'bigint')}"
+        else:
+            where = f"c.id = ANY({params.add(ids, 'bigint[]')})"
+        rows = await conn.fetch(
+            f"SELECT {sql.select_list(observation, 'c')} FROM observation c WHERE {where} "  # noqa: S608
+            f"AND {sql.visible_sql(observation, 'c', ANONYMOUS)} ORDER BY c.phenomenon_time, c.id",
+            *params.values,
+        )
+        for row in rows:
+            body = read.serialize(self.ctx, observation, row, ())
+            data = read.dumps(body)
+            for topic in topics_for(body, row["datastream_id"], row["feature_of_interest_id"], self.prefix):
+                self._publish(topic, data)
+            self.published += 1
+        return len(rows)
+
+    async def _create_loop(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
+        while not stop.is_set():
+            message = await self._incoming.get()
+            try:
+                await self.create_from_message(conn, message)
+            except (OSError, asyncpg.InterfaceError) as exc:
+                logger.warning("SensorThings MQTT create failed (%s), reconnecting", type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                conn = await asyncpg.connect(self.settings.asyncpg_dsn)
+
+    async def create_from_message(self, conn: asyncpg.Connection, message: Incoming) -> int | None:
+        """Create the Observation a message carries; our own notifications (with @iot.id) are skipped."""
+        if ORIGIN in message.user_properties:
+            return None
+        topic = message.topic.removeprefix(self.prefix)
+        match = _TOPIC.match(topic)
+        if match is None:
+            return None
+        try:
+            if len(message.payload) > MAX_PAYLOAD:
+                raise BadRequestError(f"payload larger than {MAX_PAYLOAD} bytes")
+            try:
+                body = orjson.loads(message.payload)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequestError(f"payload is not JSON: {exc}") from None
+            if isinstance(body, dict) and ("@iot.id" in body or "@iot.selfLink" in body):
+                return None  # a notification echoed back, not a create
+            authorization = dict(message.user_properties).get("Authorization") or dict(message.user_properties).get(
+                "authorization"
+            )
+            self.auth.check(authorization)
+            forced: dict[str, int] = {}
+            if match.group(1) == "Datastreams":
+                forced["datastream_id"] = await Writer(conn, ANONYMOUS).existing(
+                    BY_NAME["Datastream"], int(match.group(2))
+                )
+            elif match.group(1) == "FeaturesOfInterest":
+                forced["feature_of_interest_id"] = await Writer(conn, ANONYMOUS).existing(
+                    BY_NAME["FeatureOfInterest"], int(match.group(2))
+                )
+            async with conn.transaction():
+                new_id = await Writer(conn, ANONYMOUS).create(BY_NAME["Observation"], body, forced=forced)
+            self.created += 1
+            return new_id
+        except (TerritoireError, asyncpg.DataError) as exc:
+            reason = exc.detail if isinstance(exc, TerritoireError) else str(exc)
+            logger.info("SensorThings MQTT create refused on %s: %s", message.topic, reason)
+            await conn.execute(
+                "INSERT INTO ingest_rejection (source, topic, reason, payload, payload_bytes) "
+                "VALUES ('sta-mqtt', $1, $2, $3, $4)",
+                message.topic,
+                reason[:2000],
+                message.payload[:65536].decode("utf-8", "replace")[:16000],
+                len(message.payload),
+            )
+            return None

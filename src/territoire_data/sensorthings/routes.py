@@ -1,0 +1,192 @@
+"""HTTP door of SensorThings API 1.1 under /sta/v1.1: thin routes over `service.handle` and `service.batch`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from territoire_data.auth.policy import ANONYMOUS
+from territoire_data.errors import BadRequestError
+from territoire_data.sensorthings import read, service
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/sta/v1.1"
+router = APIRouter(prefix=PREFIX, tags=["SensorThings API 1.1"])
+
+
+def context(settings: Settings) -> read.Context:
+    return read.Context(
+        base=settings.base_url + PREFIX,
+        principal=ANONYMOUS,
+        default_top=settings.sta_default_top,
+        max_top=settings.sta_max_top,
+        count_exact_limit=settings.sta_count_exact_limit,
+    )
+
+
+def write_auth(settings: Settings) -> service.WriteAuth:
+    return service.WriteAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+
+
+def mqtt_endpoints(settings: Settings) -> list[str]:
+    """The broker advertised in the service root (without credentials) when the MQTT bridge is deployed."""
+    if not settings.sta_mqtt_publish:
+        return []
+    parts = urlsplit(settings.mqtt_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+    return [f"{'mqtts' if parts.scheme in ('mqtts', 'ssl') else 'mqtt'}://{host}:{port}"]
+
+
+_POOL_LOCK = asyncio.Lock()
+
+
+async def _pool(request: Request) -> asyncpg.Pool:
+    """SensorThings' own asyncpg pool, made on first use and closed with the app (see close_pool).
+
+    The hot read path (latest value, one day of data) is a few hundred microseconds of SQL: the shared
+    engine's pre-ping and reset-on-return round trips would double it; asyncpg's statement cache keeps
+    the prepared plans per connection.
+    """
+    pool: asyncpg.Pool | None = getattr(request.app.state, "sta_pool", None)
+    if pool is not None:
+        return pool
+    async with _POOL_LOCK:
+        pool = getattr(request.app.state, "sta_pool", None)
+        if pool is None:
+            settings: Settings = request.app.state.settings
+            server_settings = {"application_name": "territoire-data-sta"}
+            if settings.db_statement_timeout_ms:
+                server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+            pool = await asyncpg.create_pool(
+                settings.asyncpg_dsn,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                max_inactive_connection_lifetime=300,
+                server_settings=server_settings,
+            )
+            request.app.state.sta_pool = pool
+    return pool
+
+
+async def close_pool(app: Any) -> None:
+    """Close the SensorThings pool if one was made (called from the app's lifespan)."""
+    pool: asyncpg.Pool | None = getattr(app.state, "sta_pool", None)
+    if pool is not None:
+        app.state.sta_pool = None
+        await pool.close()
+
+
+@asynccontextmanager
+async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
+        yield conn
+
+
+def _render(reply: service.Reply) -> Response:
+    if reply.body is None:
+        return Response(status_code=reply.status, headers=reply.headers)
+    if isinstance(reply.body, str) and reply.headers.get("content-type", "").startswith("text/plain"):
+        return Response(reply.body, status_code=reply.status, headers=reply.headers)
+    return Response(
+        read.dumps(reply.body), status_code=reply.status, media_type="application/json", headers=reply.headers
+    )
+
+
+def _database_error(exc: asyncpg.PostgresError) -> BadRequestError | None:
+    """Errors caused by a user's value (a malformed geometry, a division by zero) are 400s, not 500s."""
+    state = getattr(exc, "sqlstate", "") or ""
+    message = str(exc).split("\n")[0]
+    if state.startswith("22") or (state == "XX000" and ("geometry" in message or "parse error" in message)):
+        return BadRequestError(f"the database refused a value of the query: {message}")
+    return None
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _serve(request: Request, path: str, body: bytes) -> Response:
+    settings = _settings(request)
+    params = dict(request.query_params)
+    async with _connection(request) as conn:
+        try:
+            reply = await service.handle(
+                conn,
+                context(settings),
+                write_auth(settings),
+                request.method,
+                path,
+                params,
+                body,
+                request.headers.get("authorization"),
+            )
+        except asyncpg.PostgresError as exc:
+            mapped = _database_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+    return _render(reply)
+
+
+@router.get("", summary="Service root: entity sets and serverSettings.conformance")
+@router.get("/", include_in_schema=False)
+async def root(request: Request) -> Response:
+    settings = _settings(request)
+    return _render(service.Reply(200, service.service_root(context(settings), mqtt_endpoints(settings))))
+
+
+@router.post("/$batch", summary="JSON batch request (atomicityGroup = one transaction)")
+async def batch(request: Request) -> Response:
+    settings = _settings(request)
+    body = await request.body()
+    async with _connection(request) as conn:
+        reply = await service.batch(
+            conn, context(settings), write_auth(settings), body, request.headers.get("authorization")
+        )
+    return _render(reply)
+
+
+@router.get(
+    "/{path:path}",
+    summary="Entity sets, entities, navigation, properties, $value, $ref; OData $filter $expand $select ...",
+)
+async def get_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, b"")
+
+
+_WRITE_DOC: dict[str, Any] = {"description": "Needs Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN> (temporary)."}
+
+
+@router.post(
+    "/{path:path}", summary="Create (deep insert, link by @iot.id), $ref links, CreateObservations", **_WRITE_DOC
+)
+async def post_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
+
+
+@router.patch("/{path:path}", summary="Update an entity", **_WRITE_DOC)
+async def patch_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
+
+
+@router.put("/{path:path}", summary="Update an entity (the properties given)", **_WRITE_DOC)
+async def put_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, await request.body())
+
+
+@router.delete("/{path:path}", summary="Delete an entity with the standard's cascades, or a $ref link", **_WRITE_DOC)
+async def delete_resource(path: str, request: Request) -> Response:
+    return await _serve(request, path, b"")

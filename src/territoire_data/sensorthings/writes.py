@@ -1,0 +1,553 @@
+"""SensorThings writes: deep insert, link by @iot.id, update, delete with the standard's cascades.
+
+Every statement binds its values; table and column names come from the entity model only. The caller runs
+these inside one transaction, so a deep insert lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from territoire_data.auth.policy import Principal
+from territoire_data.errors import BadRequestError, ConflictError, NotFoundError
+from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
+from territoire_data.sensorthings.sql import Params, visible_sql
+
+logger = logging.getLogger(__name__)
+
+GEOJSON_TYPES = ("application/geo+json", "application/vnd.geo+json", "application/geojson")
+
+
+def parse_time(value: Any, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise BadRequestError(f"{what} must be an ISO 8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequestError(f"{what} is not an ISO 8601 date-time: {value[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_time_or_interval(value: Any, what: str) -> tuple[datetime, datetime | None]:
+    if isinstance(value, str) and "/" in value:
+        start, _, end = value.partition("/")
+        first, last = parse_time(start, what), parse_time(end, what)
+        if last < first:
+            raise BadRequestError(f"{what}: the interval ends before it starts")
+        return first, last
+    return parse_time(value, what), None
+
+
+def split_result(value: Any) -> tuple[float | None, str | None, bool | None, str | None]:
+    """A result value spread over the typed columns: number, string, boolean, or JSON for anything else."""
+    if isinstance(value, bool):
+        return None, None, value, None
+    if isinstance(value, int | float):
+        return float(value), None, None, None
+    if isinstance(value, str):
+        return None, value, None, None
+    return None, None, None, orjson.dumps(value).decode()
+
+
+@dataclass
+class Created:
+    entity: EntityType
+    id: int
+
+
+class Writer:
+    """Writes of one request (or one batch change set) on one connection inside a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, principal: Principal) -> None:
+        self.conn = conn
+        self.principal = principal
+        self.created_observations: list[int] = []
+
+    # --- lookups ---------------------------------------------------------------------------------------
+    async def existing(self, entity: EntityType, entity_id: Any) -> int:
+        if isinstance(entity_id, str) and entity_id.isdigit():
+            entity_id = int(entity_id)
+        if not isinstance(entity_id, int) or isinstance(entity_id, bool):
+            raise BadRequestError(f"@iot.id of a {entity.name} must be an integer")
+        found = await self.conn.fetchval(
+            f"SELECT c.id FROM {entity.table} c WHERE c.id = $1 AND {visible_sql(entity, 'c', self.principal)}",
+            entity_id,
+        )
+        if found is None:
+            raise NotFoundError(f"no {entity.name} with id {entity_id}")
+        return int(found)
+
+    async def resolve(self, entity: EntityType, body: Any, where: str) -> int:
+        """A nested entity: a link (`{"@iot.id": n}`) or a deep insert."""
+        if not isinstance(body, dict):
+            raise BadRequestError(f"{where} must be a JSON object")
+        if "@iot.id" in body:
+            return await self.existing(entity, body["@iot.id"])
+        return await self.create(entity, body)
+
+    # --- create ----------------------------------------------------------------------------------------
+    def _columns(self, entity: EntityType, body: dict[str, Any], *, partial: bool) -> dict[str, tuple[Any, str]]:
+        """Column -> (value, SQL cast or expression template) for the body's plain properties."""
+        columns: dict[str, tuple[Any, str]] = {}
+        for key in body:
+            if key in entity.rel_by_name or key.startswith("@iot.") or key.endswith("@iot.navigationLink"):
+                continue
+            prop = entity.prop_by_wire.get(key)
+            if prop is None:
+                raise BadRequestError(f"{entity.name} has no property {key!r}")
+            if not prop.writable:
+                if key == "id":
+                    continue
+                raise BadRequestError(f"{entity.name}/{key} is computed by the server and cannot be written")
+        for prop in entity.props:
+            if not prop.writable:
+                continue
+            if prop.wire not in body:
+                if not partial and prop.required and not self._has_default(entity, prop):
+                    raise BadRequestError(f"a {entity.name} needs {prop.wire!r}")
+                continue
+            self._column_values(entity, prop, body[prop.wire], body, columns)
+        return columns
+
+    @staticmethod
+    def _has_default(entity: EntityType, prop: Prop) -> bool:
+        return prop.wire in ("description", "observationType", "phenomenonTime") or (
+            prop.wire == "encodingType" and entity.name in ("Sensor",)
+        )
+
+    def _column_values(
+        self, entity: EntityType, prop: Prop, value: Any, body: dict[str, Any], columns: dict[str, tuple[Any, str]]
+    ) -> None:
+        where = f"{entity.name}/{prop.wire}"
+        if prop.kind == "text":
+            if not isinstance(value, str):
+                raise BadRequestError(f"{where} must be a string")
+            columns[prop.column] = (value, "{}::text")
+        elif prop.kind == "json":
+            if prop.wire == "unitOfMeasurement" and not isinstance(value, dict):
+                raise BadRequestError(f"{where} must be a JSON object")
+            columns[prop.column] = (orjson.dumps(value).decode() if value is not None else None, "{}::text::jsonb")
+        elif prop.kind == "geojson":
+            if not isinstance(value, dict):
+                raise BadRequestError(f"{where} must be a GeoJSON object")
+            encoding = body.get("encodingType", "application/geo+json")
+            if encoding not in GEOJSON_TYPES:
+                raise BadRequestError(
+                    f"{entity.name}/encodingType {encoding!r} is not supported; use application/geo+json"
+                )
+            text = orjson.dumps(value).decode()
+            columns[prop.column] = (text, "{}::text::jsonb")
+            geometry = value.get("geometry", value) if value.get("type") == "Feature" else value
+            if prop.geom and prop.geom != prop.column:
+                columns[prop.geom] = (orjson.dumps(geometry).decode(), "ST_SetSRID(ST_GeomFromGeoJSON({}::text), 4326)")
+        elif prop.kind == "time":
+            start, end = parse_time_or_interval(value, where)
+            columns[prop.column] = (start, "{}::timestamptz")
+            if prop.end_column:
+                columns[prop.end_column] = (end, "{}::timestamptz")
+        elif prop.kind == "interval":
+            if value is None:
+                columns[prop.column] = (None, "{}::timestamptz")
+            else:
+                start, end = parse_time_or_interval(value, where)
+                columns[prop.column] = (start, "{}::timestamptz")
+            if prop.end_column:
+                columns[prop.end_column] = (end if value is not None else None, "{}::timestamptz")
+        elif prop.kind == "result":
+            number, string, boolean, js = split_result(value)
+            columns["result_number"] = (number, "{}::double precision")
+            columns["result_string"] = (string, "{}::text")
+            columns["result_boolean"] = (boolean, "{}::boolean")
+            columns["result_json"] = (js, "{}::text::jsonb")
+
+    async def _insert(self, entity: EntityType, columns: dict[str, tuple[Any, str]]) -> int:
+        params = Params()
+        names: list[str] = []
+        exprs: list[str] = []
+        for column, (value, template) in columns.items():
+            names.append(column)
+            params.values.append(value)
+            exprs.append(template.format(f"${len(params.values)}"))
+        sql = f"INSERT INTO {entity.table} ({', '.join(names)}) VALUES ({', '.join(exprs)}) RETURNING id"
+        try:
+            return int(await self.conn.fetchval(sql, *params.values))
+        except asyncpg.UniqueViolationError:
+            if entity.name == "Observation":
+                raise ConflictError("an Observation of this Datastream already exists at this phenomenonTime") from None
+            raise ConflictError(f"this {entity.name} conflicts with an existing one") from None
+        except (asyncpg.DataError, asyncpg.InternalServerError) as exc:
+            raise BadRequestError(f"invalid {entity.name}: {exc.args[0] if exc.args else exc}") from None
+
+    async def create(
+        self, entity: EntityType, body: Any, forced: dict[str, int] | None = None, linked_from: Relation | None = None
+    ) -> int:
+        """Create an entity with its nested entities; `forced` sets foreign keys given by the URL or parent."""
+        if not isinstance(body, dict):
+            raise BadRequestError(f"a {entity.name} must be a JSON object")
+        forced = dict(forced or {})
+        columns = self._columns(entity, body, partial=False)
+        for rel in entity.relations:
+            if rel.kind != "parent_fk":
+                continue
+            if rel.column in forced:
+                columns[rel.column] = (forced[rel.column], "{}::bigint")
+            elif rel.name in body:
+                target = BY_NAME[rel.target]
+                columns[rel.column] = (
+                    await self.resolve(target, body[rel.name], f"{entity.name}/{rel.name}"),
+                    "{}::bigint",
+                )
+            elif rel.required:
+                raise BadRequestError(f'a {entity.name} needs its {rel.name} (an object, or {{"@iot.id": n}})')
+        if entity.name == "Observation":
+            if "phenomenon_time" not in columns:
+                columns["phenomenon_time"] = (datetime.now(UTC), "{}::timestamptz")
+            if columns.get("feature_of_interest_id") is None:
+                columns["feature_of_interest_id"] = (
+                    await self.foi_for_datastream(int(columns["datastream_id"][0])),
+                    "{}::bigint",
+                )
+        if entity.name == "Datastream":
+            # the Datastream joins the dataset of its Thing, so the access policy follows it
+            columns["dataset_id"] = (
+                await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
+                "{}::bigint",
+            )
+        new_id = await self._insert(entity, columns)
+        if entity.name == "Observation":
+            self.created_observations.append(new_id)
+        await self._create_children(entity, new_id, body)
+        return new_id
+
+    async def _create_children(self, entity: EntityType, new_id: int, body: dict[str, Any]) -> None:
+        location_ids: list[int] = []
+        for rel in entity.relations:
+            if rel.kind == "parent_fk" or rel.name not in body:
+                continue
+            items = body[rel.name]
+            if not isinstance(items, list):
+                raise BadRequestError(f"{entity.name}/{rel.name} must be a JSON array")
+            target = BY_NAME[rel.target]
+            for item in items:
+                if rel.kind == "child_fk":
+                    if isinstance(item, dict) and "@iot.id" in item:
+                        child_id = await self.existing(target, item["@iot.id"])
+                        await self.conn.execute(
+                            f"UPDATE {target.table} SET {rel.column} = $1 WHERE id = $2", new_id, child_id
+                        )
+                    else:
+                        await self.create(target, item, forced={rel.column: new_id})
+                else:
+                    child_id = await self.resolve(target, item, f"{entity.name}/{rel.name}")
+                    await self.conn.execute(
+                        f"INSERT INTO {rel.link_table} ({rel.link_self}, {rel.link_target}) VALUES ($1, $2) "
+                        "ON CONFLICT DO NOTHING",
+                        new_id,
+                        child_id,
+                    )
+                    if entity.name == "Thing" and rel.name == "Locations":
+                        location_ids.append(child_id)
+                    if entity.name == "Location" and rel.name == "Things":
+                        await self.set_thing_locations(child_id, [new_id], replace=True)
+        if location_ids:
+            await self.record_history(new_id, location_ids)
+
+    async def set_thing_locations(self, thing_id: int, location_ids: list[int], *, replace: bool) -> None:
+        """A Thing's current Locations change: links replaced and a HistoricalLocation recorded."""
+        if replace:
+            await self.conn.execute(
+                "DELETE FROM thing_location WHERE thing_id = $1 AND NOT (location_id = ANY($2::bigint[]))",
+                thing_id,
+                location_ids,
+            )
+        await self.conn.execute(
+            "INSERT INTO thing_location (thing_id, location_id) SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+            thing_id,
+            location_ids,
+        )
+        await self.record_history(thing_id, location_ids)
+
+    async def record_history(self, thing_id: int, location_ids: list[int]) -> None:
+        hl = await self.conn.fetchval(
+            "INSERT INTO historical_location (thing_id, time) VALUES ($1, now()) RETURNING id", thing_id
+        )
+        await self.conn.execute(
+            "INSERT INTO location_historical_location (location_id, historical_location_id) "
+            "SELECT unnest($1::bigint[]), $2 ON CONFLICT DO NOTHING",
+            location_ids,
+            hl,
+        )
+
+    async def foi_for_datastream(self, datastream_id: int) -> int:
+        """The FeatureOfInterest generated from the Location of the Datastream's Thing (made once, then reused)."""
+        location = await self.conn.fetchrow(
+            "SELECT l.id, l.name, l.description, l.encoding_type, l.location::text AS location "
+            "FROM datastream d JOIN thing_location tl ON tl.thing_id = d.thing_id "
+            "JOIN location l ON l.id = tl.location_id "
+            "WHERE d.id = $1 ORDER BY l.id LIMIT 1",
+            datastream_id,
+        )
+        if location is None:
+            raise BadRequestError(
+                "the Observation has no FeatureOfInterest and its Datastream's Thing has no Location to make one from"
+            )
+        key = f"sta:location:{location['id']}"
+        found = await self.conn.fetchval("SELECT id FROM feature_of_interest WHERE external_key = $1", key)
+        if found is not None:
+            return int(found)
+        return int(
+            await self.conn.fetchval(
+                "INSERT INTO feature_of_interest (name, description, encoding_type, feature, geom, external_key) "
+                "SELECT name, description, encoding_type, location, geom, $2 FROM location WHERE id = $1 "
+                "ON CONFLICT (external_key) DO UPDATE SET external_key = EXCLUDED.external_key RETURNING id",
+                location["id"],
+                key,
+            )
+        )
+
+    # --- update ----------------------------------------------------------------------------------------
+    async def update(self, entity: EntityType, entity_id: int, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequestError(f"a {entity.name} update must be a JSON object")
+        entity_id = await self.existing(entity, entity_id)
+        columns = self._columns(entity, body, partial=True)
+        for rel in entity.relations:
+            if rel.name not in body:
+                continue
+            target = BY_NAME[rel.target]
+            if rel.kind == "parent_fk":
+                columns[rel.column] = (
+                    await self.resolve(target, body[rel.name], f"{entity.name}/{rel.name}"),
+                    "{}::bigint",
+                )
+            elif entity.name == "Thing" and rel.name == "Locations":
+                items = body[rel.name]
+                if not isinstance(items, list):
+                    raise BadRequestError("Thing/Locations must be a JSON array")
+                ids = [await self.resolve(target, item, "Thing/Locations") for item in items]
+                await self.set_thing_locations(entity_id, ids, replace=True)
+            else:
+                raise BadRequestError(f"{entity.name}/{rel.name} cannot be changed by an update; use its own entity")
+        if not columns:
+            return
+        params = Params()
+        sets: list[str] = []
+        for column, (value, template) in columns.items():
+            params.values.append(value)
+            sets.append(f"{column} = {template.format(f'${len(params.values)}')}")
+        params.values.append(entity_id)
+        try:
+            await self.conn.execute(
+                f"UPDATE {entity.table} SET {', '.join(sets)} WHERE id = ${len(params.values)}", *params.values
+            )
+        except asyncpg.UniqueViolationError:
+            raise ConflictError(f"this change makes the {entity.name} conflict with an existing one") from None
+        except (asyncpg.DataError, asyncpg.InternalServerError) as exc:
+            raise BadRequestError(f"invalid {entity.name}: {exc.args[0] if exc.args else exc}") from None
+
+    # --- delete ----------------------------------------------------------------------------------------
+    async def delete(self, entity: EntityType, entity_id: int) -> None:
+        """Delete with the standard's cascades (the schema's foreign keys do the rest)."""
+        entity_id = await self.existing(entity, entity_id)
+        if entity.name == "FeatureOfInterest":
+            await self.conn.execute("DELETE FROM observation WHERE feature_of_interest_id = $1", entity_id)
+        if entity.name == "Location":
+            await self.conn.execute(
+                "DELETE FROM historical_location WHERE id IN (SELECT historical_location_id FROM "
+                "location_historical_location WHERE location_id = $1)",
+                entity_id,
+            )
+        await self.conn.execute(f"DELETE FROM {entity.table} WHERE id = $1", entity_id)
+
+    # --- $ref links ------------------------------------------------------------------------------------
+    async def add_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: Any) -> None:
+        target = BY_NAME[rel.target]
+        entity_id = await self.existing(entity, entity_id)
+        child = await self.existing(target, target_id)
+        if rel.kind == "parent_fk":
+            await self.conn.execute(f"UPDATE {entity.table} SET {rel.column} = $1 WHERE id = $2", child, entity_id)
+        elif rel.kind == "child_fk":
+            await self.conn.execute(f"UPDATE {target.table} SET {rel.column} = $1 WHERE id = $2", entity_id, child)
+        elif entity.name == "Thing" and rel.name == "Locations":
+            await self.set_thing_locations(entity_id, [child], replace=False)
+        else:
+            await self.conn.execute(
+                f"INSERT INTO {rel.link_table} ({rel.link_self}, {rel.link_target}) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                entity_id,
+                child,
+            )
+
+    async def remove_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: int) -> None:
+        if rel.kind != "link":
+            raise BadRequestError(f"{entity.name}/{rel.name} is mandatory or owned; change it with an update instead")
+        entity_id = await self.existing(entity, entity_id)
+        status = await self.conn.execute(
+            f"DELETE FROM {rel.link_table} WHERE {rel.link_self} = $1 AND {rel.link_target} = $2", entity_id, target_id
+        )
+        if status.endswith(" 0"):
+            raise NotFoundError(f"{entity.name}({entity_id}) has no {rel.name} link to {target_id}")
+
+    # --- dataArray create --------------------------------------------------------------------------------
+    async def create_observations(self, body: Any, base: str) -> list[str]:
+        """The dataArray create extension: one set-based insert per Datastream, a selfLink or "error" per row."""
+        if not isinstance(body, list):
+            raise BadRequestError("CreateObservations expects a JSON array of {Datastream, components, dataArray}")
+        out: list[str] = []
+        for index, group in enumerate(body):
+            if not isinstance(group, dict) or not isinstance(group.get("dataArray"), list):
+                raise BadRequestError(f"CreateObservations[{index}] needs components and dataArray")
+            ds = await self.resolve(
+                BY_NAME["Datastream"], group.get("Datastream"), f"CreateObservations[{index}]/Datastream"
+            )
+            components = group.get("components")
+            allowed = {
+                "phenomenonTime",
+                "result",
+                "resultTime",
+                "resultQuality",
+                "validTime",
+                "parameters",
+                "FeatureOfInterest/id",
+            }
+            if not isinstance(components, list) or not set(components) <= allowed or "result" not in components:
+                raise BadRequestError(
+                    f"CreateObservations[{index}]/components must list result and some of {sorted(allowed)}"
+                )
+            out.extend(await self._insert_array(ds, components, group["dataArray"], base, index))
+        return out
+
+    async def _insert_array(
+        self, datastream_id: int, components: list[str], rows: list[Any], base: str, index: int
+    ) -> list[str]:
+        columns: dict[str, list[Any]] = {
+            c: []
+            for c in (
+                "phenomenon_time",
+                "phenomenon_time_end",
+                "result_time",
+                "result_number",
+                "result_string",
+                "result_boolean",
+                "result_json",
+                "result_quality",
+                "valid_time_start",
+                "valid_time_end",
+                "parameters",
+                "feature_of_interest_id",
+            )
+        }
+        default_foi: int | None = None
+        now = datetime.now(UTC)
+        for line_no, line in enumerate(rows):
+            if not isinstance(line, list) or len(line) != len(components):
+                raise BadRequestError(
+                    f"CreateObservations[{index}]/dataArray[{line_no}] must have {len(components)} values"
+                )
+            values = dict(zip(components, line, strict=True))
+            where = f"CreateObservations[{index}]/dataArray[{line_no}]"
+            start, end = (
+                parse_time_or_interval(values["phenomenonTime"], where) if "phenomenonTime" in values else (now, None)
+            )
+            columns["phenomenon_time"].append(start)
+            columns["phenomenon_time_end"].append(end)
+            rt = values.get("resultTime")
+            columns["result_time"].append(parse_time(rt, where) if rt is not None else None)
+            number, string, boolean, js = split_result(values["result"])
+            columns["result_number"].append(number)
+            columns["result_string"].append(string)
+            columns["result_boolean"].append(boolean)
+            columns["result_json"].append(js)
+            rq = values.get("resultQuality")
+            columns["result_quality"].append(orjson.dumps(rq).decode() if rq is not None else None)
+            vt = values.get("validTime")
+            vs, ve = parse_time_or_interval(vt, where) if vt is not None else (None, None)
+            columns["valid_time_start"].append(vs)
+            columns["valid_time_end"].append(ve)
+            pa = values.get("parameters")
+            columns["parameters"].append(orjson.dumps(pa).decode() if pa is not None else None)
+            foi = values.get("FeatureOfInterest/id")
+            if foi is None:
+                if default_foi is None:
+                    default_foi = await self.foi_for_datastream(datastream_id)
+                foi = default_foi
+            else:
+                foi = await self.existing(BY_NAME["FeatureOfInterest"], foi)
+            columns["feature_of_interest_id"].append(foi)
+        inserted = await self.conn.fetch(
+            "INSERT INTO observation (datastream_id, phenomenon_time, phenomenon_time_end, result_time, result_number, "
+            "result_string, result_boolean, result_json, result_quality, valid_time_start, valid_time_end, parameters, "
+            "feature_of_interest_id) "
+            "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::float8[], "
+            "$6::text[], $7::boolean[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::timestamptz[], "
+            "$11::timestamptz[], $12::text[]::jsonb[], $13::bigint[]) "
+            "ON CONFLICT (datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
+            datastream_id,
+            *columns.values(),
+        )
+        by_time = {r["phenomenon_time"]: int(r["id"]) for r in inserted}
+        self.created_observations.extend(by_time.values())
+        out: list[str] = []
+        for t in columns["phenomenon_time"]:
+            new_id = by_time.pop(t, None)
+            out.append(f"{base}/Observations({new_id})" if new_id is not None else "error")
+        return out
+
+
+def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:
+    """RFC 6902 JSON Patch (add, replace, remove, test) on an entity's JSON, as FROST's client sends it."""
+    if not isinstance(operations, list):
+        raise BadRequestError("a JSON Patch is an array of operations")
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(document))
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, dict) or not isinstance(operation.get("path"), str):
+            raise BadRequestError(f"JSON Patch operation {index} needs op and path")
+        op, path = operation.get("op"), operation["path"]
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+        if not parts or not parts[0]:
+            raise BadRequestError(f"JSON Patch operation {index}: the path must name a property")
+        parent: Any = doc
+        for part in parts[:-1]:
+            if not isinstance(parent, dict) or part not in parent or parent[part] is None:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r}")
+            parent = parent[part]
+        if not isinstance(parent, dict):
+            raise BadRequestError(f"JSON Patch operation {index}: {path!r} is not inside an object")
+        last = parts[-1]
+        if op in ("add", "replace"):
+            if "value" not in operation:
+                raise BadRequestError(f"JSON Patch operation {index} needs a value")
+            if op == "replace" and last not in parent:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r} to replace")
+            parent[last] = operation["value"]
+        elif op == "remove":
+            if last not in parent:
+                raise BadRequestError(f"JSON Patch operation {index}: no {path!r} to remove")
+            del parent[last]
+        elif op == "test":
+            if parent.get(last) != operation.get("value"):
+                raise ConflictError(f"JSON Patch test failed at {path!r}")
+        else:
+            raise BadRequestError(f"JSON Patch operation {op!r} is not supported (add, replace, remove, test)")
+    return doc
+
+
+def patched_properties(entity: EntityType, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The writable properties a JSON Patch changed, as an update body (removed ones become null)."""
+    changes: dict[str, Any] = {}
+    for prop in entity.props:
+        if not prop.writable:
+            continue
+        if prop.wire in after and after[prop.wire] != before.get(prop.wire):
+            changes[prop.wire] = after[prop.wire]
+        elif prop.wire in before and prop.wire not in after:
+            if prop.required:
+                raise BadRequestError(f"{entity.name}/{prop.wire} cannot be removed")
+            changes[prop.wire] = None
+    return changes

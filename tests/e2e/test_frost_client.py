@@ -1,0 +1,79 @@
+"""FROST's own Python client (frost-sta-client, unmodified) against the real server: create, query, paging."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import frost_sta_client as fsc
+import pytest
+from frost_sta_client.model.ext.unitofmeasurement import UnitOfMeasurement
+from geojson import Point
+
+from territoire_data.settings import Settings
+from tests.conftest import LiveServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.db]
+
+TOKEN = "frost-e2e-token-0123456789"
+
+
+@pytest.fixture
+def sta_server(settings: Settings, db: object) -> Iterator[LiveServer]:
+    server = LiveServer(settings, env={"TERRITOIRE_ADMIN_TOKEN": TOKEN, "TERRITOIRE_STA_DEFAULT_TOP": "3"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def _scenario(url: str) -> None:
+    # FROST's client sends HTTP Basic; the temporary write rule takes the admin token as its password
+    service = fsc.SensorThingsService(f"{url}/sta/v1.1", auth_handler=fsc.AuthHandler("admin", TOKEN))
+    location = fsc.Location(
+        name="Place Bellecour",
+        description="Lyon",
+        encoding_type="application/geo+json",
+        location=Point((4.832, 45.757)),
+    )
+    thing = fsc.Thing(name="Station", description="air quality", properties={"owner": "Lyon"}, locations=[location])
+    service.create(thing)
+    assert isinstance(thing.id, int)
+    datastream = fsc.Datastream(
+        name="temperature",
+        description="air temperature",
+        observation_type="http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+        unit_of_measurement=UnitOfMeasurement(name="degree Celsius", symbol="°C", definition="ucum:Cel"),
+        thing=thing,
+        sensor=fsc.Sensor(name="DHT22", description="sensor", encoding_type="application/pdf", metadata="x"),
+        observed_property=fsc.ObservedProperty(name="Temperature", definition="http://x/T", description="T"),
+    )
+    service.create(datastream)
+    for minute in range(7):
+        service.create(
+            fsc.Observation(result=20 + minute, phenomenon_time=f"2026-11-01T10:0{minute}:00Z", datastream=datastream)
+        )
+    found = service.things().query().filter("name eq 'Station'").expand("Locations,Datastreams").list()
+    things = list(found)
+    assert [t.name for t in things] == ["Station"]
+    # paging: the default page is 3, the client follows @iot.nextLink
+    observations = service.observations().query().filter("result ge 21").orderby("result", "ASC").list()
+    assert [o.result for o in observations] == [21.0, 22.0, 23.0, 24.0, 25.0, 26.0]
+    counted = service.datastreams().query().count().list()
+    assert counted.count == 1
+    # FROST's client patches with JSON Patch (application/json-patch+json)
+    service.patch(
+        thing,
+        [
+            {"op": "replace", "path": "/name", "value": "Station Bellecour"},
+            {"op": "add", "path": "/properties/floors", "value": 3},
+        ],
+    )
+    fetched = service.things().find(thing.id)
+    assert fetched.name == "Station Bellecour"
+    assert fetched.properties == {"owner": "Lyon", "floors": 3}
+    service.delete(fetched)
+    assert list(service.things().query().list()) == []
+
+
+async def test_frost_client_creates_queries_and_pages(sta_server: LiveServer) -> None:
+    await asyncio.to_thread(_scenario, sta_server.url)
