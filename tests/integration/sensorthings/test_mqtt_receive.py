@@ -114,7 +114,13 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
             await asyncio.sleep(0.1)
             conn = await asyncpg.connect(settings.database_url)
             try:
-                held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                # The bridge takes the lock, then LISTENs: wait for both, in this test's database only.
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+                ) and await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+                )
             finally:
                 await conn.close()
             if held:
