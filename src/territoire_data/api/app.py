@@ -22,6 +22,7 @@ from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.features.routes import router as features_router
 from territoire_data.settings import Settings
 
 DESCRIPTION = """
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 
     app.include_router(health.router)
+    app.include_router(features_router)
     _mount_docs(app)
     return app
 
