@@ -69,7 +69,9 @@ def _feature_count(output: str) -> int:
 async def test_gdal_oapif_lists_layers_counts_and_filters(loaded: asyncpg.Connection, live_server: LiveServer) -> None:
     source = f"OAPIF:{live_server.url}/ogcapi"
     layers = _ogrinfo(source)
-    assert "stations" in layers and "mesures" in layers and "capteurs" in layers
+    assert "stations" in layers
+    assert "mesures" in layers
+    assert "capteurs" in layers
     assert "secret" not in layers
     assert _feature_count(_ogrinfo("-so", source, "stations")) == 74
     assert _feature_count(_ogrinfo("-so", source, "mesures")) == MESURES_COUNT
@@ -78,7 +80,8 @@ async def test_gdal_oapif_lists_layers_counts_and_filters(loaded: asyncpg.Connec
     assert _feature_count(in_box) == 3
     # An attribute filter, which the driver translates to CQL2 for servers that conform to Part 3.
     run = _ogrinfo_run("-so", "-where", "n >= 100 AND actif = 1", source, "mesures")
-    assert "filter=" in run.stderr and "Full filter will be evaluated on client side" not in run.stderr
+    assert "filter=" in run.stderr
+    assert "Full filter will be evaluated on client side" not in run.stderr
     where = run.stdout
     table = await loaded.fetchval("SELECT table_name FROM dataset WHERE slug = 'mesures'")
     expected = await loaded.fetchval(f"SELECT count(*) FROM datasets.{table} WHERE n >= 100 AND actif")
