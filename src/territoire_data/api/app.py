@@ -10,6 +10,7 @@ import swagger_ui_bundle
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -68,6 +69,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
             expose_headers=["X-Request-ID", "ETag", "Content-Crs", "Link"],
         )
+    # Compression negotiated by Accept-Encoding; streamed exports are compressed chunk by chunk.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 
     app.include_router(health.router)
