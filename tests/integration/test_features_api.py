@@ -9,11 +9,11 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.features_data import MESURES_COUNT, load_features_data
 from territoire_data.features.collections import get_collection
 from territoire_data.features.cql2sql import parse
 from territoire_data.features.crs import parse_crs
 from territoire_data.features.query import ItemsQuery, items_sql
+from tests.features_data import MESURES_COUNT, load_features_data
 
 pytestmark = pytest.mark.db
 
@@ -288,7 +288,10 @@ async def test_cql2_text_matches_postgis(
 async def test_cql2_json_and_filter_crs(
     client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
 ) -> None:
-    as_json = '{"op": "and", "args": [{"op": ">", "args": [{"property": "n"}, 10]}, {"op": "s_intersects", "args": [{"property": "geometry"}, {"bbox": [4.79, 45.69, 4.835, 45.715]}]}]}'
+    as_json = (
+        '{"op": "and", "args": [{"op": ">", "args": [{"property": "n"}, 10]}, {"op": "s_intersects", '
+        '"args": [{"property": "geometry"}, {"bbox": [4.79, 45.69, 4.835, 45.715]}]}]}'
+    )
     expected = await _sql_ids(db, "n > 10 AND ST_Intersects(geom, ST_MakeEnvelope(4.79, 45.69, 4.835, 45.715, 4326))")
     assert expected
     assert await _ids(client, "mesures", filter=as_json, **{"filter-lang": "cql2-json"}) == expected
@@ -376,7 +379,8 @@ async def test_sensor_collection_shows_things_at_their_location_with_latest_obse
     hidden = data["secret"]
     await db.execute(
         """
-        INSERT INTO thing (id, name, description, properties) VALUES (1, 'Station Bellecour', 'air', '{"owner": "Métropole"}');
+        INSERT INTO thing (id, name, description, properties)
+          VALUES (1, 'Station Bellecour', 'air', '{"owner": "Métropole"}');
         INSERT INTO thing (id, name, dataset_id) VALUES (2, 'Capteur privé', $1);
         INSERT INTO location (id, name, location, geom) VALUES
           (1, 'Bellecour', '{"type": "Point", "coordinates": [4.832, 45.757]}', 'SRID=4326;POINT(4.832 45.757)'),
