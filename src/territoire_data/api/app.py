@@ -23,6 +23,7 @@ from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.settings import Settings
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
 
     app.include_router(health.router)
     app.include_router(features_router)
+    app.include_router(exports_router)
     _mount_docs(app)
     return app
 

@@ -198,11 +198,13 @@ async def list_collections(conn: asyncpg.Connection, principal: Principal = ANON
     return found
 
 
-async def get_collection(conn: asyncpg.Connection, collection_id: str, principal: Principal = ANONYMOUS) -> Collection:
-    """One visible collection, or 404 exactly as for one that does not exist."""
+async def get_collection(
+    conn: asyncpg.Connection, collection_id: str, principal: Principal = ANONYMOUS, *, sensors: bool = True
+) -> Collection:
+    """One visible collection (table datasets, and the sensor network unless `sensors` is false), else 404."""
     row = await conn.fetchrow(_dataset_query(principal, "d.slug = $1"), collection_id)
     if row is not None:
         return _dataset_collection(row)
-    if collection_id == SENSORS_ID:
+    if sensors and collection_id == SENSORS_ID:
         return await _sensors_collection(conn, principal)
     raise NotFoundError(f"no collection {collection_id!r}")

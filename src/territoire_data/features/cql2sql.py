@@ -85,6 +85,11 @@ class Compiler:
     def predicate(self, node: Any) -> str:
         if isinstance(node, bool):
             return "TRUE" if node else "FALSE"
+        if isinstance(node, dict) and "property" in node:
+            field = self._field_of(node)
+            if field is None or field.type != "boolean":
+                raise BadRequestError(f"filter: {node['property']!r} is not a boolean property")
+            return field.sql
         if not isinstance(node, dict) or "op" not in node:
             raise BadRequestError("filter: expected a predicate")
         op = str(node["op"]).lower()

@@ -86,18 +86,23 @@ def where_sql(collection: Collection, query: ItemsQuery, params: Params) -> str:
     return " AND ".join(clauses) if clauses else "TRUE"
 
 
+def object_sql(pairs: list[tuple[str, str]]) -> str:
+    """A json object from (key, SQL expression) pairs, built by PostgreSQL, keys in order up to 50 pairs."""
+    if not pairs:
+        return "'{}'::json"
+    chunks = [pairs[i : i + _PAIRS_PER_OBJECT] for i in range(0, len(pairs), _PAIRS_PER_OBJECT)]
+    builder = "json_build_object" if len(chunks) == 1 else "jsonb_build_object"
+    objects = [f"{builder}(" + ", ".join(f"{_literal(k)}, {v}" for k, v in chunk) + ")" for chunk in chunks]
+    return objects[0] if len(objects) == 1 else "(" + " || ".join(objects) + ")::json"
+
+
+def selected_fields(collection: Collection, names: tuple[str, ...] | None) -> tuple[Field, ...]:
+    return collection.fields if names is None else tuple(f for f in collection.fields if f.name in names)
+
+
 def properties_sql(collection: Collection, names: tuple[str, ...] | None) -> str:
     """A json object of the selected properties, built by PostgreSQL."""
-    fields = collection.fields if names is None else tuple(f for f in collection.fields if f.name in names)
-    if not fields:
-        return "'{}'::json"
-    chunks = [fields[i : i + _PAIRS_PER_OBJECT] for i in range(0, len(fields), _PAIRS_PER_OBJECT)]
-    builder = "json_build_object" if len(chunks) == 1 else "jsonb_build_object"
-    objects = []
-    for chunk in chunks:
-        pairs = ", ".join(f"{_literal(f.name)}, {f.sql}" for f in chunk)
-        objects.append(f"{builder}({pairs})")
-    return objects[0] if len(objects) == 1 else "(" + " || ".join(objects) + ")::json"
+    return object_sql([(f.name, f.sql) for f in selected_fields(collection, names)])
 
 
 def _literal(name: str) -> str:

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from territoire_data.auth.policy import ANONYMOUS
-from territoire_data.db.engine import raw_connection
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.features import cql2sql, html
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import FIELD_TYPES, Collection, get_collection, list_collections
 from territoire_data.features.crs import CRS84, DEFAULT, parse_crs, supported_uris
+from territoire_data.features.dbaccess import fetch_checked, pooled
 from territoire_data.features.params import (
     RESERVED,
     parse_bbox,
@@ -60,13 +57,6 @@ CONFORMANCE = (
 )
 
 FORMAT_PARAM = Query(None, description="Output format: json (default) or html", pattern="^(json|geojson|html)$")
-
-
-@asynccontextmanager
-async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled asyncpg connection: the hot paths speak to the driver directly."""
-    async with request.app.state.engine.connect() as conn, raw_connection(conn) as raw:
-        yield raw
 
 
 def _base(request: Request) -> str:
@@ -147,7 +137,7 @@ async def api_definition(request: Request, f: str | None = FORMAT_PARAM) -> Resp
     if _wants_html(request):
         root = request.scope.get("root_path", "").rstrip("/")
         return Response(status_code=303, headers={"Location": f"{root}/docs"})
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await list_collections(conn, ANONYMOUS)
     document = openapi_30(request.app.openapi(), prefix="/ogcapi", server=_base(request), collections=found)
     return _json(document, OPENAPI_JSON)
@@ -306,7 +296,7 @@ def _collections_etag(collections: list[Collection]) -> tuple[str | None, dateti
 @router.get("/collections", summary="Collections", response_class=Response)
 async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await list_collections(conn, ANONYMOUS)
     base = _base(request)
     etag, modified = _collections_etag(found)
@@ -323,7 +313,7 @@ async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Respons
 @router.get("/collections/{collectionId}", summary="One collection", response_class=Response)
 async def collection(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     etag = None
     if found.modified_at is not None:
@@ -339,7 +329,7 @@ async def collection(request: Request, collectionId: str, f: str | None = FORMAT
 
 @router.get("/collections/{collectionId}/queryables", summary="Queryables (JSON Schema)", response_class=Response)
 async def queryables(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     properties: dict[str, Any] = {
         "geometry": {"format": "geometry-any", "title": "Géométrie", "x-ogc-role": "primary-geometry"},
@@ -387,16 +377,6 @@ def parse_items_query(params: dict[str, str], collection: Collection) -> ItemsQu
     )
 
 
-async def _fetch(conn: asyncpg.Connection, sql: str, values: list[Any]) -> list[asyncpg.Record]:
-    """Run a query built from user filters; a value PostgreSQL cannot read as its column's type is a 400."""
-    try:
-        return list(await conn.fetch(sql, *values))
-    except (asyncpg.DataError, asyncpg.UndefinedFunctionError, asyncpg.DatatypeMismatchError) as exc:
-        raise BadRequestError(f"invalid filter value: {exc}") from None
-    except asyncpg.InternalServerError as exc:  # PostGIS reports bad geometries this way
-        raise BadRequestError(f"invalid filter: {exc}") from None
-
-
 def _items_etag(request: Request, collection: Collection, html_page: bool) -> str | None:
     if collection.modified_at is None:
         return None
@@ -407,7 +387,7 @@ def _items_etag(request: Request, collection: Collection, html_page: bool) -> st
 async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     params = _query_dict(request)
     html_page = _wants_html(request)
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
         etag = _items_etag(request, found, html_page)
         cached = not_modified(request, etag, found.modified_at)
@@ -415,7 +395,7 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
             return cached
         query = parse_items_query(params, found)
         sql, values = items_sql(found, query)
-        rows = await _fetch(conn, sql, values)
+        rows = await fetch_checked(conn, sql, values)
         has_next = len(rows) > query.limit
         features = [r[0] for r in rows[: query.limit]]
         matched: int | None = None
@@ -424,7 +404,7 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
         elif query.offset == 0 and not has_next:
             matched = len(features)
         else:
-            counted = (await _fetch(conn, *count_sql(found, query, COUNT_CAP)))[0][0]
+            counted = (await fetch_checked(conn, *count_sql(found, query, COUNT_CAP)))[0][0]
             matched = counted if counted <= COUNT_CAP else None
     base = _base(request)
     url = f"{base}/collections/{found.id}/items"
@@ -469,7 +449,7 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
         fid = int(featureId)
     except ValueError:
         raise NotFoundError(f"no feature {featureId!r} in {collectionId!r}") from None
-    async with _connection(request) as conn:
+    async with pooled(request.app.state.engine) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
         etag = _items_etag(request, found, html_page)
         if etag is not None:
@@ -482,7 +462,7 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
             properties=parse_properties(params.get("properties"), found),
             skip_geometry=parse_bool(params.get("skipGeometry"), "skipGeometry"),
         )
-        rows = await _fetch(conn, *item_sql(found, query, fid))
+        rows = await fetch_checked(conn, *item_sql(found, query, fid))
     if not rows:
         raise NotFoundError(f"no feature {featureId!r} in {collectionId!r}")
     base = _base(request)
