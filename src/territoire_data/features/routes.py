@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError, NotFoundError
-from territoire_data.features import cql2sql, html
+from territoire_data.features import cql2sql, html, tiles
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import FIELD_TYPES, Collection, get_collection, list_collections
 from territoire_data.features.crs import CRS84, DEFAULT, parse_crs, supported_uris
@@ -258,6 +258,7 @@ def _collection_body(collection: Collection, base: str, html_page: bool) -> dict
         _link(f"{url}/items?f=json", "items", GEOJSON, "features (GeoJSON)"),
         _link(f"{url}/items?f=html", "items", HTML, "features (HTML)"),
         _link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables", SCHEMA_JSON, "queryables"),
+        _link(f"{url}/tiles", "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", JSON, "vector tiles"),
     ]
     if collection.licence:
         links.append({"href": collection.licence, "rel": "license", "title": collection.licence})
@@ -483,6 +484,110 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
         )
     body = feature_text[:-1].encode() + b',"links":' + orjson.dumps(links) + b"}"
     return Response(body, media_type=GEOJSON, headers=headers)
+
+
+# --- vector tiles ---------------------------------------------------------------------------------------------
+
+
+def _tileset(collection: Collection, base: str) -> dict[str, Any]:
+    url = f"{base}/collections/{collection.id}/tiles/{tiles.TMS_ID}"
+    template = url + "/{z}/{x}/{y}"
+    return {
+        "title": f"{collection.title} — tuiles vectorielles",
+        "dataType": "vector",
+        "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+        "tileMatrixSetURI": tiles.TMS_URI,
+        "minzoom": 0,
+        "maxzoom": tiles.MAX_ZOOM,
+        # TileJSON-style template for MapLibre / OpenLayers; x is the column, y the row.
+        "tiles": [template],
+        "links": [
+            _link(url, "self", JSON, "this tileset"),
+            {
+                "href": template.replace("{z}/{x}/{y}", "{tileMatrix}/{tileCol}/{tileRow}"),
+                "rel": "item",
+                "type": tiles.MVT,
+                "templated": True,
+                "title": "Mapbox Vector Tiles",
+            },
+            _link(
+                f"{base}/collections/{collection.id}",
+                "http://www.opengis.net/def/rel/ogc/1.0/geodata",
+                JSON,
+                "the collection",
+            ),
+        ],
+        "layers": [
+            {
+                "id": collection.id,
+                "dataType": "vector",
+                "title": collection.title,
+                "propertiesSchema": {
+                    "type": "object",
+                    "properties": {
+                        f.name: dict(FIELD_TYPES.get(f.type, FIELD_TYPES["any"])[1]) for f in collection.fields
+                    },
+                },
+            }
+        ],
+    }
+
+
+@router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection", response_class=Response)
+async def tilesets(request: Request, collectionId: str) -> Response:
+    async with pooled(request.app.state.engine) as conn:
+        found = await get_collection(conn, collectionId, ANONYMOUS)
+    base = _base(request)
+    tileset = _tileset(found, base)
+    return _json(
+        {
+            "links": [_link(f"{base}/collections/{found.id}/tiles", "self", JSON, "tilesets")],
+            "tilesets": [{k: tileset[k] for k in ("title", "dataType", "crs", "tileMatrixSetURI", "links")}],
+        }
+    )
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/WebMercatorQuad", summary="Vector tileset metadata", response_class=Response
+)
+async def tileset(request: Request, collectionId: str) -> Response:
+    async with pooled(request.app.state.engine) as conn:
+        found = await get_collection(conn, collectionId, ANONYMOUS)
+    return _json(_tileset(found, _base(request)))
+
+
+@router.get(
+    "/collections/{collectionId}/tiles/WebMercatorQuad/{z}/{x}/{y}",
+    summary="A Mapbox Vector Tile (ST_AsMVT)",
+    response_class=Response,
+)
+async def tile(request: Request, collectionId: str, z: int, x: int, y: int) -> Response:
+    tiles.check_tile(z, x, y)
+    params = _query_dict(request)
+    unknown = set(params) - {"filter", "filter-lang", "filter-crs", "datetime", "properties"}
+    if unknown:
+        raise BadRequestError(f"unknown query parameter {sorted(unknown)[0]!r}")
+    async with pooled(request.app.state.engine) as conn:
+        found = await get_collection(conn, collectionId, ANONYMOUS)
+        etag = None
+        if found.modified_at is not None:
+            etag = etag_for("tile", found.id, found.dataset_id, found.modified_at, z, x, y, request.url.query)
+        cached = not_modified(request, etag, found.modified_at)
+        if cached is not None:
+            return cached
+        filter_text = params.get("filter")
+        query = ItemsQuery(
+            datetime=parse_datetime(params.get("datetime")),
+            cql=cql2sql.parse(filter_text, params.get("filter-lang")) if filter_text else None,
+            filter_crs=parse_crs(params.get("filter-crs"), parameter="filter-crs"),
+            properties=parse_properties(params.get("properties"), found),
+        )
+        rows = await fetch_checked(conn, *tiles.tile_sql(found, query, z, x, y))
+    data: bytes = rows[0][0] or b""
+    headers = validators(etag, found.modified_at)
+    if not data:
+        return Response(status_code=204, headers=headers)
+    return Response(data, media_type=tiles.MVT, headers=headers)
 
 
 __all__ = ["DEFAULT", "router"]
