@@ -24,6 +24,7 @@ from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolColl
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.exports.routes import router as exports_router
+from territoire_data.features.dbaccess import close_read_pool
 from territoire_data.features.routes import router as features_router
 from territoire_data.settings import Settings
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
 

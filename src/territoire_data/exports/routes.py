@@ -15,14 +15,13 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.policy import ANONYMOUS, member_visible_sql
-from territoire_data.db.engine import raw_connection
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
 from territoire_data.features import cql2sql
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import Collection, get_collection
 from territoire_data.features.crs import parse_crs
-from territoire_data.features.dbaccess import fetch_checked, pooled
+from territoire_data.features.dbaccess import fetch_checked, pooled, read_pool
 from territoire_data.features.params import (
     parse_bbox,
     parse_datetime,
@@ -41,6 +40,7 @@ from territoire_data.features.query import (
     where_sql,
 )
 from territoire_data.features.sqlparams import Params
+from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ async def records(
     limit: str | None = Query(None, description=f"Page size, 1..{RECORDS_MAX} (default 10)"),
     offset: str | None = Query(None, description="Records to skip"),
 ) -> Response:
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
         etag = etag_for("records", collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
@@ -137,7 +137,7 @@ async def export_dataset(
     delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
     bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
 ) -> Response:
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
         etag = etag_for("export", fmt, collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
@@ -165,7 +165,8 @@ async def export_dataset(
     headers = validators(etag, collection.modified_at)
     headers["Content-Disposition"] = f'attachment; filename="{collection.id}.{fmt}"'
     headers["Content-Crs"] = query.crs.header
-    return StreamingResponse(_streamed(request.app.state.engine, producer), media_type=MEDIA[fmt], headers=headers)
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
 @router.get(
@@ -188,7 +189,7 @@ async def export_observations(
                 datetime.fromisoformat(value)
             except ValueError:
                 raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await conn.fetchval(
             f"SELECT ds.name FROM datastream ds WHERE ds.id = $1 AND {member_visible_sql(ANONYMOUS, 'ds.dataset_id')}",
             datastream_id,
@@ -206,7 +207,8 @@ async def export_observations(
         "Content-Disposition": f'attachment; filename="datastream-{datastream_id}-{stamp}.{fmt}"',
         "Cache-Control": "no-cache",
     }
-    return StreamingResponse(_streamed(request.app.state.engine, producer), media_type=MEDIA[fmt], headers=headers)
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
@@ -235,16 +237,20 @@ def _query(
 
 
 async def _streamed(
-    engine: AsyncEngine, producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]]
+    engine: AsyncEngine, settings: Settings, producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]]
 ) -> AsyncIterator[bytes]:
-    """Run a producer on a connection of its own for the life of the response; a cut download drops it."""
-    async with engine.connect() as conn:
-        completed = False
-        try:
-            async with raw_connection(conn) as raw:
-                async for chunk in producer(raw):
-                    yield chunk
-            completed = True
-        finally:
-            if not completed:
-                await conn.invalidate()
+    """Run a producer on a connection of its own for the life of the response, without the statement timeout
+    (a whole export may take longer than any one API query); a cut download terminates the connection."""
+    pool = await read_pool(engine, settings)
+    conn = await pool.acquire()
+    completed = False
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            async for chunk in producer(conn):
+                yield chunk
+        completed = True
+    finally:
+        if not completed:
+            conn.terminate()
+        await pool.release(conn)

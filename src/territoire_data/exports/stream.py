@@ -248,7 +248,9 @@ async def stream_parquet(
     sql = f"SELECT {columns} FROM {export.collection.source} t WHERE {where}{export.tail(params)}"
     sink = _Sink()
     writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
-    async with conn.transaction(readonly=True):
+    async with contextlib.AsyncExitStack() as stack:
+        if not conn.is_in_transaction():  # a cursor lives in a transaction; the route opens one, tests may not
+            await stack.enter_async_context(conn.transaction(readonly=True))
         cursor = await conn.cursor(sql, *params.values)
         while rows := await cursor.fetch(batch):
             arrays = [pa.array(column, type=f.type) for column, f in zip(zip(*rows, strict=True), schema, strict=True)]
@@ -308,7 +310,9 @@ async def stream_observations_parquet(
     schema = pa.schema([pa.field(name, kind) for name, _, kind in OBSERVATION_COLUMNS])
     sink = _Sink()
     writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
-    async with conn.transaction(readonly=True):
+    async with contextlib.AsyncExitStack() as stack:
+        if not conn.is_in_transaction():  # a cursor lives in a transaction; the route opens one, tests may not
+            await stack.enter_async_context(conn.transaction(readonly=True))
         cursor = await conn.cursor(sql, *params.values)
         while rows := await cursor.fetch(batch):
             arrays = [pa.array(column, type=f.type) for column, f in zip(zip(*rows, strict=True), schema, strict=True)]

@@ -137,7 +137,7 @@ async def api_definition(request: Request, f: str | None = FORMAT_PARAM) -> Resp
     if _wants_html(request):
         root = request.scope.get("root_path", "").rstrip("/")
         return Response(status_code=303, headers={"Location": f"{root}/docs"})
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await list_collections(conn, ANONYMOUS)
     document = openapi_30(request.app.openapi(), prefix="/ogcapi", server=_base(request), collections=found)
     return _json(document, OPENAPI_JSON)
@@ -297,7 +297,7 @@ def _collections_etag(collections: list[Collection]) -> tuple[str | None, dateti
 @router.get("/collections", summary="Collections", response_class=Response)
 async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await list_collections(conn, ANONYMOUS)
     base = _base(request)
     etag, modified = _collections_etag(found)
@@ -314,7 +314,7 @@ async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Respons
 @router.get("/collections/{collectionId}", summary="One collection", response_class=Response)
 async def collection(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     etag = None
     if found.modified_at is not None:
@@ -330,7 +330,7 @@ async def collection(request: Request, collectionId: str, f: str | None = FORMAT
 
 @router.get("/collections/{collectionId}/queryables", summary="Queryables (JSON Schema)", response_class=Response)
 async def queryables(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     properties: dict[str, Any] = {
         "geometry": {"format": "geometry-any", "title": "Géométrie", "x-ogc-role": "primary-geometry"},
@@ -388,7 +388,7 @@ def _items_etag(request: Request, collection: Collection, html_page: bool) -> st
 async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     params = _query_dict(request)
     html_page = _wants_html(request)
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
         etag = _items_etag(request, found, html_page)
         cached = not_modified(request, etag, found.modified_at)
@@ -450,7 +450,7 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
         fid = int(featureId)
     except ValueError:
         raise NotFoundError(f"no feature {featureId!r} in {collectionId!r}") from None
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
         etag = _items_etag(request, found, html_page)
         if etag is not None:
@@ -535,7 +535,7 @@ def _tileset(collection: Collection, base: str) -> dict[str, Any]:
 
 @router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection", response_class=Response)
 async def tilesets(request: Request, collectionId: str) -> Response:
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     base = _base(request)
     tileset = _tileset(found, base)
@@ -551,7 +551,7 @@ async def tilesets(request: Request, collectionId: str) -> Response:
     "/collections/{collectionId}/tiles/WebMercatorQuad", summary="Vector tileset metadata", response_class=Response
 )
 async def tileset(request: Request, collectionId: str) -> Response:
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
     return _json(_tileset(found, _base(request)))
 
@@ -567,7 +567,7 @@ async def tile(request: Request, collectionId: str, z: int, x: int, y: int) -> R
     unknown = set(params) - {"filter", "filter-lang", "filter-crs", "datetime", "properties"}
     if unknown:
         raise BadRequestError(f"unknown query parameter {sorted(unknown)[0]!r}")
-    async with pooled(request.app.state.engine) as conn:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         found = await get_collection(conn, collectionId, ANONYMOUS)
         etag = None
         if found.modified_at is not None:
