@@ -173,6 +173,11 @@ async def test_geoparquet_export_reads_back_with_pyarrow_and_gdal(
     lambert = pq.read_table(io.BytesIO((await client.get(f"{EXPORTS}/parquet", params={"crs": "EPSG:2154"})).content))
     crs = json.loads(lambert.schema.metadata[b"geo"])["columns"]["geometry"]["crs"]
     assert crs["id"] == {"authority": "EPSG", "code": 2154}
+    # GeoParquet keeps x = longitude even for EPSG:4326, whose axis order is latitude first.
+    wgs84 = pq.read_table(io.BytesIO((await client.get(f"{EXPORTS}/parquet", params={"crs": "EPSG:4326"})).content))
+    first = shapely.from_wkb(wgs84.column("geometry")[0].as_py())
+    assert (round(first.x, 6), round(first.y, 6)) == (4.8, 45.7)
+    assert json.loads(wgs84.schema.metadata[b"geo"])["columns"]["geometry"]["crs"]["id"]["code"] == 4326
     if _gdal_has_parquet():
         assert f"Feature Count: {MESURES_COUNT}" in _gdal_summary(response.content)
 
@@ -217,7 +222,8 @@ async def test_export_of_many_rows_streams_in_several_chunks(client: httpx.Async
     assert len(sizes) > 10
     assert max(sizes) < 1024 * 1024
     parquet_sizes = [
-        len(c) async for c in stream.stream_parquet(db, stream.ExportQuery(collection, ItemsQuery()), batch=10_000)
+        len(c)
+        async for c in stream.stream_parquet(db, stream.ExportQuery(collection, ItemsQuery()), block_bytes=100_000)
     ]
     assert len(parquet_sizes) >= 6
     body = (await client.get("/api/v1/datasets/grand/exports/geojson")).json()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyproj import CRS as ProjCRS
 
@@ -24,7 +27,8 @@ from territoire_data.features.query import ItemsQuery, feature_sql, order_sql, w
 from territoire_data.features.sqlparams import Params
 
 BOM = "\ufeff".encode()
-PARQUET_BATCH = 65_536
+# About 200,000 rows of a few columns per row group; memory is a few times this.
+PARQUET_BLOCK_BYTES = 16 * 1024 * 1024
 _DONE = object()
 # Text cells that a spreadsheet would run as a formula (OWASP "CSV injection"): prefixed with a quote.
 _FORMULA_START = "('=', '+', '-', '@', E'\\t', E'\\r')"
@@ -178,10 +182,114 @@ def _arrow_type(field: Field) -> pa.DataType:
     return _ARROW_TYPES.get(field.pg_type, pa.string())
 
 
-def _parquet_cell(field: Field) -> str:
+def _parquet_cell(field: Field) -> tuple[str, pa.DataType]:
+    """The SQL of a column and the Arrow type it travels as: times as integers, so that no Python datetime is
+    ever made (decoding them dominated the cost of a GeoParquet export)."""
+    if field.pg_type == "timestamptz":
+        return f"(extract(epoch FROM {field.sql}) * 1000000)::bigint", pa.int64()
+    if field.pg_type == "date":
+        return f"({field.sql} - DATE '1970-01-01')", pa.int32()
+    if field.pg_type == "time":
+        return f"(extract(epoch FROM {field.sql}) * 1000000)::bigint", pa.int64()
     if field.pg_type in _ARROW_TYPES:
-        return field.sql
-    return f"{field.sql}::text"
+        return field.sql, _ARROW_TYPES[field.pg_type]
+    return f"{field.sql}::text", pa.string()
+
+
+_HEX_VALUES = np.zeros(256, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUES[_c] = _i
+    _HEX_VALUES[bytes([_c]).upper()[0]] = _i
+
+
+def unhex(array: pa.Array) -> pa.Array:
+    """Hex text -> binary, vectorised over the whole column (WKB travels as hex in COPY's CSV)."""
+    if array.offset != 0:
+        return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=pa.binary())
+    validity, offsets, data = array.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1)
+    chars = np.frombuffer(data, dtype=np.uint8, count=int(ends[-1])) if data is not None else np.zeros(0, np.uint8)
+    decoded = (_HEX_VALUES[chars[0::2]] << 4) | _HEX_VALUES[chars[1::2]]
+    return pa.Array.from_buffers(
+        pa.binary(),
+        len(array),
+        [validity, pa.py_buffer((ends // 2).astype(np.int32)), pa.py_buffer(decoded.astype(np.uint8))],
+        null_count=array.null_count,
+    )
+
+
+def _csv_block_to_table(block: bytes, transfer: list[pa.DataType], schema: pa.Schema) -> pa.Table:
+    """One block of COPY CSV (whole rows) parsed by Arrow's C++ reader, then given the schema's types."""
+    names = [f"c{i}" for i in range(len(transfer))]
+    wire = {n: (pa.string() if t == pa.binary() else t) for n, t in zip(names, transfer, strict=True)}
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=wire,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+    arrays = []
+    for column, wire_type, final in zip(table.columns, transfer, schema, strict=True):
+        chunks = column.chunks
+        if wire_type == pa.binary():
+            chunks = [unhex(c) for c in chunks]
+        elif wire_type != final.type:
+            chunks = [c.cast(final.type) for c in chunks]
+        arrays.append(pa.chunked_array(chunks, type=final.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+async def _parquet_from_copy(
+    conn: asyncpg.Connection,
+    sql: str,
+    values: list[Any],
+    schema: pa.Schema,
+    transfer: list[pa.DataType],
+    block_bytes: int,
+) -> AsyncIterator[bytes]:
+    """COPY's CSV in blocks of whole rows -> Arrow (C++ parser) -> one Parquet row group per block.
+
+    Parsing and writing a block run in a worker thread (Arrow releases the GIL) while the next block is read,
+    so PostgreSQL and the conversion overlap; at most two blocks are held at once.
+    """
+    sink = _Sink()
+    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="snappy")
+
+    def convert(block: bytes) -> None:
+        writer.write_table(_csv_block_to_table(block, transfer, schema))
+
+    buffer: list[bytes] = []
+    held = 0
+    pending: asyncio.Future[None] | None = None
+    try:
+        # Each COPY chunk holds whole rows (one CopyData message per row), so a block never splits a row.
+        async for chunk in _copy(conn, sql, values, format="csv"):
+            buffer.append(chunk)
+            held += len(chunk)
+            if held >= block_bytes:
+                if pending is not None:
+                    await pending
+                    yield sink.take()
+                pending = asyncio.ensure_future(asyncio.to_thread(convert, b"".join(buffer)))
+                buffer, held = [], 0
+        if pending is not None:
+            await pending
+            pending = None
+        if buffer:
+            await asyncio.to_thread(convert, b"".join(buffer))
+        writer.close()
+        yield sink.take()
+    finally:
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
 
 
 def geo_metadata(collection: Collection, crs: Crs) -> dict[str, Any]:
@@ -189,10 +297,8 @@ def geo_metadata(collection: Collection, crs: Crs) -> dict[str, Any]:
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": []}
     if collection.geometry_type and collection.geometry_type != "Geometry":
         column["geometry_types"] = [collection.geometry_type]
-    if crs != DEFAULT:
-        projjson = ProjCRS.from_epsg(crs.srid).to_json_dict()
-        if crs.lat_first or crs.srid != 4326:
-            column["crs"] = projjson
+    if crs.uri != DEFAULT.uri:
+        column["crs"] = ProjCRS.from_epsg(crs.srid).to_json_dict()
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
@@ -224,40 +330,37 @@ class _Sink:
         return data
 
 
-def parquet_schema(export: ExportQuery) -> tuple[pa.Schema, str]:
+def parquet_schema(export: ExportQuery) -> tuple[pa.Schema, str, list[pa.DataType]]:
+    """The Arrow schema (with `geo` metadata), the SELECT list and the types the columns travel as."""
     fields = [pa.field("_id", pa.int64(), nullable=False)]
     fields += [pa.field(f.name, _arrow_type(f)) for f in export.fields]
-    columns = ["t._fid"] + [_parquet_cell(f) for f in export.fields]
+    cells = [_parquet_cell(f) for f in export.fields]
+    columns = ["t._fid"] + [sql for sql, _ in cells]
+    transfer = [pa.int64()] + [wire for _, wire in cells]
     with_geometry = export.collection.has_geometry and not export.query.skip_geometry
+    # GeoParquet stores x, y (longitude, latitude) whatever the CRS's axis order: never flipped.
+    crs = dataclasses.replace(export.query.crs, lat_first=False)
     if with_geometry:
         fields.append(pa.field("geometry", pa.binary()))
-        columns.append(f"ST_AsBinary({output_geometry_sql('t.geom', export.query.crs)})")
+        # WKB travels as hex text in COPY's CSV and is decoded column-wise (see unhex).
+        columns.append(f"encode(ST_AsBinary({output_geometry_sql('t.geom', crs)}), 'hex')")
+        transfer.append(pa.binary())
     schema = pa.schema(fields)
     if with_geometry:
         schema = schema.with_metadata({b"geo": orjson.dumps(geo_metadata(export.collection, export.query.crs))})
-    return schema, ", ".join(columns)
+    return schema, ", ".join(columns), transfer
 
 
 async def stream_parquet(
-    conn: asyncpg.Connection, export: ExportQuery, *, batch: int = PARQUET_BATCH
+    conn: asyncpg.Connection, export: ExportQuery, *, block_bytes: int = PARQUET_BLOCK_BYTES
 ) -> AsyncIterator[bytes]:
-    """GeoParquet: a server-side cursor read in batches, one row group each, bytes handed on as written."""
-    schema, columns = parquet_schema(export)
+    """GeoParquet: rows from COPY, a row group per block, bytes handed on as written (constant memory)."""
+    schema, columns, transfer = parquet_schema(export)
     params = Params()
     where = export.where(params)
     sql = f"SELECT {columns} FROM {export.collection.source} t WHERE {where}{export.tail(params)}"
-    sink = _Sink()
-    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
-    async with contextlib.AsyncExitStack() as stack:
-        if not conn.is_in_transaction():  # a cursor lives in a transaction; the route opens one, tests may not
-            await stack.enter_async_context(conn.transaction(readonly=True))
-        cursor = await conn.cursor(sql, *params.values)
-        while rows := await cursor.fetch(batch):
-            arrays = [pa.array(column, type=f.type) for column, f in zip(zip(*rows, strict=True), schema, strict=True)]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            yield sink.take()
-    writer.close()
-    yield sink.take()
+    async for chunk in _parquet_from_copy(conn, sql, params.values, schema, transfer, block_bytes):
+        yield chunk
 
 
 # --- sensor observations ------------------------------------------------------------------------------------------
@@ -274,8 +377,11 @@ OBSERVATION_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
 )
 
 
-def observations_sql(params: Params, datastream_id: int, start: str | None, end: str | None, csv: bool) -> str:
-    """A Datastream's observations in [start, end), ordered by time; partitions outside the range are pruned."""
+def observations_sql(params: Params, datastream_id: int, start: str | None, end: str | None, *, csv: bool) -> str:
+    """A Datastream's observations in [start, end), ordered by time; partitions outside the range are pruned.
+
+    For CSV: ISO 8601 times and neutralised formulas; for Parquet: times as epoch microseconds (see _parquet_cell).
+    """
     conditions = [f"o.datastream_id = {params.add(datastream_id, 'bigint')}"]
     if start:
         conditions.append(f"o.phenomenon_time >= {params.text_as(start, 'timestamptz')}")
@@ -283,8 +389,8 @@ def observations_sql(params: Params, datastream_id: int, start: str | None, end:
         conditions.append(f"o.phenomenon_time < {params.text_as(end, 'timestamptz')}")
     columns = []
     for name, sql, _ in OBSERVATION_COLUMNS:
-        if csv and "time" in name:
-            sql = f"to_json({sql}) #>> '{{}}'"
+        if "time" in name:
+            sql = f"to_json({sql}) #>> '{{}}'" if csv else f"(extract(epoch FROM {sql}) * 1000000)::bigint"
         elif csv and name in ("result_string", "result_json"):
             sql = f"CASE WHEN left({sql}, 1) IN {_FORMULA_START} THEN '''' || {sql} ELSE {sql} END"
         columns.append(f"{sql} AS {name}")
@@ -303,20 +409,16 @@ async def stream_observations_csv(
 
 
 async def stream_observations_parquet(
-    conn: asyncpg.Connection, datastream_id: int, start: str | None, end: str | None, *, batch: int = PARQUET_BATCH
+    conn: asyncpg.Connection,
+    datastream_id: int,
+    start: str | None,
+    end: str | None,
+    *,
+    block_bytes: int = PARQUET_BLOCK_BYTES,
 ) -> AsyncIterator[bytes]:
     params = Params()
     sql = observations_sql(params, datastream_id, start, end, csv=False)
     schema = pa.schema([pa.field(name, kind) for name, _, kind in OBSERVATION_COLUMNS])
-    sink = _Sink()
-    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
-    async with contextlib.AsyncExitStack() as stack:
-        if not conn.is_in_transaction():  # a cursor lives in a transaction; the route opens one, tests may not
-            await stack.enter_async_context(conn.transaction(readonly=True))
-        cursor = await conn.cursor(sql, *params.values)
-        while rows := await cursor.fetch(batch):
-            arrays = [pa.array(column, type=f.type) for column, f in zip(zip(*rows, strict=True), schema, strict=True)]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            yield sink.take()
-    writer.close()
-    yield sink.take()
+    transfer = [pa.int64() if "time" in name else kind for name, _, kind in OBSERVATION_COLUMNS]
+    async for chunk in _parquet_from_copy(conn, sql, params.values, schema, transfer, block_bytes):
+        yield chunk

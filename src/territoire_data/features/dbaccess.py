@@ -38,7 +38,7 @@ async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
                 server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
             pool = await asyncpg.create_pool(
                 settings.asyncpg_dsn,
-                min_size=1,
+                min_size=settings.db_pool_size,  # opened up front: no connect under load
                 max_size=settings.db_pool_size,
                 server_settings=server_settings,
                 init=_init_connection,
