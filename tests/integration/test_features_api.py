@@ -407,3 +407,22 @@ async def test_sensor_collection_shows_things_at_their_location_with_latest_obse
     assert near == [1]
     meta = (await client.get(f"{OGC}/collections/capteurs")).json()
     assert meta["extent"]["spatial"]["bbox"][0] == [4.832, 45.757, 4.832, 45.757]
+
+
+async def test_a_dataset_made_restricted_disappears_at_once_even_from_warm_requests(
+    client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
+) -> None:
+    for _ in range(2):  # the second pair of requests is answered from the collection cache, re-checked by SQL
+        assert (await client.get(f"{OGC}/collections/mesures/items/3")).status_code == 200
+        assert (await client.get(f"{OGC}/collections/mesures/items?limit=2")).status_code == 200
+    await db.execute("UPDATE dataset SET access = 'restricted' WHERE slug = 'mesures'")  # modified_at untouched
+    assert (await client.get(f"{OGC}/collections/mesures/items/3")).status_code == 404
+    assert (await client.get(f"{OGC}/collections/mesures/items?limit=2")).status_code == 404
+    await db.execute("UPDATE dataset SET access = 'public' WHERE slug = 'mesures'")
+    assert (await client.get(f"{OGC}/collections/mesures/items/3")).json()["properties"]["code"] == "M002"
+    # New rows with a new modification time are seen by the next request, not after some expiry.
+    await db.execute(
+        "UPDATE datasets.ds_2 SET code = 'CHANGED' WHERE _fid = 3;"
+        "UPDATE dataset SET modified_at = modified_at + interval '1 second' WHERE slug = 'mesures'"
+    )
+    assert (await client.get(f"{OGC}/collections/mesures/items/3")).json()["properties"]["code"] == "CHANGED"

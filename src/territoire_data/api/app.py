@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything imported and built so far lives as long as the process: keep it out of the cyclic
+        # collector's full passes, which otherwise show as latency spikes (p99) under load.
+        gc.collect()
+        gc.freeze()
         yield
         await close_read_pool(app.state.engine)
         if owns_engine:

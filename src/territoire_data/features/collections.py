@@ -204,7 +204,42 @@ async def get_collection(
     """One visible collection (table datasets, and the sensor network unless `sensors` is false), else 404."""
     row = await conn.fetchrow(_dataset_query(principal, "d.slug = $1"), collection_id)
     if row is not None:
-        return _dataset_collection(row)
+        found = _dataset_collection(row)
+        if principal == ANONYMOUS:
+            remember(found)
+        return found
+    _CACHE.pop(collection_id, None)
     if sensors and collection_id == SENSORS_ID:
         return await _sensors_collection(conn, principal)
     raise NotFoundError(f"no collection {collection_id!r}")
+
+
+# --- a cache of table collections, always checked by the query that uses it -----------------------------------
+#
+# Small requests pay mostly for round trips. A request may build its SQL from the collection it saw last time,
+# provided the statement itself checks (guard_sql) that the dataset is unchanged and still visible: rows come
+# back only if so; when none do, the caller asks again the long way. So the cache is never trusted alone.
+
+_CACHE: dict[str, Collection] = {}
+_CACHE_MAX = 1024
+
+
+def remember(collection: Collection) -> None:
+    if collection.dataset_id is None or collection.modified_at is None:
+        return
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[collection.id] = collection
+
+
+def recall(collection_id: str) -> Collection | None:
+    return _CACHE.get(collection_id)
+
+
+def guard_sql(collection: Collection, params: Any, principal: Principal = ANONYMOUS) -> str:
+    """SQL true only while the dataset is as the collection describes it and visible to the principal."""
+    return (
+        f"EXISTS (SELECT 1 FROM dataset d WHERE d.id = {params.add(collection.dataset_id, 'bigint')} "
+        f"AND d.modified_at = {params.add(collection.modified_at, 'timestamptz')} AND d.kind = 'table' "
+        f"AND {dataset_visible_sql(principal, 'd')})"
+    )

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from territoire_data.errors import BadRequestError
-from territoire_data.features.collections import Collection, Field
+from territoire_data.features.collections import Collection, Field, guard_sql
 from territoire_data.features.cql2sql import to_sql
 from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql, output_geometry_sql
 from territoire_data.features.params import DatetimeFilter
@@ -129,10 +129,15 @@ def order_sql(query: ItemsQuery) -> str:
     return ", ".join(keys)
 
 
-def items_sql(collection: Collection, query: ItemsQuery) -> tuple[str, list[Any]]:
-    """The page of features, one more than `limit` so that we know whether a next page exists."""
+def items_sql(collection: Collection, query: ItemsQuery, *, guarded: bool = False) -> tuple[str, list[Any]]:
+    """The page of features, one more than `limit` so that we know whether a next page exists.
+
+    `guarded`: the collection came from the cache, so the statement also checks it is current (guard_sql).
+    """
     params = Params()
     where = where_sql(collection, query, params)
+    if guarded:
+        where = f"{guard_sql(collection, params)} AND {where}"
     limit = params.add(query.limit + 1, "bigint")
     offset = params.add(query.offset, "bigint")
     sql = (
@@ -150,9 +155,9 @@ def count_sql(collection: Collection, query: ItemsQuery, cap: int) -> tuple[str,
     return f"SELECT count(*) FROM (SELECT 1 FROM {collection.source} t WHERE {where} LIMIT {limit}) c", params.values
 
 
-def item_sql(collection: Collection, query: ItemsQuery, fid: int) -> tuple[str, list[Any]]:
+def item_sql(collection: Collection, query: ItemsQuery, fid: int, *, guarded: bool = False) -> tuple[str, list[Any]]:
     params = Params()
-    placeholder = params.add(fid, "bigint")
-    return f"SELECT {feature_sql(collection, query)} FROM {collection.source} t WHERE t._fid = {placeholder}", (
-        params.values
-    )
+    where = f"t._fid = {params.add(fid, 'bigint')}"
+    if guarded:
+        where = f"{guard_sql(collection, params)} AND {where}"
+    return f"SELECT {feature_sql(collection, query)} FROM {collection.source} t WHERE {where}", params.values
