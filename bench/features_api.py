@@ -147,7 +147,8 @@ def wrk(url: str, threads: int, connections: int, duration: int) -> Result:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50_match, p99_match = re.search(r"50%\s+(\S+)", out), re.search(r"99%\s+(\S+)", out)
+    p50_match = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
+    p99_match = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     p50 = _ms(p50_match.group(1)) if p50_match else float("nan")
     p99 = _ms(p99_match.group(1)) if p99_match else float("nan")
     errors = 0
