@@ -64,3 +64,25 @@ async def load_features_data(db: asyncpg.Connection) -> dict[str, int]:
         db, "secret", STATIONS_SCHEMA, rows[:5], geometries=geoms[:5], access="restricted"
     )
     return ids
+
+
+async def load_sensor_network(db: asyncpg.Connection, hidden_dataset_id: int) -> None:
+    """Two Things with Locations and NO2 observations; the second belongs to a restricted dataset."""
+    await db.execute(
+        f"""
+        INSERT INTO thing (id, name, description, properties)
+          VALUES (1, 'Station Bellecour', 'air', '{{"owner": "Métropole"}}');
+        INSERT INTO thing (id, name, dataset_id) VALUES (2, 'Capteur privé', {int(hidden_dataset_id)});
+        INSERT INTO location (id, name, location, geom) VALUES
+          (1, 'Bellecour', '{{"type": "Point", "coordinates": [4.832, 45.757]}}', 'SRID=4326;POINT(4.832 45.757)'),
+          (2, 'Privé', '{{"type": "Point", "coordinates": [4.9, 45.8]}}', 'SRID=4326;POINT(4.9 45.8)');
+        INSERT INTO thing_location VALUES (1, 1), (2, 2);
+        INSERT INTO sensor (id, name) VALUES (1, 's');
+        INSERT INTO observed_property (id, name) VALUES (1, 'NO2');
+        INSERT INTO datastream (id, name, thing_id, sensor_id, observed_property_id, unit_of_measurement,
+                                phenomenon_time_start, phenomenon_time_end)
+          VALUES (1, 'no2', 1, 1, 1, '{{"symbol": "µg/m³"}}', now() - interval '2 hours', now() - interval '1 hour');
+        INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES
+          (1, now() - interval '2 hours', 21.5), (1, now() - interval '1 hour', 23.0);
+        """
+    )

@@ -10,14 +10,15 @@ import pytest
 from owslib.ogcapi.features import Features
 
 from tests.conftest import LiveServer
-from tests.features_data import MESURES_COUNT, load_features_data
+from tests.features_data import MESURES_COUNT, load_features_data, load_sensor_network
 
 pytestmark = [pytest.mark.db, pytest.mark.e2e]
 
 
 @pytest.fixture
 async def loaded(db: asyncpg.Connection) -> asyncpg.Connection:
-    await load_features_data(db)
+    ids = await load_features_data(db)
+    await load_sensor_network(db, ids["secret"])
     return db
 
 
@@ -34,6 +35,9 @@ async def test_owslib_reads_every_collection_with_the_database_counts(
         page = api.collection_items(slug, limit=1000)
         assert page["numberMatched"] == expected
         assert page["numberReturned"] == expected == len(page["features"])
+    sensors = api.collection_items("capteurs", limit=100)
+    assert sensors["numberMatched"] == len(sensors["features"]) == 1  # the restricted dataset's Thing is hidden
+    assert sensors["features"][0]["properties"]["observations"]["no2"]["result"] == 23.0
     queryables = api.collection_queryables("mesures")
     assert queryables["properties"]["n"]["type"] == "integer"
     one = api.collection_item("mesures", "3")
@@ -75,6 +79,7 @@ async def test_gdal_oapif_lists_layers_counts_and_filters(loaded: asyncpg.Connec
     assert "secret" not in layers
     assert _feature_count(_ogrinfo("-so", source, "stations")) == 74
     assert _feature_count(_ogrinfo("-so", source, "mesures")) == MESURES_COUNT
+    assert _feature_count(_ogrinfo("-so", source, "capteurs")) == 1
     # A spatial filter, which the driver sends as bbox=...
     in_box = _ogrinfo("-so", "-spat", "4.795", "45.695", "4.825", "45.705", source, "mesures")
     assert _feature_count(in_box) == 3

@@ -13,7 +13,7 @@ from territoire_data.features.collections import get_collection
 from territoire_data.features.cql2sql import parse
 from territoire_data.features.crs import parse_crs
 from territoire_data.features.query import ItemsQuery, items_sql
-from tests.features_data import MESURES_COUNT, load_features_data
+from tests.features_data import MESURES_COUNT, load_features_data, load_sensor_network
 
 pytestmark = pytest.mark.db
 
@@ -376,25 +376,7 @@ async def test_responses_are_gzip_compressed_when_asked(client: httpx.AsyncClien
 async def test_sensor_collection_shows_things_at_their_location_with_latest_observations(
     client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
 ) -> None:
-    hidden = data["secret"]
-    await db.execute(
-        """
-        INSERT INTO thing (id, name, description, properties)
-          VALUES (1, 'Station Bellecour', 'air', '{"owner": "Métropole"}');
-        INSERT INTO thing (id, name, dataset_id) VALUES (2, 'Capteur privé', $1);
-        INSERT INTO location (id, name, location, geom) VALUES
-          (1, 'Bellecour', '{"type": "Point", "coordinates": [4.832, 45.757]}', 'SRID=4326;POINT(4.832 45.757)'),
-          (2, 'Privé', '{"type": "Point", "coordinates": [4.9, 45.8]}', 'SRID=4326;POINT(4.9 45.8)');
-        INSERT INTO thing_location VALUES (1, 1), (2, 2);
-        INSERT INTO sensor (id, name) VALUES (1, 's');
-        INSERT INTO observed_property (id, name) VALUES (1, 'NO2');
-        INSERT INTO datastream (id, name, thing_id, sensor_id, observed_property_id, unit_of_measurement,
-                                phenomenon_time_start, phenomenon_time_end)
-          VALUES (1, 'no2', 1, 1, 1, '{"symbol": "µg/m³"}', now() - interval '2 hours', now() - interval '1 hour');
-        INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES
-          (1, now() - interval '2 hours', 21.5), (1, now() - interval '1 hour', 23.0);
-        """.replace("$1", str(int(hidden)))
-    )
+    await load_sensor_network(db, data["secret"])
     body = (await client.get(f"{OGC}/collections/capteurs/items")).json()
     assert body["numberMatched"] == 1
     feature = body["features"][0]
