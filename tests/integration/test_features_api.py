@@ -358,16 +358,22 @@ async def test_etag_last_modified_and_304_follow_the_dataset_modification(
     assert (
         await client.get(f"{OGC}/collections/mesures/items/1", headers={"If-None-Match": item.headers["etag"]})
     ).status_code == 304
+    listed = await client.get(f"{OGC}/collections")
+    assert (
+        await client.get(f"{OGC}/collections", headers={"If-None-Match": listed.headers["etag"]})
+    ).status_code == 304
     meta = await client.get(f"{OGC}/collections/mesures")
     assert (
         await client.get(f"{OGC}/collections/mesures", headers={"If-None-Match": meta.headers["etag"]})
     ).status_code == 304
 
 
-async def test_responses_are_gzip_compressed_when_asked(client: httpx.AsyncClient, data: dict[str, int]) -> None:
-    response = await client.get(f"{OGC}/collections/mesures/items?limit=100", headers={"Accept-Encoding": "gzip"})
-    assert response.headers["content-encoding"] == "gzip"
-    assert response.json()["numberReturned"] == 100
+async def test_responses_are_compressed_as_negotiated(client: httpx.AsyncClient, data: dict[str, int]) -> None:
+    url = f"{OGC}/collections/mesures/items?limit=100"
+    for encoding, expected in (("gzip", "gzip"), ("br, gzip", "br"), ("identity", None)):
+        response = await client.get(url, headers={"Accept-Encoding": encoding})
+        assert response.headers.get("content-encoding") == expected
+        assert response.json()["numberReturned"] == 100
 
 
 # --- the sensor network ---------------------------------------------------------------------------------------------
