@@ -152,7 +152,9 @@ async def test_core_bbox_and_datetime_match_postgis(
 # --- GeoJSON and HTML ---------------------------------------------------------------------------------------------
 
 
-async def test_html_by_accept_header_and_f_parameter(client: httpx.AsyncClient, data: dict[str, int]) -> None:
+async def test_html_by_accept_header_and_f_parameter(
+    client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
+) -> None:
     for path in (
         "",
         "/conformance",
@@ -166,9 +168,11 @@ async def test_html_by_accept_header_and_f_parameter(client: httpx.AsyncClient, 
         assert page.status_code == 200, path
         assert page.headers["content-type"].startswith("text/html")
         assert '<html lang="fr">' in page.text
+    await db.execute("UPDATE datasets.ds_2 SET note = '<script>alert(1)</script>' WHERE _fid = 5")
     page = await client.get(f"{OGC}/collections/mesures/items", params={"f": "html", "limit": 5})
     assert "M004" in page.text
-    assert "&lt;" not in page.text or "<script" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<script" not in page.text
     assert (await client.get(f"{OGC}/collections", params={"f": "json"})).headers["content-type"] == (
         "application/json"
     )

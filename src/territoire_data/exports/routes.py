@@ -229,9 +229,9 @@ def _query(
         bbox=parse_bbox(bbox),
         bbox_crs=parse_crs(bbox_crs, parameter="bbox_crs"),
         datetime=parse_datetime(datetime_),
-        cql=cql2sql.parse(where) if where else None,
-        properties=parse_properties(select, collection),
-        sortby=parse_sortby(order_by, collection),
+        cql=cql2sql.parse(where, parameter="where") if where else None,
+        properties=parse_properties(select, collection, parameter="select"),
+        sortby=parse_sortby(order_by, collection, parameter="order_by"),
         crs=parse_crs(crs),
     )
 

@@ -55,7 +55,7 @@ CONFORMANCE = (
 FILTER_LANGS = ("cql2-text", "cql2-json", "cql-text")
 
 
-def parse(text: str, lang: str | None = None) -> dict[str, Any]:
+def parse(text: str, lang: str | None = None, *, parameter: str = "filter") -> dict[str, Any]:
     """CQL2 text or JSON (by `filter-lang`, or guessed from the first character) -> CQL2-JSON tree."""
     lang = (lang or ("cql2-json" if text.lstrip().startswith("{") else "cql2-text")).lower()
     try:
@@ -67,7 +67,7 @@ def parse(text: str, lang: str | None = None) -> dict[str, Any]:
             raise BadRequestError(f"filter-lang: {lang!r} is not supported (cql2-text, cql2-json)")
         tree = expr.to_json()
     except (ValueError, cql2.ParseError, cql2.ValidationError) as exc:
-        raise BadRequestError(f"filter: invalid {lang}: {str(exc).splitlines()[0][:300]}") from None
+        raise BadRequestError(f"{parameter}: invalid {lang}: {str(exc).splitlines()[0][:300]}") from None
     if not isinstance(tree, dict):
         raise BadRequestError("filter: a CQL2 expression must be a predicate")
     return tree

@@ -113,18 +113,22 @@ def parse_datetime(value: str | None) -> DatetimeFilter | None:
     return DatetimeFilter(moment, moment, instant=True)
 
 
-def parse_properties(value: str | None, collection: Collection) -> tuple[str, ...] | None:
+def parse_properties(
+    value: str | None, collection: Collection, *, parameter: str = "properties"
+) -> tuple[str, ...] | None:
     """`properties`: the fields to return (None: all); names must be the collection's."""
     if value is None:
         return None
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     for name in names:
         if collection.field(name) is None:
-            raise BadRequestError(f"properties: unknown property {name!r}")
+            raise BadRequestError(f"{parameter}: unknown property {name!r}")
     return names
 
 
-def parse_sortby(value: str | None, collection: Collection) -> tuple[tuple[str, bool], ...]:
+def parse_sortby(
+    value: str | None, collection: Collection, *, parameter: str = "sortby"
+) -> tuple[tuple[str, bool], ...]:
     """`sortby`: `a,-b,+c` -> ((sql of a, ascending), ...); only the collection's fields and the id."""
     if value is None or value.strip() == "":
         return ()
@@ -143,7 +147,7 @@ def parse_sortby(value: str | None, collection: Collection) -> tuple[tuple[str, 
         elif name in ID_NAMES:
             keys.append(("t._fid", ascending))
         else:
-            raise BadRequestError(f"sortby: unknown property {name!r}")
+            raise BadRequestError(f"{parameter}: unknown property {name!r}")
     return tuple(keys)
 
 

@@ -18,7 +18,7 @@ from territoire_data.errors import BadRequestError, NotFoundError, TerritoireErr
 from territoire_data.features import cql2sql, html, tiles
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import FIELD_TYPES, Collection, get_collection, list_collections, recall
-from territoire_data.features.crs import CRS84, DEFAULT, parse_crs, supported_uris
+from territoire_data.features.crs import CRS84, parse_crs, supported_uris
 from territoire_data.features.dbaccess import fetch_checked, pooled
 from territoire_data.features.params import (
     RESERVED,
@@ -647,4 +647,4 @@ async def tile(request: Request, collectionId: str, z: int, x: int, y: int) -> R
     return Response(data, media_type=tiles.MVT, headers=headers)
 
 
-__all__ = ["DEFAULT", "router"]
+__all__ = ["router"]
