@@ -100,6 +100,9 @@ def test_string_literals_take_the_type_of_the_property_they_are_compared_with() 
     assert "CAST($1::text AS date)" in sql
     assert "CAST($2::text AS timestamptz)" in sql
     assert values == ["2024-01-01", "2024-01-01T00:00:00Z", True]
+    # Whole numbers against an integer column keep its type (so its index stays usable); others are float8.
+    assert sql_of("n = 3 OR n > 2.5") == ('((t."n" = $1::bigint) OR (t."n" > $2::float8))', [3, 2.5])
+    assert sql_of("n LIKE '1%'")[0] == '(t."n"::text LIKE $1::text::text)'
 
 
 def test_spatial_literals_are_moved_to_the_column_crs_never_the_column() -> None:

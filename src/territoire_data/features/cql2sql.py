@@ -107,8 +107,7 @@ class Compiler:
             return f"({left} {_COMPARISONS[op]} {right})"
         if op == "like":
             self._arity(op, args, 2)
-            left, right = self._pair(args[0], args[1])
-            return f"({left}::text LIKE {right})"
+            return f"({self.scalar(args[0])}::text LIKE {self.scalar(args[1])}::text)"
         if op == "between":
             self._arity(op, args, 3)
             value = self.scalar(args[0])
@@ -168,6 +167,8 @@ class Compiler:
         if isinstance(node, int | float) and hint is not None and hint.type == "boolean":
             return self.params.add(node != 0, "boolean")  # GDAL writes booleans as 0 and 1
         if isinstance(node, int | float):
+            if hint is not None and hint.pg_type in ("bigint", "integer") and float(node).is_integer():
+                return self.params.add(int(node), "bigint")  # same type as the column: its index stays usable
             return self.params.add(float(node), "float8")
         if isinstance(node, str):
             return self.params.text_as(node, hint.pg_type if hint and hint.pg_type not in ("jsonb",) else "text")
