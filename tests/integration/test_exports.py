@@ -260,3 +260,20 @@ async def test_datastream_observations_export_over_a_time_range(
     assert (await client.get("/api/v1/datastreams/2/exports/csv")).status_code == 404
     assert (await client.get("/api/v1/datastreams/9/exports/csv")).status_code == 404
     assert (await client.get("/api/v1/datastreams/1/exports/csv", params={"start": "hier"})).status_code == 400
+
+
+async def test_a_table_without_geometry_exports_and_serves_too(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    schema = {"fields": [{"name": "commune", "type": "string"}, {"name": "population", "type": "integer"}]}
+    await create_dataset(db, "populations", schema, [("Lyon", 522_250), ("Rennes", 225_081)])
+    csv_text = (await client.get("/api/v1/datasets/populations/exports/csv")).text
+    assert csv_text.splitlines() == ["_id;commune;population", "1;Lyon;522250", "2;Rennes;225081"]
+    table = pq.read_table(io.BytesIO((await client.get("/api/v1/datasets/populations/exports/parquet")).content))
+    assert table.column_names == ["_id", "commune", "population"]
+    assert table.schema.metadata is None or b"geo" not in table.schema.metadata
+    features = (await client.get("/api/v1/datasets/populations/exports/geojson")).json()["features"]
+    assert [f["geometry"] for f in features] == [None, None]
+    items = (await client.get("/ogcapi/collections/populations/items")).json()
+    assert items["numberMatched"] == 2
+    assert items["features"][1]["properties"] == {"commune": "Rennes", "population": 225081}
