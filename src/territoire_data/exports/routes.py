@@ -1,0 +1,256 @@
+"""Records (a tabular query of a dataset) and streamed bulk exports under /api/v1."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from territoire_data.auth.policy import ANONYMOUS, member_visible_sql
+from territoire_data.errors import BadRequestError, NotFoundError
+from territoire_data.exports import stream
+from territoire_data.features import cql2sql
+from territoire_data.features.caching import etag_for, not_modified, validators
+from territoire_data.features.collections import Collection, get_collection
+from territoire_data.features.crs import parse_crs
+from territoire_data.features.dbaccess import fetch_checked, pooled, read_pool
+from territoire_data.features.params import (
+    parse_bbox,
+    parse_datetime,
+    parse_limit,
+    parse_offset,
+    parse_properties,
+    parse_sortby,
+)
+from territoire_data.features.query import (
+    ItemsQuery,
+    count_sql,
+    geometry_json_sql,
+    object_sql,
+    order_sql,
+    selected_fields,
+    where_sql,
+)
+from territoire_data.features.sqlparams import Params
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["Records and exports"])
+
+RECORDS_MAX = 1_000
+RECORDS_COUNT_CAP = 100_000
+MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "geojson": "application/geo+json",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+WHERE = Query(None, description="Filter in CQL2 text (or CQL2 JSON), e.g. `n > 3 AND code LIKE 'A%'`")
+SELECT = Query(None, alias="select", description="Comma-separated fields to return (default: all)")
+ORDER_BY = Query(None, description="Comma-separated fields, `-` prefix for descending, e.g. `-date,code`")
+BBOX = Query(None, description="minx,miny,maxx,maxy in bbox_crs (default CRS84 lon/lat)")
+BBOX_CRS = Query(None, description="CRS of bbox (EPSG:4326, EPSG:2154, EPSG:3857, CRS84)")
+DATETIME = Query(None, description="Instant or interval (a/b, ../b, a/..) on the first date/datetime field")
+CRS = Query(None, description="Target CRS of geometries (CRS84 default, EPSG:4326, EPSG:2154, EPSG:3857)")
+
+
+@router.get("/datasets/{slug}/records", summary="Query a dataset's records", response_class=Response)
+async def records(
+    request: Request,
+    slug: str,
+    where: str | None = WHERE,
+    select: str | None = SELECT,
+    order_by: str | None = ORDER_BY,
+    bbox: str | None = BBOX,
+    bbox_crs: str | None = BBOX_CRS,
+    datetime_: str | None = Query(None, alias="datetime", description=DATETIME.description),
+    crs: str | None = CRS,
+    limit: str | None = Query(None, description=f"Page size, 1..{RECORDS_MAX} (default 10)"),
+    offset: str | None = Query(None, description="Records to skip"),
+) -> Response:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+        collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
+        etag = etag_for("records", collection.dataset_id, collection.modified_at, request.url.query)
+        cached = not_modified(request, etag, collection.modified_at)
+        if cached is not None:
+            return cached
+        query = _query(collection, where, select, order_by, bbox, bbox_crs, datetime_, crs)
+        query.limit = parse_limit(limit, maximum=RECORDS_MAX)
+        query.offset = parse_offset(offset)
+        params = Params()
+        condition = where_sql(collection, query, params)
+        pairs = [("_id", "t._fid")] + [(f.name, f.sql) for f in selected_fields(collection, query.properties)]
+        if collection.has_geometry:
+            pairs.append(("geometry", geometry_json_sql(query.crs)))
+        sql = (
+            f"SELECT {object_sql(pairs)}::text FROM {collection.source} t WHERE {condition} "
+            f"ORDER BY {order_sql(query)} LIMIT {params.add(query.limit + 1, 'bigint')} "
+            f"OFFSET {params.add(query.offset, 'bigint')}"
+        )
+        rows = await fetch_checked(conn, sql, params.values)
+        has_next = len(rows) > query.limit
+        results = [r[0] for r in rows[: query.limit]]
+        if not query.filtered and collection.row_count is not None:
+            total: int | None = collection.row_count
+        else:
+            counted = (await fetch_checked(conn, *count_sql(collection, query, RECORDS_COUNT_CAP)))[0][0]
+            total = counted if counted <= RECORDS_COUNT_CAP else None
+    base = f"{str(request.app.state.settings.base_url).rstrip('/')}/api/v1/datasets/{collection.id}/records"
+    page = {k: v for k, v in request.query_params.items() if k != "offset"}
+    links = [{"rel": "self", "href": f"{base}?{request.url.query}" if request.url.query else base}]
+    if has_next:
+        links.append({"rel": "next", "href": f"{base}?{urlencode({**page, 'offset': query.offset + query.limit})}"})
+    if query.offset > 0:
+        previous = max(0, query.offset - query.limit)
+        links.append({"rel": "prev", "href": f"{base}?{urlencode({**page, 'offset': previous})}"})
+    tail: dict[str, Any] = {"links": links}
+    if total is not None:
+        tail = {"total_count": total, **tail}
+    body = b'{"results":[' + ",".join(results).encode() + b"]," + orjson.dumps(tail)[1:]
+    headers = validators(etag, collection.modified_at)
+    headers["Content-Crs"] = query.crs.header
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/datasets/{slug}/exports/{fmt}", summary="Download a whole dataset (streamed)", response_class=Response)
+async def export_dataset(
+    request: Request,
+    slug: str,
+    fmt: Literal["csv", "geojson", "parquet"],
+    where: str | None = WHERE,
+    select: str | None = SELECT,
+    order_by: str | None = ORDER_BY,
+    bbox: str | None = BBOX,
+    bbox_crs: str | None = BBOX_CRS,
+    datetime_: str | None = Query(None, alias="datetime", description=DATETIME.description),
+    crs: str | None = CRS,
+    limit: int | None = Query(None, ge=1, description="At most this many rows"),
+    delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
+    bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
+) -> Response:
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+        collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
+        etag = etag_for("export", fmt, collection.dataset_id, collection.modified_at, request.url.query)
+        cached = not_modified(request, etag, collection.modified_at)
+        if cached is not None:
+            return cached
+        query = _query(collection, where, select, order_by, bbox, bbox_crs, datetime_, crs)
+        export = stream.ExportQuery(collection, query, limit)
+        params = Params()
+        # Plan the query now (bound values folded in) so that a bad filter is a 400, not a broken download.
+        await fetch_checked(conn, "EXPLAIN " + stream.csv_select(export, params), params.values)
+    producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]]
+    if fmt == "csv":
+
+        def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:
+            return stream.stream_csv(c, export, delimiter=delimiter, bom=bom)
+    elif fmt == "geojson":
+
+        def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:
+            return stream.stream_geojson(c, export)
+    else:
+
+        def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:
+            return stream.stream_parquet(c, export)
+
+    headers = validators(etag, collection.modified_at)
+    headers["Content-Disposition"] = f'attachment; filename="{collection.id}.{fmt}"'
+    headers["Content-Crs"] = query.crs.header
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
+
+
+@router.get(
+    "/datastreams/{datastream_id}/exports/{fmt}",
+    summary="Download a Datastream's observations over a time range (streamed)",
+    response_class=Response,
+)
+async def export_observations(
+    request: Request,
+    datastream_id: int,
+    fmt: Literal["csv", "parquet"],
+    start: str | None = Query(None, description="Phenomenon time from (inclusive), RFC 3339"),
+    end: str | None = Query(None, description="Phenomenon time to (exclusive), RFC 3339"),
+    delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
+    bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
+) -> Response:
+    for name, value in (("start", start), ("end", end)):
+        if value:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+        found = await conn.fetchval(
+            f"SELECT ds.name FROM datastream ds WHERE ds.id = $1 AND {member_visible_sql(ANONYMOUS, 'ds.dataset_id')}",
+            datastream_id,
+        )
+    if found is None:
+        raise NotFoundError(f"no datastream {datastream_id}")
+
+    def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:
+        if fmt == "csv":
+            return stream.stream_observations_csv(c, datastream_id, start, end, delimiter=delimiter, bom=bom)
+        return stream.stream_observations_parquet(c, datastream_id, start, end)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    headers = {
+        "Content-Disposition": f'attachment; filename="datastream-{datastream_id}-{stamp}.{fmt}"',
+        "Cache-Control": "no-cache",
+    }
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _query(
+    collection: Collection,
+    where: str | None,
+    select: str | None,
+    order_by: str | None,
+    bbox: str | None,
+    bbox_crs: str | None,
+    datetime_: str | None,
+    crs: str | None,
+) -> ItemsQuery:
+    """The same filters as OGC API - Features items, under the names of a records API."""
+    return ItemsQuery(
+        bbox=parse_bbox(bbox),
+        bbox_crs=parse_crs(bbox_crs, parameter="bbox_crs"),
+        datetime=parse_datetime(datetime_),
+        cql=cql2sql.parse(where, parameter="where") if where else None,
+        properties=parse_properties(select, collection, parameter="select"),
+        sortby=parse_sortby(order_by, collection, parameter="order_by"),
+        crs=parse_crs(crs),
+    )
+
+
+async def _streamed(
+    engine: AsyncEngine, settings: Settings, producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]]
+) -> AsyncIterator[bytes]:
+    """Run a producer on a connection of its own for the life of the response, without the statement timeout
+    (a whole export may take longer than any one API query); a cut download terminates the connection."""
+    pool = await read_pool(engine, settings)
+    conn = await pool.acquire()
+    completed = False
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            async for chunk in producer(conn):
+                yield chunk
+        completed = True
+    finally:
+        if not completed:
+            conn.terminate()
+        await pool.release(conn)

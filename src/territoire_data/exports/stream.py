@@ -1,0 +1,424 @@
+"""Streaming writers: PostgreSQL produces the rows (COPY or a server-side cursor), we pass batches along.
+
+Memory stays constant whatever the size: CSV and GeoJSON come out of `COPY ... TO STDOUT` chunk by chunk;
+GeoParquet is written one row group per cursor batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pyproj import CRS as ProjCRS
+
+from territoire_data.features.collections import Collection, Field
+from territoire_data.features.crs import DEFAULT, Crs, output_geometry_sql
+from territoire_data.features.query import ItemsQuery, feature_sql, order_sql, where_sql
+from territoire_data.features.sqlparams import Params
+
+BOM = "\ufeff".encode()
+# About 40,000 rows of a few columns per row group; parsing takes about 12 times this in memory.
+PARQUET_BLOCK_BYTES = 4 * 1024 * 1024
+_DONE = object()
+# Text cells that a spreadsheet would run as a formula (OWASP "CSV injection"): prefixed with a quote.
+_FORMULA_START = "('=', '+', '-', '@', E'\\t', E'\\r')"
+_TEXT_TYPES = ("text",)
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    """A filtered, ordered selection of a collection's rows, in a target CRS."""
+
+    collection: Collection
+    query: ItemsQuery
+    limit: int | None = None
+
+    def where(self, params: Params) -> str:
+        return where_sql(self.collection, self.query, params)
+
+    def tail(self, params: Params) -> str:
+        sql = f" ORDER BY {order_sql(self.query)}"
+        if self.limit is not None:
+            sql += f" LIMIT {params.add(self.limit, 'bigint')}"
+        return sql
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        names = self.query.properties
+        return self.collection.fields if names is None else tuple(f for f in self.collection.fields if f.name in names)
+
+
+def _csv_cell(field: Field) -> str:
+    """A field as CSV text: ISO 8601 times, true/false, JSON as text; formulas neutralised in text cells."""
+    column = field.sql
+    if field.pg_type == "boolean":
+        return f"CASE WHEN {column} THEN 'true' WHEN NOT {column} THEN 'false' END"
+    if field.pg_type in ("timestamptz", "date", "time"):
+        return f"to_json({column}) #>> '{{}}'"
+    if field.pg_type == "jsonb":
+        column = f"{column}::text"
+    elif field.pg_type not in _TEXT_TYPES:
+        return f"{column}::text"
+    return f"CASE WHEN left({column}, 1) IN {_FORMULA_START} THEN '''' || {column} ELSE {column} END"
+
+
+def csv_select(export: ExportQuery, params: Params) -> str:
+    """The SELECT whose rows are the CSV lines (header names are the Table Schema field names)."""
+    columns = [f"t._fid AS {_ident('_id')}"]
+    columns += [f"{_csv_cell(f)} AS {_ident(f.name)}" for f in export.fields]
+    if export.collection.has_geometry and not export.query.skip_geometry:
+        geometry = output_geometry_sql("t.geom", export.query.crs)
+        columns.append(f"ST_AsText({geometry}, {export.query.crs.decimals}) AS geometry")
+    where = export.where(params)
+    return f"SELECT {', '.join(columns)} FROM {export.collection.source} t WHERE {where}{export.tail(params)}"
+
+
+def geojson_select(export: ExportQuery, params: Params) -> str:
+    where = export.where(params)
+    return (
+        f"SELECT {feature_sql(export.collection, export.query)} FROM {export.collection.source} t "
+        f"WHERE {where}{export.tail(params)}"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _copy(conn: asyncpg.Connection, sql: str, args: Sequence[Any], **options: Any) -> AsyncIterator[bytes]:
+    """`COPY (sql) TO STDOUT` as an async iterator of chunks, with back-pressure through a small queue."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
+
+    async def sink(chunk: bytes) -> None:
+        await queue.put(bytes(chunk))
+
+    async def run() -> None:
+        try:
+            await conn.copy_from_query(sql, *args, output=sink, **options)
+        finally:
+            await queue.put(_DONE)
+
+    task = asyncio.create_task(run())
+    try:
+        while (chunk := await queue.get()) is not _DONE:
+            yield chunk
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                await task
+
+
+async def _coalesce(chunks: AsyncIterator[bytes], size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    """Fewer, larger writes to the socket."""
+    buffer: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        buffer.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(buffer)
+            buffer, held = [], 0
+    if buffer:
+        yield b"".join(buffer)
+
+
+async def stream_csv(
+    conn: asyncpg.Connection, export: ExportQuery, *, delimiter: str = ";", bom: bool = False
+) -> AsyncIterator[bytes]:
+    """CSV (RFC 4180 quoting, header line) straight from COPY."""
+    params = Params()
+    sql = csv_select(export, params)
+    if bom:
+        yield BOM
+    async for chunk in _coalesce(_copy(conn, sql, params.values, format="csv", header=True, delimiter=delimiter)):
+        yield chunk
+
+
+async def stream_geojson(conn: asyncpg.Connection, export: ExportQuery) -> AsyncIterator[bytes]:
+    """An RFC 7946 FeatureCollection: one Feature per COPY line, commas put in by one bytes.replace per chunk.
+
+    CSV format with control characters as quote and delimiter copies each JSON text verbatim (JSON text never
+    holds a raw control character), so PostgreSQL writes the features and we only join them.
+    """
+    params = Params()
+    sql = geojson_select(export, params)
+    head: dict[str, Any] = {"type": "FeatureCollection", "name": export.collection.id}
+    if export.query.crs != DEFAULT:
+        head["crs"] = {"type": "name", "properties": {"name": export.query.crs.uri}}
+    yield orjson.dumps(head)[:-1] + b',"features":[\n'
+    held = b""  # the last two bytes, ",\n" after the last feature, which must not stay
+    chunks = _copy(conn, sql, params.values, format="csv", delimiter="\x02", quote="\x01", null="")
+    async for chunk in _coalesce(chunks):
+        out = held + chunk.replace(b"\n", b",\n")
+        held = out[-2:]
+        yield out[:-2]
+    yield b"\n]}\n"
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "bigint": pa.int64(),
+    "double precision": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "time": pa.time64("us"),
+    "integer": pa.int32(),
+}
+
+
+def _arrow_type(field: Field) -> pa.DataType:
+    return _ARROW_TYPES.get(field.pg_type, pa.string())
+
+
+def _parquet_cell(field: Field) -> tuple[str, pa.DataType]:
+    """The SQL of a column and the Arrow type it travels as: times as integers, so that no Python datetime is
+    ever made (decoding them dominated the cost of a GeoParquet export)."""
+    if field.pg_type == "timestamptz":
+        return f"(extract(epoch FROM {field.sql}) * 1000000)::bigint", pa.int64()
+    if field.pg_type == "date":
+        return f"({field.sql} - DATE '1970-01-01')", pa.int32()
+    if field.pg_type == "time":
+        return f"(extract(epoch FROM {field.sql}) * 1000000)::bigint", pa.int64()
+    if field.pg_type in _ARROW_TYPES:
+        return field.sql, _ARROW_TYPES[field.pg_type]
+    return f"{field.sql}::text", pa.string()
+
+
+_HEX_VALUES = np.zeros(256, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUES[_c] = _i
+    _HEX_VALUES[bytes([_c]).upper()[0]] = _i
+
+
+def unhex(array: pa.Array) -> pa.Array:
+    """Hex text -> binary, vectorised over the whole column (WKB travels as hex in COPY's CSV)."""
+    if array.offset != 0:
+        return pa.array([None if v is None else bytes.fromhex(v) for v in array.to_pylist()], type=pa.binary())
+    validity, offsets, data = array.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1)
+    chars = np.frombuffer(data, dtype=np.uint8, count=int(ends[-1])) if data is not None else np.zeros(0, np.uint8)
+    decoded = (_HEX_VALUES[chars[0::2]] << 4) | _HEX_VALUES[chars[1::2]]
+    return pa.Array.from_buffers(
+        pa.binary(),
+        len(array),
+        [validity, pa.py_buffer((ends // 2).astype(np.int32)), pa.py_buffer(decoded.astype(np.uint8))],
+        null_count=array.null_count,
+    )
+
+
+def _csv_block_to_table(block: bytes, transfer: list[pa.DataType], schema: pa.Schema) -> pa.Table:
+    """One block of COPY CSV (whole rows) parsed by Arrow's C++ reader, then given the schema's types."""
+    names = [f"c{i}" for i in range(len(transfer))]
+    wire = {n: (pa.string() if t == pa.binary() else t) for n, t in zip(names, transfer, strict=True)}
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=wire,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+    arrays = []
+    for column, wire_type, final in zip(table.columns, transfer, schema, strict=True):
+        chunks = column.chunks
+        if wire_type == pa.binary():
+            chunks = [unhex(c) for c in chunks]
+        elif wire_type != final.type:
+            chunks = [c.cast(final.type) for c in chunks]
+        arrays.append(pa.chunked_array(chunks, type=final.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+async def _parquet_from_copy(
+    conn: asyncpg.Connection,
+    sql: str,
+    values: list[Any],
+    schema: pa.Schema,
+    transfer: list[pa.DataType],
+    block_bytes: int,
+) -> AsyncIterator[bytes]:
+    """COPY's CSV in blocks of whole rows -> Arrow (C++ parser) -> one Parquet row group per block.
+
+    Parsing and writing a block run in a worker thread (Arrow releases the GIL) while the next block is read,
+    so PostgreSQL and the conversion overlap; at most two blocks are held at once.
+    """
+    sink = _Sink()
+    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="snappy")
+
+    def convert(block: bytes) -> None:
+        writer.write_table(_csv_block_to_table(block, transfer, schema))
+
+    buffer: list[bytes] = []
+    held = 0
+    pending: asyncio.Future[None] | None = None
+    try:
+        # Each COPY chunk holds whole rows (one CopyData message per row), so a block never splits a row.
+        async for chunk in _copy(conn, sql, values, format="csv"):
+            buffer.append(chunk)
+            held += len(chunk)
+            if held >= block_bytes:
+                if pending is not None:
+                    await pending
+                    yield sink.take()
+                pending = asyncio.ensure_future(asyncio.to_thread(convert, b"".join(buffer)))
+                buffer, held = [], 0
+        if pending is not None:
+            await pending
+            pending = None
+        if buffer:
+            await asyncio.to_thread(convert, b"".join(buffer))
+        writer.close()
+        yield sink.take()
+    finally:
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
+
+
+def geo_metadata(collection: Collection, crs: Crs) -> dict[str, Any]:
+    """GeoParquet 1.1 `geo` metadata: WKB geometry, its types and its CRS (PROJJSON; omitted for OGC:CRS84)."""
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": []}
+    if collection.geometry_type and collection.geometry_type != "Geometry":
+        column["geometry_types"] = [collection.geometry_type]
+    if crs.uri != DEFAULT.uri:
+        column["crs"] = ProjCRS.from_epsg(crs.srid).to_json_dict()
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+class _Sink:
+    """A write-only file for ParquetWriter whose bytes we hand on after each row group."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.position = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts = []
+        return data
+
+
+def parquet_schema(export: ExportQuery) -> tuple[pa.Schema, str, list[pa.DataType]]:
+    """The Arrow schema (with `geo` metadata), the SELECT list and the types the columns travel as."""
+    fields = [pa.field("_id", pa.int64(), nullable=False)]
+    fields += [pa.field(f.name, _arrow_type(f)) for f in export.fields]
+    cells = [_parquet_cell(f) for f in export.fields]
+    columns = ["t._fid"] + [sql for sql, _ in cells]
+    transfer = [pa.int64()] + [wire for _, wire in cells]
+    with_geometry = export.collection.has_geometry and not export.query.skip_geometry
+    # GeoParquet stores x, y (longitude, latitude) whatever the CRS's axis order: never flipped.
+    crs = dataclasses.replace(export.query.crs, lat_first=False)
+    if with_geometry:
+        fields.append(pa.field("geometry", pa.binary()))
+        # WKB travels as hex text in COPY's CSV and is decoded column-wise (see unhex).
+        columns.append(f"encode(ST_AsBinary({output_geometry_sql('t.geom', crs)}), 'hex')")
+        transfer.append(pa.binary())
+    schema = pa.schema(fields)
+    if with_geometry:
+        schema = schema.with_metadata({b"geo": orjson.dumps(geo_metadata(export.collection, export.query.crs))})
+    return schema, ", ".join(columns), transfer
+
+
+async def stream_parquet(
+    conn: asyncpg.Connection, export: ExportQuery, *, block_bytes: int = PARQUET_BLOCK_BYTES
+) -> AsyncIterator[bytes]:
+    """GeoParquet: rows from COPY, a row group per block, bytes handed on as written (constant memory)."""
+    schema, columns, transfer = parquet_schema(export)
+    params = Params()
+    where = export.where(params)
+    sql = f"SELECT {columns} FROM {export.collection.source} t WHERE {where}{export.tail(params)}"
+    async for chunk in _parquet_from_copy(conn, sql, params.values, schema, transfer, block_bytes):
+        yield chunk
+
+
+# --- sensor observations ------------------------------------------------------------------------------------------
+
+OBSERVATION_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("phenomenon_time", "o.phenomenon_time", pa.timestamp("us", tz="UTC")),
+    ("phenomenon_time_end", "o.phenomenon_time_end", pa.timestamp("us", tz="UTC")),
+    ("result_time", "o.result_time", pa.timestamp("us", tz="UTC")),
+    ("result_number", "o.result_number", pa.float64()),
+    ("result_string", "o.result_string", pa.string()),
+    ("result_boolean", "o.result_boolean", pa.bool_()),
+    ("result_json", "o.result_json::text", pa.string()),
+    ("result_quality", "o.result_quality::text", pa.string()),
+)
+
+
+def observations_sql(params: Params, datastream_id: int, start: str | None, end: str | None, *, csv: bool) -> str:
+    """A Datastream's observations in [start, end), ordered by time; partitions outside the range are pruned.
+
+    For CSV: ISO 8601 times and neutralised formulas; for Parquet: times as epoch microseconds (see _parquet_cell).
+    """
+    conditions = [f"o.datastream_id = {params.add(datastream_id, 'bigint')}"]
+    if start:
+        conditions.append(f"o.phenomenon_time >= {params.text_as(start, 'timestamptz')}")
+    if end:
+        conditions.append(f"o.phenomenon_time < {params.text_as(end, 'timestamptz')}")
+    columns = []
+    for name, sql, _ in OBSERVATION_COLUMNS:
+        if "time" in name:
+            sql = f"to_json({sql}) #>> '{{}}'" if csv else f"(extract(epoch FROM {sql}) * 1000000)::bigint"
+        elif csv and name in ("result_string", "result_json"):
+            sql = f"CASE WHEN left({sql}, 1) IN {_FORMULA_START} THEN '''' || {sql} ELSE {sql} END"
+        columns.append(f"{sql} AS {name}")
+    return f"SELECT {', '.join(columns)} FROM observation o WHERE {' AND '.join(conditions)} ORDER BY o.phenomenon_time"
+
+
+async def stream_observations_csv(
+    conn: asyncpg.Connection, datastream_id: int, start: str | None, end: str | None, *, delimiter: str, bom: bool
+) -> AsyncIterator[bytes]:
+    params = Params()
+    sql = observations_sql(params, datastream_id, start, end, csv=True)
+    if bom:
+        yield BOM
+    async for chunk in _coalesce(_copy(conn, sql, params.values, format="csv", header=True, delimiter=delimiter)):
+        yield chunk
+
+
+async def stream_observations_parquet(
+    conn: asyncpg.Connection,
+    datastream_id: int,
+    start: str | None,
+    end: str | None,
+    *,
+    block_bytes: int = PARQUET_BLOCK_BYTES,
+) -> AsyncIterator[bytes]:
+    params = Params()
+    sql = observations_sql(params, datastream_id, start, end, csv=False)
+    schema = pa.schema([pa.field(name, kind) for name, _, kind in OBSERVATION_COLUMNS])
+    transfer = [pa.int64() if "time" in name else kind for name, _, kind in OBSERVATION_COLUMNS]
+    async for chunk in _parquet_from_copy(conn, sql, params.values, schema, transfer, block_bytes):
+        yield chunk
