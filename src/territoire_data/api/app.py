@@ -26,11 +26,11 @@ from territoire_data.auth import routes as auth_routes
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
-from territoire_data.sensorthings.routes import close_pool as close_sensorthings_pool
-from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.dbaccess import close_read_pool
 from territoire_data.features.routes import router as features_router
+from territoire_data.sensorthings.routes import close_pool as close_sensorthings_pool
+from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 from territoire_data.web.portal import install_portal
 
