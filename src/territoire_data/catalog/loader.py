@@ -1,0 +1,631 @@
+"""The file loader: stream rows, validate them against the dataset's Table Schema, COPY them into one staging
+table, check uniqueness set-wise, then merge in one statement — all in one transaction.
+
+A bad file leaves the dataset exactly as it was (the failed attempt is recorded in `dataset_import` with its
+report); with `skip_invalid`, good rows load and rejected ones go to `ingest_rejection` with line and reason.
+Memory stays bounded: one batch of rows, the inference sample and at most `max_errors` reported errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import asyncpg
+import orjson
+import shapely
+
+from territoire_data.catalog.datasets import Dataset, DatasetMeta, create_dataset, get_dataset, refresh_dataset_stats
+from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
+from territoire_data.catalog.sources import CsvSource, Record, RowSource
+from territoire_data.catalog.validate import CellError, build_converter
+from territoire_data.db.bulk import copy_and_merge, quote_ident
+from territoire_data.db.engine import connect_raw
+from territoire_data.errors import BadRequestError, ConflictError, NotFoundError, ValidationFailedError
+from territoire_data.ingest.csv.geometry import (
+    GeometryError,
+    GeometrySpec,
+    Reprojector,
+    detect_geometry,
+    geojson_geometry,
+    read_point,
+    read_shape,
+    reprojector,
+)
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["append", "upsert", "replace"]
+InvalidGeometry = Literal["repair", "reject"]
+MODES: tuple[str, ...] = ("append", "upsert", "replace")
+STAGE = "_td_import_stage"
+LINE, X, Y, WKB = "__td_line", "__td_x", "__td_y", "__td_wkb"
+MAX_PAYLOAD_BYTES = 65536
+
+_STAGE_TYPES = {"duration": "text", "geojson": "text", "object": "text", "array": "text"}
+_CASTS = {"duration": "::interval", "geojson": "::jsonb", "object": "::jsonb", "array": "::jsonb"}
+
+
+@dataclass
+class ImportOptions:
+    """How to load one file; everything has a sensible default."""
+
+    mode: Mode = "append"
+    create: bool = False
+    schema: TableSchema | None = None
+    meta: DatasetMeta = field(default_factory=DatasetMeta)
+    crs: str = "EPSG:4326"
+    geometry: GeometrySpec | None = None
+    detect_geometry: bool = True
+    invalid_geometry: InvalidGeometry = "reject"
+    skip_invalid: bool = False
+    timezone: str = "Europe/Paris"
+    batch_size: int = 10_000
+    sample_rows: int = 10_000
+    max_errors: int = 1_000
+
+
+class ImportFailedError(ValidationFailedError):
+    """The file was refused; `report` says which rows and why. Nothing was written to the dataset."""
+
+    type_slug = "import-failed"
+
+    def __init__(self, detail: str, report: dict[str, Any]) -> None:
+        super().__init__(detail, report=report)
+        self.report = report
+
+
+class _Refused(Exception):
+    """Raised inside the transaction to roll it back once the report is complete."""
+
+
+@dataclass
+class _Run:
+    """Mutable state of one import: counters, bounded error list, pending rejections."""
+
+    source: RowSource
+    options: ImportOptions
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rejected_lines: set[int] = field(default_factory=set)
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rows_staged: int = 0
+    error_count: int = 0
+    stopped_early: bool = False
+    fatal: bool = False
+
+    def error(self, line: int | None, column: str | None, code: str, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.options.max_errors:
+            self.errors.append({"line": line, "column": column, "code": code, "reason": reason})
+
+    @property
+    def refused(self) -> bool:
+        return self.fatal or (self.error_count > 0 and not self.options.skip_invalid)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadRequestError(f"unknown time zone {name!r} (e.g. Europe/Paris, UTC)") from None
+
+
+def _take_sample(records: Iterator[Record], size: int) -> tuple[list[Record], Iterator[Record]]:
+    sample = list(itertools.islice(records, size))
+    return sample, itertools.chain(sample, records)
+
+
+def _column_map(schema: TableSchema, header: Sequence[str], run: _Run) -> list[int]:
+    """For each schema field, its column index in the file (-1 when absent); file-level problems → errors."""
+    positions: dict[str, int] = {}
+    for index, name in enumerate(header):
+        positions.setdefault(name, index)
+    titles = {str(f.name): str(schema.descriptor["fields"][i].get("title", "")) for i, f in enumerate(schema.fields)}
+    mapping: list[int] = []
+    for f in schema.fields:
+        index = positions.get(f.name, positions.get(titles.get(f.name, ""), -1) if titles.get(f.name) else -1)
+        if index < 0:
+            if f.required or f.name in schema.primary_key:
+                run.error(1, f.name, "missing-label", f"required column {f.name!r} is not in the file")
+            else:
+                run.warnings.append(f"column {f.name!r} of the schema is not in the file: left empty")
+        mapping.append(index)
+    used = set(mapping)
+    extra = [name for index, name in enumerate(header) if index not in used]
+    if extra:
+        shown = ", ".join(repr(n) for n in extra[:10]) + (" …" if len(extra) > 10 else "")
+        run.warnings.append(f"{len(extra)} column(s) of the file are not in the schema and are ignored: {shown}")
+    return mapping
+
+
+def _geometry_spec(
+    source: RowSource, schema: TableSchema, sample: list[Record], options: ImportOptions
+) -> GeometrySpec | None:
+    if source.format == "geojson":
+        return GeometrySpec("geojson", (), options.crs)
+    if options.geometry is not None:
+        spec = options.geometry
+        missing = [c for c in spec.columns if c not in source.header]
+        if missing:
+            raise BadRequestError(f"geometry column(s) not in the file: {', '.join(missing)}")
+        return spec
+    if not options.detect_geometry:
+        return None
+    geopoints = {f.name: f.format or "default" for f in schema.fields if f.type == "geopoint"}
+    sample_values: dict[str, list[str]] = {}
+    for index, name in enumerate(source.header):
+        sample_values[name] = [cells[index] for _, cells, _ in sample[:20] if index < len(cells)]
+    return detect_geometry(source.header, crs=options.crs, geopoint_fields=geopoints, sample_values=sample_values)
+
+
+async def _record_failure(conn: asyncpg.Connection, dataset_id: int, report: dict[str, Any]) -> int:
+    return int(
+        await conn.fetchval(
+            """INSERT INTO dataset_import (dataset_id, status, source, mode, rows_read, rows_loaded, rows_rejected,
+                   report, finished_at)
+               VALUES ($1, 'failed', $2, $3, $4, 0, $5, $6::text::jsonb, now()) RETURNING id""",
+            dataset_id,
+            report["source"],
+            report["mode"],
+            report["rows_read"],
+            report["rows_rejected"],
+            orjson.dumps(report).decode(),
+        )
+    )
+
+
+async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, options: ImportOptions) -> dict[str, Any]:
+    """Load `source` into dataset `slug`; returns the import report or raises ImportFailedError (with it)."""
+    if options.mode not in MODES:
+        raise BadRequestError(f"mode must be one of {', '.join(MODES)}")
+    started = time.monotonic()
+    tz = _zone(options.timezone)
+    projection = reprojector(options.crs)
+    run = _Run(source, options)
+    records = source.records()
+    sample, records = _take_sample(records, options.sample_rows)
+    report: dict[str, Any] = {
+        "dataset": slug,
+        "source": source.label,
+        "mode": options.mode,
+        "dialect": source.describe(),
+    }
+    existed = False
+    dataset_id: int | None = None
+    try:
+        async with conn.transaction():
+            dataset = await get_dataset(conn, slug, lock=True)
+            existed = dataset is not None
+            if dataset is None:
+                if not options.create:
+                    raise NotFoundError(f"dataset {slug!r} does not exist (use --create to create it)")
+                schema = options.schema or infer_table_schema(source.header, [cells for _, cells, _ in sample])
+                report["schema_inferred"] = options.schema is None
+                report["table_schema"] = schema.descriptor
+                dataset = await create_dataset(conn, slug, schema, options.meta)
+            elif options.schema is not None and _shape(options.schema) != _shape(dataset.schema):
+                raise ConflictError(
+                    f"dataset {slug!r} already has a different Table Schema; import without --schema to use it"
+                )
+            dataset_id = dataset.id
+            if options.mode == "upsert" and not dataset.schema.primary_key:
+                raise BadRequestError(
+                    f"upsert needs a primaryKey in the Table Schema of {slug!r}; use append or replace"
+                )
+            spec = _geometry_spec(source, dataset.schema, sample, options)
+            report["geometry"] = (
+                {"kind": spec.kind, "columns": list(spec.columns), "crs": projection.crs} if spec else None
+            )
+            import_id = await conn.fetchval(
+                "INSERT INTO dataset_import (dataset_id, source, mode) VALUES ($1, $2, $3) RETURNING id",
+                dataset.id,
+                source.label,
+                options.mode,
+            )
+            report["import_id"] = import_id
+            counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id)
+            report.update(_summary(run))
+            if run.refused:
+                raise _Refused
+            await refresh_dataset_stats(conn, dataset)
+            report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
+            await conn.execute(
+                """UPDATE dataset_import SET status = 'succeeded', rows_read = $2, rows_loaded = $3,
+                       rows_rejected = $4, report = $5::text::jsonb, finished_at = now() WHERE id = $1""",
+                import_id,
+                run.rows_read,
+                counts["rows_inserted"] + counts["rows_updated"],
+                run.rows_rejected,
+                orjson.dumps(report).decode(),
+            )
+        logger.info(
+            "imported %s into %s: %d rows read, %d loaded, %d rejected",
+            source.label,
+            slug,
+            run.rows_read,
+            counts["rows_inserted"] + counts["rows_updated"],
+            run.rows_rejected,
+        )
+        return report
+    except _Refused:
+        pass
+    finally:
+        source.close()
+    # Refused: the transaction rolled back; record the attempt where a dataset remains to attach it to.
+    report.update(_summary(run), status="failed", duration_s=round(time.monotonic() - started, 3))
+    report.pop("import_id", None)
+    if existed and dataset_id is not None:
+        report["import_id"] = await _record_failure(conn, dataset_id, report)
+    first = run.errors[0] if run.errors else None
+    where = f" (first: line {first['line']}, {first['column'] or 'row'}: {first['reason']})" if first else ""
+    raise ImportFailedError(f"{run.error_count} error(s) in {source.label}; nothing was loaded{where}", report)
+
+
+def _shape(schema: TableSchema) -> list[tuple[str, str]]:
+    return [(f.name, f.type) for f in schema.fields]
+
+
+def _summary(run: _Run) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "rows_read": run.rows_read,
+        "rows_rejected": run.rows_rejected,
+        "error_count": run.error_count,
+        "errors": run.errors,
+        "errors_truncated": run.error_count > len(run.errors),
+        "warnings": run.warnings,
+    }
+    if run.stopped_early:
+        summary["stopped_early"] = True
+    return summary
+
+
+async def _load(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    spec: GeometrySpec | None,
+    projection: Reprojector,
+    records: Iterator[Record],
+    tz: ZoneInfo,
+    import_id: int,
+) -> dict[str, int]:
+    """Stream, validate and stage every record; then uniqueness checks and the merge. Returns the counts."""
+    schema = dataset.schema
+    header = run.source.header
+    mapping = _column_map(schema, header, run)
+    fields = schema.fields
+    plan = [
+        (index, mapping[index], build_converter(f, tz), f.required or f.name in schema.primary_key, f.name)
+        for index, f in enumerate(fields)
+    ]
+    missing = frozenset(schema.missing_values) | {""}
+    ncols = len(header)
+    nfields = len(fields)
+    point = spec is not None and spec.is_point
+    shape_mode = spec is not None and not spec.is_point
+    geo_index = [header.index(c) for c in spec.columns] if spec is not None and spec.columns else []
+    geo_label = ",".join(spec.columns) if spec is not None and spec.columns else "geometry"
+
+    stage_cols = [f.name for f in fields] + [LINE] + ([X, Y] if point else [WKB] if shape_mode else [])
+    definition = [f"{quote_ident(f.name)} {_STAGE_TYPES.get(f.type, f.sql_type)}" for f in fields]
+    definition.append(f"{quote_ident(LINE)} bigint")
+    if point:
+        definition += [f"{quote_ident(X)} double precision", f"{quote_ident(Y)} double precision"]
+    elif shape_mode:
+        definition.append(f"{quote_ident(WKB)} bytea")
+    await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
+
+    batch: list[list[Any]] = []
+    rejections: list[tuple[Any, ...]] = []
+    limit = run.options.max_errors
+    skip = run.options.skip_invalid
+
+    def reject(line: int, cells: list[str], reason: str) -> None:
+        run.rows_rejected += 1
+        if skip:
+            rejections.append(_rejection(run, dataset.id, import_id, line, cells, reason))
+
+    for line, cells, geometry in records:
+        run.rows_read += 1
+        if len(cells) != ncols:
+            if len(cells) > ncols and not any(c.strip() for c in cells[ncols:]):
+                cells = cells[:ncols]
+            else:
+                code = "extra-cell" if len(cells) > ncols else "missing-cell"
+                reason = f"the row has {len(cells)} values, the header has {ncols}"
+                run.error(line, None, code, reason)
+                reject(line, cells, reason)
+                if run.refused and run.error_count >= limit:
+                    run.stopped_early = True
+                    break
+                continue
+        out: list[Any] = [None] * nfields
+        problems: list[tuple[str, str, str]] | None = None
+        for index, column, convert, required, name in plan:
+            cell = cells[column] if column >= 0 else ""
+            if cell in missing or cell.isspace():
+                if required:
+                    problems = problems or []
+                    problems.append((name, "constraint-error", "a value is required"))
+                continue
+            try:
+                out[index] = convert(cell)
+            except CellError as exc:
+                problems = problems or []
+                problems.append((name, exc.code, exc.message))
+        if point:
+            try:
+                xy = read_point(spec.kind, [cells[i] for i in geo_index])  # type: ignore[union-attr]
+            except GeometryError as exc:
+                problems = problems or []
+                problems.append((geo_label, "geometry-error", str(exc)))
+                xy = None
+            out += [line, xy[0], xy[1]] if xy else [line, None, None]
+        elif shape_mode:
+            try:
+                if run.source.format == "geojson":
+                    shape = geojson_geometry(geometry)
+                else:
+                    shape = read_shape(spec.kind, cells[geo_index[0]])  # type: ignore[union-attr]
+                out += [line, shape]
+            except GeometryError as exc:
+                problems = problems or []
+                problems.append((geo_label, "geometry-error", str(exc)))
+        else:
+            out.append(line)
+        if problems:
+            for name, code, reason in problems:
+                run.error(line, name, code, reason)
+            reject(line, cells, "; ".join(f"{name}: {reason}" for name, _, reason in problems))
+            if run.refused and run.error_count >= limit:
+                run.stopped_early = True
+                break
+            continue
+        if run.refused:
+            continue  # the file is refused anyway: keep reading only to report more errors
+        batch.append(out)
+        if len(batch) >= run.options.batch_size:
+            await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
+            batch = []
+            if rejections:
+                await _write_rejections(conn, rejections)
+                rejections = []
+    if batch and not run.refused:
+        await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
+    if rejections:
+        await _write_rejections(conn, rejections)
+    if run.refused:
+        return {}
+    await _check_unique(conn, run, dataset, import_id)
+    if run.refused:
+        return {}
+    return await _merge(conn, run, dataset, point, shape_mode)
+
+
+async def _flush(
+    conn: asyncpg.Connection,
+    run: _Run,
+    batch: list[list[Any]],
+    stage_cols: list[str],
+    point: bool,
+    shape_mode: bool,
+    projection: Reprojector,
+    geo_label: str,
+    reject: Any,
+    header: list[str],
+) -> None:
+    """Reproject the batch's geometries (refusing those outside the CRS's area of use), then COPY it."""
+    keep = batch
+    if point:
+        located = [row for row in batch if row[-2] is not None]
+        if located:
+            lons, lats, reasons = projection.points([r[-2] for r in located], [r[-1] for r in located])
+            refused: set[int] = set()
+            for row, lon, lat, reason in zip(located, lons, lats, reasons, strict=True):
+                if reason:
+                    run.error(row[-3], geo_label, "geometry-error", reason)
+                    reject(row[-3], [_text(v) for v in row[:-3]], reason)
+                    refused.add(id(row))
+                else:
+                    row[-2], row[-1] = lon, lat
+            if refused:
+                keep = [row for row in batch if id(row) not in refused]
+    elif shape_mode:
+        keep = []
+        for row in batch:
+            shape = row[-1]
+            if shape is None:
+                keep.append(row)
+                continue
+            if not isinstance(shape, shapely.Geometry):
+                row[-1] = None
+                keep.append(row)
+                continue
+            reprojected, reason = projection.shape(shape)
+            if reason is None and run.options.invalid_geometry == "reject" and not shapely.is_valid(reprojected):
+                reason = f"invalid geometry: {shapely.is_valid_reason(reprojected)}"
+            if reason:
+                run.error(row[-2], geo_label, "geometry-error", reason)
+                reject(row[-2], [_text(v) for v in row[:-2]], reason)
+                continue
+            row[-1] = shapely.to_wkb(reprojected)
+            keep.append(row)
+    if run.refused:
+        return
+    await conn.copy_records_to_table(STAGE, records=keep, columns=stage_cols)
+    run.rows_staged += len(keep)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _rejection(run: _Run, dataset_id: int, import_id: int, line: int, cells: list[str], reason: str) -> tuple[Any, ...]:
+    payload = run.source.raw_line(cells)
+    size = len(payload.encode("utf-8"))
+    if size > MAX_PAYLOAD_BYTES:
+        payload = payload.encode("utf-8")[: MAX_PAYLOAD_BYTES - 4].decode("utf-8", errors="ignore")
+    return (run.source.format, run.source.label, line, dataset_id, import_id, reason[:2000], payload, size)
+
+
+async def _write_rejections(conn: asyncpg.Connection, rejections: list[tuple[Any, ...]]) -> None:
+    await copy_and_merge(
+        conn,
+        schema="public",
+        table="ingest_rejection",
+        columns=("source", "file", "line", "dataset_id", "import_id", "reason", "payload", "payload_bytes"),
+        records=rejections,
+    )
+
+
+async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int) -> None:
+    """Primary key and unique constraints, checked over the whole staged file (and the table, when appending)."""
+    schema = dataset.schema
+    target = dataset.table
+    bad: dict[int, str] = {}
+    mode = run.options.mode
+    for key in schema.unique_keys():
+        cols = ", ".join(quote_ident(k) for k in key)
+        label = ", ".join(key)
+        not_null = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in key)
+        rows = await conn.fetch(
+            f"""SELECT {LINE} AS line, first FROM (
+                    SELECT {LINE}, min({LINE}) OVER (PARTITION BY {cols}) AS first FROM {STAGE} WHERE {not_null}
+                ) AS s WHERE {LINE} <> first ORDER BY {LINE}"""
+        )
+        for row in rows:
+            reason = f"duplicate value of ({label}): already on line {row['first']}"
+            run.error(row["line"], label, "unique-error" if key != schema.primary_key else "primary-key", reason)
+            bad.setdefault(row["line"], reason)
+        join = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in key)
+        clash: str | None = None
+        if mode == "append":
+            clash = f"SELECT s.{LINE} AS line FROM {STAGE} s JOIN {target} t ON {join} ORDER BY 1"
+        elif mode == "upsert" and key != schema.primary_key:
+            pk_s = ", ".join(f"s.{quote_ident(k)}" for k in schema.primary_key)
+            pk_t = ", ".join(f"t.{quote_ident(k)}" for k in schema.primary_key)
+            clash = (
+                f"SELECT s.{LINE} AS line FROM {STAGE} s JOIN {target} t ON {join} "
+                f"WHERE ({pk_s}) IS DISTINCT FROM ({pk_t}) ORDER BY 1"
+            )
+        if clash:
+            for row in await conn.fetch(clash):
+                reason = f"value of ({label}) already in the dataset"
+                run.error(row["line"], label, "unique-error", reason)
+                bad.setdefault(row["line"], reason)
+    if not bad:
+        return
+    run.rows_rejected += len(bad)
+    if run.options.skip_invalid:
+        run.rows_staged -= len(bad)
+        lines = sorted(bad)
+        reasons = [bad[line] for line in lines]
+        await conn.execute(
+            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
+                SELECT $1, $2, s.{LINE}, $3, $4, r.reason, left(row_to_json(s)::text, 16000),
+                       octet_length(row_to_json(s)::text)
+                FROM {STAGE} s JOIN unnest($5::bigint[], $6::text[]) AS r(line, reason) ON s.{LINE} = r.line""",
+            run.source.format,
+            run.source.label,
+            dataset.id,
+            import_id,
+            lines,
+            reasons,
+        )
+        await conn.execute(f"DELETE FROM {STAGE} WHERE {LINE} = ANY($1::bigint[])", lines)
+
+
+async def _merge(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, point: bool, shape_mode: bool
+) -> dict[str, int]:
+    """One set-based statement from the staging table into the dataset table."""
+    schema = dataset.schema
+    target = dataset.table
+    columns = [quote_ident(f.name) for f in schema.fields] + ['"geom"']
+    expressions = [f"{quote_ident(f.name)}{_CASTS.get(f.type, '')}" for f in schema.fields]
+    if point:
+        expressions.append(f"ST_SetSRID(ST_MakePoint({X}, {Y}), 4326)")
+    elif shape_mode:
+        geom = f"ST_GeomFromWKB({WKB}, 4326)"
+        if run.options.invalid_geometry == "repair":
+            geom = f"ST_MakeValid({geom})"
+        expressions.append(geom)
+    else:
+        expressions.append("NULL::geometry")
+    conflict = ""
+    if run.options.mode == "replace":
+        deleted = await conn.execute(f"DELETE FROM {target}")
+        deleted_count = int(deleted.rsplit(" ", 1)[-1])
+    else:
+        deleted_count = 0
+    if run.options.mode == "upsert":
+        keys = ", ".join(quote_ident(k) for k in schema.primary_key)
+        pk = set(schema.primary_key)
+        others = [c for c, f in zip(columns, [*schema.fields, None], strict=True) if f is None or f.name not in pk]
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
+        old = ", ".join(f"t.{c}" for c in others)
+        new = ", ".join(f"EXCLUDED.{c}" for c in others)
+        conflict = f" ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
+    sql = (
+        f"WITH written AS (INSERT INTO {target} AS t ({', '.join(columns)}) "
+        f"SELECT {', '.join(expressions)} FROM {STAGE} ORDER BY {LINE}{conflict} RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated "
+        "FROM written"
+    )
+    try:
+        row = await conn.fetchrow(sql)
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+        run.fatal = True
+        run.error(None, None, "database-error", f"the database refused the rows: {exc}")
+        return {}
+    inserted, updated = int(row["inserted"]), int(row["updated"])
+    return {
+        "rows_inserted": inserted,
+        "rows_updated": updated,
+        "rows_unchanged": run.rows_staged - inserted - updated if run.options.mode == "upsert" else 0,
+        "rows_deleted": deleted_count,
+    }
+
+
+def load_schema_file(path: str | Path) -> TableSchema:
+    """A Table Schema from a JSON file (schema.data.gouv.fr format)."""
+    try:
+        descriptor = orjson.loads(Path(path).read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"{Path(path).name} is not valid JSON: {exc}") from None
+    return parse_table_schema(descriptor)
+
+
+async def import_csv(
+    conn: asyncpg.Connection,
+    path: str | Path,
+    slug: str,
+    options: ImportOptions,
+    *,
+    label: str | None = None,
+    delimiter: str | None = None,
+    encoding: str | None = None,
+) -> dict[str, Any]:
+    """Load one CSV file into dataset `slug` (see run_import)."""
+    source = CsvSource(path, label=label, delimiter=delimiter, encoding=encoding)
+    return await run_import(conn, source, slug, options)
+
+
+async def import_with_settings(settings: Settings, source_factory: Callable[[], RowSource], slug: str,
+                               options: ImportOptions) -> dict[str, Any]:  # fmt: skip
+    """Open a dedicated connection (no pool statement timeout: big files take time) and run one import."""
+    conn = await connect_raw(settings, application_name="import")
+    try:
+        return await run_import(conn, source_factory(), slug, options)
+    finally:
+        await conn.close()
