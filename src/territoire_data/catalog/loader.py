@@ -279,7 +279,7 @@ def _summary(run: _Run) -> dict[str, Any]:
         "rows_read": run.rows_read,
         "rows_rejected": run.rows_rejected,
         "error_count": run.error_count,
-        "errors": run.errors,
+        "errors": sorted(run.errors, key=lambda e: e["line"] or 0),
         "errors_truncated": run.error_count > len(run.errors),
         "warnings": run.warnings,
     }
@@ -391,8 +391,6 @@ async def _load(
                 run.stopped_early = True
                 break
             continue
-        if run.refused:
-            continue  # the file is refused anyway: keep reading only to report more errors
         batch.append(out)
         if len(batch) >= run.options.batch_size:
             await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
@@ -400,12 +398,13 @@ async def _load(
             if rejections:
                 await _write_rejections(conn, rejections)
                 rejections = []
-    if batch and not run.refused:
+    if batch:
         await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
     if rejections:
         await _write_rejections(conn, rejections)
-    if run.refused:
+    if run.stopped_early:
         return {}
+    # Even a refused file gets its uniqueness checked, so that one report lists every problem.
     await _check_unique(conn, run, dataset, import_id)
     if run.refused:
         return {}
@@ -460,8 +459,6 @@ async def _flush(
                 continue
             row[-1] = shapely.to_wkb(reprojected)
             keep.append(row)
-    if run.refused:
-        return
     await conn.copy_records_to_table(STAGE, records=keep, columns=stage_cols)
     run.rows_staged += len(keep)
 

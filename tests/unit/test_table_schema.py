@@ -1,0 +1,110 @@
+"""Table Schema descriptors: checking, DDL per the typed-table contract, inference, cell validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from territoire_data.catalog.datasets import table_ddl
+from territoire_data.catalog.schema import SchemaError, infer_table_schema, parse_table_schema
+from territoire_data.catalog.validate import CellError, build_converter
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMAS.rglob("schema*.json")), ids=lambda p: str(p.relative_to(SCHEMAS)))
+def test_every_shipped_schema_parses(path: Path) -> None:
+    schema = parse_table_schema(json.loads(path.read_text(encoding="utf-8")))
+    assert schema.fields
+
+
+def test_ddl_follows_the_contract() -> None:
+    schema = parse_table_schema(
+        {
+            "fields": [
+                {"name": "id", "type": "string"},
+                {"name": "Nom Complet", "type": "string", "constraints": {"required": True}},
+                {"name": "n", "type": "integer", "constraints": {"unique": True}},
+                {"name": "when", "type": "datetime"},
+                {"name": "pt", "type": "geopoint"},
+                {"name": "props", "type": "object"},
+            ],
+            "primaryKey": "id",
+        }
+    )
+    create, index = table_ddl("ds_7", schema)
+    assert '"_fid" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY' in create
+    assert '"id" text NOT NULL' in create
+    assert '"Nom Complet" text NOT NULL' in create
+    assert '"n" bigint' in create
+    assert '"when" timestamptz' in create
+    assert '"pt" text' in create
+    assert '"props" jsonb' in create
+    assert '"geom" geometry(Geometry, 4326)' in create
+    assert 'CONSTRAINT "ds_7_pk_key" UNIQUE ("id")' in create
+    assert 'UNIQUE ("n")' in create
+    assert index == 'CREATE INDEX "ds_7_geom_idx" ON "datasets"."ds_7" USING gist (geom)'
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "message"),
+    [
+        ({}, "non-empty 'fields'"),
+        ({"fields": [{"name": "a", "type": "complex"}]}, "unknown type"),
+        ({"fields": [{"name": "a"}, {"name": "a"}]}, "appears twice"),
+        ({"fields": [{"name": "geom"}]}, "reserved"),
+        ({"fields": [{"name": "é" * 40}]}, "63 bytes"),
+        ({"fields": [{"name": "a"}], "primaryKey": ["b"]}, "not a field"),
+        ({"fields": [{"name": "a", "constraints": {"pattern": "("}}]}, "not a valid regular expression"),
+    ],
+)
+def test_bad_descriptors_are_refused_with_a_reason(descriptor: dict[str, object], message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        parse_table_schema(descriptor)
+
+
+def test_inference_names_and_types() -> None:
+    schema = infer_table_schema(["id", "", "geom", "prix"], [["1", "x", "a", "1,5"], ["2", "y", "b", "2"]])
+    assert [(f.name, f.type) for f in schema.fields] == [
+        ("id", "integer"),
+        ("field_2", "string"),
+        ("geom_src", "string"),
+        ("prix", "number"),
+    ]
+
+
+def _field(**kwargs: object) -> object:
+    return parse_table_schema({"fields": [{"name": "f", **kwargs}]}).fields[0]
+
+
+def test_constraints() -> None:
+    enum = build_converter(_field(type="string", constraints={"enum": ["Voirie", "Parking public"]}))  # type: ignore[arg-type]
+    assert enum("Voirie") == "Voirie"
+    with pytest.raises(CellError, match="not one of: Voirie, Parking public") as info:
+        enum("Trottoir")
+    assert info.value.code == "constraint-error"
+    pattern = build_converter(_field(type="string", constraints={"pattern": "^\\d{9}$"}))  # type: ignore[arg-type]
+    with pytest.raises(CellError, match="does not match the pattern"):
+        pattern("12345678")
+    bounded = build_converter(_field(type="number", constraints={"minimum": -90, "maximum": 90}))  # type: ignore[arg-type]
+    assert bounded("45,5") == 45.5
+    with pytest.raises(CellError, match="greater than the maximum 90"):
+        bounded("91")
+    typed = build_converter(_field(type="integer"))  # type: ignore[arg-type]
+    with pytest.raises(CellError, match="not an integer") as info:
+        typed("douze")
+    assert info.value.code == "type-error"
+    email = build_converter(_field(type="string", format="email"))  # type: ignore[arg-type]
+    with pytest.raises(CellError, match="not an email"):
+        email("nobody")
+    geopoint = build_converter(_field(type="geopoint", format="array"))  # type: ignore[arg-type]
+    assert geopoint("[7.48710500,48.345345]") == "[7.48710500,48.345345]"
+    with pytest.raises(CellError, match="out of range"):
+        geopoint("[48.3,200]")
+    formatted = build_converter(_field(type="datetime", format="%Y%m%d%H%M"))  # type: ignore[arg-type]
+    assert formatted("202501010006").isoformat() == "2025-01-01T00:06:00+01:00"
+    length = build_converter(_field(type="string", constraints={"maxLength": 3}))  # type: ignore[arg-type]
+    with pytest.raises(CellError, match="longer than 3"):
+        length("abcd")
