@@ -34,7 +34,8 @@ def test_ddl_follows_the_contract() -> None:
             "primaryKey": "id",
         }
     )
-    create, index = table_ddl("ds_7", schema)
+    statements = table_ddl("ds_7", schema)
+    create, index = "\n".join(statements[:-1]), statements[-1]
     assert '"_fid" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY' in create
     assert '"id" text NOT NULL' in create
     assert '"Nom Complet" text NOT NULL' in create
@@ -43,7 +44,7 @@ def test_ddl_follows_the_contract() -> None:
     assert '"pt" text' in create
     assert '"props" jsonb' in create
     assert '"geom" geometry(Geometry, 4326)' in create
-    assert 'CONSTRAINT "ds_7_pk_key" UNIQUE ("id")' in create
+    assert 'ADD CONSTRAINT "ds_7_pk_key" UNIQUE ("id")' in create
     assert 'UNIQUE ("n")' in create
     assert index == 'CREATE INDEX "ds_7_geom_idx" ON "datasets"."ds_7" USING gist (geom)'
 

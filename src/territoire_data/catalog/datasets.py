@@ -74,13 +74,25 @@ def table_ddl(table_name: str, schema: TableSchema) -> list[str]:
         not_null = " NOT NULL" if f.required or f.name in required else ""
         columns.append(f"{quote_ident(f.name)} {f.sql_type}{not_null}")
     columns.append('"geom" geometry(Geometry, 4326)')
+    return [f"CREATE TABLE {target} (\n    " + ",\n    ".join(columns) + "\n)", *index_ddl(table_name, schema)[1]]
+
+
+def index_ddl(table_name: str, schema: TableSchema) -> tuple[list[str], list[str]]:
+    """(drop, create) statements of the unique constraints and the GiST index, so a bulk load into an empty
+    table can build them once at the end instead of row by row."""
+    target = qualified(SCHEMA, table_name)
+    drop: list[str] = []
+    create: list[str] = []
     for index, key in enumerate(schema.unique_keys()):
-        name = f"{table_name}_pk_key" if index == 0 and key == schema.primary_key else f"{table_name}_u{index}"
-        columns.append(f"CONSTRAINT {quote_ident(name)} UNIQUE ({', '.join(quote_ident(k) for k in key)})")
-    return [
-        f"CREATE TABLE {target} (\n    " + ",\n    ".join(columns) + "\n)",
-        f"CREATE INDEX {quote_ident(table_name + '_geom_idx')} ON {target} USING gist (geom)",
-    ]
+        name = quote_ident(
+            f"{table_name}_pk_key" if index == 0 and key == schema.primary_key else f"{table_name}_u{index}"
+        )
+        drop.append(f"ALTER TABLE {target} DROP CONSTRAINT {name}")
+        create.append(f"ALTER TABLE {target} ADD CONSTRAINT {name} UNIQUE ({', '.join(quote_ident(k) for k in key)})")
+    gist = quote_ident(f"{table_name}_geom_idx")
+    drop.append(f"DROP INDEX {qualified(SCHEMA, table_name + '_geom_idx')}")
+    create.append(f"CREATE INDEX {gist} ON {target} USING gist (geom)")
+    return drop, create
 
 
 async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchema, meta: DatasetMeta) -> Dataset:

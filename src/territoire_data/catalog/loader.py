@@ -8,10 +8,13 @@ Memory stays bounded: one batch of rows, the inference sample and at most `max_e
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +24,14 @@ import asyncpg
 import orjson
 import shapely
 
-from territoire_data.catalog.datasets import Dataset, DatasetMeta, create_dataset, get_dataset, refresh_dataset_stats
+from territoire_data.catalog.datasets import (
+    Dataset,
+    DatasetMeta,
+    create_dataset,
+    get_dataset,
+    index_ddl,
+    refresh_dataset_stats,
+)
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter
@@ -101,6 +111,13 @@ class _Run:
     error_count: int = 0
     stopped_early: bool = False
     fatal: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    clock: float = field(default_factory=time.monotonic)
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.timings[phase] = round(now - self.clock, 3)
+        self.clock = now
 
     def error(self, line: int | None, column: str | None, code: str, reason: str) -> None:
         self.error_count += 1
@@ -237,7 +254,9 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             if run.refused:
                 raise _Refused
             await refresh_dataset_stats(conn, dataset)
+            run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
+            report["timings"] = run.timings
             await conn.execute(
                 """UPDATE dataset_import SET status = 'succeeded', rows_read = $2, rows_loaded = $3,
                        rows_rejected = $4, report = $5::text::jsonb, finished_at = now() WHERE id = $1""",
@@ -325,105 +344,110 @@ async def _load(
     await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
-    batch: list[list[Any]] = []
-    rejections: list[tuple[Any, ...]] = []
-    limit = run.options.max_errors
-    skip = run.options.skip_invalid
+    def produce() -> Iterator[tuple[list[list[Any]], list[tuple[Any, ...]]]]:
+        """Validate records into batches ready to COPY (CPU only: runs in a thread, beside the COPYs)."""
+        batch: list[list[Any]] = []
+        rejections: list[tuple[Any, ...]] = []
+        limit = run.options.max_errors
+        skip = run.options.skip_invalid
 
-    def reject(line: int, cells: list[str], reason: str) -> None:
-        run.rows_rejected += 1
-        if skip:
-            rejections.append(_rejection(run, dataset.id, import_id, line, cells, reason))
+        def reject(line: int, cells: list[str], reason: str) -> None:
+            run.rows_rejected += 1
+            if skip:
+                rejections.append(_rejection(run, dataset.id, import_id, line, cells, reason))
 
-    for line, cells, geometry in records:
-        run.rows_read += 1
-        if len(cells) != ncols:
-            if len(cells) > ncols and not any(c.strip() for c in cells[ncols:]):
-                cells = cells[:ncols]
+        for line, cells, geometry in records:
+            run.rows_read += 1
+            if len(cells) != ncols:
+                if len(cells) > ncols and not any(c.strip() for c in cells[ncols:]):
+                    cells = cells[:ncols]
+                else:
+                    code = "extra-cell" if len(cells) > ncols else "missing-cell"
+                    reason = f"the row has {len(cells)} values, the header has {ncols}"
+                    run.error(line, None, code, reason)
+                    reject(line, cells, reason)
+                    if run.refused and run.error_count >= limit:
+                        run.stopped_early = True
+                        break
+                    continue
+            out: list[Any] = [None] * nfields
+            problems: list[tuple[str, str, str]] | None = None
+            for index, column, convert, required, name in plan:
+                cell = cells[column] if column >= 0 else ""
+                if cell in missing or cell.isspace():
+                    if required:
+                        problems = problems or []
+                        problems.append((name, "constraint-error", "a value is required"))
+                    continue
+                try:
+                    out[index] = convert(cell)
+                except CellError as exc:
+                    problems = problems or []
+                    problems.append((name, exc.code, exc.message))
+            if point:
+                try:
+                    xy = read_point(spec.kind, [cells[i] for i in geo_index])  # type: ignore[union-attr]
+                except GeometryError as exc:
+                    problems = problems or []
+                    problems.append((geo_label, "geometry-error", str(exc)))
+                    xy = None
+                out += [line, xy[0], xy[1]] if xy else [line, None, None]
+            elif shape_mode:
+                try:
+                    if run.source.format == "geojson":
+                        shape = geojson_geometry(geometry)
+                    else:
+                        shape = read_shape(spec.kind, cells[geo_index[0]])  # type: ignore[union-attr]
+                    out += [line, shape]
+                except GeometryError as exc:
+                    problems = problems or []
+                    problems.append((geo_label, "geometry-error", str(exc)))
             else:
-                code = "extra-cell" if len(cells) > ncols else "missing-cell"
-                reason = f"the row has {len(cells)} values, the header has {ncols}"
-                run.error(line, None, code, reason)
-                reject(line, cells, reason)
+                out.append(line)
+            if problems:
+                for name, code, reason in problems:
+                    run.error(line, name, code, reason)
+                reject(line, cells, "; ".join(f"{name}: {reason}" for name, _, reason in problems))
                 if run.refused and run.error_count >= limit:
                     run.stopped_early = True
                     break
                 continue
-        out: list[Any] = [None] * nfields
-        problems: list[tuple[str, str, str]] | None = None
-        for index, column, convert, required, name in plan:
-            cell = cells[column] if column >= 0 else ""
-            if cell in missing or cell.isspace():
-                if required:
-                    problems = problems or []
-                    problems.append((name, "constraint-error", "a value is required"))
-                continue
-            try:
-                out[index] = convert(cell)
-            except CellError as exc:
-                problems = problems or []
-                problems.append((name, exc.code, exc.message))
-        if point:
-            try:
-                xy = read_point(spec.kind, [cells[i] for i in geo_index])  # type: ignore[union-attr]
-            except GeometryError as exc:
-                problems = problems or []
-                problems.append((geo_label, "geometry-error", str(exc)))
-                xy = None
-            out += [line, xy[0], xy[1]] if xy else [line, None, None]
-        elif shape_mode:
-            try:
-                if run.source.format == "geojson":
-                    shape = geojson_geometry(geometry)
-                else:
-                    shape = read_shape(spec.kind, cells[geo_index[0]])  # type: ignore[union-attr]
-                out += [line, shape]
-            except GeometryError as exc:
-                problems = problems or []
-                problems.append((geo_label, "geometry-error", str(exc)))
-        else:
-            out.append(line)
-        if problems:
-            for name, code, reason in problems:
-                run.error(line, name, code, reason)
-            reject(line, cells, "; ".join(f"{name}: {reason}" for name, _, reason in problems))
-            if run.refused and run.error_count >= limit:
-                run.stopped_early = True
-                break
-            continue
-        batch.append(out)
-        if len(batch) >= run.options.batch_size:
-            await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
-            batch = []
-            if rejections:
-                await _write_rejections(conn, rejections)
-                rejections = []
-    if batch:
-        await _flush(conn, run, batch, stage_cols, point, shape_mode, projection, geo_label, reject, header)
-    if rejections:
-        await _write_rejections(conn, rejections)
+            batch.append(out)
+            if len(batch) >= run.options.batch_size:
+                yield _geometries(run, batch, point, shape_mode, projection, geo_label, reject), rejections
+                batch, rejections = [], []
+        if batch or rejections:
+            yield _geometries(run, batch, point, shape_mode, projection, geo_label, reject), rejections
+
+    async for batch, rejections in _in_thread(produce()):
+        if batch:
+            await conn.copy_records_to_table(STAGE, records=batch, columns=stage_cols)
+            run.rows_staged += len(batch)
+        if rejections:
+            await _write_rejections(conn, rejections)
+    run.lap("read_validate_copy_s")
     if run.stopped_early:
         return {}
     # Even a refused file gets its uniqueness checked, so that one report lists every problem.
     await _check_unique(conn, run, dataset, import_id)
+    run.lap("unique_checks_s")
     if run.refused:
         return {}
-    return await _merge(conn, run, dataset, point, shape_mode)
+    counts = await _merge(conn, run, dataset, point, shape_mode)
+    run.lap("merge_and_indexes_s")
+    return counts
 
 
-async def _flush(
-    conn: asyncpg.Connection,
+def _geometries(
     run: _Run,
     batch: list[list[Any]],
-    stage_cols: list[str],
     point: bool,
     shape_mode: bool,
     projection: Reprojector,
     geo_label: str,
-    reject: Any,
-    header: list[str],
-) -> None:
-    """Reproject the batch's geometries (refusing those outside the CRS's area of use), then COPY it."""
+    reject: Callable[[int, list[str], str], None],
+) -> list[list[Any]]:
+    """Reproject a batch's geometries, refusing those outside the CRS's area of use; returns the rows kept."""
     keep = batch
     if point:
         located = [row for row in batch if row[-2] is not None]
@@ -446,10 +470,6 @@ async def _flush(
             if shape is None:
                 keep.append(row)
                 continue
-            if not isinstance(shape, shapely.Geometry):
-                row[-1] = None
-                keep.append(row)
-                continue
             reprojected, reason = projection.shape(shape)
             if reason is None and run.options.invalid_geometry == "reject" and not shapely.is_valid(reprojected):
                 reason = f"invalid geometry: {shapely.is_valid_reason(reprojected)}"
@@ -459,8 +479,55 @@ async def _flush(
                 continue
             row[-1] = shapely.to_wkb(reprojected)
             keep.append(row)
-    await conn.copy_records_to_table(STAGE, records=keep, columns=stage_cols)
-    run.rows_staged += len(keep)
+    return keep
+
+
+_DONE = object()
+
+
+async def _in_thread(items: Iterator[Any], depth: int = 2) -> AsyncIterator[Any]:
+    """Run a CPU-bound generator in a thread, `depth` items ahead, so parsing overlaps the server's COPY work.
+
+    The queue is bounded (memory stays at a few batches); if the consumer stops early, the thread is told to
+    stop and the queue drained so it never blocks forever.
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put(exc)
+
+    thread = threading.Thread(target=work, name="import-parser", daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            item = await loop.run_in_executor(None, slots.get)
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+        thread.join()
 
 
 def _text(value: Any) -> str:
@@ -495,10 +562,17 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
         cols = ", ".join(quote_ident(k) for k in key)
         label = ", ".join(key)
         not_null = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in key)
-        rows = await conn.fetch(
-            f"""SELECT {LINE} AS line, first FROM (
+        has_duplicates = await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {STAGE} WHERE {not_null} GROUP BY {cols} HAVING count(*) > 1)"
+        )
+        rows = (
+            []
+            if not has_duplicates
+            else await conn.fetch(
+                f"""SELECT {LINE} AS line, first FROM (
                     SELECT {LINE}, min({LINE}) OVER (PARTITION BY {cols}) AS first FROM {STAGE} WHERE {not_null}
                 ) AS s WHERE {LINE} <> first ORDER BY {LINE}"""
+            )
         )
         for row in rows:
             reason = f"duplicate value of ({label}): already on line {row['first']}"
@@ -565,6 +639,29 @@ async def _merge(
         deleted_count = int(deleted.rsplit(" ", 1)[-1])
     else:
         deleted_count = 0
+    empty = (
+        deleted_count > 0
+        or run.options.mode == "replace"
+        or not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {target})")
+    )
+    if empty:
+        # Into an empty table, build the unique indexes and the GiST index once, after the rows (much faster
+        # than row by row); uniqueness was checked on the staging table already.
+        drop, create = index_ddl(dataset.table_name, schema)
+        for statement in drop:
+            await conn.execute(statement)
+        try:
+            status = await conn.execute(
+                f"INSERT INTO {target} ({', '.join(columns)}) SELECT {', '.join(expressions)} FROM {STAGE}"
+            )
+            for statement in create:
+                await conn.execute(statement)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            run.fatal = True
+            run.error(None, None, "database-error", f"the database refused the rows: {exc}")
+            return {}
+        inserted = int(status.rsplit(" ", 1)[-1])
+        return {"rows_inserted": inserted, "rows_updated": 0, "rows_unchanged": 0, "rows_deleted": deleted_count}
     if run.options.mode == "upsert":
         keys = ", ".join(quote_ident(k) for k in schema.primary_key)
         pk = set(schema.primary_key)
@@ -575,7 +672,7 @@ async def _merge(
         conflict = f" ON CONFLICT ({keys}) DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
     sql = (
         f"WITH written AS (INSERT INTO {target} AS t ({', '.join(columns)}) "
-        f"SELECT {', '.join(expressions)} FROM {STAGE} ORDER BY {LINE}{conflict} RETURNING (xmax = 0) AS inserted) "
+        f"SELECT {', '.join(expressions)} FROM {STAGE}{conflict} RETURNING (xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated "
         "FROM written"
     )

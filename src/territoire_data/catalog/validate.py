@@ -191,6 +191,10 @@ def build_converter(f: FieldDef, default_tz: tzinfo = v.PARIS) -> Converter:
         if key in constraints:
             checks.append(_length_check(int(constraints[key]), fits, words, f.type))
 
+    numeric_only = set(constraints) - {"required", "unique"} <= {"minimum", "maximum"}
+    if f.type in ("number", "integer") and numeric_only:
+        return _numeric_converter(parse, constraints.get("minimum"), constraints.get("maximum"))
+
     if not checks:
 
         def convert_plain(cell: str) -> Any:
@@ -245,3 +249,22 @@ def _length_check(limit: int, fits: Callable[[int, int], bool], words: str, kind
             raise CellError("constraint-error", f"'{_short(cell)}' is {words} {limit} characters")
 
     return check
+
+
+def _numeric_converter(parse: Converter, low: Any, high: Any) -> Converter:
+    """The hot path of numeric columns: parse and bounds in one call."""
+    lo = float("-inf") if low is None else float(low)
+    hi = float("inf") if high is None else float(high)
+
+    def convert(cell: str) -> Any:
+        try:
+            value = parse(cell)
+        except ValueError as exc:
+            raise CellError("type-error", str(exc)) from None
+        if value < lo:
+            raise CellError("constraint-error", f"'{_short(cell)}' is less than the minimum {low}")
+        if value > hi:
+            raise CellError("constraint-error", f"'{_short(cell)}' is greater than the maximum {high}")
+        return value
+
+    return convert
