@@ -2,7 +2,7 @@
 
 Usage: python bench/csv_load.py [--rows 1000000] [--keep]
 Needs PostgreSQL + PostGIS (TERRITOIRE_BENCH_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres),
-ogr2ogr (gdal-bin) and psql. Creates and drops its own td_bench_* database. Prints rows/s, peak memory, ratios.
+ogr2ogr (gdal-bin) and psql. Creates and drops its own td_csvbench_* database. Prints rows/s, peak memory, ratios.
 Every route ends in the same state: a typed table with a primary key on id, a WGS84 point geometry with a GiST
 index, value as double precision and timestamp as timestamptz.
 """
@@ -144,7 +144,7 @@ def main() -> None:
     generate(data, args.rows)
     print(f"generated {args.rows:,} rows ({data.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f}s")
 
-    name = f"td_bench_{uuid.uuid4().hex[:8]}"
+    name = f"td_csvbench_{uuid.uuid4().hex[:8]}"
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = db_url(name)
     env = {**os.environ, "TERRITOIRE_DATABASE_URL": url, "TERRITOIRE_LOG_LEVEL": "WARNING"}

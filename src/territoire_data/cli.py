@@ -110,13 +110,19 @@ def serve(
 
 
 ModeOption = Annotated[str, typer.Option(help="append | upsert (needs a primaryKey) | replace")]
+CrsOption = Annotated[str | None, typer.Option(help="CRS of the coordinates, e.g. EPSG:2154 (default WGS84)")]
+SkipOption = Annotated[bool, typer.Option("--skip-invalid", help="Load good rows, set bad ones aside")]
+TitleOption = Annotated[str | None, typer.Option(help="Title of a created dataset")]
+TimezoneOption = Annotated[str, typer.Option(help="Time zone of datetimes without offset")]
+SchemaOption = Annotated[str | None, typer.Option(help="Table Schema JSON (schema.data.gouv.fr format)")]
+CreateOption = Annotated[bool, typer.Option("--create", help="Create the dataset if missing")]
 
 
 def _file_options(
     *,
     schema: str | None,
     create: bool,
-    crs: str,
+    crs: str | None,
     mode: str,
     skip_invalid: bool,
     title: str | None,
@@ -142,13 +148,13 @@ def _file_options(
     if lon or lat:
         if not (lon and lat):
             raise BadRequestError("give both --lon and --lat")
-        spec = GeometrySpec("lonlat", (lon, lat), crs)
+        spec = GeometrySpec("lonlat", (lon, lat))
     elif latlon:
-        spec = GeometrySpec("latlon", (latlon,), crs)
+        spec = GeometrySpec("latlon", (latlon,))
     elif wkt:
-        spec = GeometrySpec("wkt", (wkt,), crs)
+        spec = GeometrySpec("wkt", (wkt,))
     elif geojson_column:
-        spec = GeometrySpec("geojson", (geojson_column,), crs)
+        spec = GeometrySpec("geojson", (geojson_column,))
     return ImportOptions(
         mode=mode,  # type: ignore[arg-type]
         create=create,
@@ -180,13 +186,13 @@ def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, 
 def ingest_csv(
     file: Annotated[str, typer.Argument(help="CSV file (any of ; , tab | separators, UTF-8 or cp1252)")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset slug")],
-    schema: Annotated[str | None, typer.Option(help="Table Schema JSON (schema.data.gouv.fr format)")] = None,
-    create: Annotated[bool, typer.Option("--create", help="Create the dataset if missing")] = False,
-    crs: Annotated[str, typer.Option(help="CRS of the coordinates, e.g. EPSG:2154")] = "EPSG:4326",
+    schema: SchemaOption = None,
+    create: CreateOption = False,
+    crs: CrsOption = None,
     mode: ModeOption = "append",
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Load good rows, set bad ones aside")] = False,
-    title: Annotated[str | None, typer.Option(help="Title of a created dataset")] = None,
-    timezone: Annotated[str, typer.Option(help="Time zone of datetimes without offset")] = "Europe/Paris",
+    skip_invalid: SkipOption = False,
+    title: TitleOption = None,
+    timezone: TimezoneOption = "Europe/Paris",
     lon: Annotated[str | None, typer.Option(help="Longitude (or X) column")] = None,
     lat: Annotated[str | None, typer.Option(help="Latitude (or Y) column")] = None,
     latlon: Annotated[str | None, typer.Option(help="One 'lat,lon' column (geo_point_2d)")] = None,
@@ -216,6 +222,39 @@ def ingest_csv(
         no_geometry=no_geometry,
     )
     _run_file_import(settings, lambda: CsvSource(file, delimiter=delimiter, encoding=encoding), dataset, options)
+
+
+@ingest_app.command("geojson")
+@clear_errors
+def ingest_geojson(
+    file: Annotated[str, typer.Argument(help="GeoJSON FeatureCollection or newline-delimited GeoJSON")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset slug")],
+    schema: SchemaOption = None,
+    create: CreateOption = False,
+    crs: CrsOption = None,
+    mode: ModeOption = "append",
+    skip_invalid: SkipOption = False,
+    title: TitleOption = None,
+    timezone: TimezoneOption = "Europe/Paris",
+    invalid_geometry: Annotated[
+        str, typer.Option(help="reject: refuse invalid geometries with a reason; repair: ST_MakeValid")
+    ] = "reject",
+) -> None:
+    """Load a GeoJSON file into a dataset, with the same validation, report and all-or-nothing rule as CSV."""
+    from territoire_data.ingest.geojson import GeoJsonSource
+
+    settings = settings_for_command()
+    options = _file_options(
+        schema=schema,
+        create=create,
+        crs=crs,
+        mode=mode,
+        skip_invalid=skip_invalid,
+        title=title,
+        timezone=timezone,
+        invalid_geometry=invalid_geometry,
+    )
+    _run_file_import(settings, lambda: GeoJsonSource(file), dataset, options)
 
 
 @app.command()

@@ -48,6 +48,7 @@ from territoire_data.ingest.csv.geometry import (
     read_shape,
     reprojector,
 )
+from territoire_data.ingest.geojson import GeoJsonSource
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class ImportOptions:
     create: bool = False
     schema: TableSchema | None = None
     meta: DatasetMeta = field(default_factory=DatasetMeta)
-    crs: str = "EPSG:4326"
+    crs: str | None = None  # None: the source's own (legacy GeoJSON `crs`), else WGS84
     geometry: GeometrySpec | None = None
     detect_geometry: bool = True
     invalid_geometry: InvalidGeometry = "reject"
@@ -167,8 +168,9 @@ def _column_map(schema: TableSchema, header: Sequence[str], run: _Run) -> list[i
 def _geometry_spec(
     source: RowSource, schema: TableSchema, sample: list[Record], options: ImportOptions
 ) -> GeometrySpec | None:
+    crs = options.crs or "EPSG:4326"
     if source.format == "geojson":
-        return GeometrySpec("geojson", (), options.crs)
+        return GeometrySpec("geojson", (), crs)
     if options.geometry is not None:
         spec = options.geometry
         missing = [c for c in spec.columns if c not in source.header]
@@ -181,7 +183,7 @@ def _geometry_spec(
     sample_values: dict[str, list[str]] = {}
     for index, name in enumerate(source.header):
         sample_values[name] = [cells[index] for _, cells, _ in sample[:20] if index < len(cells)]
-    return detect_geometry(source.header, crs=options.crs, geopoint_fields=geopoints, sample_values=sample_values)
+    return detect_geometry(source.header, crs=crs, geopoint_fields=geopoints, sample_values=sample_values)
 
 
 async def _record_failure(conn: asyncpg.Connection, dataset_id: int, report: dict[str, Any]) -> int:
@@ -206,7 +208,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
         raise BadRequestError(f"mode must be one of {', '.join(MODES)}")
     started = time.monotonic()
     tz = _zone(options.timezone)
-    projection = reprojector(options.crs)
+    projection = reprojector(options.crs or getattr(source, "legacy_crs", None) or "EPSG:4326")
     run = _Run(source, options)
     records = source.records()
     sample, records = _take_sample(records, options.sample_rows)
@@ -713,6 +715,13 @@ async def import_csv(
     """Load one CSV file into dataset `slug` (see run_import)."""
     source = CsvSource(path, label=label, delimiter=delimiter, encoding=encoding)
     return await run_import(conn, source, slug, options)
+
+
+async def import_geojson(
+    conn: asyncpg.Connection, path: str | Path, slug: str, options: ImportOptions, *, label: str | None = None
+) -> dict[str, Any]:
+    """Load one GeoJSON file (FeatureCollection or newline-delimited) into dataset `slug` (see run_import)."""
+    return await run_import(conn, GeoJsonSource(path, label=label), slug, options)
 
 
 async def import_with_settings(settings: Settings, source_factory: Callable[[], RowSource], slug: str,
