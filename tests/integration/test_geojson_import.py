@@ -133,5 +133,6 @@ def test_streaming_reads_features_across_small_chunks(tmp_path: Path, monkeypatc
     source.close()
     assert [cells[0] for _, cells, _ in records] == [str(i) for i in range(300)]
     lines = [line for line, _, _ in records]
-    assert lines == sorted(lines) and lines[0] == 4  # pretty-printed: the first feature opens on line 4
+    assert lines == sorted(lines)
+    assert lines[0] == 4  # pretty-printed: the first feature opens on line 4
     assert records[299][2]["coordinates"] == [0.299, 45]
