@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from territoire_data.errors import ConfigurationError
@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
     ingest_batch_ms: int = Field(default=200, ge=1, le=60_000)
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+
+    # Temporary guard of the write endpoints (file imports) until publisher API keys exist: writes are refused
+    # unless this is set and sent as `Authorization: Bearer <token>`. A SecretStr, so it never shows in logs.
+    admin_token: SecretStr | None = None
+    import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

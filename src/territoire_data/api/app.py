@@ -20,6 +20,7 @@ from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
+from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.settings import Settings
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 
     app.include_router(health.router)
+    app.include_router(imports.router)
     _mount_docs(app)
     return app
 
