@@ -257,6 +257,22 @@ def ingest_geojson(
     _run_file_import(settings, lambda: GeoJsonSource(file), dataset, options)
 
 
+@ingest_app.command("run")
+@clear_errors
+def ingest_run(
+    connector: Annotated[str, typer.Argument(help="A file connector definition, e.g. connectors/irve-statique.yaml")],
+    path: Annotated[str | None, typer.Option(help="Load this file or folder instead of the connector's source")] = None,
+) -> None:
+    """Run a recurring file source: import each file of its folder not yet loaded unchanged."""
+    from territoire_data.ingest.file_connector import run_connector, summary
+
+    settings = settings_for_command()
+    results = asyncio.run(run_connector(settings, connector, override=path))
+    typer.echo(summary(results))
+    if any(r.get("status") == "failed" for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 @clear_errors
 def openapi(

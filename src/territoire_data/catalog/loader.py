@@ -81,6 +81,7 @@ class ImportOptions:
     batch_size: int = 10_000
     sample_rows: int = 10_000
     max_errors: int = 1_000
+    extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
 
 
 class ImportFailedError(ValidationFailedError):
@@ -217,6 +218,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
         "source": source.label,
         "mode": options.mode,
         "dialect": source.describe(),
+        **options.extra_report,
     }
     existed = False
     dataset_id: int | None = None
