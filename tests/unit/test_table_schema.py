@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from territoire_data.catalog.datasets import table_ddl
 from territoire_data.catalog.schema import SchemaError, infer_table_schema, parse_table_schema
-from territoire_data.catalog.validate import CellError, build_converter
+from territoire_data.catalog.validate import CellError, build_converter, compile_row
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
 
@@ -109,3 +112,49 @@ def test_constraints() -> None:
     length = build_converter(_field(type="string", constraints={"maxLength": 3}))  # type: ignore[arg-type]
     with pytest.raises(CellError, match="longer than 3"):
         length("abcd")
+
+
+ROW_SCHEMA = parse_table_schema(
+    {
+        "fields": [
+            {"name": "id", "type": "integer", "constraints": {"required": True}},
+            {"name": "nom", "type": "string"},
+            {"name": "x", "type": "number", "constraints": {"minimum": -180, "maximum": 180}},
+            {"name": "quand", "type": "datetime"},
+            {"name": "ok", "type": "boolean"},
+            {"name": "code", "type": "string", "constraints": {"pattern": "[A-Z]{2}"}},
+        ]
+    }
+)
+CELLS = st.one_of(
+    st.sampled_from(["", " ", "1", "-3", "1_0", "12,5", "1.5", "200", "-181", "oui", "AB", "abc", "٣",
+                     "2024-03-31T10:00:00", "2024-03-31T10:00:00+02:00", "31/03/2024 10:00", "x,y"]),
+    st.text(max_size=6),
+)  # fmt: skip
+
+
+@given(st.lists(CELLS, min_size=6, max_size=6))
+def test_compiled_rows_agree_with_the_careful_path(cells: list[str]) -> None:
+    fields = list(ROW_SCHEMA.fields)
+    fast = compile_row(fields, list(range(6)), UTC, frozenset({""}), ())
+    converters = [build_converter(f, UTC) for f in fields]
+    careful: list[object] = []
+    problems = []
+    for f, convert, cell in zip(fields, converters, cells, strict=True):
+        if cell == "" or cell.isspace():
+            careful.append(None)
+            if f.required:
+                problems.append(f.name)
+            continue
+        try:
+            careful.append(convert(cell))
+        except CellError:
+            careful.append(None)
+            problems.append(f.name)
+    try:
+        quick = fast(cells)
+    except Exception:
+        assert problems, f"the compiled row refused a valid row: {cells}"
+        return
+    assert not problems, f"the compiled row accepted an invalid row: {cells}"
+    assert quick == careful

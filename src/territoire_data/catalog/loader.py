@@ -34,7 +34,7 @@ from territoire_data.catalog.datasets import (
 )
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
-from territoire_data.catalog.validate import CellError, build_converter
+from territoire_data.catalog.validate import CellError, build_converter, compile_row
 from territoire_data.db.bulk import copy_and_merge, quote_ident
 from territoire_data.db.engine import connect_raw
 from territoire_data.errors import BadRequestError, ConflictError, NotFoundError, ValidationFailedError
@@ -348,6 +348,34 @@ async def _load(
     await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
+    fast = compile_row(list(fields), mapping, tz, missing, schema.primary_key)
+
+    def slow(cells: list[str]) -> tuple[list[Any], list[tuple[str, str, str]] | None]:
+        """Cell by cell, collecting every problem of the row with its column and reason."""
+        out: list[Any] = [None] * nfields
+        problems: list[tuple[str, str, str]] | None = None
+        for index, column, convert, required, name in plan:
+            cell = cells[column] if column >= 0 else ""
+            if cell in missing or cell.isspace():
+                if required:
+                    problems = problems or []
+                    problems.append((name, "constraint-error", "a value is required"))
+                continue
+            try:
+                out[index] = convert(cell)
+            except CellError as exc:
+                problems = problems or []
+                problems.append((name, exc.code, exc.message))
+        return out, problems
+
+    # Lon/lat columns that are number fields of the schema are converted once and reused for the geometry.
+    reuse_xy: tuple[int, int] | None = None
+    if spec is not None and spec.kind == "lonlat":
+        names = [f.name for f in fields]
+        numbers = all(c in names and fields[names.index(c)].type == "number" for c in spec.columns)
+        if numbers and all(mapping[names.index(c)] == header.index(c) for c in spec.columns):
+            reuse_xy = (names.index(spec.columns[0]), names.index(spec.columns[1]))
+
     def produce() -> Iterator[tuple[list[list[Any]], list[tuple[Any, ...]]]]:
         """Validate records into batches ready to COPY (CPU only: runs in a thread, beside the COPYs)."""
         batch: list[list[Any]] = []
@@ -374,28 +402,24 @@ async def _load(
                         run.stopped_early = True
                         break
                     continue
-            out: list[Any] = [None] * nfields
-            problems: list[tuple[str, str, str]] | None = None
-            for index, column, convert, required, name in plan:
-                cell = cells[column] if column >= 0 else ""
-                if cell in missing or cell.isspace():
-                    if required:
-                        problems = problems or []
-                        problems.append((name, "constraint-error", "a value is required"))
-                    continue
+            try:
+                out, problems = fast(cells), None
+            except Exception:  # anything unusual: the careful path says exactly what is wrong
+                out, problems = slow(cells)
+            if problems:
+                pass  # refused already; its geometry is not looked at
+            elif point:
                 try:
-                    out[index] = convert(cell)
-                except CellError as exc:
-                    problems = problems or []
-                    problems.append((name, exc.code, exc.message))
-            if point:
-                try:
-                    xy = read_point(spec.kind, [cells[i] for i in geo_index])  # type: ignore[union-attr]
+                    if reuse_xy:
+                        x, y = out[reuse_xy[0]], out[reuse_xy[1]]
+                        if (x is None) != (y is None):
+                            raise GeometryError("one coordinate is empty and the other is not")
+                        xy = None if x is None else (x, y)
+                    else:
+                        xy = read_point(spec.kind, [cells[i] for i in geo_index])  # type: ignore[union-attr]
+                    out += [line, xy[0], xy[1]] if xy else [line, None, None]
                 except GeometryError as exc:
-                    problems = problems or []
-                    problems.append((geo_label, "geometry-error", str(exc)))
-                    xy = None
-                out += [line, xy[0], xy[1]] if xy else [line, None, None]
+                    problems = [(geo_label, "geometry-error", str(exc))]
             elif shape_mode:
                 try:
                     if run.source.format == "geojson":
@@ -404,8 +428,7 @@ async def _load(
                         shape = read_shape(spec.kind, cells[geo_index[0]])  # type: ignore[union-attr]
                     out += [line, shape]
                 except GeometryError as exc:
-                    problems = problems or []
-                    problems.append((geo_label, "geometry-error", str(exc)))
+                    problems = [(geo_label, "geometry-error", str(exc))]
             else:
                 out.append(line)
             if problems:

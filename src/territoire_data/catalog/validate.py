@@ -268,3 +268,63 @@ def _numeric_converter(parse: Converter, low: Any, high: Any) -> Converter:
         return value
 
     return convert
+
+
+class _Slow(Exception):
+    """Raised by a compiled row function: this row needs the careful per-cell path (to report why)."""
+
+
+def compile_row(
+    fields: list[Any], mapping: list[int], default_tz: tzinfo, missing: frozenset[str], primary_key: tuple[str, ...]
+) -> Callable[[list[str]], list[Any]]:
+    """One straight-line function converting a whole valid row, for the hot path of big files.
+
+    It only handles rows that are valid: on anything unusual it raises and the caller takes the per-cell path,
+    which reports each problem precisely. The generated code holds no name or value from the file: only
+    column indexes and references to our own converters and bounds, passed in its namespace.
+    """
+    namespace: dict[str, Any] = {
+        "_Slow": _Slow,
+        "_MISSING": missing,
+        "_iso": datetime.fromisoformat,
+        "_tz": default_tz,
+    }
+    lines = ["def convert_row(cells):"]
+    outputs: list[str] = []
+    for index, (f, column) in enumerate(zip(fields, mapping, strict=True)):
+        value = f"v{index}"
+        outputs.append(value)
+        required = f.required or f.name in primary_key
+        if column < 0:
+            if required:
+                lines.append("    raise _Slow")
+            lines.append(f"    {value} = None")
+            continue
+        lines.append(f"    x = cells[{column}]")
+        lines.append("    if x in _MISSING or x.isspace():")
+        lines.append("        raise _Slow" if required else f"        {value} = None")
+        lines.append("    else:")
+        constraints = set(f.constraints) - {"required", "unique"}
+        if f.type == "string" and not constraints and f.format in (None, "default"):
+            lines.append(f"        {value} = x")
+        elif f.type in ("number", "integer") and constraints <= {"minimum", "maximum"}:
+            cast = "float(x.replace(',', '.'))" if f.type == "number" else "int(x)"
+            lines.append("        if '_' in x or not x.isascii():")
+            lines.append("            raise _Slow")
+            lines.append(f"        {value} = {cast}")
+            for key, op in (("minimum", "<"), ("maximum", ">")):
+                if key in f.constraints:
+                    namespace[f"_b{index}{key[:3]}"] = float(f.constraints[key])
+                    lines.append(f"        if {value} {op} _b{index}{key[:3]}:")
+                    lines.append("            raise _Slow")
+        elif f.type == "datetime" and not constraints and f.format in (None, "default", "any"):
+            lines.append(f"        {value} = _iso(x)")
+            lines.append(f"        if {value}.tzinfo is None:")
+            lines.append(f"            {value} = {value}.replace(tzinfo=_tz)")
+        else:
+            namespace[f"_c{index}"] = build_converter(f, default_tz)
+            lines.append(f"        {value} = _c{index}(x)")
+    lines.append(f"    return [{', '.join(outputs)}]")
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own code, built from indexes only
+    function: Callable[[list[str]], list[Any]] = namespace["convert_row"]
+    return function
