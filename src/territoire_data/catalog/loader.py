@@ -12,8 +12,10 @@ import asyncio
 import itertools
 import logging
 import queue
+import struct
 import threading
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import orjson
 import shapely
 
 from territoire_data.catalog.datasets import (
+    SCHEMA,
     Dataset,
     DatasetMeta,
     create_dataset,
@@ -113,6 +116,8 @@ class _Run:
     error_count: int = 0
     stopped_early: bool = False
     fatal: bool = False
+    direct: bool = False
+    rows_deleted: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     clock: float = field(default_factory=time.monotonic)
 
@@ -338,15 +343,35 @@ async def _load(
     geo_index = [header.index(c) for c in spec.columns] if spec is not None and spec.columns else []
     geo_label = ",".join(spec.columns) if spec is not None and spec.columns else "geometry"
 
-    stage_cols = [f.name for f in fields] + [LINE] + ([X, Y] if point else [WKB] if shape_mode else [])
-    definition = [f"{quote_ident(f.name)} {_STAGE_TYPES.get(f.type, f.sql_type)}" for f in fields]
-    definition.append(f"{quote_ident(LINE)} bigint")
-    if point:
-        definition += [f"{quote_ident(X)} double precision", f"{quote_ident(Y)} double precision"]
-    elif shape_mode:
-        definition.append(f"{quote_ident(WKB)} bytea")
-    await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
-    await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
+    # Into an empty table (a new dataset, or replace), rows are COPied straight into it, its unique and GiST
+    # indexes dropped and built once at the end; uniqueness is then checked on the table itself.
+    direct = (
+        all(f.type not in _STAGE_TYPES for f in fields)
+        and not (shape_mode and run.options.invalid_geometry == "repair")
+        and (run.options.mode == "replace" or not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {dataset.table})"))
+    )
+    lines_loaded = array("q")
+    if direct:
+        run.direct = True
+        if run.options.mode == "replace":
+            deleted = await conn.execute(f"DELETE FROM {dataset.table}")
+            run.rows_deleted = int(deleted.rsplit(" ", 1)[-1])
+        for statement in index_ddl(dataset.table_name, schema)[0]:
+            await conn.execute(statement)
+        await conn.set_type_codec("geometry", schema="public", encoder=bytes, decoder=bytes, format="binary")
+        copy_target, copy_schema = dataset.table_name, SCHEMA
+        stage_cols = [f.name for f in fields] + ["geom"]
+    else:
+        copy_target, copy_schema = STAGE, None
+        stage_cols = [f.name for f in fields] + [LINE] + ([X, Y] if point else [WKB] if shape_mode else [])
+        definition = [f"{quote_ident(f.name)} {_STAGE_TYPES.get(f.type, f.sql_type)}" for f in fields]
+        definition.append(f"{quote_ident(LINE)} bigint")
+        if point:
+            definition += [f"{quote_ident(X)} double precision", f"{quote_ident(Y)} double precision"]
+        elif shape_mode:
+            definition.append(f"{quote_ident(WKB)} bytea")
+        await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
+        await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
     fast = compile_row(list(fields), mapping, tz, missing, schema.primary_key)
 
@@ -441,26 +466,39 @@ async def _load(
                 continue
             batch.append(out)
             if len(batch) >= run.options.batch_size:
-                yield _geometries(run, batch, point, shape_mode, projection, geo_label, reject), rejections
+                yield finish(batch, reject), rejections
                 batch, rejections = [], []
         if batch or rejections:
-            yield _geometries(run, batch, point, shape_mode, projection, geo_label, reject), rejections
+            yield finish(batch, reject), rejections
 
-    async for batch, rejections in _in_thread(produce()):
-        if batch:
-            await conn.copy_records_to_table(STAGE, records=batch, columns=stage_cols)
-            run.rows_staged += len(batch)
-        if rejections:
-            await _write_rejections(conn, rejections)
+    def finish(batch: list[list[Any]], reject: Callable[[int, list[str], str], None]) -> list[list[Any]]:
+        kept = _geometries(run, batch, point, shape_mode, projection, geo_label, reject)
+        return _direct_rows(kept, point, shape_mode, lines_loaded) if direct else kept
+
+    try:
+        async for batch, rejections in _in_thread(produce()):
+            if batch:
+                await conn.copy_records_to_table(
+                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
+                )
+                run.rows_staged += len(batch)
+            if rejections:
+                await _write_rejections(conn, rejections)
+    finally:
+        if direct:
+            await conn.reset_type_codec("geometry", schema="public")
     run.lap("read_validate_copy_s")
     if run.stopped_early:
         return {}
     # Even a refused file gets its uniqueness checked, so that one report lists every problem.
-    await _check_unique(conn, run, dataset, import_id)
+    if direct:
+        await _check_unique_direct(conn, run, dataset, import_id, lines_loaded)
+    else:
+        await _check_unique(conn, run, dataset, import_id)
     run.lap("unique_checks_s")
     if run.refused:
         return {}
-    counts = await _merge(conn, run, dataset, point, shape_mode)
+    counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
     run.lap("merge_and_indexes_s")
     return counts
 
@@ -555,6 +593,99 @@ async def _in_thread(items: Iterator[Any], depth: int = 2) -> AsyncIterator[Any]
             except queue.Empty:
                 await asyncio.sleep(0.01)
         thread.join()
+
+
+def _direct_rows(batch: list[list[Any]], point: bool, shape_mode: bool, lines: array[int]) -> list[list[Any]]:
+    """Rows for a COPY straight into the dataset table: the line number set aside, the geometry as EWKB."""
+    pack = _POINT_EWKB.pack
+    if point:
+        for row in batch:
+            lat = row.pop()
+            lon = row.pop()
+            lines.append(row.pop())
+            row.append(None if lon is None else pack(1, 0x20000001, 4326, lon, lat))
+    elif shape_mode:
+        for row in batch:
+            wkb = row.pop()
+            lines.append(row.pop())
+            row.append(None if wkb is None else _ewkb(wkb))
+    else:
+        for row in batch:
+            lines.append(row.pop())
+            row.append(None)
+    return batch
+
+
+_POINT_EWKB = struct.Struct("<BIIdd")
+
+
+def _ewkb(wkb: bytes) -> bytes:
+    """WKB (little-endian, from shapely) → EWKB with SRID 4326, what PostGIS's binary input reads."""
+    (kind,) = struct.unpack_from("<I", wkb, 1)
+    return wkb[:1] + struct.pack("<II", kind | 0x20000000, 4326) + wkb[5:]
+
+
+async def _check_unique_direct(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, lines: array[int]
+) -> None:
+    """Uniqueness over rows COPied straight into an empty table: _fid order is file order, so lines follow."""
+    schema = dataset.schema
+    target = dataset.table
+    keys = schema.unique_keys()
+    if not keys or not lines:
+        return
+    first_fid = int(await conn.fetchval(f"SELECT min(_fid) FROM {target}"))
+    bad: dict[int, tuple[int, str]] = {}
+    for key in keys:
+        cols = ", ".join(quote_ident(k) for k in key)
+        label = ", ".join(key)
+        not_null = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in key)
+        if not await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {not_null} GROUP BY {cols} HAVING count(*) > 1)"
+        ):
+            continue
+        rows = await conn.fetch(
+            f"""SELECT _fid, first FROM (SELECT _fid, min(_fid) OVER (PARTITION BY {cols}) AS first
+                FROM {target} WHERE {not_null}) AS s WHERE _fid <> first ORDER BY _fid"""
+        )
+        for row in rows:
+            line = lines[row["_fid"] - first_fid]
+            reason = f"duplicate value of ({label}): already on line {lines[row['first'] - first_fid]}"
+            run.error(line, label, "unique-error" if key != schema.primary_key else "primary-key", reason)
+            bad.setdefault(line, (row["_fid"], reason))
+    if not bad:
+        return
+    run.rows_rejected += len(bad)
+    if run.options.skip_invalid:
+        run.rows_staged -= len(bad)
+        ordered = sorted(bad.items())
+        await conn.execute(
+            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
+                SELECT $1, $2, r.line, $3, $4, r.reason, left(row_to_json(t)::text, 16000),
+                       octet_length(row_to_json(t)::text)
+                FROM {target} t JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS r(fid, line, reason)
+                  ON t._fid = r.fid""",
+            run.source.format,
+            run.source.label,
+            dataset.id,
+            import_id,
+            [fid for _, (fid, _) in ordered],
+            [line for line, _ in ordered],
+            [reason for _, (_, reason) in ordered],
+        )
+        await conn.execute(f"DELETE FROM {target} WHERE _fid = ANY($1::bigint[])", [fid for fid, _ in bad.values()])
+
+
+async def _finish_direct(conn: asyncpg.Connection, run: _Run, dataset: Dataset) -> dict[str, int]:
+    """Build the unique constraints and the GiST index once, now that the rows are in."""
+    try:
+        for statement in index_ddl(dataset.table_name, dataset.schema)[1]:
+            await conn.execute(statement)
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+        run.fatal = True
+        run.error(None, None, "database-error", f"the database refused the rows: {exc}")
+        return {}
+    return {"rows_inserted": run.rows_staged, "rows_updated": 0, "rows_unchanged": 0, "rows_deleted": run.rows_deleted}
 
 
 def _text(value: Any) -> str:
