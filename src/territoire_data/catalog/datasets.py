@@ -137,19 +137,20 @@ async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> N
     else:
         time_sql = "NULL::timestamptz AS t0, NULL::timestamptz AS t1"
     stats = await conn.fetchrow(
-        f"""SELECT count(*) AS n,
-                   array_agg(DISTINCT replace(ST_GeometryType(geom), 'ST_', ''))
-                       FILTER (WHERE geom IS NOT NULL) AS kinds,
-                   {time_sql}
-            FROM {target}"""
+        f"""SELECT n, kinds, t0, t1, ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax
+            FROM (SELECT count(*) AS n,
+                         array_agg(DISTINCT replace(ST_GeometryType(geom), 'ST_', ''))
+                             FILTER (WHERE geom IS NOT NULL) AS kinds,
+                         ST_Extent(geom) AS e,
+                         {time_sql}
+                  FROM {target}) AS s"""
     )
     kinds = stats["kinds"] or []
     geometry_type = None if not kinds else kinds[0] if len(kinds) == 1 else "Geometry"
     await conn.execute(
-        f"""UPDATE dataset SET row_count = $2, geometry_type = $3,
-                spatial_extent = (SELECT CASE WHEN e IS NULL THEN NULL ELSE
-                    ST_MakeEnvelope(ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e), 4326) END
-                    FROM (SELECT ST_Extent(geom) AS e FROM {target}) AS x),
+        """UPDATE dataset SET row_count = $2, geometry_type = $3,
+                spatial_extent = CASE WHEN $6::float8 IS NULL THEN NULL
+                    ELSE ST_MakeEnvelope($6::float8, $7::float8, $8::float8, $9::float8, 4326) END,
                 temporal_start = $4, temporal_end = $5, modified_at = now()
             WHERE id = $1""",
         dataset.id,
@@ -157,4 +158,8 @@ async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> N
         geometry_type,
         stats["t0"],
         stats["t1"],
+        stats["xmin"],
+        stats["ymin"],
+        stats["xmax"],
+        stats["ymax"],
     )

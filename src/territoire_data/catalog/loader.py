@@ -358,6 +358,7 @@ async def _load(
             run.rows_deleted = int(deleted.rsplit(" ", 1)[-1])
         for statement in index_ddl(dataset.table_name, schema)[0]:
             await conn.execute(statement)
+        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         await conn.set_type_codec("geometry", schema="public", encoder=bytes, decoder=bytes, format="binary")
         copy_target, copy_schema = dataset.table_name, SCHEMA
         stage_cols = [f.name for f in fields] + ["geom"]
@@ -632,18 +633,27 @@ async def _check_unique_direct(
     schema = dataset.schema
     target = dataset.table
     keys = schema.unique_keys()
-    if not keys or not lines:
+    if not keys:
+        return
+    if not lines:
+        for statement in index_ddl(dataset.table_name, schema)[1][: len(keys)]:
+            await conn.execute(statement)
         return
     first_fid = int(await conn.fetchval(f"SELECT min(_fid) FROM {target}"))
     bad: dict[int, tuple[int, str]] = {}
-    for key in keys:
+    constraints = index_ddl(dataset.table_name, schema)[1][: len(keys)]
+    failed: list[str] = []
+    for key, constraint in zip(keys, constraints, strict=True):
         cols = ", ".join(quote_ident(k) for k in key)
         label = ", ".join(key)
         not_null = " AND ".join(f"{quote_ident(k)} IS NOT NULL" for k in key)
-        if not await conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {not_null} GROUP BY {cols} HAVING count(*) > 1)"
-        ):
+        # Building the constraint is the check: only when it fails are the duplicates looked for, with lines.
+        try:
+            async with conn.transaction():
+                await conn.execute(constraint)
             continue
+        except asyncpg.UniqueViolationError:
+            failed.append(constraint)
         rows = await conn.fetch(
             f"""SELECT _fid, first FROM (SELECT _fid, min(_fid) OVER (PARTITION BY {cols}) AS first
                 FROM {target} WHERE {not_null}) AS s WHERE _fid <> first ORDER BY _fid"""
@@ -674,12 +684,15 @@ async def _check_unique_direct(
             [reason for _, (_, reason) in ordered],
         )
         await conn.execute(f"DELETE FROM {target} WHERE _fid = ANY($1::bigint[])", [fid for fid, _ in bad.values()])
+        for constraint in failed:
+            await conn.execute(constraint)
 
 
 async def _finish_direct(conn: asyncpg.Connection, run: _Run, dataset: Dataset) -> dict[str, int]:
-    """Build the unique constraints and the GiST index once, now that the rows are in."""
+    """Build the GiST index once, now that the rows are in (unique constraints were built by the check)."""
+    keys = dataset.schema.unique_keys()
     try:
-        for statement in index_ddl(dataset.table_name, dataset.schema)[1]:
+        for statement in index_ddl(dataset.table_name, dataset.schema)[1][len(keys) :]:
             await conn.execute(statement)
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
         run.fatal = True
