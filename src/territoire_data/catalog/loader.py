@@ -331,17 +331,8 @@ async def _load(
     header = run.source.header
     mapping = _column_map(schema, header, run)
     fields = schema.fields
-    plan = [
-        (index, mapping[index], build_converter(f, tz), f.required or f.name in schema.primary_key, f.name)
-        for index, f in enumerate(fields)
-    ]
-    missing = frozenset(schema.missing_values) | {""}
-    ncols = len(header)
-    nfields = len(fields)
     point = spec is not None and spec.is_point
     shape_mode = spec is not None and not spec.is_point
-    geo_index = [header.index(c) for c in spec.columns] if spec is not None and spec.columns else []
-    geo_label = ",".join(spec.columns) if spec is not None and spec.columns else "geometry"
 
     # Into an empty table (a new dataset, or replace), rows are COPied straight into it, its unique and GiST
     # indexes dropped and built once at the end; uniqueness is then checked on the table itself.
@@ -374,6 +365,62 @@ async def _load(
         await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
         await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
+    try:
+        pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
+        async for batch, rejections in _in_thread(pipeline):
+            if batch:
+                await conn.copy_records_to_table(
+                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
+                )
+                run.rows_staged += len(batch)
+            if rejections:
+                await _write_rejections(conn, rejections)
+    finally:
+        if direct:
+            await conn.reset_type_codec("geometry", schema="public")
+    run.lap("read_validate_copy_s")
+    if run.stopped_early:
+        return {}
+    # Even a refused file gets its uniqueness checked, so that one report lists every problem.
+    if direct:
+        await _check_unique_direct(conn, run, dataset, import_id, lines_loaded)
+    else:
+        await _check_unique(conn, run, dataset, import_id)
+    run.lap("unique_checks_s")
+    if run.refused:
+        return {}
+    counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
+    run.lap("merge_and_indexes_s")
+    return counts
+
+
+def _pipeline(
+    run: _Run,
+    dataset: Dataset,
+    spec: GeometrySpec | None,
+    projection: Reprojector,
+    records: Iterator[Record],
+    tz: ZoneInfo,
+    import_id: int,
+    mapping: list[int],
+    direct: bool,
+    lines_loaded: array[int],
+) -> Iterator[tuple[list[list[Any]], list[tuple[Any, ...]]]]:
+    """Records → validated batches ready to COPY, with their rejections (CPU only: runs beside the COPYs)."""
+    schema = dataset.schema
+    header = run.source.header
+    fields = schema.fields
+    plan = [
+        (index, mapping[index], build_converter(f, tz), f.required or f.name in schema.primary_key, f.name)
+        for index, f in enumerate(fields)
+    ]
+    missing = frozenset(schema.missing_values) | {""}
+    ncols = len(header)
+    nfields = len(fields)
+    point = spec is not None and spec.is_point
+    shape_mode = spec is not None and not spec.is_point
+    geo_index = [header.index(c) for c in spec.columns] if spec is not None and spec.columns else []
+    geo_label = ",".join(spec.columns) if spec is not None and spec.columns else "geometry"
     fast = compile_row(list(fields), mapping, tz, missing, schema.primary_key)
 
     def slow(cells: list[str]) -> tuple[list[Any], list[tuple[str, str, str]] | None]:
@@ -476,32 +523,7 @@ async def _load(
         kept = _geometries(run, batch, point, shape_mode, projection, geo_label, reject)
         return _direct_rows(kept, point, shape_mode, lines_loaded) if direct else kept
 
-    try:
-        async for batch, rejections in _in_thread(produce()):
-            if batch:
-                await conn.copy_records_to_table(
-                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
-                )
-                run.rows_staged += len(batch)
-            if rejections:
-                await _write_rejections(conn, rejections)
-    finally:
-        if direct:
-            await conn.reset_type_codec("geometry", schema="public")
-    run.lap("read_validate_copy_s")
-    if run.stopped_early:
-        return {}
-    # Even a refused file gets its uniqueness checked, so that one report lists every problem.
-    if direct:
-        await _check_unique_direct(conn, run, dataset, import_id, lines_loaded)
-    else:
-        await _check_unique(conn, run, dataset, import_id)
-    run.lap("unique_checks_s")
-    if run.refused:
-        return {}
-    counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
-    run.lap("merge_and_indexes_s")
-    return counts
+    return produce()
 
 
 def _geometries(
