@@ -363,3 +363,35 @@ async def test_cp1252_lambert93_french_values_crlf_no_final_newline(db: asyncpg.
     orleans = await db.fetchrow(f"""SELECT "Relevé" AS r, "Puissance" AS p FROM {table} WHERE "Nom" LIKE 'Gare%'""")
     assert orleans["r"].isoformat() == "2022-10-30T01:30:00+00:00"
     assert orleans["p"] is None
+
+
+# --- big files: validation in a child process, COPY text -----------------------------------------------------
+
+
+async def test_child_process_path_gives_the_same_rows_and_reports(db: asyncpg.Connection, tmp_path: Path) -> None:
+    report = await load(db, CSV / "paris_sanisettes.csv", "child", create=True, parallel_min_bytes=0)
+    assert report["timings"]["parallel"] == 1
+    assert report["rows_inserted"] == 615
+    x, y = await point(db, "child", "\"ADRESSE\" = '92102  RUE BLOMET'")
+    assert (x, y) == pytest.approx((2.300280980817689, 48.84090598651907), abs=1e-12)
+    table = await table_of(db, "child")
+    # Text with the COPY format's special characters survives the trip.
+    tricky = tmp_path / "tricky.csv"
+    tricky.write_text('id;texte;quand;ok\n1;"tab\there\\back";2024-03-31T02:30:00+02:00;oui\n2;"deux\nlignes";;non\n')
+    await load(db, tricky, "tricky", create=True, parallel_min_bytes=0)
+    rows = await db.fetch(f"SELECT texte, quand, ok FROM {await table_of(db, 'tricky')} ORDER BY id")
+    assert [r["texte"] for r in rows] == ["tab\there\\back", "deux\nlignes"]
+    assert rows[0]["quand"].isoformat() == "2024-03-31T00:30:00+00:00"
+    assert [r["ok"] for r in rows] == [True, False]
+    assert await db.fetchval(f"SELECT count(*) FROM {table}") == 615
+
+    await load(db, STATIONNEMENT_CSV, "parkings", schema=STATIONNEMENT, create=True)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(BAD_PARKINGS, encoding="utf-8")
+    with pytest.raises(ImportFailedError) as in_process:
+        await load(db, bad, "parkings", mode="replace")
+    with pytest.raises(ImportFailedError) as in_child:
+        await load(db, bad, "parkings", mode="replace", parallel_min_bytes=0)
+    assert in_child.value.report["errors"] == in_process.value.report["errors"]
+    assert len(in_child.value.report["errors"]) == 6
+    assert await db.fetchval(f"SELECT count(*) FROM {await table_of(db, 'parkings')}") == 2

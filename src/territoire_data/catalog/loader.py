@@ -35,6 +35,7 @@ from territoire_data.catalog.datasets import (
     index_ddl,
     refresh_dataset_stats,
 )
+from territoire_data.catalog.parallel import copy_from_child
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter, compile_row
@@ -84,6 +85,7 @@ class ImportOptions:
     batch_size: int = 10_000
     sample_rows: int = 10_000
     max_errors: int = 1_000
+    parallel_min_bytes: int = 32 * 1024 * 1024  # bigger CSV files into an empty table: validated in a child process
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
 
 
@@ -365,19 +367,41 @@ async def _load(
         await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
         await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
-    try:
-        pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
-        async for batch, rejections in _in_thread(pipeline):
-            if batch:
-                await conn.copy_records_to_table(
-                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
-                )
-                run.rows_staged += len(batch)
-            if rejections:
-                await _write_rejections(conn, rejections)
-    finally:
-        if direct:
+    parallel = (
+        direct
+        and isinstance(run.source, CsvSource)
+        and not run.options.skip_invalid
+        and run.source.file.path.stat().st_size >= run.options.parallel_min_bytes
+    )
+    if parallel:
+        assert isinstance(run.source, CsvSource)
+        job = {
+            "path": str(run.source.file.path),
+            "label": run.source.label,
+            "delimiter": run.source.file.dialect.delimiter,
+            "encoding": run.source.file.dialect.encoding,
+            "options": run.options,
+            "dataset": dataset,
+            "spec": spec,
+            "crs": projection.crs,
+            "tz": tz,
+            "import_id": import_id,
+            "mapping": mapping,
+        }
+        try:
+            outcome = await copy_from_child(conn, job, table=copy_target, schema=SCHEMA, columns=stage_cols)
+        finally:
             await conn.reset_type_codec("geometry", schema="public")
+        run.errors, run.error_count = outcome["errors"], outcome["error_count"]
+        run.rows_read, run.rows_rejected = outcome["rows_read"], outcome["rows_rejected"]
+        run.stopped_early, run.rows_staged = outcome["stopped_early"], outcome["rows_staged"]
+        lines_loaded.frombytes(outcome["lines"])
+        run.timings["parallel"] = 1
+    else:
+        await _load_in_process(
+            conn, run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded,
+            copy_target, copy_schema, stage_cols,
+        )  # fmt: skip
     run.lap("read_validate_copy_s")
     if run.stopped_early:
         return {}
@@ -392,6 +416,38 @@ async def _load(
     counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
     run.lap("merge_and_indexes_s")
     return counts
+
+
+async def _load_in_process(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    spec: GeometrySpec | None,
+    projection: Reprojector,
+    records: Iterator[Record],
+    tz: ZoneInfo,
+    import_id: int,
+    mapping: list[int],
+    direct: bool,
+    lines_loaded: array[int],
+    copy_target: str,
+    copy_schema: str | None,
+    stage_cols: list[str],
+) -> None:
+    """Validate in a thread of this process while the batches are COPied (small files, appends, skip mode)."""
+    try:
+        pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
+        async for batch, rejections in _in_thread(pipeline):
+            if batch:
+                await conn.copy_records_to_table(
+                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
+                )
+                run.rows_staged += len(batch)
+            if rejections:
+                await _write_rejections(conn, rejections)
+    finally:
+        if direct:
+            await conn.reset_type_codec("geometry", schema="public")
 
 
 def _pipeline(
