@@ -461,6 +461,7 @@ def _pipeline(
     mapping: list[int],
     direct: bool,
     lines_loaded: array[int],
+    fast_row: Callable[[list[str]], list[Any]] | None = None,
 ) -> Iterator[tuple[list[list[Any]], list[tuple[Any, ...]]]]:
     """Records → validated batches ready to COPY, with their rejections (CPU only: runs beside the COPYs)."""
     schema = dataset.schema
@@ -477,7 +478,7 @@ def _pipeline(
     shape_mode = spec is not None and not spec.is_point
     geo_index = [header.index(c) for c in spec.columns] if spec is not None and spec.columns else []
     geo_label = ",".join(spec.columns) if spec is not None and spec.columns else "geometry"
-    fast = compile_row(list(fields), mapping, tz, missing, schema.primary_key)
+    fast = fast_row or compile_row(list(fields), mapping, tz, missing, schema.primary_key)
 
     def slow(cells: list[str]) -> tuple[list[Any], list[tuple[str, str, str]] | None]:
         """Cell by cell, collecting every problem of the row with its column and reason."""

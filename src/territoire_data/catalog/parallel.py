@@ -10,9 +10,10 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import re
 from array import array
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime, time
+from datetime import datetime, tzinfo
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,6 +23,7 @@ from territoire_data.catalog.schema import FieldDef
 
 logger = logging.getLogger(__name__)
 
+_NULL = "\\N"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -37,37 +39,138 @@ def _number(value: float) -> str:
     return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
 
 
-def _boolean(value: bool) -> str:
-    return "t" if value else "f"
+def row_formatter(fields: tuple[FieldDef, ...]) -> Callable[[list[Any]], str]:
+    """A row (field values then EWKB geometry) → one line of PostgreSQL's COPY text format.
+
+    Generated as one f-string per schema (only column indexes and our own helpers in it): a row costs one call.
+    """
+    namespace: dict[str, Any] = {"_t": _text, "_n": _number, "_NULL": "\\N"}
+    parts: list[str] = []
+    kinds = [f.type for f in fields] + ["geometry"]
+    for index, kind in enumerate(kinds):
+        value = f"r[{index}]"
+        if kind in ("integer", "year"):
+            text = f"str({value})"
+        elif kind == "number":
+            text = f"_n({value})"
+        elif kind == "boolean":
+            text = f"('t' if {value} else 'f')"
+        elif kind in ("date", "datetime", "time"):
+            text = f"{value}.isoformat()"
+        elif kind == "geometry":
+            text = f"{value}.hex()"
+        else:
+            text = f"_t({value})"
+        parts.append(f"{{_NULL if {value} is None else {text}}}")
+    source = 'def line(r):\n    return f"' + "\\t".join(parts) + '\\n"\n'
+    exec(source, namespace)  # noqa: S102 - our own code, built from column indexes only
+    function: Callable[[list[Any]], str] = namespace["line"]
+    return function
 
 
-def _iso(value: date | datetime | time) -> str:
-    return value.isoformat()
+def compile_text_row(
+    fields: tuple[FieldDef, ...],
+    mapping: list[int],
+    default_tz: tzinfo,
+    missing: frozenset[str],
+    primary_key: tuple[str, ...],
+    keep: tuple[int, ...],
+) -> Callable[[list[str]], list[Any]]:
+    """The hot path of the child: a valid row's cells → its COPY text (without geometry), in one call.
+
+    Returns a list shaped like the pipeline's rows: the values of the fields in `keep` (lon/lat reused for the
+    geometry) at their index, None elsewhere, and the text line last. Anything unusual raises: the caller
+    then takes the careful path, which reports each problem precisely.
+    """
+    from territoire_data.catalog.validate import _Slow, build_converter
+
+    namespace: dict[str, Any] = {
+        "_Slow": _Slow,
+        "_MISSING": missing,
+        "_iso": datetime.fromisoformat,
+        "_tz": default_tz,
+        "_t": _text,
+        "_NULL": "\\N",
+    }
+    body = ["def text_row(cells):"]
+    texts: list[str] = []
+    for index, (f, column) in enumerate(zip(fields, mapping, strict=True)):
+        text = f"t{index}"
+        texts.append(text)
+        required = f.required or f.name in primary_key
+        if column < 0:
+            body.append("    raise _Slow" if required else f"    {text} = _NULL")
+            continue
+        body.append(f"    x = cells[{column}]")
+        body.append("    if x in _MISSING or x.isspace():")
+        body.append("        raise _Slow" if required else f"        {text} = _NULL")
+        if index in keep:
+            body.append(f"        v{index} = None")
+        body.append("    else:")
+        constraints = set(f.constraints) - {"required", "unique"}
+        if (
+            f.type == "string"
+            and constraints <= {"enum", "pattern", "minLength", "maxLength"}
+            and f.format
+            in (
+                None,
+                "default",
+            )
+        ):
+            if "enum" in constraints:
+                namespace[f"_e{index}"] = frozenset(str(item) for item in f.constraints["enum"])
+                body += [f"        if x not in _e{index}:", "            raise _Slow"]
+            if "pattern" in constraints:
+                namespace[f"_p{index}"] = re.compile(f.constraints["pattern"]).fullmatch
+                body += [f"        if _p{index}(x) is None:", "            raise _Slow"]
+            for key, op in (("minLength", "<"), ("maxLength", ">")):
+                if key in constraints:
+                    body += [f"        if len(x) {op} {int(f.constraints[key])}:", "            raise _Slow"]
+            body.append(f"        {text} = _t(x)")
+        elif f.type in ("number", "integer") and constraints <= {"minimum", "maximum"}:
+            body += ["        if '_' in x or not x.isascii():", "            raise _Slow"]
+            if f.type == "number":
+                body += [f"        {text} = x.replace(',', '.')", f"        v{index} = float({text})"]
+            else:
+                body += [f"        {text} = x", f"        v{index} = int(x)"]
+            for key, op in (("minimum", "<"), ("maximum", ">")):
+                if key in f.constraints:
+                    namespace[f"_b{index}{key[:3]}"] = float(f.constraints[key])
+                    body += [f"        if v{index} {op} _b{index}{key[:3]}:", "            raise _Slow"]
+        elif f.type == "datetime" and not constraints and f.format in (None, "default", "any"):
+            body += [
+                "        v = _iso(x)",
+                "        if v.tzinfo is None:",
+                "            v = v.replace(tzinfo=_tz)",
+                f"        {text} = v.isoformat()",
+            ]
+        else:
+            namespace[f"_c{index}"] = build_converter(f, default_tz)
+            namespace[f"_f{index}"] = _FORMAT.get(f.type, _text)
+            body.append(f"        {text} = _f{index}(_c{index}(x))")
+    values = ["None"] * len(fields)
+    for index in keep:
+        values[index] = f"v{index}"
+    line = "\\t".join("{" + t + "}" for t in texts)
+    body.append(f'    return [{", ".join(values)}, f"{line}"]')
+    exec("\n".join(body), namespace)  # noqa: S102 - our own code, built from column indexes only
+    function: Callable[[list[str]], list[Any]] = namespace["text_row"]
+    return function
 
 
-def _hex(value: bytes) -> str:
-    return value.hex()
+def _iso_text(value: Any) -> str:
+    return str(value.isoformat())
 
 
-_FORMATTERS: dict[str, Callable[[Any], str]] = {
+_FORMAT: dict[str, Callable[[Any], str]] = {
     "integer": str,
     "year": str,
     "number": _number,
-    "boolean": _boolean,
-    "date": _iso,
-    "datetime": _iso,
-    "time": _iso,
+    "boolean": lambda value: "t" if value else "f",
+    "date": _iso_text,
+    "datetime": _iso_text,
+    "time": _iso_text,
 }
-
-
-def row_formatter(fields: tuple[FieldDef, ...]) -> Callable[[list[Any]], str]:
-    """A row (field values then EWKB geometry) → one line of PostgreSQL's COPY text format."""
-    formatters = [_FORMATTERS.get(f.type, _text) for f in fields] + [_hex]
-
-    def line(row: list[Any]) -> str:
-        return "\t".join(["\\N" if v is None else f(v) for f, v in zip(formatters, row, strict=True)]) + "\n"
-
-    return line
 
 
 def _child(channel: Connection, job: dict[str, Any]) -> None:
@@ -81,6 +184,19 @@ def _child(channel: Connection, job: dict[str, Any]) -> None:
         source = CsvSource(job["path"], label=job["label"], delimiter=job["delimiter"], encoding=job["encoding"])
         run = _Run(source, job["options"])
         lines = array("q")
+        dataset = job["dataset"]
+        fields = dataset.schema.fields
+        names = [f.name for f in fields]
+        spec = job["spec"]
+        keep: tuple[int, ...] = ()
+        if (
+            spec is not None
+            and spec.kind == "lonlat"
+            and all(c in names and fields[names.index(c)].type == "number" for c in spec.columns)
+        ):
+            keep = tuple(names.index(c) for c in spec.columns)
+        missing = frozenset(dataset.schema.missing_values) | {""}
+        fast = compile_text_row(fields, job["mapping"], job["tz"], missing, dataset.schema.primary_key, keep)
         pipeline = _pipeline(
             run,
             job["dataset"],
@@ -92,11 +208,17 @@ def _child(channel: Connection, job: dict[str, Any]) -> None:
             job["mapping"],
             True,
             lines,
+            fast,
         )
-        line = row_formatter(job["dataset"].schema.fields)
+        line = row_formatter(fields)
+        prefab = len(fields) + 2
         for rows, _ in pipeline:
             if rows:
-                channel.send_bytes("".join(map(line, rows)).encode("utf-8"))
+                text = "".join(
+                    f"{row[-2]}\t{_NULL if row[-1] is None else row[-1].hex()}\n" if len(row) == prefab else line(row)
+                    for row in rows
+                )
+                channel.send_bytes(text.encode("utf-8"))
         channel.send_bytes(b"")
         channel.send(
             {

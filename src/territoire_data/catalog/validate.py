@@ -305,7 +305,28 @@ def compile_row(
         lines.append("        raise _Slow" if required else f"        {value} = None")
         lines.append("    else:")
         constraints = set(f.constraints) - {"required", "unique"}
-        if f.type == "string" and not constraints and f.format in (None, "default"):
+        if (
+            f.type == "string"
+            and constraints <= {"enum", "pattern", "minLength", "maxLength"}
+            and f.format
+            in (
+                None,
+                "default",
+            )
+        ):
+            # Checks inlined; a failing one sends the row to the careful path, which says why.
+            if "enum" in constraints:
+                namespace[f"_e{index}"] = frozenset(str(item) for item in f.constraints["enum"])
+                lines.append(f"        if x not in _e{index}:")
+                lines.append("            raise _Slow")
+            if "pattern" in constraints:
+                namespace[f"_p{index}"] = re.compile(f.constraints["pattern"]).fullmatch
+                lines.append(f"        if _p{index}(x) is None:")
+                lines.append("            raise _Slow")
+            for key, op in (("minLength", "<"), ("maxLength", ">")):
+                if key in constraints:
+                    lines.append(f"        if len(x) {op} {int(f.constraints[key])}:")
+                    lines.append("            raise _Slow")
             lines.append(f"        {value} = x")
         elif f.type in ("number", "integer") and constraints <= {"minimum", "maximum"}:
             cast = "float(x.replace(',', '.'))" if f.type == "number" else "int(x)"
