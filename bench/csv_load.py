@@ -62,15 +62,22 @@ def generate(path: Path, rows: int) -> None:
         out.writelines(chunk)
 
 
+LAST_STDOUT: list[bytes] = []
+
+
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run a command, return (seconds, peak resident memory in MB) of that process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[0]} failed: {stderr[-2000:]}")
+    """Run a command, return (seconds, peak resident memory in MB of it and the children it waited for)."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{command[0]} failed: {stderr[-2000:]}")
+        out.seek(0)
+        LAST_STDOUT[:] = [out.read()]
+    print(f"  {command[0].rsplit('/', 1)[-1]}: {elapsed:.2f}s wall, {usage.ru_utime + usage.ru_stime:.2f}s CPU")
     return elapsed, usage.ru_maxrss // 1024
 
 
@@ -159,6 +166,8 @@ def main() -> None:
                 env,
             )  # fmt: skip
             asyncio.run(check(url, 'datasets."ds_1"', args.rows))
+            report = json.loads(LAST_STDOUT[0])
+            print(f"  our phases: {report['timings']}")
         if args.only in (None, "ogr2ogr"):
             parts = urlsplit(url)
             pg = f"PG:host={parts.hostname} port={parts.port or 5432} user={parts.username} dbname={name}"
