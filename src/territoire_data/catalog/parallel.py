@@ -138,11 +138,15 @@ def compile_text_row(
                     namespace[f"_b{index}{key[:3]}"] = float(f.constraints[key])
                     body += [f"        if v{index} {op} _b{index}{key[:3]}:", "            raise _Slow"]
         elif f.type == "datetime" and not constraints and f.format in (None, "default", "any"):
+            # A canonical `YYYY-MM-DDTHH:MM:SS+HH:MM` cell goes through as written (PostgreSQL reads it the same).
             body += [
                 "        v = _iso(x)",
                 "        if v.tzinfo is None:",
-                "            v = v.replace(tzinfo=_tz)",
-                f"        {text} = v.isoformat()",
+                f"            {text} = v.replace(tzinfo=_tz).isoformat()",
+                "        elif len(x) == 25 and x[10] == 'T' and x[22] == ':':",
+                f"            {text} = x",
+                "        else:",
+                f"            {text} = v.isoformat()",
             ]
         else:
             namespace[f"_c{index}"] = build_converter(f, default_tz)

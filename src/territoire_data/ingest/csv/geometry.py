@@ -225,24 +225,29 @@ class Reprojector:
 
     def points(self, xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float], list[str | None]]:
         """Reproject a batch; the third list gives, per point, why it is refused (None when accepted)."""
+        import numpy as np
+
+        x = np.asarray(xs, dtype=np.float64)
+        y = np.asarray(ys, dtype=np.float64)
         if self.transformer is not None:
-            lons, lats = self.transformer.transform(list(xs), list(ys), errcheck=False)
-            lons, lats = list(lons), list(lats)
+            lon, lat = self.transformer.transform(x, y, errcheck=False)
+            lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
         else:
-            lons, lats = list(xs), list(ys)
+            lon, lat = x, y
         west, south, east, north = self.bounds
-        reasons: list[str | None] = []
-        for lon, lat, x, y in zip(lons, lats, xs, ys, strict=True):
-            if not (math.isfinite(lon) and math.isfinite(lat)):
-                reasons.append(f"coordinates ({x:g}, {y:g}) cannot be transformed from {self.crs}")
-            elif not self._inside(lon, lat):
-                reasons.append(
-                    f"coordinates ({x:g}, {y:g}) in {self.crs} fall outside the CRS's area of use "
+        finite = np.isfinite(lon) & np.isfinite(lat)
+        inside = finite & (lat >= south) & (lat <= north)
+        inside &= ((lon >= west) & (lon <= east)) if west <= east else ((lon >= west) | (lon <= east))
+        reasons: list[str | None] = [None] * len(x)
+        for index in np.flatnonzero(~inside).tolist():
+            if not finite[index]:
+                reasons[index] = f"coordinates ({x[index]:g}, {y[index]:g}) cannot be transformed from {self.crs}"
+            else:
+                reasons[index] = (
+                    f"coordinates ({x[index]:g}, {y[index]:g}) in {self.crs} fall outside the CRS's area of use "
                     f"(lon {west:g}..{east:g}, lat {south:g}..{north:g})"
                 )
-            else:
-                reasons.append(None)
-        return lons, lats, reasons
+        return lon.tolist(), lat.tolist(), reasons
 
     def _inside(self, lon: float, lat: float) -> bool:
         west, south, east, north = self.bounds
