@@ -158,3 +158,19 @@ def test_compiled_rows_agree_with_the_careful_path(cells: list[str]) -> None:
         return
     assert not problems, f"the compiled row accepted an invalid row: {cells}"
     assert quick == careful
+
+
+def test_line_map_keeps_breakpoints_only() -> None:
+    from territoire_data.catalog.loader import LineMap
+
+    lines = LineMap()
+    expected = [2, 3, 4, 6, 7, 9, 10, 11]  # line 5 rejected, a cell of line 7 ran onto line 8
+    for line in expected:
+        lines.append(line)
+    assert [lines[i] for i in range(len(lines))] == expected
+    assert len(lines.starts) == 3
+    clean = LineMap()
+    for line in range(2, 100_002):
+        clean.append(line)
+    assert len(clean.starts) == 1
+    assert clean[99_999] == 100_001

@@ -15,7 +15,7 @@ import queue
 import struct
 import threading
 import time
-from array import array
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +87,32 @@ class ImportOptions:
     max_errors: int = 1_000
     parallel_min_bytes: int = 32 * 1024 * 1024  # bigger CSV files into an empty table: validated in a child process
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
+
+
+class LineMap:
+    """File line of each row loaded, in load order, in memory proportional to the irregularities only.
+
+    Rows usually follow each other one line apart; only where the gap changes (a rejected row, a blank line, a
+    cell spanning lines) is a breakpoint kept, so a clean file of any size costs a few bytes.
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.offsets: list[int] = []
+        self.count = 0
+
+    def append(self, line: int) -> None:
+        offset = line - self.count
+        if not self.offsets or self.offsets[-1] != offset:
+            self.starts.append(self.count)
+            self.offsets.append(offset)
+        self.count += 1
+
+    def __getitem__(self, index: int) -> int:
+        return index + self.offsets[bisect_right(self.starts, index) - 1]
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class ImportFailedError(ValidationFailedError):
@@ -343,7 +369,7 @@ async def _load(
         and not (shape_mode and run.options.invalid_geometry == "repair")
         and (run.options.mode == "replace" or not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {dataset.table})"))
     )
-    lines_loaded = array("q")
+    lines_loaded = LineMap()
     if direct:
         run.direct = True
         if run.options.mode == "replace":
@@ -395,7 +421,7 @@ async def _load(
         run.errors, run.error_count = outcome["errors"], outcome["error_count"]
         run.rows_read, run.rows_rejected = outcome["rows_read"], outcome["rows_rejected"]
         run.stopped_early, run.rows_staged = outcome["stopped_early"], outcome["rows_staged"]
-        lines_loaded.frombytes(outcome["lines"])
+        lines_loaded = outcome["lines"]
         run.timings["parallel"] = 1
     else:
         await _load_in_process(
@@ -429,7 +455,7 @@ async def _load_in_process(
     import_id: int,
     mapping: list[int],
     direct: bool,
-    lines_loaded: array[int],
+    lines_loaded: LineMap,
     copy_target: str,
     copy_schema: str | None,
     stage_cols: list[str],
@@ -460,7 +486,7 @@ def _pipeline(
     import_id: int,
     mapping: list[int],
     direct: bool,
-    lines_loaded: array[int],
+    lines_loaded: LineMap,
     fast_row: Callable[[list[str]], list[Any]] | None = None,
 ) -> Iterator[tuple[list[list[Any]], list[tuple[Any, ...]]]]:
     """Records → validated batches ready to COPY, with their rejections (CPU only: runs beside the COPYs)."""
@@ -675,7 +701,7 @@ async def _in_thread(items: Iterator[Any], depth: int = 2) -> AsyncIterator[Any]
         thread.join()
 
 
-def _direct_rows(batch: list[list[Any]], point: bool, shape_mode: bool, lines: array[int]) -> list[list[Any]]:
+def _direct_rows(batch: list[list[Any]], point: bool, shape_mode: bool, lines: LineMap) -> list[list[Any]]:
     """Rows for a COPY straight into the dataset table: the line number set aside, the geometry as EWKB."""
     pack = _POINT_EWKB.pack
     if point:
@@ -706,7 +732,7 @@ def _ewkb(wkb: bytes) -> bytes:
 
 
 async def _check_unique_direct(
-    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, lines: array[int]
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, lines: LineMap
 ) -> None:
     """Uniqueness over rows COPied straight into an empty table: _fid order is file order, so lines follow."""
     schema = dataset.schema

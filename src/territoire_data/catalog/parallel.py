@@ -11,7 +11,6 @@ import logging
 import math
 import multiprocessing
 import re
-from array import array
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, tzinfo
 from multiprocessing.connection import Connection
@@ -179,7 +178,7 @@ _FORMAT: dict[str, Callable[[Any], str]] = {
 
 def _child(channel: Connection, job: dict[str, Any]) -> None:
     """In the child process: read and validate the file, send COPY text batches, then the run's outcome."""
-    from territoire_data.catalog.loader import _pipeline, _Run
+    from territoire_data.catalog.loader import LineMap, _pipeline, _Run
     from territoire_data.catalog.sources import CsvSource
     from territoire_data.ingest.csv.geometry import reprojector
 
@@ -187,7 +186,7 @@ def _child(channel: Connection, job: dict[str, Any]) -> None:
     try:
         source = CsvSource(job["path"], label=job["label"], delimiter=job["delimiter"], encoding=job["encoding"])
         run = _Run(source, job["options"])
-        lines = array("q")
+        lines = LineMap()
         dataset = job["dataset"]
         fields = dataset.schema.fields
         names = [f.name for f in fields]
@@ -231,7 +230,7 @@ def _child(channel: Connection, job: dict[str, Any]) -> None:
                 "rows_read": run.rows_read,
                 "rows_rejected": run.rows_rejected,
                 "stopped_early": run.stopped_early,
-                "lines": lines.tobytes(),
+                "lines": lines,
             }
         )
     except BaseException as exc:

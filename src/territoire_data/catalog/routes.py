@@ -17,6 +17,7 @@ import anyio
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from territoire_data.auth.policy import ANONYMOUS, Principal, dataset_visible_sql
@@ -24,8 +25,7 @@ from territoire_data.catalog.datasets import DatasetMeta, check_slug
 from territoire_data.catalog.loader import MODES, ImportOptions, import_with_settings
 from territoire_data.catalog.schema import parse_table_schema
 from territoire_data.catalog.sources import CsvSource, RowSource
-from territoire_data.db.engine import connect_raw
-from territoire_data.deps import SettingsDep
+from territoire_data.deps import ConnDep, SettingsDep
 from territoire_data.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
 from territoire_data.ingest.geojson import GeoJsonSource
 from territoire_data.settings import Settings
@@ -188,22 +188,21 @@ async def get_import(
     slug: str,
     import_id: int,
     settings: SettingsDep,
+    conn: ConnDep,
     authorization: Annotated[str | None, Header()] = None,
     limit_errors: Annotated[int, Query(ge=0, le=10_000, description="errors listed at most")] = 1000,
 ) -> dict[str, Any]:
     principal = principal_from(settings, authorization)
-    conn = await connect_raw(settings, application_name="api")
-    try:
-        row = await conn.fetchrow(
+    result = await conn.execute(
+        text(
             f"""SELECT i.id, i.status, i.source, i.mode, i.rows_read, i.rows_loaded, i.rows_rejected,
                        i.report::text AS report, i.started_at, i.finished_at
                 FROM dataset_import i JOIN dataset d ON d.id = i.dataset_id
-                WHERE d.slug = $1 AND i.id = $2 AND {dataset_visible_sql(principal, "d")}""",  # noqa: S608
-            slug,
-            import_id,
-        )
-    finally:
-        await conn.close()
+                WHERE d.slug = :slug AND i.id = :import_id AND {dataset_visible_sql(principal, "d")}"""  # noqa: S608
+        ),
+        {"slug": slug, "import_id": import_id},
+    )
+    row = result.mappings().first()
     if row is None:
         raise NotFoundError(f"no import {import_id} for dataset {slug!r}")
     report = orjson.loads(row["report"])
