@@ -143,7 +143,7 @@ def main() -> None:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install gdal-bin postgresql-client)")
 
-    workdir = Path(tempfile.mkdtemp(prefix="td-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="td-csvbench-"))
     data = workdir / "bench.csv"
     schema = workdir / "schema.json"
     schema.write_text(json.dumps(SCHEMA))
