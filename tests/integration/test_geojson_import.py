@@ -76,6 +76,7 @@ async def test_newline_delimited_mixed_and_invalid_geometries(db: asyncpg.Connec
         ),
         feature({"id": 3, "ok": None, "note": "papillon"}, BOWTIE),
         feature({"id": 4, "ok": True, "note": None}, None),
+        feature({"id": 5, "ok": True, "note": "3D"}, {"type": "Point", "coordinates": [2.35, 48.85, 35.0]}),
     ]
     path.write_text("\n".join(json.dumps(f) for f in lines), encoding="utf-8")
     with pytest.raises(ImportFailedError) as info:
@@ -85,11 +86,17 @@ async def test_newline_delimited_mixed_and_invalid_geometries(db: asyncpg.Connec
     assert error["reason"].startswith("invalid geometry: Self-intersection")
     report = await import_geojson(db, path, "mixte", ImportOptions(create=True, invalid_geometry="repair"))
     assert report["dialect"]["kind"] == "GeoJSONSeq"
-    assert report["rows_inserted"] == 4
+    assert report["rows_inserted"] == 5
     assert [f["type"] for f in report["table_schema"]["fields"]] == ["integer", "boolean", "string"]
     table = "datasets." + await db.fetchval("SELECT table_name FROM dataset")
     kinds = await db.fetch(f"SELECT id, GeometryType(geom) AS k, ST_IsValid(geom) AS v FROM {table} ORDER BY id")
-    assert [(r["id"], r["k"]) for r in kinds] == [(1, "POINT"), (2, "LINESTRING"), (3, "MULTIPOLYGON"), (4, None)]
+    assert [(r["id"], r["k"]) for r in kinds] == [
+        (1, "POINT"),
+        (2, "LINESTRING"),
+        (3, "MULTIPOLYGON"),
+        (4, None),
+        (5, "POINT"),  # heights are dropped: the column is 2D
+    ]
     assert all(r["v"] is not False for r in kinds)
     assert await db.fetchval("SELECT geometry_type FROM dataset") == "Geometry"
 
@@ -136,3 +143,22 @@ def test_streaming_reads_features_across_small_chunks(tmp_path: Path, monkeypatc
     assert lines == sorted(lines)
     assert lines[0] == 4  # pretty-printed: the first feature opens on line 4
     assert records[299][2]["coordinates"] == [0.299, 45]
+
+
+async def test_direct_load_of_shapes_with_heights(db: asyncpg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "shapes.geojson"
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            feature({"n": 1}, {"type": "Polygon", "coordinates": [[[2, 48, 1], [3, 48, 1], [3, 49, 1], [2, 48, 1]]]}),
+            feature({"n": 2}, {"type": "MultiPoint", "coordinates": [[2.1, 48.1, 5], [2.2, 48.2, 6]]}),
+        ],
+    }
+    path.write_text(json.dumps(collection), encoding="utf-8")
+    report = await import_geojson(db, path, "formes", ImportOptions(create=True))
+    assert report["rows_inserted"] == 2
+    table = "datasets." + await db.fetchval("SELECT table_name FROM dataset")
+    rows = await db.fetch(
+        f"SELECT n, GeometryType(geom) AS k, ST_NDims(geom) AS d, ST_SRID(geom) AS s FROM {table} ORDER BY n"
+    )
+    assert [(r["k"], r["d"], r["s"]) for r in rows] == [("POLYGON", 2, 4326), ("MULTIPOINT", 2, 4326)]

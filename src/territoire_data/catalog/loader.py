@@ -648,7 +648,7 @@ def _geometries(
                 run.error(row[-2], geo_label, "geometry-error", reason)
                 reject(row[-2], [_text(v) for v in row[:-2]], reason)
                 continue
-            row[-1] = shapely.to_wkb(reprojected)
+            row[-1] = shapely.to_wkb(reprojected, output_dimension=2, byte_order=1)
             keep.append(row)
     return keep
 
