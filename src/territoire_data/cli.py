@@ -135,6 +135,170 @@ def sta_mqtt() -> None:
     asyncio.run(run())
 
 
+ModeOption = Annotated[str, typer.Option(help="append | upsert (needs a primaryKey) | replace")]
+CrsOption = Annotated[str | None, typer.Option(help="CRS of the coordinates, e.g. EPSG:2154 (default WGS84)")]
+SkipOption = Annotated[bool, typer.Option("--skip-invalid", help="Load good rows, set bad ones aside")]
+TitleOption = Annotated[str | None, typer.Option(help="Title of a created dataset")]
+TimezoneOption = Annotated[str, typer.Option(help="Time zone of datetimes without offset")]
+SchemaOption = Annotated[str | None, typer.Option(help="Table Schema JSON (schema.data.gouv.fr format)")]
+CreateOption = Annotated[bool, typer.Option("--create", help="Create the dataset if missing")]
+
+
+def _file_options(
+    *,
+    schema: str | None,
+    create: bool,
+    crs: str | None,
+    mode: str,
+    skip_invalid: bool,
+    title: str | None,
+    timezone: str,
+    invalid_geometry: str = "reject",
+    lon: str | None = None,
+    lat: str | None = None,
+    latlon: str | None = None,
+    wkt: str | None = None,
+    geojson_column: str | None = None,
+    no_geometry: bool = False,
+) -> Any:
+    from territoire_data.catalog.datasets import DatasetMeta
+    from territoire_data.catalog.loader import MODES, ImportOptions, load_schema_file
+    from territoire_data.errors import BadRequestError
+    from territoire_data.ingest.csv.geometry import GeometrySpec
+
+    if mode not in MODES:
+        raise BadRequestError(f"--mode must be one of {', '.join(MODES)}")
+    if invalid_geometry not in ("repair", "reject"):
+        raise BadRequestError("--invalid-geometry must be repair or reject")
+    spec: GeometrySpec | None = None
+    if lon or lat:
+        if not (lon and lat):
+            raise BadRequestError("give both --lon and --lat")
+        spec = GeometrySpec("lonlat", (lon, lat))
+    elif latlon:
+        spec = GeometrySpec("latlon", (latlon,))
+    elif wkt:
+        spec = GeometrySpec("wkt", (wkt,))
+    elif geojson_column:
+        spec = GeometrySpec("geojson", (geojson_column,))
+    return ImportOptions(
+        mode=mode,  # type: ignore[arg-type]
+        create=create,
+        schema=load_schema_file(schema) if schema else None,
+        meta=DatasetMeta(title=title),
+        crs=crs,
+        geometry=spec,
+        detect_geometry=not no_geometry,
+        invalid_geometry=invalid_geometry,  # type: ignore[arg-type]
+        skip_invalid=skip_invalid,
+        timezone=timezone,
+    )
+
+
+def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, options: Any) -> None:
+    from territoire_data.catalog.loader import ImportFailedError, import_with_settings
+
+    try:
+        report = asyncio.run(import_with_settings(settings, factory, slug, options))
+    except ImportFailedError as exc:
+        typer.echo(dump_json(exc.report))
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(dump_json(report))
+
+
+@ingest_app.command("csv")
+@clear_errors
+def ingest_csv(
+    file: Annotated[str, typer.Argument(help="CSV file (any of ; , tab | separators, UTF-8 or cp1252)")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset slug")],
+    schema: SchemaOption = None,
+    create: CreateOption = False,
+    crs: CrsOption = None,
+    mode: ModeOption = "append",
+    skip_invalid: SkipOption = False,
+    title: TitleOption = None,
+    timezone: TimezoneOption = "Europe/Paris",
+    lon: Annotated[str | None, typer.Option(help="Longitude (or X) column")] = None,
+    lat: Annotated[str | None, typer.Option(help="Latitude (or Y) column")] = None,
+    latlon: Annotated[str | None, typer.Option(help="One 'lat,lon' column (geo_point_2d)")] = None,
+    wkt: Annotated[str | None, typer.Option(help="A WKT geometry column")] = None,
+    geojson_column: Annotated[str | None, typer.Option("--geojson-column", help="A GeoJSON column")] = None,
+    no_geometry: Annotated[bool, typer.Option("--no-geometry", help="Do not look for geometry columns")] = False,
+    delimiter: Annotated[str | None, typer.Option(help="Force the separator")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Force the encoding")] = None,
+) -> None:
+    """Load a CSV file into a dataset: validated, geolocated, all-or-nothing unless --skip-invalid."""
+    from territoire_data.catalog.sources import CsvSource
+
+    settings = settings_for_command()
+    options = _file_options(
+        schema=schema,
+        create=create,
+        crs=crs,
+        mode=mode,
+        skip_invalid=skip_invalid,
+        title=title,
+        timezone=timezone,
+        lon=lon,
+        lat=lat,
+        latlon=latlon,
+        wkt=wkt,
+        geojson_column=geojson_column,
+        no_geometry=no_geometry,
+    )
+    _run_file_import(settings, lambda: CsvSource(file, delimiter=delimiter, encoding=encoding), dataset, options)
+
+
+@ingest_app.command("geojson")
+@clear_errors
+def ingest_geojson(
+    file: Annotated[str, typer.Argument(help="GeoJSON FeatureCollection or newline-delimited GeoJSON")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset slug")],
+    schema: SchemaOption = None,
+    create: CreateOption = False,
+    crs: CrsOption = None,
+    mode: ModeOption = "append",
+    skip_invalid: SkipOption = False,
+    title: TitleOption = None,
+    timezone: TimezoneOption = "Europe/Paris",
+    invalid_geometry: Annotated[
+        str, typer.Option(help="reject: refuse invalid geometries with a reason; repair: ST_MakeValid")
+    ] = "reject",
+) -> None:
+    """Load a GeoJSON file into a dataset, with the same validation, report and all-or-nothing rule as CSV."""
+    from territoire_data.ingest.geojson import GeoJsonSource
+
+    settings = settings_for_command()
+    options = _file_options(
+        schema=schema,
+        create=create,
+        crs=crs,
+        mode=mode,
+        skip_invalid=skip_invalid,
+        title=title,
+        timezone=timezone,
+        invalid_geometry=invalid_geometry,
+    )
+    _run_file_import(settings, lambda: GeoJsonSource(file), dataset, options)
+
+
+@ingest_app.command("run")
+@clear_errors
+def ingest_run(
+    connector: Annotated[str, typer.Argument(help="A file connector definition, e.g. connectors/irve-statique.yaml")],
+    path: Annotated[str | None, typer.Option(help="Load this file or folder instead of the connector's source")] = None,
+) -> None:
+    """Run a recurring file source: import each file of its folder not yet loaded unchanged."""
+    from territoire_data.ingest.file_connector import run_connector, summary
+
+    settings = settings_for_command()
+    results = asyncio.run(run_connector(settings, connector, override=path))
+    typer.echo(summary(results))
+    if any(r.get("status") == "failed" for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 @clear_errors
 def openapi(

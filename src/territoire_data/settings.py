@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         default=True,
         description="the SensorThings MQTT bridge (territoire-data sta-mqtt) runs: advertise MQTT in the service root",
     )
+    import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

@@ -24,6 +24,7 @@ from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolColl
 from territoire_data.api.security import BodyLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
 from territoire_data.auth import routes as auth_routes
 from territoire_data.catalog import api as catalog_api
+from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.exports.routes import router as exports_router
@@ -106,6 +107,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(sensorthings_router)
     app.include_router(features_router)
     app.include_router(exports_router)
+    app.include_router(imports.router)
     _mount_docs(app)
     install_portal(app)
     return app

@@ -1,0 +1,1 @@
+"""Datasets and their metadata: Table Schema → typed table, the file loader, import reports."""

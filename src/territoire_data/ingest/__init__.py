@@ -1,0 +1,1 @@
+"""Ingest: connectors (files, MQTT) → decode → validate → batch → write."""

@@ -1,0 +1,224 @@
+"""HTTP doors of file imports: upload a CSV or GeoJSON into a dataset, read an import's report later.
+
+Until publisher API keys exist, writes are guarded by one temporary rule: refused (403) unless the setting
+TERRITOIRE_ADMIN_TOKEN is set and sent as `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from territoire_data.auth.policy import ANONYMOUS, Principal, dataset_visible_sql
+from territoire_data.catalog.datasets import DatasetMeta, check_slug
+from territoire_data.catalog.loader import MODES, ImportOptions, import_with_settings
+from territoire_data.catalog.schema import parse_table_schema
+from territoire_data.catalog.sources import CsvSource, RowSource
+from territoire_data.deps import ConnDep, SettingsDep
+from territoire_data.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
+from territoire_data.ingest.geojson import GeoJsonSource
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/datasets", tags=["imports"])
+_CHUNK = 1 << 20
+ADMIN = Principal(name="admin-token", role="admin")
+
+
+def principal_from(settings: Settings, authorization: str | None) -> Principal:
+    """The admin principal when the request carries the configured admin token, else anonymous."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if token and authorization and authorization.startswith("Bearer "):
+        sent = authorization.removeprefix("Bearer ").strip()
+        if hmac.compare_digest(sent.encode(), token.encode()):
+            return ADMIN
+    return ANONYMOUS
+
+
+def require_writer(settings: Settings, authorization: str | None) -> Principal:
+    if not settings.admin_token:
+        raise ForbiddenError("imports are disabled: set TERRITOIRE_ADMIN_TOKEN (until publisher keys exist)")
+    principal = principal_from(settings, authorization)
+    if not principal.is_admin:
+        raise ForbiddenError("imports need `Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN>`")
+    return principal
+
+
+async def _spool(upload: StarletteUpload, suffix: str, limit: int) -> Path:
+    """Copy the upload to a temporary file chunk by chunk: never the whole file in memory."""
+    handle, name = tempfile.mkstemp(prefix="td-import-", suffix=suffix)
+    size = 0
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while chunk := await upload.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"the file is larger than {limit} bytes")
+                out.write(chunk)
+    except BaseException:
+        await anyio.Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def _format_of(upload: StarletteUpload, declared: str | None) -> str:
+    if declared:
+        if declared not in ("csv", "geojson"):
+            raise BadRequestError("format must be csv or geojson")
+        return declared
+    name = (upload.filename or "").lower()
+    kind = (upload.content_type or "").lower()
+    if name.endswith((".geojson", ".geojsonl", ".geojsons", ".json", ".ndjson")) or "json" in kind:
+        return "geojson"
+    return "csv"
+
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the CSV or GeoJSON file"},
+                    "schema": {"type": "string", "format": "binary", "description": "Table Schema for a new dataset"},
+                    "mode": {"type": "string", "enum": list(MODES), "default": "append"},
+                    "create": {"type": "boolean", "default": False},
+                    "crs": {"type": "string", "description": "source CRS, e.g. EPSG:2154 (default WGS84)"},
+                    "skip_invalid": {"type": "boolean", "default": False},
+                    "format": {"type": "string", "enum": ["csv", "geojson"], "description": "default: by name"},
+                    "title": {"type": "string", "maxLength": 300},
+                    "timezone": {"type": "string", "default": "Europe/Paris"},
+                    "invalid_geometry": {"type": "string", "enum": ["reject", "repair"], "default": "reject"},
+                },
+            }
+        }
+    },
+}
+
+
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on", "oui")
+
+
+@router.post(
+    "/{slug}/imports",
+    status_code=201,
+    summary="Import a CSV or GeoJSON file into a dataset (validated, all-or-nothing unless skip_invalid)",
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        201: {"description": "the import report"},
+        403: {"description": "writes need the admin token (temporary rule)"},
+        404: {"description": "no such dataset (and create is false)"},
+        422: {"description": "the file was refused; the problem's `report` lists each rejected row"},
+    },
+)
+async def create_import(
+    request: Request,
+    slug: str,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    # Checked before the body is read: a refused request costs no upload.
+    require_writer(settings, authorization)
+    check_slug(slug)
+    async with request.form(max_files=2, max_fields=20) as form:
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise BadRequestError("send the file as the multipart part 'file'")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        mode = fields.get("mode", "append")
+        if mode not in MODES:
+            raise BadRequestError(f"mode must be one of {', '.join(MODES)}")
+        invalid_geometry = fields.get("invalid_geometry", "reject")
+        if invalid_geometry not in ("reject", "repair"):
+            raise BadRequestError("invalid_geometry must be reject or repair")
+        table_schema = None
+        schema_part = form.get("schema")
+        if isinstance(schema_part, StarletteUpload):
+            try:
+                table_schema = parse_table_schema(orjson.loads(await schema_part.read(8 * 1024 * 1024)))
+            except orjson.JSONDecodeError as exc:
+                raise BadRequestError(f"the schema is not valid JSON: {exc}") from None
+        kind = _format_of(upload, fields.get("format"))
+        path = await _spool(upload, f".{kind}", settings.import_max_bytes)
+        label = Path(upload.filename or f"upload.{kind}").name
+    options = ImportOptions(
+        mode=mode,  # type: ignore[arg-type]
+        create=_flag(fields.get("create", "false")),
+        schema=table_schema,
+        meta=DatasetMeta(title=fields.get("title") or None),
+        crs=fields.get("crs") or None,
+        skip_invalid=_flag(fields.get("skip_invalid", "false")),
+        timezone=fields.get("timezone", "Europe/Paris"),
+        invalid_geometry=invalid_geometry,  # type: ignore[arg-type]
+    )
+
+    def source() -> RowSource:
+        return GeoJsonSource(path, label=label) if kind == "geojson" else CsvSource(path, label=label)
+
+    try:
+        report = await import_with_settings(settings, source, slug, options)
+    finally:
+        await anyio.Path(path).unlink(missing_ok=True)
+    location = f"/api/v1/datasets/{slug}/imports/{report['import_id']}"
+    return JSONResponse(report, status_code=201, headers={"Location": location})
+
+
+@router.get(
+    "/{slug}/imports/{import_id}",
+    summary="An import's status and report",
+    responses={404: {"description": "no such dataset or import"}},
+)
+async def get_import(
+    request: Request,
+    slug: str,
+    import_id: int,
+    settings: SettingsDep,
+    conn: ConnDep,
+    authorization: Annotated[str | None, Header()] = None,
+    limit_errors: Annotated[int, Query(ge=0, le=10_000, description="errors listed at most")] = 1000,
+) -> dict[str, Any]:
+    principal = principal_from(settings, authorization)
+    result = await conn.execute(
+        text(
+            f"""SELECT i.id, i.status, i.source, i.mode, i.rows_read, i.rows_loaded, i.rows_rejected,
+                       i.report::text AS report, i.started_at, i.finished_at
+                FROM dataset_import i JOIN dataset d ON d.id = i.dataset_id
+                WHERE d.slug = :slug AND i.id = :import_id AND {dataset_visible_sql(principal, "d")}"""  # noqa: S608
+        ),
+        {"slug": slug, "import_id": import_id},
+    )
+    row = result.mappings().first()
+    if row is None:
+        raise NotFoundError(f"no import {import_id} for dataset {slug!r}")
+    report = orjson.loads(row["report"])
+    if isinstance(report.get("errors"), list):
+        report["errors"] = report["errors"][:limit_errors]
+    return {
+        "id": row["id"],
+        "dataset": slug,
+        "status": row["status"],
+        "source": row["source"],
+        "mode": row["mode"],
+        "rows_read": row["rows_read"],
+        "rows_loaded": row["rows_loaded"],
+        "rows_rejected": row["rows_rejected"],
+        "started_at": row["started_at"].isoformat(),
+        "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+        "report": report,
+        "links": [{"rel": "self", "href": str(request.url_for("get_import", slug=slug, import_id=import_id))}],
+    }

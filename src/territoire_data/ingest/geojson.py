@@ -1,0 +1,180 @@
+"""Streaming GeoJSON reader: RFC 7946 FeatureCollections and newline-delimited GeoJSON (GeoJSONSeq), one
+feature at a time with bounded memory, as rows of text cells plus a geometry object."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from territoire_data.errors import ValidationFailedError
+
+_CHUNK = 1 << 20
+MAX_FEATURE_CHARS = 64 * 1024 * 1024
+SAMPLE_FEATURES = 1000
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[\s,\x1e]*")
+_FEATURES = re.compile(r'"features"\s*:\s*\[')
+_LEGACY_CRS = re.compile(r'"crs"\s*:\s*\{.*?EPSG:{1,2}(\d+)', re.S)
+
+
+class GeoJsonFormatError(ValidationFailedError):
+    """The file is not GeoJSON we can read (not JSON, no features array, a feature too large)."""
+
+    type_slug = "geojson-format"
+
+
+def _cell(value: Any) -> str:
+    """A property value as the text cell the validators read (null → empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return orjson.dumps(value).decode()
+
+
+class _Scanner:
+    """Decode consecutive JSON values from a text stream, keeping only the undecoded tail in memory."""
+
+    def __init__(self, handle: IO[str], prefix: str = "") -> None:
+        self.handle = handle
+        self.buffer = prefix
+        self.pos = 0
+        self.line = 1
+        self.eof = False
+
+    def _more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.handle.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        # Drop what was consumed, counting its lines, so memory holds one feature at most.
+        self.line += self.buffer.count("\n", 0, self.pos)
+        self.buffer = self.buffer[self.pos :] + chunk
+        self.pos = 0
+        return True
+
+    def skip(self) -> str:
+        """Skip separators; return the next character ('' at the end)."""
+        while True:
+            match = _WS.match(self.buffer, self.pos)
+            self.pos = match.end() if match else self.pos
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if not self._more():
+                return ""
+
+    def current_line(self) -> int:
+        return self.line + self.buffer.count("\n", 0, self.pos)
+
+    def value(self) -> Any:
+        """The next JSON value, reading more of the file while it is incomplete."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as exc:
+                if len(self.buffer) - self.pos > MAX_FEATURE_CHARS:
+                    raise GeoJsonFormatError(f"line {self.current_line()}: a feature is larger than 64 MB") from None
+                if not self._more():
+                    raise GeoJsonFormatError(f"line {self.current_line()}: invalid JSON ({exc.msg})") from None
+                continue
+            self.pos = end
+            return value
+
+
+class GeoJsonSource:
+    """A GeoJSON file as a row source: header = the properties seen in the first features."""
+
+    format = "geojson"
+
+    def __init__(self, path: str | Path, *, label: str | None = None) -> None:
+        self.path = Path(path)
+        self.label = label or self.path.name
+        self.handle = self.path.open("r", encoding="utf-8-sig")
+        self.legacy_crs: str | None = None
+        self.kind = "FeatureCollection"
+        self._features = self._open()
+        self._sample = list(itertools.islice(self._features, SAMPLE_FEATURES))
+        names: dict[str, None] = {}
+        for _, feature in self._sample:
+            properties = feature.get("properties") or {}
+            if isinstance(properties, dict):
+                names.update(dict.fromkeys(properties))
+        self.header = list(names)
+
+    def _open(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        head = self.handle.read(_CHUNK)
+        stripped = head.lstrip("\ufeff \t\r\n\x1e")
+        if not stripped:
+            raise GeoJsonFormatError("the file is empty")
+        if not stripped.startswith("{"):
+            raise GeoJsonFormatError("not GeoJSON: the file does not start with a JSON object")
+        match = _FEATURES.search(head)
+        first_object_end = _first_object_is_feature(stripped)
+        if match and not first_object_end:
+            crs = _LEGACY_CRS.search(head, 0, match.start())
+            if crs:
+                self.legacy_crs = f"EPSG:{crs.group(1)}"
+            scanner = _Scanner(self.handle, head)
+            scanner.line = 1
+            scanner.pos = match.end()
+            return self._collection(scanner)
+        self.kind = "GeoJSONSeq"
+        return self._sequence(_Scanner(self.handle, head))
+
+    def _collection(self, scanner: _Scanner) -> Iterator[tuple[int, dict[str, Any]]]:
+        while True:
+            nxt = scanner.skip()
+            if nxt in ("]", ""):
+                return
+            line = scanner.current_line()
+            yield line, _feature(scanner.value(), line)
+
+    def _sequence(self, scanner: _Scanner) -> Iterator[tuple[int, dict[str, Any]]]:
+        while scanner.skip():
+            line = scanner.current_line()
+            yield line, _feature(scanner.value(), line)
+
+    def records(self) -> Iterator[tuple[int, list[str], Any]]:
+        header = self.header
+        for line, feature in itertools.chain(self._sample, self._features):
+            properties = feature.get("properties") or {}
+            if not isinstance(properties, dict):
+                properties = {}
+            yield line, [_cell(properties.get(name)) for name in header], feature.get("geometry")
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": "geojson", "kind": self.kind, "encoding": "utf-8"}
+
+    def raw_line(self, cells: list[str]) -> str:
+        return orjson.dumps(dict(zip(self.header, cells, strict=False))).decode()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _first_object_is_feature(text: str) -> bool:
+    """True when the file is a sequence of features (its first object is a Feature, not a collection)."""
+    try:
+        value, _ = _DECODER.raw_decode(text)
+    except json.JSONDecodeError:
+        # Cut by the chunk: a FeatureCollection's first line names its type early.
+        return bool(re.match(r'\{\s*"type"\s*:\s*"Feature"\s*[,}]', text))
+    return isinstance(value, dict) and value.get("type") == "Feature"
+
+
+def _feature(value: Any, line: int) -> dict[str, Any]:
+    if not isinstance(value, dict) or value.get("type") != "Feature":
+        raise GeoJsonFormatError(f"line {line}: expected a Feature object")
+    return value
