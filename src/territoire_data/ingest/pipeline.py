@@ -124,12 +124,14 @@ class Pipeline:
             while not stop.is_set():
                 batch = await self._collect(stop)
                 if batch.messages:
+                    self.metrics.received.inc(len(batch.messages))
                     await batches.put(batch)
             # Stopping: flush what already arrived; what comes later is redelivered to the next session.
             while True:
                 batch = await self._collect(stop)
                 if not batch.messages:
                     break
+                self.metrics.received.inc(len(batch.messages))
                 await batches.put(batch)
         finally:
             await batches.put(None)
