@@ -24,7 +24,7 @@ REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message on the hot path
 class InboundMessage:
     """One message from a broker, converted at the edge so nothing past it depends on paho."""
 
@@ -63,7 +63,7 @@ class Device:
     properties: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per value on the hot path, and frozen init costs a setattr per field
 class Reading:
     """One measured value of one quantity of one device at one time: becomes one observation."""
 

@@ -102,7 +102,7 @@ class EntityRegistry:
             device = reading.device
             pair = (device.key, reading.quantity)
             position = device.position
-            if position is not None and self.positions.get(device.key) != position:
+            if position is not None and (known := self.positions.get(device.key)) is not position and known != position:
                 pending.positions[device.key] = position
                 pending.things.setdefault(device.key, device)
             if pair in self.datastreams or pair in pending.datastreams:

@@ -77,8 +77,15 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def month_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def months_of(readings: Sequence[Reading]) -> set[tuple[int, int]]:
+    """The (year, month) in UTC of every reading (decoders give UTC times)."""
+    months = set()
+    for reading in readings:
+        moment = reading.time
+        if moment.utcoffset():
+            moment = moment.astimezone(UTC)
+        months.add((moment.year, moment.month))
+    return months
 
 
 class ObservationStore:
@@ -90,7 +97,7 @@ class ObservationStore:
         self.source = source
         self.statement_timeout_ms = statement_timeout_ms
         self.conn: asyncpg.Connection | None = None
-        self.months: set[datetime] = set()
+        self.months: set[tuple[int, int]] = set()  # observation partitions known to exist
 
     async def connect(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
@@ -105,7 +112,7 @@ class ObservationStore:
                 )
                 for row in rows:
                     year, month = row["relname"].split("_")[1:]
-                    self.months.add(datetime(int(year), int(month), 1, tzinfo=UTC))
+                    self.months.add((int(year), int(month)))
         return self.conn
 
     async def close(self) -> None:
@@ -154,13 +161,13 @@ class ObservationStore:
             raise ConfigurationError(f"dataset {slug!r} exists and is not a sensors dataset")
         return int(row["id"])
 
-    async def _ensure_months(self, conn: asyncpg.Connection, readings: Sequence[Reading]) -> int:
+    async def _ensure_months(self, conn: asyncpg.Connection, needed: set[tuple[int, int]]) -> int:
         """Create the monthly partitions this batch touches that do not exist yet (rows never land in default)."""
-        needed = {month_start(r.time) for r in readings} - self.months
         created = 0
-        for month in sorted(needed):
+        for year, month in sorted(needed):
+            start = datetime(year, month, 1, tzinfo=UTC)
             created += await conn.fetchval(
-                "SELECT ensure_observation_partitions($1::timestamptz, $1::timestamptz + interval '1 day')", month
+                "SELECT ensure_observation_partitions($1::timestamptz, $1::timestamptz + interval '1 day')", start
             )
         return created
 
@@ -180,10 +187,10 @@ class ObservationStore:
         conn = await self.connect()
         result = WriteResult(rejected=list(dead))
         just_readings = [reading for _, reading in readings]
-        needed_months = {month_start(r.time) for r in just_readings} - self.months
+        needed_months = months_of(just_readings) - self.months
         if needed_months:
             async with conn.transaction():
-                result.months_created = await self._ensure_months(conn, just_readings)
+                result.months_created = await self._ensure_months(conn, needed_months)
             self.months |= needed_months
         resolution = Resolution()
         async with conn.transaction():

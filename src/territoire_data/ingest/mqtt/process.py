@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from territoire_data.errors import ConfigurationError, TerritoireError
-from territoire_data.ingest.model import Decoded, RawMessage
+from territoire_data.ingest.model import Decoded, InboundMessage, RawMessage
 from territoire_data.ingest.mqtt.config import ConnectorConfig
 from territoire_data.ingest.mqtt.decoders import decode_payload
 from territoire_data.ingest.pipeline import Outcome, StoreSink
@@ -112,7 +112,8 @@ async def _child(conn: Connection, settings: Settings, config: ConnectorConfig, 
                 break
             if batch is None:
                 break
-            outcome = await sink.write(batch, never)
+            topics, payloads = batch
+            outcome = await sink.write([RawMessage(t, p) for t, p in zip(topics, payloads, strict=True)], never)
             if outcome is None:
                 break
             conn.send(outcome)
@@ -168,9 +169,11 @@ class ProcessSink:
                 if time.monotonic() - stop_seen > self.shutdown_grace_seconds:
                     return None
 
-    async def write(self, messages: Sequence[RawMessage], stop: asyncio.Event) -> Outcome | None:
+    async def write(self, messages: Sequence[InboundMessage], stop: asyncio.Event) -> Outcome | None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.conn.send, list(messages))
+        # Two flat lists pickle much faster than a list of tuples.
+        batch = ([m.topic for m in messages], [m.payload for m in messages])
+        await loop.run_in_executor(None, self.conn.send, batch)
         outcome = await self._receive(stop, give_up_on_stop=False)
         assert outcome is None or isinstance(outcome, Outcome)
         return outcome
