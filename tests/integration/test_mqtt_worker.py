@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import httpx
 import orjson
 import pytest
 
 from territoire_data.settings import Settings
+from tests.conftest import free_port
 from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_up, connector_for, count, until
 
 pytestmark = [pytest.mark.db, pytest.mark.mqtt]
@@ -124,3 +128,60 @@ async def test_unknown_devices_are_rejected_when_auto_registration_is_off(
     assert await count(db, "SELECT count(*) FROM thing") == 1
     reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection ORDER BY id")]
     assert [r.split(":", 1)[0] for r in reasons] == ["unknown_device", "unknown_datastream"]
+
+
+async def test_clean_stop_acknowledges_everything_stored_so_nothing_is_redelivered(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    config = connector_for(topic_prefix)
+    worker = await RunningWorker(settings, config).start()
+    publisher = Publisher(mqtt_url)
+    try:
+        publisher.publish_all([chirpstack_up(topic_prefix, "70b3d50000000001", seq) for seq in range(300)])
+        await until(lambda: _stored(db, 600), what="all stored")
+    finally:
+        await worker.stop()
+    # Messages published while no worker runs wait in the persistent session.
+    publisher.publish_all([chirpstack_up(topic_prefix, "70b3d50000000001", seq) for seq in range(300, 310)])
+    publisher.close()
+    again = await RunningWorker(settings, config).start()  # same client id: same session
+    try:
+        await until(lambda: _stored(db, 620), what="queued messages stored")
+        await asyncio.sleep(0.5)
+    finally:
+        await again.stop()
+    assert again.worker.source.received == 10  # nothing that was stored came back
+    assert await count(db, "SELECT count(*) FROM observation") == 620
+
+
+async def test_metrics_count_received_stored_and_rejected_by_reason(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    port = free_port()
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    worker.worker.metrics.serve(port)
+    publisher = Publisher(mqtt_url)
+    topic, event = chirpstack_up(topic_prefix, "70b3d50000000001", 1)
+    try:
+        publisher.publish_all(
+            [(topic, event), (topic, event), (topic, b"nope"), (topic.replace("/up", "/join"), event)]
+        )
+        await until(lambda: worker.worker.source.acknowledged >= 4, what="all acknowledged")
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        publisher.close()
+        await worker.stop()
+    labels = '{connector="test-chirpstack-v4"}'
+    assert f"territoire_ingest_messages_received_total{labels} 4.0" in text
+    assert f"territoire_ingest_messages_acknowledged_total{labels} 4.0" in text
+    assert f"territoire_ingest_observations_stored_total{labels} 2.0" in text
+    assert f"territoire_ingest_observations_duplicate_total{labels} 2.0" in text
+    assert 'territoire_ingest_messages_rejected_total{connector="test-chirpstack-v4",reason="invalid_json"} 1.0' in text
+    assert 'territoire_ingest_messages_ignored_total{connector="test-chirpstack-v4",kind="chirpstack-join"} 1.0' in text
+    assert "territoire_ingest_batch_seconds_count" in text
+    assert f"territoire_ingest_lag_seconds{labels}" in text
+
+
+async def _stored(db: asyncpg.Connection, expected: int) -> bool:
+    return await count(db, "SELECT count(*) FROM observation") >= expected
