@@ -51,9 +51,24 @@ class MessageSource(Protocol):
 
 
 class Sink(Protocol):
-    async def write(self, messages: Sequence[InboundMessage], stop: asyncio.Event) -> Outcome | None:
-        """Store a batch; None when it could not be stored before shutdown (leave it unacknowledged)."""
+    """Stores batches in the order submitted; several may be in flight (one decoding while one is written)."""
+
+    async def submit(self, messages: Sequence[InboundMessage]) -> None: ...
+
+    async def result(self, stop: asyncio.Event) -> Outcome | None:
+        """The outcome of the oldest submitted batch; None if it could not be stored before shutdown."""
         ...
+
+
+@dataclass
+class Prepared:
+    """A decoded batch, ready to be written."""
+
+    messages: Sequence[RawMessage]
+    readings: list[tuple[int, Reading]]
+    dead: list[DeadLetter]
+    outcome: Outcome
+    decode_seconds: float
 
 
 class StoreSink:
@@ -72,9 +87,10 @@ class StoreSink:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.parent_pid = parent_pid  # in a child process: give up when the parent is gone
 
-    def _decode(
-        self, messages: Sequence[RawMessage], outcome: Outcome
-    ) -> tuple[list[tuple[int, Reading]], list[DeadLetter]]:
+    def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
+        """Decode and validate a batch (CPU only: can run while the previous batch is being written)."""
+        started = time.perf_counter()
+        outcome = Outcome()
         now = datetime.now(UTC)
         readings: list[tuple[int, Reading]] = []
         dead: list[DeadLetter] = []
@@ -89,12 +105,15 @@ class StoreSink:
                 outcome.ignored.append(decoded.kind)
             else:
                 readings.extend((index, reading) for reading in decoded)
-        return readings, dead
+        return Prepared(messages, readings, dead, outcome, time.perf_counter() - started)
 
     async def write(self, messages: Sequence[RawMessage], stop: asyncio.Event) -> Outcome | None:
-        outcome = Outcome()
-        started = time.perf_counter()
-        readings, dead = self._decode(messages, outcome)
+        """Decode and store a batch."""
+        return await self.store_prepared(self.prepare(messages), stop)
+
+    async def store_prepared(self, prepared: Prepared, stop: asyncio.Event) -> Outcome | None:
+        """Store a decoded batch in one transaction, retrying transient failures; None if given up."""
+        messages, readings, dead, outcome = prepared.messages, prepared.readings, prepared.dead, prepared.outcome
         decoded = time.perf_counter()
         delay = 0.1
         stop_seen: float | None = None
@@ -121,7 +140,7 @@ class StoreSink:
         logger.debug(
             "batch of %d: decoded in %.0f ms, stored in %.0f ms",
             len(messages),
-            (decoded - started) * 1000,
+            prepared.decode_seconds * 1000,
             (time.perf_counter() - decoded) * 1000,
         )
         outcome.stored = result.stored
@@ -190,12 +209,14 @@ class Pipeline:
         *,
         batch_size: int,
         batch_ms: int,
+        in_flight: int = 2,
     ) -> None:
         self.source = source
         self.sink = sink
         self.metrics = metrics
         self.batch_size = batch_size
         self.batch_seconds = batch_ms / 1000
+        self.in_flight = in_flight
         self.committed_batches = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -249,27 +270,53 @@ class Pipeline:
             await batches.put(None)
 
     async def _write_loop(self, stop: asyncio.Event, batches: asyncio.Queue[Batch | None]) -> None:
-        while (batch := await batches.get()) is not None:
-            started = time.monotonic()
-            outcome = await self.sink.write(batch.messages, stop)
-            if outcome is None:
-                logger.error(
-                    "giving up at shutdown: %d messages left unacknowledged (they will be redelivered)",
-                    len(batch.messages),
-                )
-                while (await batches.get()) is not None:
-                    pass
-                return
-            written = time.monotonic()
-            self.source.ack(batch.messages)
-            self._account(batch, outcome, started)
-            logger.debug(
-                "batch of %d: collected in %.0f ms, written in %.0f ms, acknowledged in %.0f ms",
-                len(batch.messages),
-                (started - batch.first) * 1000,
-                (written - started) * 1000,
-                (time.monotonic() - written) * 1000,
-            )
+        """Submit batches to the sink, at most `in_flight` unacknowledged; a second task acknowledges them."""
+        slots = asyncio.Semaphore(self.in_flight)
+        submitted: asyncio.Queue[tuple[Batch, float] | None] = asyncio.Queue()
+        acker = asyncio.create_task(self._ack_loop(stop, submitted, slots), name="ingest-acker")
+        try:
+            while (batch := await batches.get()) is not None:
+                await slots.acquire()
+                if acker.done():
+                    if acker.exception() is not None:
+                        break  # raised below
+                    continue  # given up at shutdown: drain without storing
+                await self.sink.submit(batch.messages)
+                submitted.put_nowait((batch, time.monotonic()))
+        finally:
+            submitted.put_nowait(None)
+            await acker
+
+    async def _ack_loop(
+        self, stop: asyncio.Event, submitted: asyncio.Queue[tuple[Batch, float] | None], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            while (item := await submitted.get()) is not None:
+                if not await self._finish(item, stop):
+                    logger.error("giving up at shutdown: messages left unacknowledged (they will be redelivered)")
+                    return
+                slots.release()
+        finally:
+            for _ in range(self.in_flight + 1):
+                slots.release()  # never leave the submitting side waiting on a finished acker
+
+    async def _finish(self, item: tuple[Batch, float], stop: asyncio.Event) -> bool:
+        """Wait for a submitted batch's outcome, then acknowledge it; False if it was given up."""
+        batch, started = item
+        outcome = await self.sink.result(stop)
+        if outcome is None:
+            return False
+        written = time.monotonic()
+        self.source.ack(batch.messages)
+        self._account(batch, outcome, started)
+        logger.debug(
+            "batch of %d: collected in %.0f ms, written in %.0f ms, acknowledged in %.0f ms",
+            len(batch.messages),
+            (started - batch.first) * 1000,
+            (written - started) * 1000,
+            (time.monotonic() - written) * 1000,
+        )
+        return True
 
     def _account(self, batch: Batch, outcome: Outcome, started: float) -> None:
         now = time.monotonic()

@@ -25,7 +25,7 @@ from territoire_data.errors import ConfigurationError, TerritoireError
 from territoire_data.ingest.model import Decoded, InboundMessage, RawMessage
 from territoire_data.ingest.mqtt.config import ConnectorConfig
 from territoire_data.ingest.mqtt.decoders import decode_payload
-from territoire_data.ingest.pipeline import Outcome, StoreSink
+from territoire_data.ingest.pipeline import Outcome, Prepared, StoreSink
 from territoire_data.ingest.registry import EntityRegistry, QuantityInfo
 from territoire_data.ingest.store import ObservationStore, is_transient
 from territoire_data.settings import Settings
@@ -103,21 +103,37 @@ async def _child(conn: Connection, settings: Settings, config: ConnectorConfig, 
         return
     sink = make_sink(settings, config, store, parent_pid)
     never = asyncio.Event()  # the parent decides when to stop; we only give up if it is gone
-    conn.send(("ready", None))
-    try:
-        while True:
-            try:
-                batch = await loop.run_in_executor(None, conn.recv)
-            except (EOFError, OSError):
-                break
-            if batch is None:
-                break
-            topics, payloads = batch
-            outcome = await sink.write([RawMessage(t, p) for t, p in zip(topics, payloads, strict=True)], never)
+    decoded: asyncio.Queue[Prepared | None] = asyncio.Queue()
+
+    async def read() -> None:
+        """Receive and decode batches; decoding one overlaps the database writing the previous one."""
+        try:
+            while True:
+                try:
+                    batch = await loop.run_in_executor(None, conn.recv)
+                except (EOFError, OSError):
+                    break
+                if batch is None:
+                    break
+                topics, payloads = batch
+                messages = [RawMessage(t, p) for t, p in zip(topics, payloads, strict=True)]
+                await decoded.put(sink.prepare(messages))
+        finally:
+            await decoded.put(None)
+
+    async def write() -> None:
+        while (prepared := await decoded.get()) is not None:
+            outcome = await sink.store_prepared(prepared, never)
             if outcome is None:
-                break
+                return
             conn.send(outcome)
+
+    conn.send(("ready", None))
+    reader = asyncio.create_task(read())
+    try:
+        await write()
     finally:
+        reader.cancel()
         await store.close()
 
 
@@ -169,11 +185,12 @@ class ProcessSink:
                 if time.monotonic() - stop_seen > self.shutdown_grace_seconds:
                     return None
 
-    async def write(self, messages: Sequence[InboundMessage], stop: asyncio.Event) -> Outcome | None:
-        loop = asyncio.get_running_loop()
-        # Two flat lists pickle much faster than a list of tuples.
+    async def submit(self, messages: Sequence[InboundMessage]) -> None:
+        """Send a batch to the child; two flat lists pickle much faster than a list of tuples."""
         batch = ([m.topic for m in messages], [m.payload for m in messages])
-        await loop.run_in_executor(None, self.conn.send, batch)
+        await asyncio.get_running_loop().run_in_executor(None, self.conn.send, batch)
+
+    async def result(self, stop: asyncio.Event) -> Outcome | None:
         outcome = await self._receive(stop, give_up_on_stop=False)
         assert outcome is None or isinstance(outcome, Outcome)
         return outcome

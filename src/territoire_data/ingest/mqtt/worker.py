@@ -39,8 +39,8 @@ class MqttWorker:
         self.metrics = metrics or IngestMetrics(config.name)
         self.batch_size = config.batch_size or settings.ingest_batch_size
         self.batch_ms = config.batch_ms or settings.ingest_batch_ms
-        # Room for the batch being written, the one filling and some slack; MQTT 5 tells the broker this bound.
-        self.source = MqttSource(settings, config, client_id=self.client_id, queue_size=max(3 * self.batch_size, 1000))
+        # Room for two batches in flight, one waiting, one filling, and slack; MQTT 5 tells the broker this bound.
+        self.source = MqttSource(settings, config, client_id=self.client_id, queue_size=max(5 * self.batch_size, 1000))
         self.metrics.pending.set_function(lambda: self.source.received - self.source.acknowledged)
         self.pipeline: Pipeline | None = None
 
