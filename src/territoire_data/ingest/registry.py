@@ -133,7 +133,7 @@ class EntityRegistry:
             [self.thing_key(d) for d in {d for d, _ in pairs}],
         )
         known_things = {row["external_key"] for row in things}
-        result = Resolution()
+        result = Resolution(positions=dict(pending.positions))  # not written: nothing is registered
         for device_key, quantity in pairs:
             ds_id = found.get(self.datastream_key(device_key, quantity))
             if ds_id is not None:

@@ -99,6 +99,13 @@ class ObservationStore:
         self.conn: asyncpg.Connection | None = None
         self.months: set[tuple[int, int]] = set()  # observation partitions known to exist
 
+    def sibling(self) -> ObservationStore:
+        """Another store on its own connection, sharing the registry and the known partitions (parallel writes)."""
+        other = ObservationStore(self.dsn, source=self.source, statement_timeout_ms=self.statement_timeout_ms)
+        other.registry = self.registry
+        other.months = self.months
+        return other
+
     async def connect(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
             settings = {"application_name": f"territoire-data-ingest-{self.source}"[:63]}

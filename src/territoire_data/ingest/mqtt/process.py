@@ -101,12 +101,14 @@ async def _child(conn: Connection, settings: Settings, config: ConnectorConfig, 
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    sink = make_sink(settings, config, store, parent_pid)
+    stores = [store] + [store.sibling() for _ in range(config.writers - 1)]
+    sinks = [make_sink(settings, config, each, parent_pid) for each in stores]
     never = asyncio.Event()  # the parent decides when to stop; we only give up if it is gone
-    decoded: asyncio.Queue[Prepared | None] = asyncio.Queue()
+    decoded: asyncio.Queue[tuple[int, Prepared] | None] = asyncio.Queue()
 
     async def read() -> None:
-        """Receive and decode batches; decoding one overlaps the database writing the previous one."""
+        """Receive and decode batches; decoding one overlaps the database writing the previous ones."""
+        seq = 0
         try:
             while True:
                 try:
@@ -117,24 +119,29 @@ async def _child(conn: Connection, settings: Settings, config: ConnectorConfig, 
                     break
                 topics, payloads = batch
                 messages = [RawMessage(t, p) for t, p in zip(topics, payloads, strict=True)]
-                await decoded.put(sink.prepare(messages))
+                await decoded.put((seq, sinks[0].prepare(messages)))
+                seq += 1
         finally:
-            await decoded.put(None)
+            for _ in sinks:
+                await decoded.put(None)
 
-    async def write() -> None:
-        while (prepared := await decoded.get()) is not None:
+    async def write(sink: StoreSink) -> None:
+        """One writer: its own connection, one batch per transaction; outcomes carry the batch's number."""
+        while (item := await decoded.get()) is not None:
+            seq, prepared = item
             outcome = await sink.store_prepared(prepared, never)
             if outcome is None:
                 return
-            conn.send(outcome)
+            conn.send((seq, outcome))
 
     conn.send(("ready", None))
     reader = asyncio.create_task(read())
     try:
-        await write()
+        await asyncio.gather(*(write(sink) for sink in sinks))
     finally:
         reader.cancel()
-        await store.close()
+        for each in stores:
+            await each.close()
 
 
 class ProcessSink:
@@ -153,6 +160,8 @@ class ProcessSink:
             daemon=True,
         )
         self._child_conn = child_conn
+        self._next = 0  # number of the next batch whose outcome we owe the pipeline
+        self._early: dict[int, Outcome] = {}
 
     async def start(self, stop: asyncio.Event) -> bool:
         """Start the child and wait until it is connected to the database; False if stopped meanwhile."""
@@ -191,8 +200,16 @@ class ProcessSink:
         await asyncio.get_running_loop().run_in_executor(None, self.conn.send, batch)
 
     async def result(self, stop: asyncio.Event) -> Outcome | None:
-        outcome = await self._receive(stop, give_up_on_stop=False)
-        assert outcome is None or isinstance(outcome, Outcome)
+        """The outcome of the oldest batch sent (writers may finish out of order; acknowledgements may not)."""
+        while self._next not in self._early:
+            reply = await self._receive(stop, give_up_on_stop=False)
+            if reply is None:
+                return None
+            seq, outcome = reply
+            self._early[seq] = outcome
+        outcome = self._early.pop(self._next)
+        self._next += 1
+        assert isinstance(outcome, Outcome)
         return outcome
 
     async def close(self) -> None:

@@ -39,8 +39,10 @@ class MqttWorker:
         self.metrics = metrics or IngestMetrics(config.name)
         self.batch_size = config.batch_size or settings.ingest_batch_size
         self.batch_ms = config.batch_ms or settings.ingest_batch_ms
-        # Room for two batches in flight, one waiting, one filling, and slack; MQTT 5 tells the broker this bound.
-        self.source = MqttSource(settings, config, client_id=self.client_id, queue_size=max(5 * self.batch_size, 1000))
+        # Room for the batches in flight (writers + 1), one waiting, one filling; MQTT 5 tells the broker this bound.
+        self.source = MqttSource(
+            settings, config, client_id=self.client_id, queue_size=max((config.writers + 3) * self.batch_size, 1000)
+        )
         self.metrics.pending.set_function(lambda: self.source.received - self.source.acknowledged)
         self.pipeline: Pipeline | None = None
 
@@ -60,7 +62,12 @@ class MqttWorker:
                 self.batch_ms,
             )
             self.pipeline = Pipeline(
-                self.source, sink, self.metrics, batch_size=self.batch_size, batch_ms=self.batch_ms
+                self.source,
+                sink,
+                self.metrics,
+                batch_size=self.batch_size,
+                batch_ms=self.batch_ms,
+                in_flight=self.config.writers + 1,
             )
             try:
                 await self.pipeline.run(stop)
