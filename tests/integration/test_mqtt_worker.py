@@ -185,3 +185,32 @@ async def test_metrics_count_received_stored_and_rejected_by_reason(
 
 async def _stored(db: asyncpg.Connection, expected: int) -> bool:
     return await count(db, "SELECT count(*) FROM observation") >= expected
+
+
+async def test_a_device_that_moves_keeps_one_location_and_a_history(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    publisher = Publisher(mqtt_url)
+    eui = "70b3d50000000009"
+    messages = []
+    for seq, latitude in ((1, "47.2184"), (2, "47.2184"), (3, "47.2300")):
+        topic, event = chirpstack_up(topic_prefix, eui, seq)
+        event["deviceInfo"]["tags"]["latitude"] = latitude  # type: ignore[index]
+        messages.append((topic, event))
+    try:
+        for done, message in enumerate(messages, start=1):  # one batch each, in order
+            publisher.publish_all([message])
+            await until(lambda n=done: worker.worker.source.acknowledged >= n, what="stored")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM location") == 1
+    assert await db.fetchval("SELECT ST_Y(geom) FROM location") == pytest.approx(47.23)
+    assert await count(db, "SELECT count(*) FROM thing_location") == 1
+    history = await db.fetch(
+        "SELECT h.time, l.location_id IS NOT NULL AS linked FROM historical_location h "
+        "LEFT JOIN location_historical_location l ON l.historical_location_id = h.id ORDER BY h.time"
+    )
+    assert len(history) == 2  # first position, then the move; the repeated position is not history
+    assert all(row["linked"] for row in history)

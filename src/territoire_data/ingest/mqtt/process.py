@@ -142,6 +142,7 @@ async def _child(conn: Connection, settings: Settings, config: ConnectorConfig, 
         reader.cancel()
         for each in stores:
             await each.close()
+        logger.info("storing process done (%.1f s of CPU)", time.process_time())
 
 
 class ProcessSink:

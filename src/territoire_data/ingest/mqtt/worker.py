@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 
 from territoire_data.ingest.metrics import IngestMetrics
 from territoire_data.ingest.mqtt.client import MqttSource
@@ -76,10 +77,11 @@ class MqttWorker:
         finally:
             await sink.close()
             logger.info(
-                "worker %s stopped: %d received, %d acknowledged",
+                "worker %s stopped: %d received, %d acknowledged (%.1f s of CPU here)",
                 self.client_id,
                 self.source.received,
                 self.source.acknowledged,
+                time.process_time(),
             )
 
 
