@@ -16,10 +16,12 @@ from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_
 pytestmark = [pytest.mark.db, pytest.mark.mqtt]
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_uplinks_become_things_datastreams_and_observations_once(
-    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str, protocol: str
 ) -> None:
-    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    config = connector_for(topic_prefix, broker={"client_id": f"w-{topic_prefix}", "protocol": protocol})
+    worker = await RunningWorker(settings, config).start()
     publisher = Publisher(mqtt_url)
     try:
         messages = [chirpstack_up(topic_prefix, f"70b3d5{d:010x}", seq) for d in range(5) for seq in range(40)]
@@ -214,3 +216,22 @@ async def test_a_device_that_moves_keeps_one_location_and_a_history(
     )
     assert len(history) == 2  # first position, then the move; the repeated position is not history
     assert all(row["linked"] for row in history)
+
+
+async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_its_batch_is_stored(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix, batch_ms=300)).start()
+    publisher = Publisher(mqtt_url)
+    eui = "70b3d50000000001"
+    refused = chirpstack_up(topic_prefix, eui, 2, label="a\u0000b")  # PostgreSQL text cannot hold NUL
+    try:
+        publisher.publish_all([chirpstack_up(topic_prefix, eui, 1), refused, chirpstack_up(topic_prefix, eui, 3)])
+        await until(lambda: worker.worker.source.acknowledged >= 3, what="all acknowledged")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM observation") == 4
+    reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection")]
+    assert len(reasons) == 1
+    assert reasons[0].startswith("store_failed: ")

@@ -2,10 +2,11 @@
 
 Two halves. The `Pipeline` (next to the broker client) collects messages into batches that flush on size or on
 time counted from their first message, hands each batch to a sink, and acknowledges the batch only once the sink
-says it is committed. The `StoreSink` decodes and validates a batch, then writes observations and dead letters in
-one transaction, retrying database outages with backoff, so nothing is acknowledged unstored. The MQTT worker runs
-the sink in a child process (see ingest.process) so that decoding and writing never compete with the network thread
-for the interpreter; at most one batch is being written while the next one fills (back-pressure).
+says it is committed, in the order received. The `StoreSink` decodes and validates a batch, then writes
+observations and dead letters in one transaction, retrying database outages with backoff, so nothing is acknowledged
+unstored. The MQTT worker runs the sinks in a child process (see ingest.mqtt.process) so that decoding and writing
+never compete with the network thread for the interpreter; a bounded number of batches is in flight (one decoding,
+the others being written on their own connections) while the next one fills: beyond that, back-pressure.
 """
 
 from __future__ import annotations
@@ -106,10 +107,6 @@ class StoreSink:
             else:
                 readings.extend((index, reading) for reading in decoded)
         return Prepared(messages, readings, dead, outcome, time.perf_counter() - started)
-
-    async def write(self, messages: Sequence[RawMessage], stop: asyncio.Event) -> Outcome | None:
-        """Decode and store a batch."""
-        return await self.store_prepared(self.prepare(messages), stop)
 
     async def store_prepared(self, prepared: Prepared, stop: asyncio.Event) -> Outcome | None:
         """Store a decoded batch in one transaction, retrying transient failures; None if given up."""
