@@ -27,7 +27,7 @@ from tests.integration.mqtt_helpers import (
     until,
 )
 
-pytestmark = [pytest.mark.db, pytest.mark.mqtt]
+pytestmark = [pytest.mark.db, pytest.mark.mqtt, pytest.mark.slow]
 
 
 def uplinks(prefix: str, start: int, stop: int, devices: int = 10) -> list[tuple[str, dict[str, object]]]:
