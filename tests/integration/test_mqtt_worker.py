@@ -9,6 +9,8 @@ import httpx
 import orjson
 import pytest
 
+from territoire_data.errors import ConfigurationError
+from territoire_data.ingest.mqtt.worker import MqttWorker
 from territoire_data.settings import Settings
 from tests.conftest import free_port
 from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_up, connector_for, count, until
@@ -235,3 +237,12 @@ async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_its_batc
     reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection")]
     assert len(reasons) == 1
     assert reasons[0].startswith("store_failed: ")
+
+
+async def test_a_connector_naming_a_tabular_dataset_stops_with_a_clear_error(
+    db: asyncpg.Connection, settings: Settings, topic_prefix: str
+) -> None:
+    await db.execute("INSERT INTO dataset (slug, kind, title) VALUES ('capteurs-test', 'table', 'Un tableau')")
+    worker = MqttWorker(settings, connector_for(topic_prefix))
+    with pytest.raises(ConfigurationError, match="not a sensors dataset"):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 30)

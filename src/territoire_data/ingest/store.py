@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from territoire_data.db.bulk import copy_and_merge
+from territoire_data.errors import ConfigurationError
 from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry, Resolution
 
@@ -163,8 +164,6 @@ class ObservationStore:
         row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
         assert row is not None
         if row["kind"] != "sensors":
-            from territoire_data.errors import ConfigurationError
-
             raise ConfigurationError(f"dataset {slug!r} exists and is not a sensors dataset")
         return int(row["id"])
 
