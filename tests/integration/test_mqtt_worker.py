@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import httpx
 import orjson
 import pytest
 
+from territoire_data.errors import ConfigurationError
+from territoire_data.ingest.mqtt.worker import MqttWorker
 from territoire_data.settings import Settings
+from tests.conftest import free_port
 from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_up, connector_for, count, until
 
 pytestmark = [pytest.mark.db, pytest.mark.mqtt]
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_uplinks_become_things_datastreams_and_observations_once(
-    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str, protocol: str
 ) -> None:
-    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    config = connector_for(topic_prefix, broker={"client_id": f"w-{topic_prefix}", "protocol": protocol})
+    worker = await RunningWorker(settings, config).start()
     publisher = Publisher(mqtt_url)
     try:
         messages = [chirpstack_up(topic_prefix, f"70b3d5{d:010x}", seq) for d in range(5) for seq in range(40)]
@@ -124,3 +132,117 @@ async def test_unknown_devices_are_rejected_when_auto_registration_is_off(
     assert await count(db, "SELECT count(*) FROM thing") == 1
     reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection ORDER BY id")]
     assert [r.split(":", 1)[0] for r in reasons] == ["unknown_device", "unknown_datastream"]
+
+
+async def test_clean_stop_acknowledges_everything_stored_so_nothing_is_redelivered(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    config = connector_for(topic_prefix)
+    worker = await RunningWorker(settings, config).start()
+    publisher = Publisher(mqtt_url)
+    try:
+        publisher.publish_all([chirpstack_up(topic_prefix, "70b3d50000000001", seq) for seq in range(300)])
+        await until(lambda: _stored(db, 600), what="all stored")
+    finally:
+        await worker.stop()
+    # Messages published while no worker runs wait in the persistent session.
+    publisher.publish_all([chirpstack_up(topic_prefix, "70b3d50000000001", seq) for seq in range(300, 310)])
+    publisher.close()
+    again = await RunningWorker(settings, config).start()  # same client id: same session
+    try:
+        await until(lambda: _stored(db, 620), what="queued messages stored")
+        await asyncio.sleep(0.5)
+    finally:
+        await again.stop()
+    assert again.worker.source.received == 10  # nothing that was stored came back
+    assert await count(db, "SELECT count(*) FROM observation") == 620
+
+
+async def test_metrics_count_received_stored_and_rejected_by_reason(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    port = free_port()
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    worker.worker.metrics.serve(port)
+    publisher = Publisher(mqtt_url)
+    topic, event = chirpstack_up(topic_prefix, "70b3d50000000001", 1)
+    try:
+        publisher.publish_all(
+            [(topic, event), (topic, event), (topic, b"nope"), (topic.replace("/up", "/join"), event)]
+        )
+        await until(lambda: worker.worker.source.acknowledged >= 4, what="all acknowledged")
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        publisher.close()
+        await worker.stop()
+    labels = '{connector="test-chirpstack-v4"}'
+    assert f"territoire_ingest_messages_received_total{labels} 4.0" in text
+    assert f"territoire_ingest_messages_acknowledged_total{labels} 4.0" in text
+    assert f"territoire_ingest_observations_stored_total{labels} 2.0" in text
+    assert f"territoire_ingest_observations_duplicate_total{labels} 2.0" in text
+    assert 'territoire_ingest_messages_rejected_total{connector="test-chirpstack-v4",reason="invalid_json"} 1.0' in text
+    assert 'territoire_ingest_messages_ignored_total{connector="test-chirpstack-v4",kind="chirpstack-join"} 1.0' in text
+    assert "territoire_ingest_batch_seconds_count" in text
+    assert f"territoire_ingest_lag_seconds{labels}" in text
+
+
+async def _stored(db: asyncpg.Connection, expected: int) -> bool:
+    return await count(db, "SELECT count(*) FROM observation") >= expected
+
+
+async def test_a_device_that_moves_keeps_one_location_and_a_history(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    publisher = Publisher(mqtt_url)
+    eui = "70b3d50000000009"
+    messages = []
+    for seq, latitude in ((1, "47.2184"), (2, "47.2184"), (3, "47.2300")):
+        topic, event = chirpstack_up(topic_prefix, eui, seq)
+        event["deviceInfo"]["tags"]["latitude"] = latitude  # type: ignore[index]
+        messages.append((topic, event))
+    try:
+        for done, message in enumerate(messages, start=1):  # one batch each, in order
+            publisher.publish_all([message])
+            await until(lambda n=done: worker.worker.source.acknowledged >= n, what="stored")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM location") == 1
+    assert await db.fetchval("SELECT ST_Y(geom) FROM location") == pytest.approx(47.23)
+    assert await count(db, "SELECT count(*) FROM thing_location") == 1
+    history = await db.fetch(
+        "SELECT h.time, l.location_id IS NOT NULL AS linked FROM historical_location h "
+        "LEFT JOIN location_historical_location l ON l.historical_location_id = h.id ORDER BY h.time"
+    )
+    assert len(history) == 2  # first position, then the move; the repeated position is not history
+    assert all(row["linked"] for row in history)
+
+
+async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_its_batch_is_stored(
+    db: asyncpg.Connection, settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    worker = await RunningWorker(settings, connector_for(topic_prefix, batch_ms=300)).start()
+    publisher = Publisher(mqtt_url)
+    eui = "70b3d50000000001"
+    refused = chirpstack_up(topic_prefix, eui, 2, label="a\u0000b")  # PostgreSQL text cannot hold NUL
+    try:
+        publisher.publish_all([chirpstack_up(topic_prefix, eui, 1), refused, chirpstack_up(topic_prefix, eui, 3)])
+        await until(lambda: worker.worker.source.acknowledged >= 3, what="all acknowledged")
+    finally:
+        publisher.close()
+        await worker.stop()
+    assert await count(db, "SELECT count(*) FROM observation") == 4
+    reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection")]
+    assert len(reasons) == 1
+    assert reasons[0].startswith("store_failed: ")
+
+
+async def test_a_connector_naming_a_tabular_dataset_stops_with_a_clear_error(
+    db: asyncpg.Connection, settings: Settings, topic_prefix: str
+) -> None:
+    await db.execute("INSERT INTO dataset (slug, kind, title) VALUES ('capteurs-test', 'table', 'Un tableau')")
+    worker = MqttWorker(settings, connector_for(topic_prefix))
+    with pytest.raises(ConfigurationError, match="not a sensors dataset"):
+        await asyncio.wait_for(worker.run(asyncio.Event()), 30)

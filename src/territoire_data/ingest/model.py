@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Every reason a message can be rejected for; a bounded set, so it can label a metric.
 REASONS = (
@@ -24,7 +24,7 @@ REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message on the hot path
 class InboundMessage:
     """One message from a broker, converted at the edge so nothing past it depends on paho."""
 
@@ -34,6 +34,13 @@ class InboundMessage:
     qos: int
     received: float  # time.monotonic() when it arrived
     generation: int = 0  # which broker connection delivered it; acks only go back on that same connection
+
+
+class RawMessage(NamedTuple):
+    """What the storing side needs of a message: its topic and its bytes (cheap to send to another process)."""
+
+    topic: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,7 @@ class Device:
     properties: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per value on the hot path, and frozen init costs a setattr per field
 class Reading:
     """One measured value of one quantity of one device at one time: becomes one observation."""
 

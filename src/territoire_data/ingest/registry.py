@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -63,6 +64,7 @@ class Pending:
 
     things: dict[str, Device] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
+    position_times: dict[str, datetime] = field(default_factory=dict)  # when the device reported it
     sensors: dict[str, str] = field(default_factory=dict)  # sensor key -> name
     properties: dict[str, str] = field(default_factory=dict)  # quantity -> quantity
     datastreams: dict[tuple[str, str], Reading] = field(default_factory=dict)
@@ -102,8 +104,9 @@ class EntityRegistry:
             device = reading.device
             pair = (device.key, reading.quantity)
             position = device.position
-            if position is not None and self.positions.get(device.key) != position:
+            if position is not None and (known := self.positions.get(device.key)) is not position and known != position:
                 pending.positions[device.key] = position
+                pending.position_times[device.key] = reading.time
                 pending.things.setdefault(device.key, device)
             if pair in self.datastreams or pair in pending.datastreams:
                 continue
@@ -133,7 +136,7 @@ class EntityRegistry:
             [self.thing_key(d) for d in {d for d, _ in pairs}],
         )
         known_things = {row["external_key"] for row in things}
-        result = Resolution()
+        result = Resolution(positions=dict(pending.positions))  # not written: nothing is registered
         for device_key, quantity in pairs:
             ds_id = found.get(self.datastream_key(device_key, quantity))
             if ds_id is not None:
@@ -249,7 +252,7 @@ class EntityRegistry:
     async def _locate(self, conn: asyncpg.Connection, pending: Pending) -> None:
         """One Location per device (key = the thing's), updated when the device reports a new position."""
         keys = sorted(pending.positions)
-        names, geojson, lons, lats, ext = [], [], [], [], []
+        names, geojson, lons, lats, ext, times = [], [], [], [], [], []
         for key in keys:
             position = pending.positions[key]
             coordinates = [position.longitude, position.latitude]
@@ -260,25 +263,37 @@ class EntityRegistry:
             lons.append(position.longitude)
             lats.append(position.latitude)
             ext.append(self.thing_key(key))
+            times.append(pending.position_times[key])
+        # New or moved: write the Location, link it to its Thing, and record a HistoricalLocation (SensorThings
+        # keeps the history of where a Thing was); an unchanged position writes nothing.
         await conn.execute(
-            "INSERT INTO location (name, description, encoding_type, location, geom, external_key) "
-            "SELECT u.name, 'Position du capteur ' || u.name, 'application/geo+json', u.loc::jsonb, "
-            "ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.ext "
-            "FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[]) "
-            "AS u(name, loc, lon, lat, ext) "
-            "ON CONFLICT (external_key) DO UPDATE SET location = EXCLUDED.location, geom = EXCLUDED.geom "
-            "WHERE location.location IS DISTINCT FROM EXCLUDED.location",
+            "WITH changed AS ("
+            " INSERT INTO location (name, description, encoding_type, location, geom, external_key)"
+            " SELECT u.name, 'Position du capteur ' || u.name, 'application/geo+json', u.loc::jsonb,"
+            " ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.ext"
+            " FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[])"
+            " AS u(name, loc, lon, lat, ext)"
+            " ON CONFLICT (external_key) DO UPDATE SET location = EXCLUDED.location, geom = EXCLUDED.geom"
+            " WHERE location.location IS DISTINCT FROM EXCLUDED.location"
+            " RETURNING id, external_key"
+            "), moved AS ("
+            " SELECT c.id AS location_id, t.id AS thing_id, w.at FROM changed c"
+            " JOIN thing t ON t.external_key = c.external_key"
+            " JOIN unnest($5::text[], $6::timestamptz[]) AS w(ext, at) ON w.ext = c.external_key"
+            "), linked AS ("
+            " INSERT INTO thing_location (thing_id, location_id) SELECT thing_id, location_id FROM moved"
+            " ON CONFLICT DO NOTHING"
+            "), history AS ("
+            " INSERT INTO historical_location (thing_id, time) SELECT thing_id, at FROM moved"
+            " RETURNING id, thing_id"
+            ") INSERT INTO location_historical_location (location_id, historical_location_id)"
+            " SELECT m.location_id, h.id FROM history h JOIN moved m ON m.thing_id = h.thing_id",
             names,
             geojson,
             lons,
             lats,
             ext,
-        )
-        await conn.execute(
-            "INSERT INTO thing_location (thing_id, location_id) "
-            "SELECT t.id, l.id FROM thing t JOIN location l ON l.external_key = t.external_key "
-            "WHERE t.external_key = ANY($1::text[]) ON CONFLICT DO NOTHING",
-            ext,
+            times,
         )
 
     def remember(self, resolution: Resolution) -> None:

@@ -16,7 +16,8 @@ import asyncpg
 import orjson
 
 from territoire_data.db.bulk import copy_and_merge
-from territoire_data.ingest.model import InboundMessage, Reading
+from territoire_data.errors import ConfigurationError
+from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry, Resolution
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,15 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def month_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def months_of(readings: Sequence[Reading]) -> set[tuple[int, int]]:
+    """The (year, month) in UTC of every reading (decoders give UTC times)."""
+    months = set()
+    for reading in readings:
+        moment = reading.time
+        if moment.utcoffset():
+            moment = moment.astimezone(UTC)
+        months.add((moment.year, moment.month))
+    return months
 
 
 class ObservationStore:
@@ -90,7 +98,14 @@ class ObservationStore:
         self.source = source
         self.statement_timeout_ms = statement_timeout_ms
         self.conn: asyncpg.Connection | None = None
-        self.months: set[datetime] = set()
+        self.months: set[tuple[int, int]] = set()  # observation partitions known to exist
+
+    def sibling(self) -> ObservationStore:
+        """Another store on its own connection, sharing the registry and the known partitions (parallel writes)."""
+        other = ObservationStore(self.dsn, source=self.source, statement_timeout_ms=self.statement_timeout_ms)
+        other.registry = self.registry
+        other.months = self.months
+        return other
 
     async def connect(self) -> asyncpg.Connection:
         if self.conn is None or self.conn.is_closed():
@@ -105,7 +120,7 @@ class ObservationStore:
                 )
                 for row in rows:
                     year, month = row["relname"].split("_")[1:]
-                    self.months.add(datetime(int(year), int(month), 1, tzinfo=UTC))
+                    self.months.add((int(year), int(month)))
         return self.conn
 
     async def close(self) -> None:
@@ -149,18 +164,16 @@ class ObservationStore:
         row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
         assert row is not None
         if row["kind"] != "sensors":
-            from territoire_data.errors import ConfigurationError
-
             raise ConfigurationError(f"dataset {slug!r} exists and is not a sensors dataset")
         return int(row["id"])
 
-    async def _ensure_months(self, conn: asyncpg.Connection, readings: Sequence[Reading]) -> int:
+    async def _ensure_months(self, conn: asyncpg.Connection, needed: set[tuple[int, int]]) -> int:
         """Create the monthly partitions this batch touches that do not exist yet (rows never land in default)."""
-        needed = {month_start(r.time) for r in readings} - self.months
         created = 0
-        for month in sorted(needed):
+        for year, month in sorted(needed):
+            start = datetime(year, month, 1, tzinfo=UTC)
             created += await conn.fetchval(
-                "SELECT ensure_observation_partitions($1::timestamptz, $1::timestamptz + interval '1 day')", month
+                "SELECT ensure_observation_partitions($1::timestamptz, $1::timestamptz + interval '1 day')", start
             )
         return created
 
@@ -168,7 +181,7 @@ class ObservationStore:
         self,
         readings: Sequence[tuple[int, Reading]],
         dead: Sequence[DeadLetter],
-        messages: Sequence[InboundMessage],
+        messages: Sequence[RawMessage],
     ) -> WriteResult:
         """Store a batch in one transaction: readings (tagged with their message index) and dead letters.
 
@@ -180,10 +193,10 @@ class ObservationStore:
         conn = await self.connect()
         result = WriteResult(rejected=list(dead))
         just_readings = [reading for _, reading in readings]
-        needed_months = {month_start(r.time) for r in just_readings} - self.months
+        needed_months = months_of(just_readings) - self.months
         if needed_months:
             async with conn.transaction():
-                result.months_created = await self._ensure_months(conn, just_readings)
+                result.months_created = await self._ensure_months(conn, needed_months)
             self.months |= needed_months
         resolution = Resolution()
         async with conn.transaction():

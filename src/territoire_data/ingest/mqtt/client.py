@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +44,10 @@ class MqttSource:
         self.client_id = client_id
         self.address = parse_mqtt_url(broker.url or settings.mqtt_url)
         self.v5 = broker.protocol == "5"
-        self.queue: queue.Queue[InboundMessage] = queue.Queue(maxsize=queue_size)
+        # A deque: appends and pops are atomic without a lock; the bound is enforced by `_on_message` waiting.
+        self.queue: deque[InboundMessage] = deque()
+        self.queue_size = queue_size
+        self._space = threading.Event()
         self.receive_maximum = min(MAX_RECEIVE_MAXIMUM, queue_size)
         self.generation = 0
         self.received = 0
@@ -123,7 +126,11 @@ class MqttSource:
             received=time.monotonic(),
             generation=self.generation,
         )
-        self.queue.put(inbound)  # blocks when full: back-pressure onto the socket and the broker
+        while len(self.queue) >= self.queue_size:
+            # Full: stop reading the socket until the pipeline takes a batch (back-pressure onto the broker).
+            self._space.clear()
+            self._space.wait(0.1)
+        self.queue.append(inbound)
         self.received += 1
         if self._waiting and self._loop is not None and self._wakeup is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
@@ -150,9 +157,12 @@ class MqttSource:
 
     def get_nowait(self) -> InboundMessage | None:
         try:
-            return self.queue.get_nowait()
-        except queue.Empty:
+            message = self.queue.popleft()
+        except IndexError:
             return None
+        if not self._space.is_set() and len(self.queue) < self.queue_size:
+            self._space.set()
+        return message
 
     async def wait(self, seconds: float) -> None:
         """Wait until a message is queued or `seconds` pass."""
@@ -160,7 +170,7 @@ class MqttSource:
         self._wakeup.clear()
         self._waiting = True
         try:
-            if not self.queue.empty():
+            if self.queue:
                 return
             await asyncio.wait_for(self._wakeup.wait(), seconds)
         except TimeoutError:
@@ -169,7 +179,7 @@ class MqttSource:
             self._waiting = False
 
     def pending(self) -> int:
-        return self.queue.qsize()
+        return len(self.queue)
 
     def ack(self, messages: Sequence[InboundMessage]) -> int:
         """Acknowledge stored messages that came on the current connection; returns how many were acked."""

@@ -104,6 +104,7 @@ class ConnectorConfig(Strict):
     max_future_seconds: int = Field(default=600, ge=0)
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     batch_ms: int | None = Field(default=None, ge=1, le=60_000)
+    writers: int = Field(default=2, ge=1, le=8)  # database connections writing batches in parallel
     json_mapping: JsonMapping | None = Field(default=None, alias="json")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -126,8 +126,16 @@ def _quantity_key(name: str) -> str:
 
 def _value(config: ConnectorConfig, quantity: str, raw: Any) -> float | bool | str | dict[str, Any] | list[Any]:
     """Check one value against its declared type; numbers must be finite."""
-    spec = config.quantity(quantity)
+    spec = config.quantities.get(quantity)
     wanted = spec.type if spec else "any"
+    kind_of = type(raw)
+    if kind_of is float or kind_of is int:  # the common case first
+        number = float(raw)
+        if number - number != 0:  # inf or nan
+            raise Rejection("non_finite", f"{quantity} is not finite")
+        if wanted not in ("any", "number"):
+            raise Rejection("wrong_type", f"{quantity} should be a {wanted}, got a number")
+        return number
     if isinstance(raw, bool):
         value: float | bool | str | dict[str, Any] | list[Any] = raw
         kind = "boolean"
@@ -156,17 +164,22 @@ def readings_from_object(
     parameters: dict[str, Any] | None = None,
 ) -> list[Reading]:
     """One reading per non-null member of a decoded object (nested objects give dotted quantity names)."""
-    flat: dict[str, Any] = {}
-    _flatten("", values, flat)
+    flat: dict[str, Any]
+    if any(type(v) is dict for v in values.values()):
+        flat = {}
+        _flatten("", values, flat)
+    else:
+        flat = values
     readings = []
+    quantities = config.quantities
     for name, raw in flat.items():
         if raw is None or raw == {}:
             continue
         quantity = _quantity_key(name)
-        spec = config.quantity(quantity)
+        spec = quantities.get(quantity)
         if spec is None and config.only_known_quantities:
             continue
-        unit = (units or {}).get(quantity) or (spec.unit if spec else None)
+        unit = (units.get(quantity) if units else None) or (spec.unit if spec else None)
         readings.append(
             Reading(device, quantity, time, _value(config, quantity, raw), unit=unit, parameters=parameters)
         )
@@ -223,6 +236,48 @@ CHIRPSTACK_EVENT = re.compile(r"(?:^|/)application/[^/]+/device/[^/]+/event/([^/
 CHIRPSTACK_IGNORED = {"join", "ack", "txack", "log", "location", "integration"}
 
 
+_DEVICE_CACHE_SIZE = 100_000
+_chirpstack_devices: dict[tuple[Any, ...], Device] = {}
+
+
+def _chirpstack_device(info: dict[str, Any]) -> Device:
+    """The Device of a ChirpStack deviceInfo, cached by what it is built from (the same few devices repeat)."""
+    tags: dict[str, Any] = info["tags"] if isinstance(info.get("tags"), dict) else {}
+    signature = (
+        info.get("devEui"),
+        info.get("deviceName"),
+        info.get("deviceProfileName"),
+        info.get("applicationName"),
+        info.get("tenantName"),
+        tags.get("latitude", tags.get("lat")),
+        tags.get("longitude", tags.get("lon")),
+        tags.get("altitude"),
+    )
+    try:
+        cached = _chirpstack_devices.get(signature)
+    except TypeError:  # an unhashable value (a list, an object): not cacheable, and rejected below
+        cached = None
+    if cached is not None:
+        return cached
+    eui = _device_key(info.get("devEui"), "deviceInfo.devEui").lower()
+    position = _position(signature[5], signature[6], signature[7])
+    properties = {
+        k: info[k] for k in ("applicationName", "deviceProfileName", "tenantName") if isinstance(info.get(k), str)
+    }
+    properties["devEui"] = eui
+    device = Device(
+        key=eui,
+        name=str(info.get("deviceName") or eui),
+        model=info.get("deviceProfileName") if isinstance(info.get("deviceProfileName"), str) else None,
+        position=position,
+        properties=properties,
+    )
+    if len(_chirpstack_devices) >= _DEVICE_CACHE_SIZE:
+        _chirpstack_devices.clear()
+    _chirpstack_devices[signature] = device
+    return device
+
+
 def decode_chirpstack_v4(topic: str, data: Any, config: ConnectorConfig, now: datetime) -> Decoded:
     """ChirpStack v4 integration events (JSON): `up` and `status` carry measurements; others are ignored."""
     payload = _require_object(data, "a ChirpStack event")
@@ -242,22 +297,7 @@ def decode_chirpstack_v4(topic: str, data: Any, config: ConnectorConfig, now: da
     info = payload.get("deviceInfo")
     if not isinstance(info, dict):
         raise Rejection("missing_device", "no deviceInfo")
-    eui = _device_key(info.get("devEui"), "deviceInfo.devEui").lower()
-    tags: dict[str, Any] = info["tags"] if isinstance(info.get("tags"), dict) else {}
-    position = _position(
-        tags.get("latitude", tags.get("lat")), tags.get("longitude", tags.get("lon")), tags.get("altitude")
-    )
-    properties = {
-        k: info[k] for k in ("applicationName", "deviceProfileName", "tenantName") if isinstance(info.get(k), str)
-    }
-    properties["devEui"] = eui
-    device = Device(
-        key=eui,
-        name=str(info.get("deviceName") or eui),
-        model=info.get("deviceProfileName") if isinstance(info.get("deviceProfileName"), str) else None,
-        position=position,
-        properties=properties,
-    )
+    device = _chirpstack_device(info)
     time = parse_time(payload.get("time"), "time")
     if event == "status":
         values: dict[str, Any] = {}
