@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
+from territoire_data.sensorthings.mqtt import LOCK_KEY
 from territoire_data.settings import Settings
 from tests.integration.sensorthings.conftest import Subscriber, create, get, thing_body
 
@@ -114,7 +115,11 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
             await asyncio.sleep(0.1)
             conn = await asyncpg.connect(settings.database_url)
             try:
-                held = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    LOCK_KEY,
+                )
             finally:
                 await conn.close()
             if held:
