@@ -99,6 +99,8 @@ async def test_paging_with_next_links_top_skip_count(sta: httpx.AsyncClient) -> 
         page = response.json()
         seen += [o["result"] for o in page["value"]]
     assert seen == [10.0 + h for h in range(7)]
+    only_count = await get(sta, "Observations", **{"$top": "0", "$count": "true"})
+    assert only_count == {"@iot.count": 7, "value": []}
     skipped = await get(sta, "Observations", **{"$skip": "5", "$orderby": "phenomenonTime"})
     assert [o["result"] for o in skipped["value"]] == [15.0, 16.0]
 
