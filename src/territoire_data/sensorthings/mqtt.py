@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from territoire_data.auth.policy import ANONYMOUS
-from territoire_data.errors import BadRequestError, TerritoireError
+from territoire_data.errors import BadRequestError, ServiceUnavailableError, TerritoireError
 from territoire_data.mqtt_url import parse_mqtt_url
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.model import BY_NAME
@@ -155,7 +155,12 @@ class StaMqttBridge:
         self._client = self._make_client()
         self._client.loop_start()
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout=30)
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout=30)
+            except TimeoutError:
+                raise ServiceUnavailableError(
+                    f"no MQTT broker answered at {parse_mqtt_url(self.settings.mqtt_url)!r} within 30 s"
+                ) from None
             writes = await asyncpg.connect(
                 self.settings.asyncpg_dsn, server_settings={"application_name": "territoire-data-sta-mqtt"}
             )

@@ -257,7 +257,7 @@ async def read_collection(
         entity, ctx.principal, filter_expr=opts.filter, orderby=opts.orderby, top=top, skip=opts.skip, scope=scope
     )
     rows = await conn.fetch(stmt.sql, *stmt.params)
-    more = len(rows) > top
+    more = len(rows) > top > 0  # $top=0 asks for the count alone: no next page to follow
     rows = rows[:top]
     body: dict[str, Any] = {}
     if opts.count:

@@ -326,6 +326,11 @@ class Writer:
                     await self.resolve(target, body[rel.name], f"{entity.name}/{rel.name}"),
                     "{}::bigint",
                 )
+                if entity.name == "Datastream" and rel.name == "Thing":  # the access policy follows the Thing
+                    columns["dataset_id"] = (
+                        await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
+                        "{}::bigint",
+                    )
             elif entity.name == "Thing" and rel.name == "Locations":
                 items = body[rel.name]
                 if not isinstance(items, list):

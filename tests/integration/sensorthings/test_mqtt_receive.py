@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
+from territoire_data.sensorthings.mqtt import LOCK_KEY
 from territoire_data.settings import Settings
 from tests.integration.sensorthings.conftest import Subscriber, create, get, thing_body
 
@@ -114,11 +115,11 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
             await asyncio.sleep(0.1)
             conn = await asyncpg.connect(settings.database_url)
             try:
-                # The bridge takes the lock, then LISTENs: wait for both, in this test's database only.
                 held = await conn.fetchval(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
-                ) and await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1 "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    LOCK_KEY,
+                ) and await conn.fetchval(  # the bridge takes the lock, then LISTENs: wait for both
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
                 )
             finally:

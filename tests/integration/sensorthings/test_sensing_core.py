@@ -99,6 +99,8 @@ async def test_paging_with_next_links_top_skip_count(sta: httpx.AsyncClient) -> 
         page = response.json()
         seen += [o["result"] for o in page["value"]]
     assert seen == [10.0 + h for h in range(7)]
+    only_count = await get(sta, "Observations", **{"$top": "0", "$count": "true"})
+    assert only_count == {"@iot.count": 7, "value": []}
     skipped = await get(sta, "Observations", **{"$skip": "5", "$orderby": "phenomenonTime"})
     assert [o["result"] for o in skipped["value"]] == [15.0, 16.0]
 
@@ -303,3 +305,16 @@ async def test_restricted_dataset_entities_are_invisible(sta: httpx.AsyncClient,
     assert (await get(sta, "Locations", **{"$count": "true"}))["@iot.count"] == 1
     filtered = await get(sta, "Locations", **{"$filter": "Things/name eq 'secret'"})
     assert filtered["value"] == []
+    # writes cannot reach it either, and a Datastream moved to it takes its dataset along
+    hidden = await sta.patch(f"{BASE}/Things({secret['@iot.id']})", json={"name": "x"}, headers=AUTH)
+    assert hidden.status_code == 404
+    public_ds = (await get(sta, f"Things({public['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
+    opened = await db.fetchval(
+        "INSERT INTO dataset (slug, title, kind, access) VALUES ('open', 'Open', 'sensors', 'public') RETURNING id"
+    )
+    await db.execute("UPDATE thing SET dataset_id = $1 WHERE id = $2", opened, secret["@iot.id"])
+    moved = await sta.patch(
+        f"{BASE}/Datastreams({public_ds})", json={"Thing": {"@iot.id": secret["@iot.id"]}}, headers=AUTH
+    )
+    assert moved.status_code == 200
+    assert await db.fetchval("SELECT dataset_id FROM datastream WHERE id = $1", public_ds) == opened
