@@ -1,14 +1,24 @@
 # syntax=docker/dockerfile:1
 # territoire-data: API, ingest workers and CLI in one slim, non-root image.
 
+# --- assets: the portal's browser libraries from the npm registry (pinned by web/package-lock.json) ----------
+FROM node:20-bookworm-slim AS assets
+WORKDIR /src
+COPY web/package.json web/package-lock.json web/
+COPY scripts/build-assets scripts/
+COPY scripts/lib scripts/lib
+RUN mkdir -p src/territoire_data/web/static && bash scripts/build-assets
+
 # --- build: wheels for the project and its dependencies -------------------------------------------------
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY src ./src
+COPY --from=assets /src/src/territoire_data/web/static/vendor ./src/territoire_data/web/static/vendor
 COPY migrations ./migrations
 COPY connectors ./connectors
+COPY demo ./demo
 RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime -----------------------------------------------------------------------------------------------

@@ -95,10 +95,11 @@ ensure_python_env() {
     python3 -m venv "$repo/.venv"
     "$repo/.venv/bin/pip" install -q --upgrade pip
   fi
-  local stamp="$repo/.venv/.installed-$extras"
+  local stamp="$repo/.venv/.installed-${extras:-base}" target="$repo"
+  [ -n "$extras" ] && target="$repo[$extras]"
   if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-    log "installing territoire-data[$extras] into .venv"
-    "$repo/.venv/bin/pip" install -q -e "$repo[$extras]"
+    log "installing territoire-data${extras:+[$extras]} into .venv"
+    "$repo/.venv/bin/pip" install -q -e "$target"
     touch "$stamp"
   fi
 }

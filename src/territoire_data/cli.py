@@ -561,6 +561,28 @@ def datasets_delete(
     typer.echo(f"deleted {slug}")
 
 
+@app.command()
+@clear_errors
+def demo(
+    history_hours: Annotated[int, typer.Option(min=0, max=24 * 31, help="Hours of sensor history to create")] = 24,
+) -> None:
+    """Load the demo territory: real open datasets and a day of history for 40 sensors in Nantes (rerunnable)."""
+    from territoire_data.db.migrate import current_revision, head_revision
+    from territoire_data.demo import load_demo
+    from territoire_data.errors import ConfigurationError
+
+    settings = settings_for_command()
+    revision = run_with_connection(settings, current_revision)
+    if revision != head_revision(settings):
+        raise ConfigurationError("the database schema is not up to date: run `territoire-data migrate` first")
+    report = asyncio.run(load_demo(settings, history_hours=history_hours))
+    for item in report.datasets:
+        status = item.get("status", "loaded")
+        rows = item.get("rows_inserted")
+        typer.echo(f"dataset {item.get('dataset')}: {status}" + (f" ({rows} rows)" if rows is not None else ""))
+    typer.echo(f"sensors: {report.sensor_messages} messages of history decoded, {report.observations} new observations")
+
+
 def main() -> None:
     app()
 

@@ -25,7 +25,7 @@ async def test_demo_datasets_load_once_with_metadata(settings: Settings, db: asy
         "sites-comptage-velo-loire": 3,
         "comptages-velo-loire-2022": 3650,
     }
-    assert rows["sanisettes-paris"]["licence"] == "ODbL-1.0"
+    assert rows["sanisettes-paris"]["licence"] == "odbl-1.0"
     assert rows["bornes-recharge-irve"]["licence"] == "etalab-2.0"
     assert rows["precipitations-alba-la-romaine"]["publisher"] == "Météo-France"
     assert all(r["description"] for r in rows.values())

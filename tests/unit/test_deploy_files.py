@@ -44,7 +44,7 @@ def _assert_cli_accepts(args: list[str]) -> None:
 
 def test_compose_commands_are_cli_commands() -> None:
     services = _our_services()
-    assert {"migrate", "api", "worker"} <= set(services)
+    assert {"migrate", "api", "worker", "sta-mqtt"} <= set(services)
     for service in services.values():
         _assert_cli_accepts([str(a) for a in service["command"]])
 

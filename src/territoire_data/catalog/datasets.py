@@ -9,9 +9,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from territoire_data.catalog.metadata import FREQUENCIES, LICENCES, THEMES
 from territoire_data.catalog.schema import TableSchema, parse_table_schema
 from territoire_data.db.bulk import qualified, quote_ident
-from territoire_data.errors import BadRequestError, ConflictError
+from territoire_data.errors import BadRequestError, ConflictError, ValidationFailedError
 
 SCHEMA = "datasets"
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -95,8 +96,22 @@ def index_ddl(table_name: str, schema: TableSchema) -> tuple[list[str], list[str
     return drop, create
 
 
+def check_vocabularies(meta: DatasetMeta) -> None:
+    """Licence, themes and frequency come from the catalog's vocabularies, so DCAT and the portal can name them."""
+    if meta.licence is not None and meta.licence not in LICENCES:
+        raise ValidationFailedError(f"licence {meta.licence!r} is not one of {', '.join(LICENCES)}")
+    unknown = [theme for theme in meta.themes if theme not in THEMES]
+    if unknown:
+        raise ValidationFailedError(f"themes {unknown} are not EU data themes ({', '.join(THEMES)})")
+    if meta.update_frequency is not None and meta.update_frequency not in FREQUENCIES:
+        raise ValidationFailedError(
+            f"update frequency {meta.update_frequency!r} is not one of {', '.join(FREQUENCIES)}"
+        )
+
+
 async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchema, meta: DatasetMeta) -> Dataset:
     """Insert the dataset row and create its typed table, in the caller's transaction."""
+    check_vocabularies(meta)
     check_slug(slug)
     if await conn.fetchval("SELECT 1 FROM dataset WHERE slug = $1", slug):
         raise ConflictError(f"dataset {slug!r} already exists")

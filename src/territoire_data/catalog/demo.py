@@ -17,7 +17,7 @@ from territoire_data.settings import Settings
 logger = logging.getLogger(__name__)
 
 ETALAB = "etalab-2.0"
-ODBL = "ODbL-1.0"
+ODBL = "odbl-1.0"
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
                 "accessibilité aux personnes à mobilité réduite et localisation."
             ),
             keywords=("toilettes", "sanisettes", "accessibilité", "équipements publics", "Paris"),
-            themes=("Société",),
+            themes=("SOCI",),
             licence=ODBL,
             publisher="Ville de Paris",
-            update_frequency="irregular",
+            update_frequency="IRREG",
         ),
     ),
     DemoDataset(
@@ -56,10 +56,10 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
                 "pour véhicules électriques (schéma IRVE) : aménageur, opérateur, puissance, prises, accès, horaires."
             ),
             keywords=("mobilité", "recharge", "véhicule électrique", "IRVE"),
-            themes=("Transports",),
+            themes=("TRAN",),
             licence=ETALAB,
             publisher="Etalab (data.gouv.fr)",
-            update_frequency="daily",
+            update_frequency="DAILY",
         ),
     ),
     DemoDataset(
@@ -72,10 +72,10 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
                 "d'Alba-la-Romaine, avec leur code qualité. Heures en UTC."
             ),
             keywords=("météo", "précipitations", "pluie", "climat", "Ardèche"),
-            themes=("Environnement",),
+            themes=("ENVI",),
             licence=ETALAB,
             publisher="Météo-France",
-            update_frequency="continuous",
+            update_frequency="UPDATE_CONT",
         ),
         schema="meteofrance_MN_07_precip_6min.schema.json",
         timezone="UTC",
@@ -89,7 +89,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
                 "Sites des compteurs Eco-Compteur de Champtoceaux, Mauves-sur-Loire et de la rue Gambetta à Nantes."
             ),
             keywords=("vélo", "piétons", "comptage", "mobilité", "Loire-Atlantique"),
-            themes=("Transports",),
+            themes=("TRAN",),
             licence=ETALAB,
             publisher="Eco-Compteur",
         ),
@@ -104,10 +104,10 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
                 "sur les sites Eco-Compteur des bords de Loire."
             ),
             keywords=("vélo", "piétons", "comptage", "mobilité", "séries temporelles"),
-            themes=("Transports",),
+            themes=("TRAN",),
             licence=ETALAB,
             publisher="Eco-Compteur",
-            update_frequency="daily",
+            update_frequency="DAILY",
         ),
     ),
 )

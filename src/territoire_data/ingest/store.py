@@ -147,12 +147,14 @@ class ObservationStore:
         licence: str | None,
         publisher: str | None,
         keywords: Sequence[str],
+        themes: Sequence[str] = (),
+        update_frequency: str | None = None,
     ) -> int:
         """The id of the connector's dataset, created with kind 'sensors' when missing."""
         conn = await self.connect()
         await conn.execute(
-            "INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, keywords) "
-            "VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING",
+            "INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, keywords, themes, "
+            "update_frequency) VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (slug) DO NOTHING",
             slug,
             title,
             description,
@@ -160,6 +162,8 @@ class ObservationStore:
             licence,
             publisher,
             list(keywords),
+            list(themes),
+            update_frequency,
         )
         row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
         assert row is not None

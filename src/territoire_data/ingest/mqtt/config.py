@@ -80,9 +80,12 @@ class DatasetSpec(Strict):
     title: str = Field(min_length=1, max_length=300)
     description: str = ""
     access: Literal["public", "restricted"] = "public"
-    licence: str | None = "Licence Ouverte 2.0"
+    # The catalog's vocabularies (catalog.metadata): licence id, EU data themes, EU frequency.
+    licence: Literal["etalab-2.0", "odbl-1.0", "cc-by-4.0", "cc-by-sa-4.0"] | None = "etalab-2.0"
     publisher: str | None = None
     keywords: list[str] = Field(default_factory=list)
+    themes: list[str] = Field(default_factory=lambda: ["ENVI", "TRAN"])
+    update_frequency: str | None = "UPDATE_CONT"
 
 
 class ConnectorConfig(Strict):

@@ -54,6 +54,8 @@ async def prepare_store(settings: Settings, config: ConnectorConfig) -> Observat
                 licence=dataset.licence,
                 publisher=dataset.publisher,
                 keywords=dataset.keywords,
+                themes=dataset.themes,
+                update_frequency=dataset.update_frequency,
             )
             break
         except Exception as exc:

@@ -1,0 +1,78 @@
+"""The demo territory: real open datasets (Nantes, Paris, Rennes, national files) and a day of sensor history.
+
+Loaded by `territoire-data demo` (the quick start runs it); safe to run again. Live traffic then comes from
+`territoire-data simulate` through the shipped MQTT connectors, like a city's own network servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from territoire_data.catalog.demo import load_demo_datasets
+from territoire_data.ingest.model import RawMessage
+from territoire_data.ingest.mqtt.config import ConnectorConfig, load_connector
+from territoire_data.ingest.mqtt.process import make_sink, prepare_store
+from territoire_data.ingest.mqtt.simulate import demo_devices, message
+from territoire_data.paths import shipped
+from territoire_data.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The connectors that ingest the simulated traffic, by the topic root their messages use.
+DEMO_CONNECTORS = {"application": "chirpstack-v4.yaml", "v3": "ttn-v3.yaml", "senml": "senml.yaml"}
+HISTORY_STEP = timedelta(minutes=15)
+
+
+@dataclass
+class DemoReport:
+    datasets: list[dict[str, Any]]
+    sensor_messages: int
+    observations: int
+
+
+def _history(hours: int, seed: int) -> dict[str, list[RawMessage]]:
+    """The simulated traffic of the past `hours`, every device every quarter hour, grouped by topic root."""
+    rng = random.Random(seed)  # noqa: S311 - demo values, reproducible on purpose
+    devices = demo_devices(seed)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    end -= timedelta(minutes=end.minute % 15)  # aligned, so running the demo again overwrites nothing twice
+    moment = end - timedelta(hours=hours)
+    grouped: dict[str, list[RawMessage]] = {root: [] for root in DEMO_CONNECTORS}
+    while moment <= end:
+        for device in devices:
+            topic, payload = message(device, moment, rng)
+            grouped[topic.split("/", 1)[0]].append(RawMessage(topic, payload))
+        moment += HISTORY_STEP
+    return grouped
+
+
+async def _store_history(settings: Settings, config: ConnectorConfig, messages: list[RawMessage]) -> int:
+    """Decode and store messages through the connector's own pipeline (same decoding, registration, writes)."""
+    store = await prepare_store(settings, config)
+    sink = make_sink(settings, config, store, None)
+    stop = asyncio.Event()
+    stored = 0
+    try:
+        for start in range(0, len(messages), 2000):
+            outcome = await sink.store_prepared(sink.prepare(messages[start : start + 2000]), stop)
+            if outcome is not None:
+                stored += outcome.stored
+    finally:
+        await store.close()
+    return stored
+
+
+async def load_demo(settings: Settings, *, history_hours: int = 24, seed: int = 44) -> DemoReport:
+    """Load the demo datasets, then the sensors' recent history through the MQTT connectors' pipeline."""
+    datasets = await load_demo_datasets(settings)
+    folder = shipped("connectors")
+    observations = 0
+    history = _history(history_hours, seed)
+    for root, file in DEMO_CONNECTORS.items():
+        observations += await _store_history(settings, load_connector(folder / file), history[root])
+    return DemoReport(datasets, sum(len(m) for m in history.values()), observations)
