@@ -11,8 +11,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-TOKEN = "test-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.conftest import TEST_ADMIN_AUTH
+
+AUTH = TEST_ADMIN_AUTH
 
 FULL_METADATA: dict[str, Any] = {
     "description": "Emplacements des toilettes publiques gérées par la ville, avec leurs horaires d'ouverture.",

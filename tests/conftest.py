@@ -7,6 +7,7 @@ Set TERRITOIRE_TEST_ADMIN_URL to point at another PostgreSQL server (default: 12
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import socket
@@ -31,6 +32,10 @@ from territoire_data.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 ADMIN_URL = os.environ.get("TERRITOIRE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# The admin key every test database holds (see the `db` fixture).
+TEST_ADMIN_KEY = "td_0000test_TestAdminKeyForTheSuiteOnly-notASecret-0123456789ab"
+TEST_ADMIN_AUTH = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 # Tables that tests may fill; truncated between tests (observation partitions follow their parent).
 CORE_TABLES = (
@@ -105,6 +110,12 @@ async def db(engine: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Co
     """A clean core schema for the test (tables emptied, typed dataset tables dropped) and a raw connection."""
     connection = await asyncpg.connect(database_url)
     await connection.execute(f"TRUNCATE {CORE_TABLES} RESTART IDENTITY CASCADE")
+    # A known admin key, through the real key path: tests send TEST_ADMIN_AUTH to write.
+    await connection.execute(
+        "INSERT INTO api_key (prefix, key_hash, name, role) VALUES ($1, $2, 'test admin (fixture)', 'admin')",
+        TEST_ADMIN_KEY.split("_")[1],
+        hashlib.sha256(TEST_ADMIN_KEY.encode()).hexdigest(),
+    )
     await connection.execute("DROP SCHEMA IF EXISTS datasets CASCADE; CREATE SCHEMA datasets")
     try:
         yield connection

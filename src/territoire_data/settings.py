@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from territoire_data.errors import ConfigurationError
@@ -37,8 +37,6 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024, description="file upload limit")
     rate_limit_per_minute: int = Field(default=1200, ge=0, description="per IP without a key; 0 disables")
     rate_limit_key_per_minute: int = Field(default=6000, ge=1, description="per API key")
-    # Temporary write rule for the catalog until API keys exist (issue 8): writes need this token as a Bearer.
-    admin_token: SecretStr | None = Field(default=None, description="bearer token allowed to write the catalog")
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")

@@ -11,23 +11,23 @@ from frost_sta_client.model.ext.unitofmeasurement import UnitOfMeasurement
 from geojson import Point
 
 from territoire_data.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import TEST_ADMIN_KEY, LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
 
-TOKEN = "frost-e2e-token-0123456789"
+TOKEN = TEST_ADMIN_KEY
 
 
 @pytest.fixture
 def sta_server(settings: Settings, db: object) -> Iterator[LiveServer]:
-    server = LiveServer(settings, env={"TERRITOIRE_ADMIN_TOKEN": TOKEN, "TERRITOIRE_STA_DEFAULT_TOP": "3"})
+    server = LiveServer(settings, env={"TERRITOIRE_STA_DEFAULT_TOP": "3"})
     server.start()
     yield server
     server.stop()
 
 
 def _scenario(url: str) -> None:
-    # FROST's client sends HTTP Basic; the temporary write rule takes the admin token as its password
+    # FROST's client sends HTTP Basic: our API key goes as the password
     service = fsc.SensorThingsService(f"{url}/sta/v1.1", auth_handler=fsc.AuthHandler("admin", TOKEN))
     location = fsc.Location(
         name="Place Bellecour",

@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from territoire_data.settings import Settings
-from tests.catalog_helpers import AUTH, FULL_METADATA, TOKEN, add_geojson_table, add_sensor
+from tests.catalog_helpers import AUTH, FULL_METADATA, add_geojson_table, add_sensor
 from tests.conftest import FIXTURES, ROOT, LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
@@ -53,7 +53,6 @@ def server(settings: Settings, db: asyncpg.Connection, chromium_ready: None) -> 
     live = LiveServer(
         settings,
         env={
-            "TERRITOIRE_ADMIN_TOKEN": TOKEN,
             "TERRITOIRE_CATALOG_TITLE": "Données ouvertes de Rennes Métropole (démo)",
             "TERRITOIRE_CATALOG_PUBLISHER": "Rennes Métropole",
         },

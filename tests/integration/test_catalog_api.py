@@ -7,39 +7,43 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.settings import Settings
 from tests.catalog_helpers import AUTH, FULL_METADATA, add_point_table, add_sensor, create_dataset
+from tests.conftest import make_key
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
 async def api(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"admin_token": SecretStr(AUTH["Authorization"][7:])}), engine=engine)
+    app = create_app(settings, engine=engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         yield http
 
 
-async def test_writes_are_refused_with_403_problem_without_the_admin_token(api: httpx.AsyncClient) -> None:
+async def test_writes_need_a_publisher_key_and_a_write_grant(api: httpx.AsyncClient, engine: AsyncEngine) -> None:
     body = {"slug": "parcs", "title": "Parcs"}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+    for headers in ({}, {"Authorization": "Bearer td_00000000_wrong"}, {"Authorization": "Basic abc"}):
         response = await api.post("/api/v1/datasets", json=body, headers=headers)
-        assert response.status_code == 403
+        assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
-        assert "TERRITOIRE_ADMIN_TOKEN" in response.json()["detail"]
-    await create_dataset(api, "parcs", "Parcs")
-    assert (await api.patch("/api/v1/datasets/parcs", json={"title": "X"})).status_code == 403
-    assert (await api.delete("/api/v1/datasets/parcs")).status_code == 403
+    reader = {"X-API-Key": await make_key(engine, "reader")}
+    assert (await api.post("/api/v1/datasets", json=body, headers=reader)).status_code == 403
 
+    await create_dataset(api, "parcs", "Parcs")  # by the admin
+    other = {"X-API-Key": await make_key(engine, "publisher")}
+    assert (await api.patch("/api/v1/datasets/parcs", json={"title": "X"}, headers=other)).status_code == 403
+    assert (await api.delete("/api/v1/datasets/parcs", headers=other)).status_code == 403
 
-async def test_writes_are_refused_when_no_admin_token_is_configured(client: httpx.AsyncClient) -> None:
-    response = await client.post("/api/v1/datasets", json={"slug": "a", "title": "A"}, headers=AUTH)
-    assert response.status_code == 403
-    assert response.json()["title"] == "Forbidden"
+    # A publisher owns what it creates (its key gets the write grant), and only that.
+    mine = await api.post("/api/v1/datasets", json={"slug": "jardins", "title": "Jardins"}, headers=other)
+    assert mine.status_code == 201, mine.text
+    assert (await api.patch("/api/v1/datasets/jardins", json={"title": "Jardins"}, headers=other)).status_code == 200
+    granted = {"X-API-Key": await make_key(engine, "publisher", [("parcs", "write")])}
+    assert (await api.patch("/api/v1/datasets/parcs", json={"title": "P"}, headers=granted)).status_code == 200
 
 
 async def test_create_show_update_delete_round_trip(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:

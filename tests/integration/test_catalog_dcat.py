@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from rdflib import Graph, Literal, URIRef
 from rdflib import namespace as rns
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,9 +25,7 @@ FORMATS = {"jsonld": "json-ld", "ttl": "turtle", "rdf": "xml"}
 @pytest.fixture
 async def api(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
-        settings.model_copy(
-            update={"admin_token": SecretStr(AUTH["Authorization"][7:]), "catalog_publisher": "Ville de Testville"}
-        ),
+        settings.model_copy(update={"catalog_publisher": "Ville de Testville"}),
         engine=engine,
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:

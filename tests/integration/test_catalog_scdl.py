@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.settings import Settings
-from tests.catalog_helpers import AUTH, FULL_METADATA, add_point_table, add_sensor, create_dataset
+from tests.catalog_helpers import FULL_METADATA, add_point_table, add_sensor, create_dataset
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.db
@@ -29,7 +28,6 @@ async def api(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -
     app = create_app(
         settings.model_copy(
             update={
-                "admin_token": SecretStr(AUTH["Authorization"][7:]),
                 "catalog_publisher": "Ville de Testville",
                 "catalog_publisher_siret": "21350238800019",
             }

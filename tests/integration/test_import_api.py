@@ -1,4 +1,4 @@
-"""HTTP imports: multipart upload guarded by the temporary admin-token rule, reports kept for later."""
+"""HTTP imports: multipart upload with a publisher key (checked before the upload is read), reports kept for later."""
 
 from __future__ import annotations
 
@@ -8,47 +8,72 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.settings import Settings
+from tests.conftest import TEST_ADMIN_AUTH, make_key
 
 pytestmark = pytest.mark.db
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-TOKEN = "test-admin-token-1234"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = TEST_ADMIN_AUTH
 
 
 @pytest.fixture
 async def admin_client(
     settings: Settings, engine: AsyncEngine, db: asyncpg.Connection
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"admin_token": SecretStr(TOKEN)}), engine=engine)
+    app = create_app(settings, engine=engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         yield http
 
 
-async def test_imports_are_refused_without_the_token_setting(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/api/v1/datasets/x/imports", files={"file": ("a.csv", b"a;b\n1;2\n", "text/csv")}, headers=AUTH
-    )
-    assert response.status_code == 403
-    assert response.headers["content-type"] == "application/problem+json"
-    assert "TERRITOIRE_ADMIN_TOKEN" in response.json()["detail"]
-
-
-async def test_imports_are_refused_with_a_wrong_token(admin_client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+async def test_imports_need_a_publisher_key(
+    admin_client: httpx.AsyncClient, db: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    reader = await make_key(engine, "reader")
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": "Bearer nope"}, 401),
+        ({"Authorization": "td_0000test_x"}, 401),
+        ({"X-API-Key": reader}, 403),
+    ):
         response = await admin_client.post(
             "/api/v1/datasets/x/imports",
             files={"file": ("a.csv", b"a;b\n1;2\n", "text/csv")},
             data={"create": "true"},
             headers=headers,
         )
-        assert response.status_code == 403
+        assert response.status_code == status, headers
+        assert response.headers["content-type"] == "application/problem+json"
     assert await db.fetchval("SELECT count(*) FROM dataset") == 0
+
+
+async def test_a_publisher_imports_into_what_it_created_and_nothing_else(
+    admin_client: httpx.AsyncClient, db: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    publisher = {"X-API-Key": await make_key(engine, "publisher")}
+    created = await admin_client.post(
+        "/api/v1/datasets/mine/imports",
+        files={"file": ("a.csv", b"a;b\n1;2\n", "text/csv")},
+        data={"create": "true"},
+        headers=publisher,
+    )
+    assert created.status_code == 201, created.text
+    again = await admin_client.post(
+        "/api/v1/datasets/mine/imports", files={"file": ("a.csv", b"a;b\n3;4\n", "text/csv")}, headers=publisher
+    )
+    assert again.status_code == 201, again.text
+    other = {"X-API-Key": await make_key(engine, "publisher")}
+    refused = await admin_client.post(
+        "/api/v1/datasets/mine/imports", files={"file": ("a.csv", b"a;b\n5;6\n", "text/csv")}, headers=other
+    )
+    assert refused.status_code == 403
+    assert await db.fetchval("SELECT row_count FROM dataset WHERE slug = 'mine'") == 2
+    actions = await db.fetch("SELECT actor, action, target_id FROM audit_event WHERE action = 'dataset.import'")
+    assert len(actions) == 2
+    assert all(a["actor"].startswith("key:") and a["target_id"] == "mine" for a in actions)
 
 
 async def test_upload_with_schema_then_read_the_report(admin_client: httpx.AsyncClient, db: asyncpg.Connection) -> None:

@@ -29,7 +29,7 @@ async def test_admin_creates_lists_and_revokes_keys(client: httpx.AsyncClient, a
     listed = await client.get("/api/v1/keys", headers={"X-API-Key": admin_key})
     assert listed.status_code == 200
     assert new_key not in listed.text
-    assert {k["name"] for k in listed.json()} == {"test admin", "QGIS du SIG"}
+    assert {k["name"] for k in listed.json()} == {"test admin (fixture)", "test admin", "QGIS du SIG"}
 
     reader = {"Authorization": f"Bearer {new_key}"}
     assert (await client.get("/api/v1/keys", headers=reader)).status_code == 403
@@ -115,3 +115,17 @@ def test_cli_creates_a_key_shown_once_and_never_logs_it(settings: Settings, db: 
         cwd="/",
     )
     assert revoked.returncode == 0, revoked.stderr
+
+
+async def test_revoke_by_an_all_digit_prefix_revokes_that_key_not_the_id(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    from territoire_data.auth.keys import revoke_key
+
+    key = await make_key(engine, "reader")
+    prefix = key.split("_")[1]
+    await db.execute("UPDATE api_key SET prefix = '00000001' WHERE prefix = $1", prefix)
+    async with engine.begin() as conn:
+        revoked = await revoke_key(conn, "00000001")
+    assert await db.fetchval("SELECT prefix FROM api_key WHERE id = $1", revoked) == "00000001"
+    assert await db.fetchval("SELECT revoked_at IS NULL FROM api_key WHERE id = 1")

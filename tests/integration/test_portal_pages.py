@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.settings import Settings
-from tests.catalog_helpers import AUTH, FULL_METADATA, add_point_table, add_sensor, create_dataset
+from tests.catalog_helpers import FULL_METADATA, add_point_table, add_sensor, create_dataset
 
 pytestmark = pytest.mark.db
 
@@ -20,9 +19,7 @@ pytestmark = pytest.mark.db
 @pytest.fixture
 async def api(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
-        settings.model_copy(
-            update={"admin_token": SecretStr(AUTH["Authorization"][7:]), "catalog_title": "Données de Testville"}
-        ),
+        settings.model_copy(update={"catalog_title": "Données de Testville"}),
         engine=engine,
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:

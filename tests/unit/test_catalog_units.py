@@ -1,12 +1,10 @@
-"""Pure parts of the catalog: content negotiation, the temporary admin-token rule, warnings, SCDL text."""
+"""Pure parts of the catalog: content negotiation, warnings, SCDL text."""
 
 from __future__ import annotations
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from territoire_data.auth.admin_token import ADMIN_TOKEN_PRINCIPAL, principal_for
-from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.catalog.dcat import negotiate
 from territoire_data.catalog.metadata import DatasetCreate, DatasetUpdate, formats_for, quality_warnings
 from territoire_data.catalog.scdl import plain_lower
@@ -29,16 +27,6 @@ from territoire_data.catalog.scdl import plain_lower
 )
 def test_negotiate_picks_the_best_serialisation(accept: str | None, expected: str | None) -> None:
     assert negotiate(accept) == expected
-
-
-def test_admin_token_rule() -> None:
-    token = SecretStr("s3cret-token")
-    assert principal_for(token, "Bearer s3cret-token") == ADMIN_TOKEN_PRINCIPAL
-    assert principal_for(token, "bearer   s3cret-token ") == ADMIN_TOKEN_PRINCIPAL
-    for header in (None, "", "Bearer", "Bearer wrong", "Basic s3cret-token", "s3cret-token"):
-        assert principal_for(token, header) == ANONYMOUS
-    assert principal_for(None, "Bearer anything") == ANONYMOUS, "no token configured: nobody writes"
-    assert principal_for(SecretStr(""), "Bearer ") == ANONYMOUS
 
 
 def test_quality_warnings() -> None:

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from territoire_data.auth.keys import resolve
-from territoire_data.auth.policy import ANONYMOUS, Principal
+from territoire_data.auth.policy import ANONYMOUS, Principal, can_write
 from territoire_data.errors import ForbiddenError, UnauthorizedError
 
 
+def key_from_authorization(authorization: str | None) -> str | None:
+    """The API key in an Authorization header: `Bearer <key>`, or HTTP Basic with the key as password (what
+    clients such as FROST's can send); a header of another form is an error, not anonymity."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            password = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            password = ""
+        if password:
+            return password
+    raise UnauthorizedError("Authorization must be `Bearer <API key>` (or Basic with the key as password)")
+
+
 def _presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization")
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        raise UnauthorizedError("Authorization must be `Bearer <API key>`")
-    return request.headers.get("x-api-key") or None
+    return key_from_authorization(request.headers.get("authorization")) or request.headers.get("x-api-key") or None
 
 
 async def get_principal(request: Request) -> Principal:
@@ -45,13 +58,24 @@ async def require_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
-async def require_publisher(principal: PrincipalDep) -> Principal:
+def check_publisher(principal: Principal) -> Principal:
     """Admins and publishers; whether a publisher may write a given dataset is `policy.can_write`'s call."""
     if principal.role is None:
-        raise UnauthorizedError("a publisher API key is required")
+        raise UnauthorizedError("writing needs a publisher or admin API key (Authorization: Bearer <key>)")
     if principal.role not in ("admin", "publisher"):
         raise ForbiddenError("this needs a publisher or admin key")
     return principal
+
+
+def check_dataset_write(principal: Principal, dataset_id: int | None) -> None:
+    """A publisher writes only the datasets it was granted; admins write everything."""
+    check_publisher(principal)
+    if not can_write(principal, dataset_id):
+        raise ForbiddenError("this key may not write this dataset (ask an admin for a write grant)")
+
+
+async def require_publisher(principal: PrincipalDep) -> Principal:
+    return check_publisher(principal)
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -91,6 +92,17 @@ async def grant(conn: AsyncConnection, key_id: int, slug: str, permission: str) 
     )
 
 
+async def grant_to_key(conn: AsyncConnection, key_id: int, dataset_id: int, permission: str) -> None:
+    """Grant by dataset id, and forget cached principals so the grant applies at once in this process."""
+    await conn.execute(
+        text(
+            "INSERT INTO api_key_grant (api_key_id, dataset_id, permission) VALUES (:k, :d, :p) ON CONFLICT DO NOTHING"
+        ),
+        {"k": key_id, "d": dataset_id, "p": permission},
+    )
+    _cache.clear()
+
+
 async def revoke_grant(conn: AsyncConnection, key_id: int, slug: str, permission: str) -> None:
     dataset_id = await conn.scalar(select(dataset.c.id).where(dataset.c.slug == slug))
     await conn.execute(
@@ -122,9 +134,12 @@ async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 async def revoke_key(conn: AsyncConnection, key_id_or_prefix: str) -> int:
     """Revoke a key by id or prefix; returns its id."""
-    condition = (
-        api_key.c.id == int(key_id_or_prefix) if key_id_or_prefix.isdigit() else api_key.c.prefix == key_id_or_prefix
-    )
+    # A prefix is 8 hex digits and may be all digits: it wins over an id of the same spelling.
+    condition = api_key.c.prefix == key_id_or_prefix
+    if key_id_or_prefix.isdigit() and len(key_id_or_prefix) < 18:
+        exists = await conn.scalar(select(api_key.c.id).where(api_key.c.prefix == key_id_or_prefix))
+        if exists is None:
+            condition = api_key.c.id == int(key_id_or_prefix)
     key_id = await conn.scalar(
         update(api_key).where(condition).values(revoked_at=text("coalesce(revoked_at, now())")).returning(api_key.c.id)
     )
@@ -137,57 +152,50 @@ async def revoke_key(conn: AsyncConnection, key_id_or_prefix: str) -> int:
 _cache: dict[str, tuple[float, Principal | None]] = {}
 
 
-async def resolve(conn: AsyncConnection, key: str) -> Principal | None:
+async def resolve(conn: AsyncConnection | asyncpg.Connection, key: str) -> Principal | None:
     """The principal of a valid key; None for an unknown, malformed, revoked or expired one.
 
     Results are cached for a few seconds per process so a key check costs no query on hot paths; a revocation
-    made elsewhere takes effect within that time.
+    made elsewhere takes effect within that time. Works on a pooled SQLAlchemy connection or a plain asyncpg one.
     """
     digest = hash_key(key)
     cached = _cache.get(digest)
     now = time.monotonic()
     if cached and cached[0] > now:
         return cached[1]
-    principal = await _lookup(conn, key, digest)
+    if isinstance(conn, AsyncConnection):
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        principal = await _lookup(raw, key, digest)
+    else:
+        principal = await _lookup(conn, key, digest)
     if len(_cache) > 10_000:
         _cache.clear()
     _cache[digest] = (now + _CACHE_TTL_S, principal)
     return principal
 
 
-async def _lookup(conn: AsyncConnection, key: str, digest: str) -> Principal | None:
+async def _lookup(conn: asyncpg.Connection, key: str, digest: str) -> Principal | None:
     prefix = _split(key)
     if prefix is None:
         return None
-    row = (
-        await conn.execute(
-            select(api_key.c.id, api_key.c.key_hash, api_key.c.name, api_key.c.role).where(
-                and_(
-                    api_key.c.prefix == prefix,
-                    api_key.c.revoked_at.is_(None),
-                    (api_key.c.expires_at.is_(None)) | (api_key.c.expires_at > text("now()")),
-                )
-            )
-        )
-    ).first()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
-        return None
-    grants = (
-        await conn.execute(
-            select(api_key_grant.c.dataset_id, api_key_grant.c.permission).where(api_key_grant.c.api_key_id == row.id)
-        )
-    ).all()
-    await conn.execute(
-        text(
-            "UPDATE api_key SET last_used_at = now() WHERE id = :id "
-            "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
-        ),
-        {"id": row.id},
+    row = await conn.fetchrow(
+        "SELECT id, key_hash, role FROM api_key WHERE prefix = $1 AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > now())",
+        prefix,
     )
-    await conn.commit()
+    if row is None or not hmac.compare_digest(row["key_hash"], digest):
+        return None
+    grants = await conn.fetch("SELECT dataset_id, permission FROM api_key_grant WHERE api_key_id = $1", row["id"])
+    await conn.execute(
+        "UPDATE api_key SET last_used_at = now() WHERE id = $1 "
+        "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        row["id"],
+    )
     return Principal(
         name=f"key:{prefix}",
-        role=row.role,
-        readable=frozenset(g.dataset_id for g in grants),
-        writable=frozenset(g.dataset_id for g in grants if g.permission == "write"),
+        role=row["role"],
+        key_id=int(row["id"]),
+        readable=frozenset(g["dataset_id"] for g in grants),
+        writable=frozenset(g["dataset_id"] for g in grants if g["permission"] == "write"),
     )

@@ -21,6 +21,7 @@ class Principal:
 
     name: str = "anonymous"
     role: str | None = None
+    key_id: int | None = None
     readable: frozenset[int] = field(default_factory=frozenset)
     writable: frozenset[int] = field(default_factory=frozenset)
 
@@ -37,8 +38,16 @@ def can_read(principal: Principal, dataset_id: int, access: str) -> bool:
     return access == "public" or principal.is_admin or dataset_id in principal.readable
 
 
-def can_write(principal: Principal, dataset_id: int) -> bool:
-    return principal.is_admin or (principal.role == "publisher" and dataset_id in principal.writable)
+def can_write(principal: Principal, dataset_id: int | None) -> bool:
+    """May this principal change the dataset (None: entities of no dataset, which only admins change)?"""
+    if principal.is_admin:
+        return True
+    return principal.role == "publisher" and dataset_id is not None and dataset_id in principal.writable
+
+
+def may_publish(principal: Principal) -> bool:
+    """May this principal write at all (create datasets or entities, import files)?"""
+    return principal.role in ("admin", "publisher")
 
 
 def dataset_visible(principal: Principal, table: Table = dataset) -> ColumnElement[bool]:

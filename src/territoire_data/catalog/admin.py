@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from territoire_data.auth.admin_token import ADMIN_TOKEN_PRINCIPAL
+from territoire_data.auth.policy import Principal
 from territoire_data.catalog import store
 from territoire_data.catalog.metadata import DatasetCreate, DatasetPublic, DatasetUpdate, dataset_public
 from territoire_data.db.engine import create_engine
@@ -21,7 +21,8 @@ from territoire_data.settings import Settings
 
 T = TypeVar("T")
 ACTOR = "cli"
-ADMIN = ADMIN_TOKEN_PRINCIPAL
+# Whoever runs the CLI has the database in hand: it acts as an admin, recorded as "cli" in the audit trail.
+ADMIN = Principal(name="cli", role="admin")
 
 
 def validation_message(exc: ValidationError) -> str:

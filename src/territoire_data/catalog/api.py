@@ -1,18 +1,21 @@
 """Catalog JSON API: /api/v1/datasets (search, facets, paging) and create/update/delete with a publisher key.
 
-Writes follow a temporary rule until API keys exist (issue 8): refused with 403 unless TERRITOIRE_ADMIN_TOKEN
-is set and sent as `Authorization: Bearer <token>`. The same token shows restricted datasets and quality warnings.
+Writes need a publisher or admin API key (a publisher owns what it creates, and writes what it was granted);
+a key with a read grant sees that restricted dataset; the dataset's writers see its quality warnings.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from territoire_data.auth.admin_token import principal_for
+from territoire_data.auth.deps import PrincipalDep, PublisherDep, check_dataset_write
+from territoire_data.auth.keys import grant_to_key
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.catalog import dcat, scdl, store
 from territoire_data.catalog.metadata import (
@@ -26,32 +29,16 @@ from territoire_data.catalog.metadata import (
     dataset_public,
 )
 from territoire_data.deps import ConnDep, EngineDep, SettingsDep
-from territoire_data.errors import ForbiddenError, TerritoireError
+from territoire_data.errors import TerritoireError
 from territoire_data.settings import Settings
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["catalog"])
 
-WRITE_RULE = (
-    "writing the catalog needs TERRITOIRE_ADMIN_TOKEN set on the server and sent as 'Authorization: Bearer <token>' "
-    "(temporary rule until API keys exist)"
-)
 
-
-def current_principal(
-    settings: SettingsDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
-) -> Principal:
-    return principal_for(settings.admin_token, authorization)
-
-
-def publisher_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-    """Only the admin token may write, for now; everyone else gets 403."""
-    if not principal.is_admin:
-        raise ForbiddenError(WRITE_RULE)
-    return principal
-
-
-PrincipalDep = Annotated[Principal, Depends(current_principal)]
-PublisherDep = Annotated[Principal, Depends(publisher_principal)]
+async def _check_write(conn: AsyncConnection, principal: Principal, slug: str) -> None:
+    """404 when the dataset is not visible to this principal, 403 when it may see but not write it."""
+    row = await store.get_dataset(conn, principal, slug)
+    check_dataset_write(principal, int(row["id"]))
 
 
 def search_query(
@@ -116,14 +103,23 @@ async def list_datasets(conn: ConnDep, settings: SettingsDep, principal: Princip
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublisherView,
     summary="Create a dataset (publisher)",
-    responses={403: {"description": "no or wrong publisher token"}, 409: {"description": "slug taken"}},
+    responses={403: {"description": "the key may not write this dataset"}, 409: {"description": "slug taken"}},
 )
 async def create_dataset(
     body: DatasetCreate, engine: EngineDep, settings: SettingsDep, principal: PublisherDep, response: Response
 ) -> DatasetPublic:
     async with engine.begin() as conn:
         await store.create_dataset(conn, body, actor=principal.name)
-        row = await store.get_dataset(conn, principal, body.slug)
+        dataset_id = await conn.scalar(text("SELECT id FROM dataset WHERE slug = :slug"), {"slug": body.slug})
+        if principal.role == "publisher" and principal.key_id is not None:
+            # A publisher owns what it creates: its key gets the write grant on the new dataset.
+            await grant_to_key(conn, principal.key_id, int(dataset_id), "write")
+        owner = replace(
+            principal,
+            readable=principal.readable | {int(dataset_id)},
+            writable=principal.writable | {int(dataset_id)},
+        )
+        row = await store.get_dataset(conn, owner, body.slug)
     response.headers["Location"] = f"{settings.base_url}/api/v1/datasets/{body.slug}"
     return dataset_public(row, settings.base_url, publisher_view=True)
 
@@ -136,19 +132,22 @@ async def create_dataset(
 )
 async def get_dataset(slug: str, conn: ConnDep, settings: SettingsDep, principal: PrincipalDep) -> DatasetPublic:
     row = await store.get_dataset(conn, principal, slug)
-    return dataset_public(row, settings.base_url, publisher_view=principal.is_admin)
+    return dataset_public(
+        row, settings.base_url, publisher_view=principal.is_admin or int(row["id"]) in principal.writable
+    )
 
 
 @router.patch(
     "/{slug}",
     response_model=DatasetPublisherView,
     summary="Update a dataset's metadata (publisher)",
-    responses={403: {"description": "no or wrong publisher token"}, 404: {"description": "no such dataset"}},
+    responses={403: {"description": "the key may not write this dataset"}, 404: {"description": "no such dataset"}},
 )
 async def update_dataset(
     slug: str, body: DatasetUpdate, engine: EngineDep, settings: SettingsDep, principal: PublisherDep
 ) -> DatasetPublic:
     async with engine.begin() as conn:
+        await _check_write(conn, principal, slug)
         await store.update_dataset(conn, slug, body, actor=principal.name)
         row = await store.get_dataset(conn, principal, slug)
     return dataset_public(row, settings.base_url, publisher_view=True)
@@ -158,10 +157,11 @@ async def update_dataset(
     "/{slug}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a dataset and its data (publisher)",
-    responses={403: {"description": "no or wrong publisher token"}, 404: {"description": "no such dataset"}},
+    responses={403: {"description": "the key may not write this dataset"}, 404: {"description": "no such dataset"}},
 )
 async def delete_dataset(slug: str, engine: EngineDep, principal: PublisherDep, request: Request) -> Response:
     async with engine.begin() as conn:
+        await _check_write(conn, principal, slug)
         await store.delete_dataset(conn, slug, actor=principal.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

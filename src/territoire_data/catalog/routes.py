@@ -1,12 +1,10 @@
 """HTTP doors of file imports: upload a CSV or GeoJSON into a dataset, read an import's report later.
 
-Until publisher API keys exist, writes are guarded by one temporary rule: refused (403) unless the setting
-TERRITOIRE_ADMIN_TOKEN is set and sent as `Authorization: Bearer <token>`.
+Imports need a publisher or admin API key; a publisher writes the datasets it created or was granted.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import tempfile
@@ -15,44 +13,39 @@ from typing import Annotated, Any
 
 import anyio
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from territoire_data.auth.policy import ANONYMOUS, Principal, dataset_visible_sql
+from territoire_data.auth.audit import record
+from territoire_data.auth.deps import check_dataset_write, check_publisher, client_address, get_principal
+from territoire_data.auth.keys import grant_to_key
+from territoire_data.auth.policy import Principal, can_read, dataset_visible_sql
 from territoire_data.catalog.datasets import DatasetMeta, check_slug
 from territoire_data.catalog.loader import MODES, ImportOptions, import_with_settings
 from territoire_data.catalog.schema import parse_table_schema
 from territoire_data.catalog.sources import CsvSource, RowSource
 from territoire_data.deps import ConnDep, SettingsDep
-from territoire_data.errors import BadRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError
+from territoire_data.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from territoire_data.ingest.geojson import GeoJsonSource
-from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["imports"])
 _CHUNK = 1 << 20
-ADMIN = Principal(name="admin-token", role="admin")
 
 
-def principal_from(settings: Settings, authorization: str | None) -> Principal:
-    """The admin principal when the request carries the configured admin token, else anonymous."""
-    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
-    if token and authorization and authorization.startswith("Bearer "):
-        sent = authorization.removeprefix("Bearer ").strip()
-        if hmac.compare_digest(sent.encode(), token.encode()):
-            return ADMIN
-    return ANONYMOUS
-
-
-def require_writer(settings: Settings, authorization: str | None) -> Principal:
-    if not settings.admin_token:
-        raise ForbiddenError("imports are disabled: set TERRITOIRE_ADMIN_TOKEN (until publisher keys exist)")
-    principal = principal_from(settings, authorization)
-    if not principal.is_admin:
-        raise ForbiddenError("imports need `Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN>`")
+async def _check_import_writer(request: Request, slug: str) -> Principal:
+    """The caller's principal when it may import into `slug`: 401/403 without a publisher key, 404 when the dataset
+    exists but is hidden from it, 403 when it may see but not write it. A new dataset needs a publisher key."""
+    principal = check_publisher(await get_principal(request))
+    async with request.app.state.engine.connect() as conn:
+        row = (await conn.execute(text("SELECT id, access FROM dataset WHERE slug = :slug"), {"slug": slug})).first()
+    if row is not None:
+        if not can_read(principal, int(row.id), row.access):
+            raise NotFoundError(f"no dataset {slug!r}")
+        check_dataset_write(principal, int(row.id))
     return principal
 
 
@@ -130,11 +123,10 @@ async def create_import(
     request: Request,
     slug: str,
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     # Checked before the body is read: a refused request costs no upload.
-    require_writer(settings, authorization)
     check_slug(slug)
+    principal = await _check_import_writer(request, slug)
     async with request.form(max_files=2, max_fields=20) as form:
         upload = form.get("file")
         if not isinstance(upload, StarletteUpload):
@@ -174,6 +166,19 @@ async def create_import(
         report = await import_with_settings(settings, source, slug, options)
     finally:
         await anyio.Path(path).unlink(missing_ok=True)
+    async with request.app.state.engine.begin() as conn:
+        dataset_id = await conn.scalar(text("SELECT id FROM dataset WHERE slug = :slug"), {"slug": slug})
+        if dataset_id is not None and principal.role == "publisher" and principal.key_id is not None:
+            await grant_to_key(conn, principal.key_id, int(dataset_id), "write")  # it created the dataset
+        await record(
+            conn,
+            principal,
+            "dataset.import",
+            "dataset",
+            slug,
+            remote_addr=client_address(request),
+            details={"import_id": report.get("import_id"), "status": report.get("status"), "source": label},
+        )
     location = f"/api/v1/datasets/{slug}/imports/{report['import_id']}"
     return JSONResponse(report, status_code=201, headers={"Location": location})
 
@@ -189,10 +194,9 @@ async def get_import(
     import_id: int,
     settings: SettingsDep,
     conn: ConnDep,
-    authorization: Annotated[str | None, Header()] = None,
     limit_errors: Annotated[int, Query(ge=0, le=10_000, description="errors listed at most")] = 1000,
 ) -> dict[str, Any]:
-    principal = principal_from(settings, authorization)
+    principal = await get_principal(request)
     result = await conn.execute(
         text(
             f"""SELECT i.id, i.status, i.source, i.mode, i.rows_read, i.rows_loaded, i.rows_rejected,

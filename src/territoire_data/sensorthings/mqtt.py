@@ -7,8 +7,8 @@ bridge LISTENs, reads the new rows and publishes each visible one, serialized as
 One bridge publishes at a time (a PostgreSQL advisory lock elects it), so several replicas never duplicate.
 
 Creating: the bridge subscribes (shared subscription) to `v1.1/+/Observations` and `v1.1/Observations`; a
-message there without `@iot.id` is a create. Temporary write rule, as over HTTP: the message needs an MQTT v5
-user property `Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN>`; refused messages go to `ingest_rejection`.
+message there without `@iot.id` is a create. As over HTTP, the message needs a publisher or admin API
+key, as an MQTT v5 user property `Authorization: Bearer <key>`; refused messages go to `ingest_rejection`.
 
 It runs as its own process (`territoire-data sta-mqtt`), not inside the API: API processes are stateless and
 scale with `--workers`, each would LISTEN and publish the same notification again.
@@ -33,6 +33,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from territoire_data.auth.deps import key_from_authorization
+from territoire_data.auth.keys import resolve
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError, ServiceUnavailableError, TerritoireError
 from territoire_data.mqtt_url import parse_mqtt_url
@@ -83,7 +85,6 @@ class StaMqttBridge:
         self.settings = settings
         self.prefix = topic_prefix
         self.ctx = read.Context(base=settings.base_url + "/sta/v1.1", principal=ANONYMOUS)
-        self.auth = WriteAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
         self.client_id = client_id or f"territoire-sta-{uuid.uuid4().hex[:8]}"
         self.published = 0
         self.notifications_handled = 0
@@ -286,18 +287,21 @@ class StaMqttBridge:
             authorization = dict(message.user_properties).get("Authorization") or dict(message.user_properties).get(
                 "authorization"
             )
-            self.auth.check(authorization)
+            # The publisher's API key travels as an MQTT 5 user property (Authorization: Bearer <key>).
+            key = key_from_authorization(authorization)
+            principal = (await resolve(conn, key) if key else None) or ANONYMOUS
+            WriteAuth(principal).check()
             forced: dict[str, int] = {}
             if match.group(1) == "Datastreams":
-                forced["datastream_id"] = await Writer(conn, ANONYMOUS).existing(
+                forced["datastream_id"] = await Writer(conn, principal).existing(
                     BY_NAME["Datastream"], int(match.group(2))
                 )
             elif match.group(1) == "FeaturesOfInterest":
-                forced["feature_of_interest_id"] = await Writer(conn, ANONYMOUS).existing(
+                forced["feature_of_interest_id"] = await Writer(conn, principal).existing(
                     BY_NAME["FeatureOfInterest"], int(match.group(2))
                 )
             async with conn.transaction():
-                new_id = await Writer(conn, ANONYMOUS).create(BY_NAME["Observation"], body, forced=forced)
+                new_id = await Writer(conn, principal).create(BY_NAME["Observation"], body, forced=forced)
             self.created += 1
             return new_id
         except (TerritoireError, asyncpg.DataError) as exc:

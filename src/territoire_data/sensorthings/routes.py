@@ -13,7 +13,8 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from territoire_data.auth.policy import ANONYMOUS
+from territoire_data.auth.deps import get_principal
+from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import read, service
 from territoire_data.settings import Settings
@@ -24,18 +25,14 @@ PREFIX = "/sta/v1.1"
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API 1.1"])
 
 
-def context(settings: Settings) -> read.Context:
+def context(settings: Settings, principal: Principal = ANONYMOUS) -> read.Context:
     return read.Context(
         base=settings.base_url + PREFIX,
-        principal=ANONYMOUS,
+        principal=principal,
         default_top=settings.sta_default_top,
         max_top=settings.sta_max_top,
         count_exact_limit=settings.sta_count_exact_limit,
     )
-
-
-def write_auth(settings: Settings) -> service.WriteAuth:
-    return service.WriteAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
 
 
 def mqtt_endpoints(settings: Settings) -> list[str]:
@@ -121,12 +118,13 @@ def _settings(request: Request) -> Settings:
 async def _serve(request: Request, path: str, body: bytes) -> Response:
     settings = _settings(request)
     params = dict(request.query_params)
+    principal = await get_principal(request)  # an API key widens what is visible and allows writes
     async with _connection(request) as conn:
         try:
             reply = await service.handle(
                 conn,
-                context(settings),
-                write_auth(settings),
+                context(settings, principal),
+                service.WriteAuth(principal),
                 request.method,
                 path,
                 params,
@@ -151,10 +149,11 @@ async def root(request: Request) -> Response:
 @router.post("/$batch", summary="JSON batch request (atomicityGroup = one transaction)")
 async def batch(request: Request) -> Response:
     settings = _settings(request)
+    principal = await get_principal(request)
     body = await request.body()
     async with _connection(request) as conn:
         reply = await service.batch(
-            conn, context(settings), write_auth(settings), body, request.headers.get("authorization")
+            conn, context(settings, principal), service.WriteAuth(principal), body, request.headers.get("authorization")
         )
     return _render(reply)
 
@@ -167,7 +166,9 @@ async def get_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, b"")
 
 
-_WRITE_DOC: dict[str, Any] = {"description": "Needs Authorization: Bearer <TERRITOIRE_ADMIN_TOKEN> (temporary)."}
+_WRITE_DOC: dict[str, Any] = {
+    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password)."
+}
 
 
 @router.post(

@@ -1,14 +1,11 @@
 """One SensorThings request in, (status, body, headers) out: used by the HTTP routes and by `$batch` alike.
 
-Write protection (temporary, until API keys exist, issue 8): every write needs TERRITOIRE_ADMIN_TOKEN, sent
-as `Authorization: Bearer <token>` (or as the password of HTTP Basic, which is what FROST's client sends);
-without the setting, writes are refused.
+Writes need a publisher or admin API key, sent as `Authorization: Bearer <key>` (or as the password of HTTP
+Basic, which is all FROST's client sends).
 """
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +15,9 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import orjson
 
-from territoire_data.errors import BadRequestError, ForbiddenError, NotFoundError, TerritoireError
+from territoire_data.auth.deps import check_publisher
+from territoire_data.auth.policy import Principal
+from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.sensorthings import read
 from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL, ENTITY_TYPES
 from territoire_data.sensorthings.odata import QueryOptions, parse_options
@@ -77,25 +76,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class WriteAuth:
-    """The temporary write rule: a configured admin token, compared in constant time."""
+    """Who writes: an admin or publisher API key (the key was resolved by the caller, HTTP or MQTT)."""
 
-    token: str | None
+    principal: Principal
 
-    def check(self, authorization: str | None) -> None:
-        if not self.token:
-            raise ForbiddenError("SensorThings writes are disabled: TERRITOIRE_ADMIN_TOKEN is not set")
-        supplied = ""
-        if authorization:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() == "bearer":
-                supplied = value.strip()
-            elif scheme.lower() == "basic":
-                try:
-                    supplied = base64.b64decode(value.strip()).decode().partition(":")[2]
-                except (ValueError, UnicodeDecodeError):
-                    supplied = ""
-        if not supplied or not hmac.compare_digest(supplied.encode(), self.token.encode()):
-            raise ForbiddenError("SensorThings writes need the admin token (Authorization: Bearer <token>)")
+    def check(self, authorization: str | None = None) -> None:
+        check_publisher(self.principal)
 
 
 def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]:

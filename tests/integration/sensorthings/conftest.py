@@ -1,4 +1,4 @@
-"""Fixtures for the SensorThings tests: an in-process client with the temporary admin token, sample data."""
+"""Fixtures for the SensorThings tests: an in-process client, writes with the test admin key, sample data."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.sensorthings.routes import close_pool
 from territoire_data.settings import Settings
+from tests.conftest import TEST_ADMIN_AUTH, TEST_ADMIN_KEY
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ADMIN_TOKEN = TEST_ADMIN_KEY
+AUTH = TEST_ADMIN_AUTH
 BASE = "/sta/v1.1"
 
 
 @pytest.fixture
 def sta_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"admin_token": SecretStr(ADMIN_TOKEN)})
+    return settings
 
 
 @pytest.fixture

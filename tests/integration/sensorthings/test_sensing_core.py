@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.conftest import make_key
 from tests.integration.sensorthings.conftest import AUTH, BASE, app_client, create, get, thing_body
 
 pytestmark = pytest.mark.db
@@ -30,9 +32,7 @@ async def _observations(http: httpx.AsyncClient, ds: int, n: int, day: str = "20
             "dataArray": [[f"{day}T{h:02d}:00:00Z", 10.0 + h] for h in range(n)],
         }
     ]
-    response = await http.post(
-        f"{BASE}/CreateObservations", json=body, headers={"Authorization": "Bearer test-admin-token-0123456789"}
-    )
+    response = await http.post(f"{BASE}/CreateObservations", json=body, headers=AUTH)
     assert response.status_code == 201, response.text
     assert all(link != "error" for link in response.json())
 
@@ -280,7 +280,9 @@ async def test_count_estimate_is_flagged_beyond_the_limit(sta_settings, engine, 
         assert "@territoire.countEstimated" not in exact
 
 
-async def test_restricted_dataset_entities_are_invisible(sta: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+async def test_restricted_dataset_entities_are_invisible(
+    sta: httpx.AsyncClient, db: asyncpg.Connection, engine: AsyncEngine
+) -> None:
     public = await create(sta, "Things", thing_body("public"))
     secret = await create(sta, "Things", thing_body("secret", 5.0, 46.0))
     dataset = await db.fetchval(
@@ -306,8 +308,16 @@ async def test_restricted_dataset_entities_are_invisible(sta: httpx.AsyncClient,
     filtered = await get(sta, "Locations", **{"$filter": "Things/name eq 'secret'"})
     assert filtered["value"] == []
     # writes cannot reach it either, and a Datastream moved to it takes its dataset along
-    hidden = await sta.patch(f"{BASE}/Things({secret['@iot.id']})", json={"name": "x"}, headers=AUTH)
+    publisher = {"X-API-Key": await make_key(engine, "publisher")}  # not granted the restricted dataset
+    hidden = await sta.patch(f"{BASE}/Things({secret['@iot.id']})", json={"name": "x"}, headers=publisher)
     assert hidden.status_code == 404
+    # A key with a read grant sees it; the admin sees everything.
+    slug = await db.fetchval(
+        "SELECT d.slug FROM dataset d JOIN thing t ON t.dataset_id = d.id WHERE t.id = $1", secret["@iot.id"]
+    )
+    reader = {"X-API-Key": await make_key(engine, "reader", [(slug, "read")])}
+    assert (await sta.get(f"{BASE}/Things({secret['@iot.id']})", headers=reader)).status_code == 200
+    assert (await sta.get(f"{BASE}/Things({secret['@iot.id']})", headers=AUTH)).status_code == 200
     public_ds = (await get(sta, f"Things({public['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     opened = await db.fetchval(
         "INSERT INTO dataset (slug, title, kind, access) VALUES ('open', 'Open', 'sensors', 'public') RETURNING id"

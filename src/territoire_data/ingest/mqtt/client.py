@@ -48,6 +48,7 @@ class MqttSource:
         self.queue: deque[InboundMessage] = deque()
         self.queue_size = queue_size
         self._space = threading.Event()
+        self._stopping = False
         self.receive_maximum = min(MAX_RECEIVE_MAXIMUM, queue_size)
         self.generation = 0
         self.received = 0
@@ -127,6 +128,10 @@ class MqttSource:
             generation=self.generation,
         )
         while len(self.queue) >= self.queue_size:
+            if self._stopping:
+                # Stopping with a full queue: leave the message unacknowledged; the persistent session has the
+                # broker deliver it again to the next worker, so nothing is lost (and loop_stop can join us).
+                return
             # Full: stop reading the socket until the pipeline takes a batch (back-pressure onto the broker).
             self._space.clear()
             self._space.wait(0.1)
@@ -194,6 +199,8 @@ class MqttSource:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (after the acknowledgements already queued) and stop the network thread."""
+        self._stopping = True
+        self._space.set()  # a network thread waiting for room in a full queue must not block loop_stop's join
         try:
             self.client.disconnect()
         finally:
