@@ -249,3 +249,25 @@ async def test_ready_turns_503_while_postgresql_is_unreachable_and_200_after(set
     finally:
         await engine.dispose()
         await proxy.cut()
+
+
+def test_json_logs_carry_the_request_id(settings: Settings, db: asyncpg.Connection) -> None:
+    import json
+
+    from tests.conftest import LiveServer
+
+    server = LiveServer(settings, env={"TERRITOIRE_LOG_JSON": "true", "TERRITOIRE_LOG_LEVEL": "INFO"})
+    server.start()
+    try:
+        response = httpx.get(
+            f"{server.url}/api/v1/keys", headers={"X-Request-ID": "5a8f2c1e-3b4d-4e6f-8a9b-0c1d2e3f4a5b"}
+        )
+        assert response.status_code == 401
+        assert response.headers["x-request-id"] == "5a8f2c1e-3b4d-4e6f-8a9b-0c1d2e3f4a5b"
+    finally:
+        server.stop()
+    lines = [line for line in server.log.read_text().splitlines() if line.startswith("{")]
+    assert lines, "the server wrote no JSON log line"
+    records = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert all("correlation_id" in r for r in records)
