@@ -27,10 +27,9 @@ from territoire_data.catalog import api as catalog_api
 from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.db.readpool import close_read_pool
 from territoire_data.exports.routes import router as exports_router
-from territoire_data.features.dbaccess import close_read_pool
 from territoire_data.features.routes import router as features_router
-from territoire_data.sensorthings.routes import close_pool as close_sensorthings_pool
 from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 from territoire_data.web.portal import install_portal
@@ -51,7 +50,6 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
         gc.collect()
         gc.freeze()
         yield
-        await close_sensorthings_pool(app)
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()

@@ -51,14 +51,16 @@ async def copy_and_merge(
     target = qualified(schema, table)
     stage = quote_ident(f"_stage_{table}")
     cols = ", ".join(quote_ident(c) for c in columns)
+    # Arrival order is only needed to keep the last record of a key when upserting; a bigserial would create a
+    # sequence per batch on the ingest hot path for nothing otherwise.
+    ordered = on_conflict == "update" and bool(conflict_columns)
     if stage_types:
         definition = ", ".join(f"{quote_ident(c)} {stage_types[c]}" for c in columns)
-        create = f"CREATE TEMP TABLE {stage} ({definition}, _ord bigserial) ON COMMIT DROP"
+        create = f"CREATE TEMP TABLE {stage} ({definition}{', _ord bigserial' if ordered else ''}) ON COMMIT DROP"
     else:
-        create = (
-            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {target} WITH NO DATA; "
-            f"ALTER TABLE {stage} ADD COLUMN _ord bigserial"
-        )
+        create = f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {target} WITH NO DATA"
+        if ordered:
+            create += f"; ALTER TABLE {stage} ADD COLUMN _ord bigserial"
     await conn.execute(f"DROP TABLE IF EXISTS {stage}; {create}")
     await conn.copy_records_to_table(f"_stage_{table}", records=records, columns=list(columns))
 

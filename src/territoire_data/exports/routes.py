@@ -15,13 +15,14 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.policy import ANONYMOUS, member_visible_sql
+from territoire_data.db.readpool import pooled, read_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
 from territoire_data.features import cql2sql
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import Collection, get_collection
 from territoire_data.features.crs import parse_crs
-from territoire_data.features.dbaccess import fetch_checked, pooled, read_pool
+from territoire_data.features.dbaccess import fetch_checked
 from territoire_data.features.params import (
     parse_bbox,
     parse_datetime,

@@ -14,12 +14,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from territoire_data.auth.policy import ANONYMOUS
+from territoire_data.db.readpool import pooled
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.features import cql2sql, html, tiles
 from territoire_data.features.caching import etag_for, not_modified, validators
 from territoire_data.features.collections import FIELD_TYPES, Collection, get_collection, list_collections, recall
 from territoire_data.features.crs import CRS84, parse_crs, supported_uris
-from territoire_data.features.dbaccess import fetch_checked, pooled
+from territoire_data.features.dbaccess import fetch_checked
 from territoire_data.features.params import (
     RESERVED,
     parse_bbox,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from fastapi.responses import Response
 
 from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
+from territoire_data.db.readpool import close_read_pool, pooled
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import read, service
 from territoire_data.settings import Settings
@@ -45,49 +45,15 @@ def mqtt_endpoints(settings: Settings) -> list[str]:
     return [f"{'mqtts' if parts.scheme in ('mqtts', 'ssl') else 'mqtt'}://{host}:{port}"]
 
 
-_POOL_LOCK = asyncio.Lock()
-
-
-async def _pool(request: Request) -> asyncpg.Pool:
-    """SensorThings' own asyncpg pool, made on first use and closed with the app (see close_pool).
-
-    The hot read path (latest value, one day of data) is a few hundred microseconds of SQL: the shared
-    engine's pre-ping and reset-on-return round trips would double it; asyncpg's statement cache keeps
-    the prepared plans per connection.
-    """
-    pool: asyncpg.Pool | None = getattr(request.app.state, "sta_pool", None)
-    if pool is not None:
-        return pool
-    async with _POOL_LOCK:
-        pool = getattr(request.app.state, "sta_pool", None)
-        if pool is None:
-            settings: Settings = request.app.state.settings
-            server_settings = {"application_name": "territoire-data-sta"}
-            if settings.db_statement_timeout_ms:
-                server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
-            pool = await asyncpg.create_pool(
-                settings.asyncpg_dsn,
-                min_size=1,
-                max_size=settings.db_pool_size,
-                max_inactive_connection_lifetime=300,
-                server_settings=server_settings,
-            )
-            request.app.state.sta_pool = pool
-    return pool
-
-
 async def close_pool(app: Any) -> None:
-    """Close the SensorThings pool if one was made (called from the app's lifespan)."""
-    pool: asyncpg.Pool | None = getattr(app.state, "sta_pool", None)
-    if pool is not None:
-        app.state.sta_pool = None
-        await pool.close()
+    """Close the app's read pool (tests that run apps without their lifespan call this)."""
+    await close_read_pool(app.state.engine)
 
 
 @asynccontextmanager
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    pool = await _pool(request)
-    async with pool.acquire() as conn:
+    """A connection of the shared read pool (db.readpool): no pre-ping or reset round trips per request."""
+    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         yield conn
 
 
