@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=True,
         description="the SensorThings MQTT bridge (territoire-data sta-mqtt) runs: advertise MQTT in the service root",
     )
+    sta_mqtt_select_topics: list[str] = Field(
+        default_factory=list,
+        description="$select topics the MQTT bridge always publishes, e.g. v1.1/Observations?$select=result",
+    )
     import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,6 +7,7 @@ Basic, which is all FROST's client sends).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,11 +33,12 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-array",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/batch-request/batch-request",
+    # FROST's name for the JSON form of the batch request, which its clients look for
+    "https://fraunhoferiosb.github.io/FROST-Server/extensions/JsonBatchRequest.html",
 ]
-# Receiving updates is served for Observations only (not for the other entity sets, nor `?$select` topics), so
-# the standard's receive-updates class is not claimed: our own extension below says what is published.
 MQTT_CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation",
+    "http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates",
 ]
 EXT = "https://territoire-data.fr/spec/sta"
 EXTENSIONS = {
@@ -51,14 +53,16 @@ EXTENSIONS = {
         "path": "/Datastreams({id})/Observations?$top=1&$orderby=phenomenonTime desc",
         "expand": "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc)) uses one query",
     },
-    f"{EXT}/mqtt-observation-updates": {
-        "description": "Every stored Observation (whatever path stored it) is published as JSON, as over HTTP",
-        "topics": [
-            "v1.1/Datastreams({id})/Observations",
-            "v1.1/FeaturesOfInterest({id})/Observations",
-            "v1.1/Observations",
-        ],
-        "not_published": "other entity sets, entity property topics, $select topics; restricted datasets",
+    f"{EXT}/mqtt-updates": {
+        "description": "Receive updates: every created or changed entity, whatever path wrote it (HTTP, batch, "
+        "CSV, MQTT ingest, SQL), is published as JSON, as over HTTP; restricted datasets never are",
+        "created": ["v1.1/{EntitySet}", "v1.1/{EntitySet}({id})/{NavigationCollection}"],
+        "updated": ["v1.1/{EntitySet}({id})", "v1.1/{EntitySet}({id})/{property}"],
+        "select": "v1.1/{collection}?$select=a,b is published for the selections subscribers were seen asking "
+        "for (the broker reports subscriptions on $SYS/broker/log/M/subscribe) and those the operator configured; "
+        "a broker that reports nothing gets the configured ones only",
+        "not_published": "deletions; Datastream phenomenonTime/resultTime/observedArea changes (computed from the "
+        "Observations, which are published); statements creating or changing more than 10,000 rows",
     },
     f"{EXT}/count-estimate": {
         "description": "$count=true answers the planner's estimate when it exceeds the limit, flagged in the body",
@@ -89,9 +93,7 @@ def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]
     settings: dict[str, Any] = {"conformance": CONFORMANCE + (MQTT_CONFORMANCE if mqtt_endpoints else []) + extensions}
     settings["http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete"] = {"enabled": True}
     if mqtt_endpoints:
-        settings[
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
-        ] = {"endpoints": mqtt_endpoints}
+        settings.update({c: {"endpoints": mqtt_endpoints} for c in MQTT_CONFORMANCE})
     settings.update({e: EXTENSIONS[e] for e in extensions})
     return {
         "value": [{"name": e.plural, "url": f"{ctx.base}/{e.plural}"} for e in ENTITY_TYPES],
@@ -242,6 +244,25 @@ async def batch(
     if not isinstance(requests, list):
         raise BadRequestError('a batch is {"requests": [{"id", "method", "url", "body"}, ...]}')
     responses: list[dict[str, Any]] = []
+    for group, _failed in await run_batch(conn, ctx, auth, requests, authorization):
+        responses.extend(group)
+    return Reply(200, {"responses": responses})
+
+
+async def run_batch(
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    auth: WriteAuth,
+    requests: list[Any],
+    authorization: str | None,
+) -> list[tuple[list[dict[str, Any]], int | None]]:
+    """Run batch requests in order: the responses of each request or atomicity group (change set), and
+    the index in the group of the request that failed it (the group was then rolled back).
+
+    A failed group answers the same error for each of its requests (the JSON batch form); `$<id>` in a URL or
+    as a nested `@iot.id` stands for the entity an earlier request of the batch created.
+    """
+    out: list[tuple[list[dict[str, Any]], int | None]] = []
     locations: dict[str, str] = {}
     index = 0
     while index < len(requests):
@@ -255,19 +276,43 @@ async def batch(
         chunk = requests[index:end]
         index = end
         if group is None:
-            responses.append(await _one(conn, ctx, auth, chunk[0], authorization, locations))
+            out.append(([await _one(conn, ctx, auth, chunk[0], authorization, locations)], None))
             continue
         group_responses: list[dict[str, Any]] = []
+        failed: int | None = None
         try:
             async with conn.transaction():
                 for item in chunk:
                     reply = await _one(conn, ctx, auth, item, authorization, locations, raise_errors=True)
                     group_responses.append(reply)
         except TerritoireError as exc:
-            failed = {"status": exc.status, "body": {"title": exc.title, "detail": exc.detail}}
-            group_responses = [{"id": item.get("id"), **failed} for item in chunk]
-        responses.extend(group_responses)
-    return Reply(200, {"responses": responses})
+            failed = len(group_responses)
+            error = {"status": exc.status, "body": {"title": exc.title, "detail": exc.detail}}
+            group_responses = [{"id": item.get("id"), **error} for item in chunk]
+            for item in chunk:  # what the rolled-back group created cannot be referenced any more
+                locations.pop(str(item.get("id", "")), None)
+        out.append((group_responses, failed))
+    return out
+
+
+_REF_ID = re.compile(r"\((\d+)\)$")
+
+
+def _resolve_body_refs(body: Any, locations: dict[str, str]) -> Any:
+    """`{"@iot.id": "$sensor1"}` anywhere in a body becomes the id of the entity request `sensor1` created."""
+    if isinstance(body, list):
+        return [_resolve_body_refs(item, locations) for item in body]
+    if not isinstance(body, dict):
+        return body
+    resolved = {key: _resolve_body_refs(value, locations) for key, value in body.items()}
+    ref = resolved.get("@iot.id")
+    if isinstance(ref, str) and ref.startswith("$"):
+        location = locations.get(ref[1:])
+        match = _REF_ID.search(location or "")
+        if match is None:
+            raise BadRequestError(f"@iot.id {ref!r} names no entity created earlier in this batch")
+        resolved["@iot.id"] = int(match.group(1))
+    return resolved
 
 
 async def _one(
@@ -291,18 +336,17 @@ async def _one(
     base_path = urlsplit(ctx.base).path
     if path.startswith(base_path):
         path = path[len(base_path) :]
+    elif "/v1.1/" in path:  # an absolute path or URL written for another mount point of the service
+        path = path.split("/v1.1/", 1)[1]
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     method = str(item["method"]).upper()
     try:
+        body = _resolve_body_refs(item.get("body"), locations)
         if raise_errors:
-            reply = await handle(
-                conn, ctx, auth, method, path, params, item.get("body"), authorization, in_transaction=True
-            )
+            reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
         else:
             async with conn.transaction():
-                reply = await handle(
-                    conn, ctx, auth, method, path, params, item.get("body"), authorization, in_transaction=True
-                )
+                reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
     except TerritoireError as exc:
         if raise_errors:
             raise
