@@ -30,7 +30,7 @@ import asyncpg
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import read, sql
-from territoire_data.sensorthings.model import BY_NAME, ENTITY_TYPES, EntityType, Prop, Relation
+from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL, ENTITY_TYPES, EntityType, Prop, Relation
 from territoire_data.sensorthings.odata import parse_select
 
 logger = logging.getLogger(__name__)
@@ -85,10 +85,22 @@ def parse_selection(topic: str) -> Selection | None:
         return None
     try:
         select = parse_select(options["$select"])
-        read.parse_resource_path(path.removeprefix("v1.1/"))
+        entity = _collection_entity(read.parse_resource_path(path.removeprefix("v1.1/")))
     except BadRequestError:
         return None
+    known = {"id", "@iot.id", "@iot.selfLink", *entity.prop_by_wire, *entity.rel_by_name} if entity else set()
+    if entity is None or not set(select) <= known:
+        return None
     return Selection(topic, path, select)
+
+
+def _collection_entity(segments: list[read.Segment]) -> EntityType | None:
+    """The entity type of a collection path (`Things(1)/Datastreams` -> Datastream); None if it names none."""
+    entity = BY_PLURAL.get(segments[0].name) if segments else None
+    for seg in segments[1:]:
+        rel = entity.rel_by_name.get(seg.name) if entity else None
+        entity = BY_NAME[rel.target] if rel and rel.many else None
+    return entity if segments and segments[-1].id is None else None
 
 
 class SelectRegistry:
@@ -238,8 +250,8 @@ class EntityPublisher:
     async def _updated(self, conn: asyncpg.Connection, entity: EntityType, items: tuple[str, ...]) -> None:
         changed: dict[int, set[str]] = {}
         for item in items:
-            entity_id, _, columns = item.partition(":")
-            changed[int(entity_id)] = set(columns.split())
+            raw_id, _, columns = item.partition(":")
+            changed[int(raw_id)] = set(columns.split())
         rows = await self.visible_rows(conn, entity, list(changed))
         for entity_id, row in rows.items():
             props, parents = changed_members(entity, changed[entity_id])
