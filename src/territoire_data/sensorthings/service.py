@@ -163,6 +163,7 @@ async def _get(
                 text = value if isinstance(value, str) else read.dumps(value).decode()
             return Reply(200, text, {"content-type": "text/plain; charset=utf-8"})
         return Reply(200, {target.prop.wire: value})
+    read.check_select(target.entity, opts)
     if target.entity_id is not None:
         if target.ref:
             return Reply(200, {"@iot.selfLink": read.self_link(ctx, target.entity, target.entity_id)})
