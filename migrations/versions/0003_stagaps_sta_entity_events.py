@@ -77,6 +77,10 @@ CREATE FUNCTION sta_entity_updated() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
     ignored text[] := COALESCE(TG_ARGV[1:TG_NARGS - 1], '{}');
 BEGIN
+    IF (SELECT count(*) FROM sta_new_rows) > 10000 THEN  -- a bulk update: not streamed, so not compared
+        PERFORM pg_notify('sta_entity', TG_ARGV[0] || '|U|*');
+        RETURN NULL;
+    END IF;
     PERFORM sta_notify_entities(TG_ARGV[0], 'U', (
         SELECT array_agg(n.id::text || ':' || c.cols ORDER BY n.id)
         FROM sta_new_rows n

@@ -149,6 +149,8 @@ class SelectRegistry:
         if match is None:
             return
         topic = match.group("topic")
+        if topic.startswith("$share/"):  # a shared subscription: the group name, then the topic
+            topic = topic.split("/", 2)[2] if topic.count("/") >= 2 else ""
         if not topic.startswith(self.prefix):
             return
         topic = topic.removeprefix(self.prefix)

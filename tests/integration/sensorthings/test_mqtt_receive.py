@@ -361,3 +361,37 @@ async def test_restricted_entities_are_never_published(
         assert set(collected.by_topic) == {"v1.1/Things"}
     finally:
         sub.close()
+
+
+async def test_entity_notifications_split_big_statements_and_skip_bulk_ones(db: asyncpg.Connection) -> None:
+    """What the triggers send (migration 0003_stagaps): every id within pg_notify's size, or `*` past 10,000 rows."""
+    payloads: list[str] = []
+
+    def listen(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        payloads.append(payload)
+
+    await db.add_listener("sta_entity", listen)  # this session's own notifications reach it too
+    try:
+        await db.execute(
+            "INSERT INTO sensor (name, description, encoding_type, metadata) "
+            "SELECT 'sensor ' || i, '', 'application/pdf', 'm' FROM generate_series(1, 3000) i"
+        )
+        await db.execute("UPDATE sensor SET metadata = 'changed' WHERE id <= 1500")
+        await db.execute("UPDATE sensor SET metadata = metadata")  # nothing changes: nothing sent
+        await db.execute(
+            "INSERT INTO sensor (name, description, encoding_type, metadata) "
+            "SELECT 'bulk ' || i, '', 'application/pdf', 'm' FROM generate_series(1, 10001) i"
+        )
+        await db.execute("UPDATE sensor SET name = name || '!'")
+        await asyncio.sleep(0.2)
+    finally:
+        await db.remove_listener("sta_entity", listen)
+    created = [p for p in payloads if p.startswith("Sensor|C|")]
+    assert all(len(p) < 8000 for p in payloads) and len(created) > 1
+    ids = [int(i) for p in created if not p.endswith("|*") for i in p.split("|")[2].split(",")]
+    assert ids == list(range(1, 3001))
+    assert "Sensor|C|*" in payloads
+    updated = [p for p in payloads if p.startswith("Sensor|U|")]
+    items = [i for p in updated if not p.endswith("|*") for i in p.split("|")[2].split(",")]
+    assert items == [f"{i}:metadata" for i in range(1, 1501)]
+    assert updated[-1] == "Sensor|U|*"

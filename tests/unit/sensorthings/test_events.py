@@ -37,12 +37,14 @@ def test_selection_topics() -> None:
 
 
 def test_registry_follows_the_broker_log() -> None:
-    registry = SelectRegistry("pre/", ["v1.1/Things?$select=name"], limit=3)
+    registry = SelectRegistry("pre/", ["v1.1/Things?$select=name"], limit=4)
     assert [s.topic for s in registry.selections("v1.1/Things")] == ["v1.1/Things?$select=name"]
     log = "$SYS/broker/log/M/subscribe"
     registry.on_broker_log(log, "1795891749: client-a 1 pre/v1.1/Observations?$select=result")
     registry.on_broker_log(log, "1795891749: client-b 0 pre/v1.1/Observations?$select=result")
     registry.on_broker_log(log, "1795891749: client-c 1 elsewhere/v1.1/Observations?$select=result")  # not ours
+    registry.on_broker_log(log, "1795891749: client-d 1 $share/g/pre/v1.1/Things?$select=id")
+    assert [s.select for s in registry.selections("v1.1/Things")] == [("name",), ("id",)]
     assert [s.select for s in registry.selections("v1.1/Observations")] == [("result",)]
     unsubscribe = "$SYS/broker/log/M/unsubscribe"
     registry.on_broker_log(unsubscribe, "1795891750: client-a pre/v1.1/Observations?$select=result")
