@@ -4,8 +4,8 @@ Statement-level triggers with transition tables send `pg_notify('sta_entity', 'K
 the rows (HTTP, batch, the ingest registry, SQL by hand), for the `sta-mqtt` bridge to publish:
 - `C` (created): items are ids, on INSERT into every entity table but `observation` (0002_sta notifies those);
 - `U` (updated): items are `id:col col ...`, the columns whose value changed (rows where nothing changed, as after
-  `ON CONFLICT DO UPDATE` with the same values, are not sent). Datastream extents (phenomenon/result time,
-  observed area) are computed from Observations on every insert: their changes are not sent (the Observations are);
+  `ON CONFLICT DO UPDATE` with the same values, are not sent). Datastream extents (phenomenon and result
+  time) are computed from Observations on every insert: their changes are not sent (the Observations are);
 - `L` (linked): items are `self:target` ids of a new row of a link table (`thing_location`,
   `location_historical_location`), for the navigation topics such as `Things(1)/Locations`.
 A payload stays under the 8000 bytes of pg_notify (items are split over several notifications); a statement

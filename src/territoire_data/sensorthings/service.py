@@ -61,7 +61,7 @@ EXTENSIONS = {
         "select": "v1.1/{collection}?$select=a,b is published for the selections subscribers were seen asking "
         "for (the broker reports subscriptions on $SYS/broker/log/M/subscribe) and those the operator configured; "
         "a broker that reports nothing gets the configured ones only",
-        "not_published": "deletions; Datastream phenomenonTime/resultTime/observedArea changes (computed from the "
+        "not_published": "deletions; Datastream phenomenonTime/resultTime changes (computed from the "
         "Observations, which are published); statements creating or changing more than 10,000 rows",
     },
     f"{EXT}/count-estimate": {
@@ -300,12 +300,18 @@ _REF_ID = re.compile(r"\((\d+)\)$")
 
 
 def _resolve_body_refs(body: Any, locations: dict[str, str]) -> Any:
-    """`{"@iot.id": "$sensor1"}` anywhere in a body becomes the id of the entity request `sensor1` created."""
+    """`{"@iot.id": "$sensor1"}` in a body becomes the id of the entity request `sensor1` created.
+
+    Only entities are looked into (the body, its navigation properties, which are capitalized): free JSON such
+    as `properties` or `result` is data and stays as given.
+    """
     if isinstance(body, list):
         return [_resolve_body_refs(item, locations) for item in body]
     if not isinstance(body, dict):
         return body
-    resolved = {key: _resolve_body_refs(value, locations) for key, value in body.items()}
+    resolved = {
+        key: _resolve_body_refs(value, locations) if key[:1].isupper() else value for key, value in body.items()
+    }
     ref = resolved.get("@iot.id")
     if isinstance(ref, str) and ref.startswith("$"):
         location = locations.get(ref[1:])

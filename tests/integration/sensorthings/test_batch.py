@@ -110,7 +110,11 @@ async def test_json_batch_references_a_new_entity_in_a_body(sta: httpx.AsyncClie
                 "atomicityGroup": "g1",
                 "method": "post",
                 "url": f"Things({thing})/Datastreams",
-                "body": _datastream(ObservedProperty={"@iot.id": prop}, Sensor={"@iot.id": "$sensor1"}),
+                "body": _datastream(
+                    ObservedProperty={"@iot.id": prop},
+                    Sensor={"@iot.id": "$sensor1"},
+                    properties={"copied": {"@iot.id": "$sensor1"}},  # free JSON is data, not a reference
+                ),
             },
         ]
     }
@@ -121,6 +125,7 @@ async def test_json_batch_references_a_new_entity_in_a_body(sta: httpx.AsyncClie
     datastream = await get(sta, f"Datastreams({replies[1]['body']['@iot.id']})", **{"$expand": "Sensor,Thing"})
     assert datastream["Sensor"]["@iot.id"] == sensor_id
     assert datastream["Thing"]["@iot.id"] == thing
+    assert datastream["properties"] == {"copied": {"@iot.id": "$sensor1"}}
 
 
 async def test_json_batch_unknown_body_reference_rolls_the_group_back(sta: httpx.AsyncClient) -> None:
