@@ -76,21 +76,24 @@ $fn$;
 CREATE FUNCTION sta_entity_updated() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
     ignored text[] := COALESCE(TG_ARGV[1:TG_NARGS - 1], '{}');
+    items   text[];
+    n       bigint;
 BEGIN
-    IF (SELECT count(*) FROM sta_new_rows) > 10000 THEN  -- a bulk update: not streamed, so not compared
+    SELECT count(*) INTO n FROM sta_new_rows;
+    IF n > 10000 THEN  -- a bulk update: not streamed, so not compared
         PERFORM pg_notify('sta_entity', TG_ARGV[0] || '|U|*');
         RETURN NULL;
     END IF;
-    PERFORM sta_notify_entities(TG_ARGV[0], 'U', (
-        SELECT array_agg(n.id::text || ':' || c.cols ORDER BY n.id)
-        FROM sta_new_rows n
-        JOIN sta_old_rows o ON o.id = n.id
-        CROSS JOIN LATERAL (
-            SELECT string_agg(e.key, ' ' ORDER BY e.key) AS cols
-            FROM jsonb_each(to_jsonb(n)) e
-            WHERE e.value IS DISTINCT FROM to_jsonb(o) -> e.key AND NOT (e.key = ANY (ignored))
-        ) c
-        WHERE c.cols IS NOT NULL));
+    -- each row as JSON once, then its members compared: the names of the columns whose value changed
+    SELECT array_agg(j.id::text || ':' || c.cols ORDER BY j.id) INTO items
+    FROM (SELECT r.id, to_jsonb(r) AS nj, to_jsonb(o) AS oj FROM sta_new_rows r JOIN sta_old_rows o ON o.id = r.id) j
+    CROSS JOIN LATERAL (
+        SELECT string_agg(e.key, ' ' ORDER BY e.key) AS cols
+        FROM jsonb_each(j.nj) e
+        WHERE e.value IS DISTINCT FROM j.oj -> e.key AND NOT (e.key = ANY (ignored))
+    ) c
+    WHERE c.cols IS NOT NULL;
+    PERFORM sta_notify_entities(TG_ARGV[0], 'U', items);
     RETURN NULL;
 END
 $fn$;
