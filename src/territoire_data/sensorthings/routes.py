@@ -12,7 +12,7 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from territoire_data.auth.deps import get_principal
+from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.db.readpool import close_read_pool, pooled
 from territoire_data.errors import BadRequestError
@@ -90,7 +90,7 @@ async def _serve(request: Request, path: str, body: bytes) -> Response:
             reply = await service.handle(
                 conn,
                 context(settings, principal),
-                service.WriteAuth(principal),
+                service.WriteAuth(principal, remote_addr=client_address(request)),
                 request.method,
                 path,
                 params,
@@ -119,7 +119,11 @@ async def batch(request: Request) -> Response:
     body = await request.body()
     async with _connection(request) as conn:
         reply = await service.batch(
-            conn, context(settings, principal), service.WriteAuth(principal), body, request.headers.get("authorization")
+            conn,
+            context(settings, principal),
+            service.WriteAuth(principal, remote_addr=client_address(request), via="batch"),
+            body,
+            request.headers.get("authorization"),
         )
     return _render(reply)
 
