@@ -443,3 +443,48 @@ async def test_the_fast_path_cache_never_serves_a_shape_learnt_with_a_key(
         results = await asyncio.gather(*(http.get(items, headers=w.headers[c]) for c in HIDDEN))
         assert [r.status_code for r in results] == [404, 404, 404]
         assert (await http.get(f"{items}/1")).status_code == 404
+
+
+@pytest.mark.mqtt
+async def test_mqtt_topics_never_carry_restricted_observations(
+    world: tuple[httpx.AsyncClient, World], settings: Settings, topic_prefix: str
+) -> None:
+    """The bridge publishes what anyone may read: a restricted Observation goes to no topic at all."""
+    from territoire_data.sensorthings.mqtt import StaMqttBridge
+    from tests.integration.sensorthings.conftest import Subscriber
+
+    http, w = world
+    bridge = StaMqttBridge(settings, topic_prefix=f"{topic_prefix}/")
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop, ready))
+    sub: Subscriber | None = None
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.wait_for(bridge.is_publisher.wait(), 30)
+        sub = Subscriber(settings.mqtt_url, [f"{topic_prefix}/v1.1/#"])
+        # The restricted one first: the bridge publishes in commit order, so by the time the public one arrives
+        # the restricted one would have been published too.
+        for ds, value in ((w.ids["datastream"], float(RESULT)), (w.ids["public_datastream"], 22.5)):
+            await _post(
+                http,
+                f"{STA}/Datastreams({ds})/Observations",
+                {"phenomenonTime": "2026-11-21T01:00:00Z", "result": value},
+            )
+        received: list[tuple[str, dict[str, Any]]] = []
+        while not any(m.get("result") == 22.5 and t.endswith("/v1.1/Observations") for t, m in received):
+            received.append(await asyncio.to_thread(sub.next, 10))
+        await asyncio.sleep(0.5)  # anything published after it
+        while not sub.messages.empty():
+            received.append(sub.messages.get_nowait())
+    finally:
+        if sub is not None:
+            sub.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert {t.removeprefix(f"{topic_prefix}/") for t, _ in received} >= {
+        f"v1.1/Datastreams({w.ids['public_datastream']})/Observations",
+        "v1.1/Observations",
+    }
+    assert all(m.get("result") != float(RESULT) for _, m in received), received
+    assert not any(f"Datastreams({w.ids['datastream']})" in t for t, _ in received), received
+    assert bridge.published == 1
