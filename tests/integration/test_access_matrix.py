@@ -47,6 +47,7 @@ ROW, THING, STREAM, PLACE, PROBE, RESULT, THEME = (
     "987.654",
     "HEAL",
 )
+CROSSED = "flux croisé"  # a Datastream filed under the public dataset, on the restricted Thing
 OTHER = "autre"  # the restricted dataset that the reader of another dataset may read
 HIDDEN = ("anonymous", "reader of another dataset", "publisher without grant")
 GRANTED = ("granted reader", "admin")
@@ -109,6 +110,8 @@ DOORS: list[Door] = [
     Door("portal sensors page", f"/datasets/{SECRET_SENSORS}", "public", (THING,), status=404),
     Door("portal chart", f"/datasets/{SECRET_SENSORS}/recent.json", "public", (STREAM,), status=404),
     Door("portal public sensors map", "/datasets/capteurs-publics/preview.geojson", "public", (THING, PLACE)),
+    Door("portal public sensors chart", "/datasets/capteurs-publics/recent.json", "public", (CROSSED,)),
+    Door("portal public sensors page", "/datasets/capteurs-publics", "public", (CROSSED, THING)),
     # OGC API - Features
     Door("ogc collections", "/ogcapi/collections", "list", (SECRET, "48.58"), collections_east_edge),
     Door("ogc collections html", "/ogcapi/collections?f=html", "list", (SECRET,)),
@@ -321,6 +324,14 @@ async def build_world(http: httpx.AsyncClient, db: asyncpg.Connection, engine: A
                 f"{STA}/Datastreams({ds})/Observations",
                 {"phenomenonTime": f"2026-11-20T0{hour}:00:00Z", "result": value},
             )
+    # A connector may file a Datastream of the restricted Thing under the public dataset: the Thing's access wins.
+    await db.execute(
+        "INSERT INTO datastream (name, unit_of_measurement, thing_id, sensor_id, observed_property_id, dataset_id) "
+        "SELECT $1, '{}'::jsonb, d.thing_id, d.sensor_id, d.observed_property_id, "
+        "(SELECT id FROM dataset WHERE slug = 'capteurs-publics') FROM datastream d WHERE d.id = $2",
+        CROSSED,
+        ids["datastream"],
+    )
     row = await db.fetchrow(
         "SELECT o.id AS observation, o.feature_of_interest_id AS foi, d.sensor_id AS sensor, "
         "(SELECT location_id FROM thing_location WHERE thing_id = d.thing_id) AS location, "
