@@ -137,7 +137,9 @@ async def get_resource(path: str, request: Request) -> Response:
 
 
 _WRITE_DOC: dict[str, Any] = {
-    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password)."
+    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password); "
+    "a publisher changes only the entities of the datasets it may write. A new Thing joins the dataset named by "
+    '`"@territoire.dataset": "<slug>"` in its body.'
 }
 
 
