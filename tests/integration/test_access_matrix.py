@@ -47,6 +47,7 @@ ROW, THING, STREAM, PLACE, PROBE, RESULT, THEME = (
     "987.654",
     "HEAL",
 )
+HIDDEN_STREAM, HIDDEN_RESULT = "flux caché", "555.125"  # a restricted Datastream on the public Thing
 CROSSED = "flux croisé"  # a Datastream filed under the public dataset, on the restricted Thing
 OTHER = "autre"  # the restricted dataset that the reader of another dataset may read
 HIDDEN = ("anonymous", "reader of another dataset", "publisher without grant")
@@ -68,6 +69,8 @@ class Door:
     count: Callable[[Any], int] | None = None  # a count (or extent) that the restricted data would change
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200  # what a public door answers
+    method: str = "GET"
+    json: Any = None  # a request body, its strings formatted with the world's ids like `path`
 
 
 def iot_count(body: Any) -> int:
@@ -82,6 +85,11 @@ def catalog_total(body: Any) -> int:
 def sensors_east_edge(body: Any) -> int:
     """The east edge of the sensor network's extent: the restricted Thing stands far east of the public one."""
     return round(body["extent"]["spatial"]["bbox"][0][2] * 100)
+
+
+def sensors_last_year(body: Any) -> int:
+    """The end of the sensor network's temporal extent: restricted Datastreams run to 2030 and 2031."""
+    return int(body["extent"]["temporal"]["interval"][0][1][:4])
 
 
 def collections_east_edge(body: Any) -> int:
@@ -127,7 +135,9 @@ DOORS: list[Door] = [
     Door("ogc tileset", f"/ogcapi/collections/{SECRET}/tiles/WebMercatorQuad", markers=(SECRET,)),
     Door("ogc tile", f"/ogcapi/collections/{SECRET}/tiles/WebMercatorQuad/0/0/0", markers=(ROW,)),
     Door("ogc sensors collection", "/ogcapi/collections/capteurs", "list", ("48.58",), sensors_east_edge),
-    Door("ogc sensors items", "/ogcapi/collections/capteurs/items", "list", (THING, RESULT, STREAM)),
+    Door("ogc sensors items", "/ogcapi/collections/capteurs/items", "list", (THING, RESULT, STREAM, HIDDEN_STREAM)),
+    Door("ogc sensors public item", "/ogcapi/collections/capteurs/items/{public_thing}", "list", (HIDDEN_RESULT,)),
+    Door("ogc sensors temporal extent", "/ogcapi/collections/capteurs", "list", (), sensors_last_year),
     Door("ogc sensors item", "/ogcapi/collections/capteurs/items/{thing}", markers=(THING,)),
     # records and exports
     Door("records", f"/api/v1/datasets/{SECRET}/records", markers=(ROW,)),
@@ -186,6 +196,26 @@ DOORS: list[Door] = [
         (RESULT,),
     ),
     Door("sta expand Sensors", f"{STA}/Sensors?$expand=Datastreams", "list", (STREAM,)),
+    Door(
+        "sta expand public Thing",
+        f"{STA}/Things({{public_thing}})?$expand=Datastreams($expand=Observations)",
+        "list",
+        (HIDDEN_STREAM, HIDDEN_RESULT),
+    ),
+    Door("sta public Thing/Datastreams", f"{STA}/Things({{public_thing}})/Datastreams", "list", (HIDDEN_STREAM,)),
+    Door(
+        "sta batch read",
+        f"{STA}/$batch",
+        "list",
+        (THING, HIDDEN_STREAM),
+        method="POST",
+        json={
+            "requests": [
+                {"id": "1", "method": "get", "url": "Things({thing})"},
+                {"id": "2", "method": "get", "url": "Datastreams({hidden_stream})"},
+            ]
+        },
+    ),
     # $filter over relations
     Door(
         "sta filter Observations by Datastream",
@@ -324,13 +354,30 @@ async def build_world(http: httpx.AsyncClient, db: asyncpg.Connection, engine: A
                 f"{STA}/Datastreams({ds})/Observations",
                 {"phenomenonTime": f"2026-11-20T0{hour}:00:00Z", "result": value},
             )
-    # A connector may file a Datastream of the restricted Thing under the public dataset: the Thing's access wins.
-    await db.execute(
+    # A restricted Datastream on the public Thing (as a connector may file one), observed in 2030.
+    ids["public_thing"] = public["@iot.id"]
+    ids["hidden_stream"] = await db.fetchval(
         "INSERT INTO datastream (name, unit_of_measurement, thing_id, sensor_id, observed_property_id, dataset_id) "
         "SELECT $1, '{}'::jsonb, d.thing_id, d.sensor_id, d.observed_property_id, "
-        "(SELECT id FROM dataset WHERE slug = 'capteurs-publics') FROM datastream d WHERE d.id = $2",
+        f"(SELECT id FROM dataset WHERE slug = '{SECRET_SENSORS}') FROM datastream d WHERE d.id = $2 RETURNING id",
+        HIDDEN_STREAM,
+        ds_public["@iot.id"],
+    )
+    await _post(
+        http,
+        f"{STA}/Datastreams({ids['hidden_stream']})/Observations",
+        {"phenomenonTime": "2030-06-01T00:00:00Z", "result": float(HIDDEN_RESULT)},
+    )
+    # A connector may file a Datastream of the restricted Thing under the public dataset: the Thing's access wins.
+    crossed = await db.fetchval(
+        "INSERT INTO datastream (name, unit_of_measurement, thing_id, sensor_id, observed_property_id, dataset_id) "
+        "SELECT $1, '{}'::jsonb, d.thing_id, d.sensor_id, d.observed_property_id, "
+        "(SELECT id FROM dataset WHERE slug = 'capteurs-publics') FROM datastream d WHERE d.id = $2 RETURNING id",
         CROSSED,
         ids["datastream"],
+    )
+    await _post(
+        http, f"{STA}/Datastreams({crossed})/Observations", {"phenomenonTime": "2031-01-01T00:00:00Z", "result": 1}
     )
     row = await db.fetchrow(
         "SELECT o.id AS observation, o.feature_of_interest_id AS foi, d.sensor_id AS sensor, "
@@ -373,11 +420,25 @@ def _same(a: httpx.Response, b: httpx.Response) -> bool:
     return _VOLATILE.sub(b"", a.content) == _VOLATILE.sub(b"", b.content)
 
 
+def _fill(value: Any, ids: dict[str, Any]) -> Any:
+    """A request body with the world's ids put into its strings."""
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    return value
+
+
 @pytest.mark.parametrize("door", DOORS, ids=[d.name for d in DOORS])
 async def test_door(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
     http, w = world
     path = door.path.format(**w.ids)
-    answers = {c: await http.get(path, headers={**door.headers, **w.headers[c]}) for c in CALLERS}
+    body = _fill(door.json, w.ids)
+    answers = {
+        c: await http.request(door.method, path, json=body, headers={**door.headers, **w.headers[c]}) for c in CALLERS
+    }
     anonymous = answers["anonymous"]
     for caller, response in answers.items():
         text = response.content.decode("utf-8", "replace")
