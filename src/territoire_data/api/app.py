@@ -21,7 +21,12 @@ from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.errors import install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
-from territoire_data.api.security import BodyLimitMiddleware, RateLimitMiddleware, SecurityHeadersMiddleware
+from territoire_data.api.security import (
+    BodyLimitMiddleware,
+    PrivateCacheMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from territoire_data.auth import routes as auth_routes
 from territoire_data.catalog import api as catalog_api
 from territoire_data.catalog import routes as imports
@@ -75,6 +80,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     install_error_handlers(app)
     # Added innermost first: headers, body limit, rate limit, CORS, metrics, then the request id outermost.
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(PrivateCacheMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     if settings.rate_limit_per_minute:
         app.add_middleware(

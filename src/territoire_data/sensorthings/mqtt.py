@@ -53,7 +53,7 @@ from territoire_data.sensorthings.events import (
     parse_entity_notification,
 )
 from territoire_data.sensorthings.model import BY_NAME
-from territoire_data.sensorthings.service import WriteAuth
+from territoire_data.sensorthings.service import WriteAuth, audit_write
 from territoire_data.sensorthings.writes import Writer
 from territoire_data.settings import Settings
 
@@ -319,7 +319,11 @@ class StaMqttBridge:
                     BY_NAME["FeatureOfInterest"], int(match.group(2))
                 )
             async with conn.transaction():
-                new_id = await Writer(conn, principal).create(BY_NAME["Observation"], body, forced=forced)
+                writer = Writer(conn, principal)
+                new_id = await writer.create(BY_NAME["Observation"], body, forced=forced)
+                await audit_write(
+                    conn, WriteAuth(principal, via="mqtt"), writer, "POST", message.topic, ("Observation", new_id)
+                )
             self.created += 1
             return new_id
         except (TerritoireError, asyncpg.DataError) as exc:

@@ -12,7 +12,7 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from territoire_data.auth.deps import get_principal
+from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.db.readpool import close_read_pool, pooled
 from territoire_data.errors import BadRequestError
@@ -92,7 +92,7 @@ async def _serve(request: Request, path: str, body: bytes) -> Response:
             reply = await service.handle(
                 conn,
                 context(settings, principal),
-                service.WriteAuth(principal),
+                service.WriteAuth(principal, remote_addr=client_address(request)),
                 request.method,
                 path,
                 params,
@@ -135,7 +135,11 @@ async def batch(request: Request) -> Response:
             )
             return _render(reply)
         reply = await service.batch(
-            conn, context(settings, principal), service.WriteAuth(principal), body, request.headers.get("authorization")
+            conn,
+            context(settings, principal),
+            service.WriteAuth(principal, remote_addr=client_address(request), via="batch"),
+            body,
+            request.headers.get("authorization"),
         )
     return _render(reply)
 
@@ -149,7 +153,9 @@ async def get_resource(path: str, request: Request) -> Response:
 
 
 _WRITE_DOC: dict[str, Any] = {
-    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password)."
+    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password); "
+    "a publisher changes only the entities of the datasets it may write. A new Thing joins the dataset named by "
+    '`"@territoire.dataset": "<slug>"` in its body.'
 }
 
 

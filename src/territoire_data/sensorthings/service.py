@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import orjson
 
+from territoire_data.auth.audit import record_pg
 from territoire_data.auth.deps import check_publisher
 from territoire_data.auth.policy import Principal
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
@@ -80,12 +81,39 @@ class Reply:
 
 @dataclass(frozen=True)
 class WriteAuth:
-    """Who writes: an admin or publisher API key (the key was resolved by the caller, HTTP or MQTT)."""
+    """Who writes: an admin or publisher API key (the key was resolved by the caller, HTTP or MQTT), and from
+    where (client address, and the door: http, batch or mqtt), for the audit trail."""
 
     principal: Principal
+    remote_addr: str | None = None
+    via: str = "http"
 
     def check(self, authorization: str | None = None) -> None:
         check_publisher(self.principal)
+
+
+async def audit_write(
+    conn: asyncpg.Connection,
+    auth: WriteAuth,
+    writer: Writer,
+    method: str,
+    path: str,
+    target: tuple[str, int | None],
+    **details: Any,
+) -> None:
+    """One audit event per write request, whatever it created: a deep insert or a dataArray of 10,000
+    Observations is one event that counts them (not one per row)."""
+    action = {"POST": "create", "DELETE": "delete"}.get(method, "update")
+    if path.rstrip("/").endswith("$ref"):
+        action = "unlink" if method == "DELETE" else "link"
+    extra: dict[str, Any] = {"via": auth.via, "method": method, "path": path, **details}
+    if writer.created:
+        extra["created"] = dict(writer.created)
+    if writer.datasets:
+        extra["datasets"] = sorted(writer.datasets)
+    await record_pg(
+        conn, auth.principal, f"sta.{action}", target[0], target[1], remote_addr=auth.remote_addr, details=extra
+    )
 
 
 def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]:
@@ -133,9 +161,9 @@ async def handle(
     auth.check(authorization)
     parsed = _json(bytes(body)) if isinstance(body, bytes | bytearray) and method != "DELETE" else body
     if in_transaction:
-        return await _write(conn, ctx, segments, method, parsed)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
     async with conn.transaction():
-        return await _write(conn, ctx, segments, method, parsed)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
 
 
 async def _get(
@@ -175,11 +203,34 @@ async def _get(
 
 
 async def _write(
-    conn: asyncpg.Connection, ctx: read.Context, segments: list[read.Segment], method: str, body: Any
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    segments: list[read.Segment],
+    method: str,
+    body: Any,
+    *,
+    auth: WriteAuth | None = None,
+    path: str = "",
 ) -> Reply:
+    """Apply one write, then record it in the audit trail in the same transaction."""
+    auth = auth or WriteAuth(ctx.principal)
     writer = Writer(conn, ctx.principal)
+    reply, target = await _apply(conn, ctx, writer, segments, method, body)
+    await audit_write(conn, auth, writer, method, path, target)
+    return reply
+
+
+async def _apply(
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    writer: Writer,
+    segments: list[read.Segment],
+    method: str,
+    body: Any,
+) -> tuple[Reply, tuple[str, int | None]]:
+    """The write itself: the reply, and what it targeted (entity name, id) for the audit trail."""
     if len(segments) == 1 and segments[0].name == "CreateObservations" and method == "POST":
-        return Reply(201, await writer.create_observations(body, ctx.base))
+        return Reply(201, await writer.create_observations(body, ctx.base)), ("Observation", None)
     if not segments or segments[0].name not in BY_PLURAL:
         raise NotFoundError("no such SensorThings resource")
     entity = BY_PLURAL[segments[0].name]
@@ -189,17 +240,17 @@ async def _write(
             if first_id is not None:
                 raise BadRequestError("POST goes to an entity set, not to one entity")
             new_id = await writer.create(entity, body)
-            return await _created(conn, ctx, entity, new_id)
+            return await _created(conn, ctx, entity, new_id), (entity.name, new_id)
         if first_id is None:
             raise BadRequestError(f"{method} needs one entity, e.g. {entity.plural}(1)")
         if method == "DELETE":
             await writer.delete(entity, first_id)
-            return Reply(200)
+            return Reply(200), (entity.name, first_id)
         if method == "PATCH" and isinstance(body, list):  # JSON Patch (application/json-patch+json)
             before = orjson.loads(read.dumps(await read.read_entity(conn, ctx, entity, first_id, QueryOptions())))
             body = patched_properties(entity, before, apply_json_patch(before, body))
         await writer.update(entity, first_id, body)
-        return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions()))
+        return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions())), (entity.name, first_id)
     if first_id is None:
         raise NotFoundError("no such SensorThings resource")
     rel_seg = segments[1]
@@ -212,10 +263,10 @@ async def _write(
         if not isinstance(body, dict) or "@iot.id" not in body:
             raise BadRequestError('a $ref body is {"@iot.id": n}')
         await writer.add_link(entity, first_id, rel, body["@iot.id"])
-        return Reply(204)
+        return Reply(204), (entity.name, first_id)
     if is_ref and method == "DELETE" and rel_seg.id is not None:
         await writer.remove_link(entity, first_id, rel, rel_seg.id)
-        return Reply(200)
+        return Reply(200), (entity.name, first_id)
     if len(segments) == 2 and method == "POST" and rel.many and rel_seg.id is None:
         parent_id = await writer.existing(entity, first_id)
         if rel.kind == "child_fk":
@@ -223,7 +274,7 @@ async def _write(
         else:
             new_id = await writer.create(target, body)
             await writer.add_link(entity, parent_id, rel, new_id)
-        return await _created(conn, ctx, target, new_id)
+        return await _created(conn, ctx, target, new_id), (target.name, new_id)
     raise BadRequestError(f"{method} is not supported on this path")
 
 
