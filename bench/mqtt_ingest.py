@@ -97,27 +97,38 @@ def database_backends(dsn: str) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds spent per message by each party during one drain: consumer, broker, database backends."""
+    """CPU seconds spent per message by each party during one drain: consumer, broker, database backends.
+
+    Sampled when the first message arrives and when the last is done, so start-up (imports, connections) is left
+    out, as it is from the rates.
+    """
 
     def __init__(self, broker_pid: int) -> None:
         self.broker_pid = broker_pid
         self.start: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
-    def begin(self, consumer: float) -> None:
-        self.start = {"consumer": consumer, "broker": cpu_seconds(self.broker_pid)}
+    def begin(self, parties: dict[str, float]) -> None:
+        self.start = {**parties, "broker": cpu_seconds(self.broker_pid)}
 
-    def end(self, consumer: float, database: float = 0.0, storing_child: float = 0.0) -> None:
-        self.used = {
-            "consumer": consumer - self.start["consumer"],
-            "its storing child": storing_child,
-            "broker": cpu_seconds(self.broker_pid) - self.start["broker"],
-            "database": database,
-        }
+    def end(self, parties: dict[str, float]) -> None:
+        now = {**parties, "broker": cpu_seconds(self.broker_pid)}
+        self.used = {name: now[name] - self.start.get(name, 0.0) for name in now}
 
     def describe(self, n: int) -> str:
         parts = [f"{name} {seconds / n * 1e6:.0f}" for name, seconds in self.used.items() if seconds]
         return f"CPU µs/msg: {', '.join(parts)} (total {sum(self.used.values()) / n * 1e6:.0f})"
+
+
+def worker_cpu(procs: list[WorkerProcess], dsn: str) -> dict[str, float]:
+    """CPU seconds so far of the worker processes, their storing children and their database connections."""
+    pids = [proc.process.pid for proc in procs if proc.process is not None]
+    kids = [child for pid in pids for child in children(pid)]
+    return {
+        "worker": sum(map(cpu_seconds, pids)),
+        "its storing child": sum(map(cpu_seconds, kids)),
+        "database": sum(map(cpu_seconds, database_backends(dsn))),
+    }
 
 
 def free_port() -> int:
@@ -268,12 +279,12 @@ def run_bare(url: str, prefix: str, n: int, qos: int, meter: CpuMeter) -> float:
     sub.connect()
     sub.disconnect()
     publish(url, prefix, 0, n, qos)
-    meter.begin(time.process_time())
+    meter.begin({"subscriber": time.process_time()})
     sub.connect()
     deadline = time.monotonic() + 600
     while sub.count < n and time.monotonic() < deadline:
         time.sleep(0.01)
-    meter.end(time.process_time())
+    meter.end({"subscriber": time.process_time()})
     sub.disconnect()
     if sub.count != n:
         raise RuntimeError(f"bare subscriber got {sub.count} of {n} messages: the broker dropped some")
@@ -344,7 +355,6 @@ def run_workers(
     for proc in procs:
         proc.stop()
     publish(url, prefix, 0, n, qos)
-    meter.begin(0.0)
     for proc in procs:  # poll from the start: the first message can come before the log line
         proc.start(wait=False)
     first = None
@@ -355,16 +365,11 @@ def run_workers(
             now = time.monotonic()
             if first is None and sum(t["received"] for t in totals) > 0:
                 first = now
+                meter.begin(worker_cpu(procs, dsn))
             if sum(t["acknowledged"] for t in totals) >= n:
                 assert first is not None
                 rate = n / (now - first)
-                pids = [proc.process.pid for proc in procs if proc.process is not None]
-                kids = [child for pid in pids for child in children(pid)]
-                meter.end(
-                    sum(map(cpu_seconds, pids)),
-                    sum(map(cpu_seconds, database_backends(dsn))),
-                    sum(map(cpu_seconds, kids)),
-                )
+                meter.end(worker_cpu(procs, dsn))
                 return rate
             time.sleep(0.02)
         raise RuntimeError(f"workers did not finish: {totals}")
@@ -407,8 +412,7 @@ def run_naive(
             message = await asyncio.wait_for(inbox.get(), 120)
             if not done:
                 first = time.monotonic()
-                meter.begin(time.process_time())
-                backend_start = cpu_seconds(backend)
+                meter.begin({"naive worker": time.process_time(), "database": cpu_seconds(backend)})
             readings = decode_payload(message.topic, message.payload, config, datetime.now(UTC), 1 << 20)
             assert isinstance(readings, list)
             args: list[Any] = []
@@ -426,7 +430,7 @@ def run_naive(
             client.ack(message.mid, message.qos)
             done += 1
             last = time.monotonic()
-        meter.end(time.process_time(), cpu_seconds(backend) - backend_start)
+        meter.end({"naive worker": time.process_time(), "database": cpu_seconds(backend)})
         client.disconnect()
         client.loop_stop()
         await conn.close()

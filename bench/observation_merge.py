@@ -73,8 +73,8 @@ async def run_variant(dsn: str, ids: list[int], label: str, prepare: str, batche
     admin = await asyncpg.connect(dsn)
     await admin.execute("TRUNCATE observation, observation_rollup_15min")
     await admin.execute("UPDATE datastream SET phenomenon_time_start = NULL, phenomenon_time_end = NULL")
-    if prepare:
-        await admin.execute(prepare)
+    for statement in filter(None, prepare.split(";")):
+        await admin.execute(statement)  # one at a time: VACUUM may not run in a multi-statement block
     await admin.execute("VACUUM ANALYZE observation")
     store = ObservationStore(dsn, source="bench")
     conn = await store.connect()
@@ -135,18 +135,27 @@ async def main() -> None:
         conn = await asyncpg.connect(dsn)
         ids = await setup(conn)
         await conn.execute("SELECT ensure_observation_partitions('2026-11-01', '2026-12-31')")
-        fks = await conn.fetch(
-            "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
-            "WHERE conrelid = 'observation'::regclass AND contype = 'f' AND conname LIKE '%datastream%'"
-        )
         await conn.close()
-        fk_name = fks[0]["conname"] if fks else None
-        variants = [("as migrated", "")]
-        variants.append(("without STA triggers", "ALTER TABLE observation DISABLE TRIGGER USER"))
-        if fk_name:
-            drop_fk = f'ALTER TABLE observation DROP CONSTRAINT "{fk_name}"'
-            variants.append(("without FK (triggers on)", f"ALTER TABLE observation ENABLE TRIGGER USER; {drop_fk}"))
-            variants.append(("without FK and STA triggers", "ALTER TABLE observation DISABLE TRIGGER USER"))
+        check = "observation_datastream_inserted"
+        fk = (
+            "ALTER TABLE observation ADD CONSTRAINT observation_datastream_fk FOREIGN KEY (datastream_id) "
+            "REFERENCES datastream(id) ON DELETE CASCADE"
+        )
+        variants = [
+            ("as migrated (statement check)", ""),
+            (
+                "fillfactor 40/70 (HOT updates of extents, rollups)",
+                "ALTER TABLE datastream SET (fillfactor = 40); ALTER TABLE observation_rollup_15min SET (fillfactor = 70);"
+                "VACUUM FULL datastream; VACUUM FULL observation_rollup_15min",
+            ),
+            ("statement check, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
+            ("without any check or trigger", f"ALTER TABLE observation DISABLE TRIGGER {check}"),
+            (
+                "with a foreign key instead (before 0003)",
+                f"ALTER TABLE observation ENABLE TRIGGER USER; {fk}; ALTER TABLE observation DISABLE TRIGGER {check}",
+            ),
+            ("foreign key, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
+        ]
         print(f"observation merge, {args.batches} batches of {args.rows:,} rows, {DATASTREAMS} datastreams")
         print(f"  load average {os.getloadavg()[0]:.2f}")
         for label, prepare in variants:
