@@ -556,6 +556,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--writers", type=int, help="the connector's parallel database writers (default: its own)")
     parser.add_argument("--database", default=f"td_bench_mqtt_{os.getpid()}", help="scratch database (dropped)")
     parser.add_argument(
         "--admin-url",
@@ -588,6 +589,8 @@ def main() -> None:
                 "dataset": {"slug": "bench", "title": "Bench"},
                 "quantities": {"temperature": {"unit": "Cel"}, "humidity": {"unit": "%"}},
             }
+            if args.writers:
+                data["writers"] = args.writers
             path = work / f"{prefix}.yaml"
             path.write_text(yaml.safe_dump(data))
             return path, data

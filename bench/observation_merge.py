@@ -141,20 +141,17 @@ async def main() -> None:
             "ALTER TABLE observation ADD CONSTRAINT observation_datastream_fk FOREIGN KEY (datastream_id) "
             "REFERENCES datastream(id) ON DELETE CASCADE"
         )
+        before = (
+            f"ALTER TABLE observation ENABLE TRIGGER USER; {fk}; ALTER TABLE observation DISABLE TRIGGER {check};"
+            "ALTER TABLE datastream RESET (fillfactor); ALTER TABLE observation_rollup_15min RESET (fillfactor);"
+            "VACUUM FULL datastream; VACUUM FULL observation_rollup_15min"
+        )
         variants = [
-            ("as migrated (statement check)", ""),
-            (
-                "fillfactor 40/70 (HOT updates of extents, rollups)",
-                "ALTER TABLE datastream SET (fillfactor = 40); ALTER TABLE observation_rollup_15min SET (fillfactor = 70);"
-                "VACUUM FULL datastream; VACUUM FULL observation_rollup_15min",
-            ),
+            ("as migrated (0003: statement check)", ""),
             ("statement check, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
-            ("without any check or trigger", f"ALTER TABLE observation DISABLE TRIGGER {check}"),
-            (
-                "with a foreign key instead (before 0003)",
-                f"ALTER TABLE observation ENABLE TRIGGER USER; {fk}; ALTER TABLE observation DISABLE TRIGGER {check}",
-            ),
-            ("foreign key, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
+            ("no check, no STA triggers", f"ALTER TABLE observation DISABLE TRIGGER {check}"),
+            ("before 0003 (foreign key, fillfactor 100)", before),
+            ("before 0003, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
         ]
         print(f"observation merge, {args.batches} batches of {args.rows:,} rows, {DATASTREAMS} datastreams")
         print(f"  load average {os.getloadavg()[0]:.2f}")

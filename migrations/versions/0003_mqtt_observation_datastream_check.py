@@ -30,20 +30,23 @@ depends_on: str | Sequence[str] | None = None
 UPGRADE = r"""
 ALTER TABLE observation DROP CONSTRAINT observation_datastream_id_fkey;
 
+-- One pass over the statement's rows for the distinct ids, one query to lock them, a second only on failure.
 CREATE FUNCTION observation_datastream_check() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
+    ids     bigint[];
+    locked  bigint;
     missing bigint;
 BEGIN
+    SELECT array_agg(DISTINCT datastream_id) INTO ids FROM obs_ds_new_rows;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
     -- Lock the Datastreams written to (in id order, like every other writer), so none disappears before commit.
-    PERFORM 1 FROM datastream d
-    WHERE d.id IN (SELECT DISTINCT datastream_id FROM obs_ds_new_rows)
-    ORDER BY d.id
-    FOR KEY SHARE OF d;
-    SELECT n.datastream_id INTO missing
-    FROM (SELECT DISTINCT datastream_id FROM obs_ds_new_rows) n
-    WHERE NOT EXISTS (SELECT 1 FROM datastream d WHERE d.id = n.datastream_id)
-    LIMIT 1;
-    IF FOUND THEN
+    PERFORM 1 FROM datastream d WHERE d.id = ANY (ids) ORDER BY d.id FOR KEY SHARE OF d;
+    GET DIAGNOSTICS locked = ROW_COUNT;
+    IF locked < cardinality(ids) THEN
+        SELECT i INTO missing FROM unnest(ids) AS i
+        WHERE NOT EXISTS (SELECT 1 FROM datastream d WHERE d.id = i) LIMIT 1;
         RAISE foreign_key_violation USING
             MESSAGE = 'insert or update on table "observation" violates foreign key constraint '
                       '"observation_datastream_id_fkey"',
