@@ -215,7 +215,10 @@ class MqttSource:
         if queue_packet is None or not self.client.is_connected():
             return False
         pubacks = struct.pack(f">{len(mids)}I", *[PUBACK_WORD | mid for mid in mids])
-        return bool(queue_packet(mqtt.PUBACK, pubacks, 0, 1) == mqtt.MQTT_ERR_SUCCESS)
+        try:
+            return bool(queue_packet(mqtt.PUBACK, pubacks, 0, 1) == mqtt.MQTT_ERR_SUCCESS)
+        except TypeError:  # a paho version whose internal queue takes other arguments: one public ack() each
+            return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (after the acknowledgements already queued) and stop the network thread."""
