@@ -1,8 +1,11 @@
 """MQTT ingest benchmark: our worker against a bare paho subscriber (the limit) and a naive INSERT-per-message worker.
 
-Run:  .venv/bin/python bench/mqtt_ingest.py [-n 200000] [--qos 1]
+Run:  .venv/bin/python bench/mqtt_ingest.py [-n 200000] [--phases bare,worker,naive,shared,latency]
 
-What it does, in one run, on a private Mosquitto (our shipped broker configuration) and a fresh `td_bench_*` database:
+Unattended; with the defaults it takes about 4-6 minutes on two cores. Options: --phases to run a subset,
+--database for the scratch database's name (default td_bench_mqtt_<pid>, dropped at the end).
+
+What it does, in one run, on a private Mosquitto (our shipped broker configuration) and a fresh database:
 1. Throughput. For each consumer, its persistent session is created, then N ChirpStack-like uplinks are queued in
    the broker, then the consumer starts and drains them; rate = N / (first message received -> last one done):
    - bare: a paho subscriber that only counts (QoS as given, automatic acknowledgement);
@@ -11,7 +14,11 @@ What it does, in one run, on a private Mosquitto (our shipped broker configurati
    - two workers on one shared subscription, against the bare subscriber.
 2. Latency. A worker runs while uplinks are published live at --latency-rate msgs/s; a poller notes when each
    observation becomes queryable; prints p50/p99 of publish -> queryable.
-Counts are checked: every message must arrive (the broker configuration must not drop any).
+Counts are checked: every message must arrive (the broker configuration must not drop any), and the rows stored
+must be exactly two per message, no duplicate ("!!" lines otherwise); latency counts unseen observations as late.
+Each throughput line also gives the CPU microseconds per message of each party (consumer, the worker's storing
+child, broker, database backends), read from /proc between the first message and the last: on a busy machine
+these move much less than the rates do.
 """
 
 from __future__ import annotations
@@ -52,6 +59,83 @@ from territoire_data.settings import Settings  # noqa: E402
 
 DEVICES = 200
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (the worker's storing child)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def database_backends(dsn: str) -> list[int]:
+    """Server processes connected to the bench database (the workers' writers), other than the asking one."""
+
+    async def ask() -> list[int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
+    return asyncio.run(ask())
+
+
+class CpuMeter:
+    """CPU seconds spent per message by each party during one drain: consumer, broker, database backends.
+
+    Sampled when the first message arrives and when the last is done, so start-up (imports, connections) is left
+    out, as it is from the rates.
+    """
+
+    def __init__(self, broker_pid: int) -> None:
+        self.broker_pid = broker_pid
+        self.start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def begin(self, parties: dict[str, float]) -> None:
+        self.start = {**parties, "broker": cpu_seconds(self.broker_pid)}
+
+    def end(self, parties: dict[str, float]) -> None:
+        now = {**parties, "broker": cpu_seconds(self.broker_pid)}
+        self.used = {name: now[name] - self.start.get(name, 0.0) for name in now}
+
+    def describe(self, n: int) -> str:
+        parts = [f"{name} {seconds / n * 1e6:.0f}" for name, seconds in self.used.items() if seconds]
+        return f"CPU µs/msg: {', '.join(parts)} (total {sum(self.used.values()) / n * 1e6:.0f})"
+
+
+def worker_cpu(procs: list[WorkerProcess], dsn: str) -> dict[str, float]:
+    """CPU seconds so far of the worker processes, their storing children and their database connections."""
+    pids = [proc.process.pid for proc in procs if proc.process is not None]
+    kids = [child for pid in pids for child in children(pid)]
+    return {
+        "worker": sum(map(cpu_seconds, pids)),
+        "its storing child": sum(map(cpu_seconds, kids)),
+        "database": sum(map(cpu_seconds, database_backends(dsn))),
+    }
 
 
 def free_port() -> int:
@@ -197,15 +281,17 @@ class BareSubscriber:
         self.client.loop_stop()
 
 
-def run_bare(url: str, prefix: str, n: int, qos: int) -> float:
+def run_bare(url: str, prefix: str, n: int, qos: int, meter: CpuMeter) -> float:
     sub = BareSubscriber(url, f"{prefix}/application/+/device/+/event/+", qos, f"bench-bare-{prefix}")
     sub.connect()
     sub.disconnect()
     publish(url, prefix, 0, n, qos)
+    meter.begin({"subscriber": time.process_time()})
     sub.connect()
     deadline = time.monotonic() + 600
     while sub.count < n and time.monotonic() < deadline:
         time.sleep(0.01)
+    meter.end({"subscriber": time.process_time()})
     sub.disconnect()
     if sub.count != n:
         raise RuntimeError(f"bare subscriber got {sub.count} of {n} messages: the broker dropped some")
@@ -258,7 +344,17 @@ class WorkerProcess:
             self.process = None
 
 
-def run_workers(env: dict[str, str], connector: Path, url: str, prefix: str, n: int, qos: int, workers: int) -> float:
+def run_workers(
+    env: dict[str, str],
+    connector: Path,
+    url: str,
+    dsn: str,
+    prefix: str,
+    n: int,
+    qos: int,
+    workers: int,
+    meter: CpuMeter,
+) -> float:
     group = f"bench{prefix[-6:]}" if workers > 1 else None
     procs = [WorkerProcess(env, connector, f"bench-w{i}-{prefix}", group) for i in range(workers)]
     for proc in procs:  # create the persistent sessions (and shared subscription), then go away
@@ -276,9 +372,12 @@ def run_workers(env: dict[str, str], connector: Path, url: str, prefix: str, n: 
             now = time.monotonic()
             if first is None and sum(t["received"] for t in totals) > 0:
                 first = now
+                meter.begin(worker_cpu(procs, dsn))
             if sum(t["acknowledged"] for t in totals) >= n:
                 assert first is not None
-                return n / (now - first)
+                rate = n / (now - first)
+                meter.end(worker_cpu(procs, dsn))
+                return rate
             time.sleep(0.02)
         raise RuntimeError(f"workers did not finish: {totals}")
     finally:
@@ -286,7 +385,9 @@ def run_workers(env: dict[str, str], connector: Path, url: str, prefix: str, n: 
             proc.stop()
 
 
-def run_naive(url: str, dsn: str, connector_data: dict[str, Any], prefix: str, n: int, qos: int) -> float:
+def run_naive(
+    url: str, dsn: str, connector_data: dict[str, Any], prefix: str, n: int, qos: int, meter: CpuMeter
+) -> float:
     """paho + for each message: decode, one INSERT, one COMMIT, then the acknowledgement."""
     config = parse_connector(connector_data)
     address = parse_mqtt_url(url)
@@ -313,10 +414,12 @@ def run_naive(url: str, dsn: str, connector_data: dict[str, Any], prefix: str, n
         client.loop_start()
         await asyncio.sleep(1)
         await asyncio.to_thread(publish, url, prefix, 0, n, qos)
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
         while done < n:
             message = await asyncio.wait_for(inbox.get(), 120)
             if not done:
                 first = time.monotonic()
+                meter.begin({"naive worker": time.process_time(), "database": cpu_seconds(backend)})
             readings = decode_payload(message.topic, message.payload, config, datetime.now(UTC), 1 << 20)
             assert isinstance(readings, list)
             args: list[Any] = []
@@ -334,6 +437,7 @@ def run_naive(url: str, dsn: str, connector_data: dict[str, Any], prefix: str, n
             client.ack(message.mid, message.qos)
             done += 1
             last = time.monotonic()
+        meter.end({"naive worker": time.process_time(), "database": cpu_seconds(backend)})
         client.disconnect()
         client.loop_stop()
         await conn.close()
@@ -367,7 +471,7 @@ async def measure_latency(dsn: str, url: str, prefix: str, rate: float, seconds:
                 "deviceInfo": {"devEui": eui, "deviceName": f"live-{sent % DEVICES}"},
                 "object": {"temperature": 20.5},
             }
-            start_times[moment.replace(microsecond=moment.microsecond)] = time.time()
+            start_times[moment] = time.time()
             client.publish(f"{prefix}/application/live/device/{eui}/event/up", orjson.dumps(event), qos=1)
             sent += 1
         time.sleep(2)
@@ -377,28 +481,34 @@ async def measure_latency(dsn: str, url: str, prefix: str, rate: float, seconds:
 
     thread = threading.Thread(target=publisher)
     thread.start()
+    # Writers commit batches in parallel, so a later commit can hold earlier times: poll a window that overlaps
+    # the previous poll by a few seconds and count each observation once.
+    found: set[datetime] = set()
     last = datetime.now(UTC) - timedelta(seconds=5)
     while not stop.is_set():
         rows = await conn.fetch(
-            "SELECT phenomenon_time FROM observation WHERE phenomenon_time > $1 ORDER BY phenomenon_time", last
+            "SELECT phenomenon_time FROM observation WHERE phenomenon_time > $1 ORDER BY phenomenon_time",
+            last - timedelta(seconds=3),
         )
         now = time.time()
         for row in rows:
-            published = start_times.get(row["phenomenon_time"])
-            if published is not None:
+            moment = row["phenomenon_time"]
+            published = start_times.get(moment)
+            if published is not None and moment not in found:
+                found.add(moment)
                 seen.append(now - published)
         if rows:
-            last = rows[-1]["phenomenon_time"]
+            last = max(last, rows[-1]["phenomenon_time"])
         await asyncio.sleep(0.01)
     thread.join()
     await conn.close()
     if len(seen) < len(start_times):
-        print(f"  latency: only {len(seen)} of {len(start_times)} observations seen")
+        print(f"  !! latency: only {len(seen):,} of {len(start_times):,} observations seen (the rest count as late)")
+        seen += [float("inf")] * (len(start_times) - len(seen))
     return seen
 
 
-async def create_database(admin: str) -> tuple[str, str]:
-    name = f"td_bench_{os.getpid()}"
+async def create_database(admin: str, name: str) -> tuple[str, str]:
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
@@ -426,6 +536,17 @@ async def stored(dsn: str) -> tuple[int, int]:
     return int(total), int(distinct)
 
 
+PHASES = ("bare", "worker", "naive", "shared", "latency")
+
+
+def check_stored(dsn: str, expected: int, what: str) -> str:
+    """Rows stored against rows expected: the bench counts what arrived and was committed, never assumes it."""
+    total, distinct = asyncio.run(stored(dsn))
+    if total != expected or distinct != total:
+        print(f"  !! {what}: stored {total:,} rows ({distinct:,} distinct), expected {expected:,}")
+    return f"stored {total:,} rows, {distinct:,} distinct"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--messages", type=int, default=200_000)
@@ -434,15 +555,20 @@ def main() -> None:
     parser.add_argument("--qos", type=int, choices=(1,), default=1)
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--writers", type=int, help="the connector's parallel database writers (default: its own)")
+    parser.add_argument("--database", default=f"td_bench_mqtt_{os.getpid()}", help="scratch database (dropped)")
     parser.add_argument(
         "--admin-url",
         default=os.environ.get("TERRITOIRE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     args = parser.parse_args()
     n, qos = args.messages, args.qos
+    phases = set(args.phases.split(","))
+    began = time.monotonic()
 
     broker = Broker()
-    name, dsn = asyncio.run(create_database(args.admin_url))
+    name, dsn = asyncio.run(create_database(args.admin_url, args.database))
     work = Path(tempfile.mkdtemp(prefix="td-bench-"))
     try:
         migrations.upgrade(Settings(_env_file=None, database_url=dsn))  # type: ignore[call-arg]
@@ -463,62 +589,80 @@ def main() -> None:
                 "dataset": {"slug": "bench", "title": "Bench"},
                 "quantities": {"temperature": {"unit": "Cel"}, "humidity": {"unit": "%"}},
             }
+            if args.writers:
+                data["writers"] = args.writers
             path = work / f"{prefix}.yaml"
             path.write_text(yaml.safe_dump(data))
             return path, data
 
-        print(f"MQTT ingest benchmark: {n:,} ChirpStack-like uplinks at QoS {qos}, {os.cpu_count()} CPUs")
-        bare = run_bare(broker.url, "bare", n, qos)
-        print(f"  bare paho subscriber (counts only) : {bare:10,.0f} msgs/s")
-
-        path, _ = connector("one")
-        ours = run_workers(env, path, broker.url, "one", n, qos, workers=1)
-        total, distinct = asyncio.run(stored(dsn))
         print(
-            f"  our worker, end to end (committed) : {ours:10,.0f} msgs/s  stored {total:,} rows, {distinct:,} distinct"
+            f"MQTT ingest benchmark: {n:,} ChirpStack-like uplinks at QoS {qos}, {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
-        if total != 2 * n or distinct != total:
-            print("  !! stored rows do not match the messages published")
+        rates: dict[str, float] = {}
+        meter = CpuMeter(broker.process.pid)
+        if "bare" in phases:
+            rates["bare"] = run_bare(broker.url, "bare", n, qos, meter)
+            print(f"  bare paho subscriber (counts only) : {rates['bare']:10,.0f} msgs/s   {meter.describe(n)}")
 
-        asyncio.run(truncate(dsn))
-        path, data = connector("naive")
-        naive_n = min(n, args.naive_messages)
-        naive = run_naive(broker.url, dsn, data, "naive", naive_n, qos)
-        print(f"  naive worker (INSERT+COMMIT each)  : {naive:10,.0f} msgs/s   (on {naive_n:,} messages)")
+        if "worker" in phases:
+            path, _ = connector("one")
+            rates["worker"] = run_workers(env, path, broker.url, dsn, "one", n, qos, 1, meter)
+            counts = check_stored(dsn, 2 * n, "one worker")
+            print(f"  our worker, end to end (committed) : {rates['worker']:10,.0f} msgs/s   {meter.describe(n)}")
+            print(f"{'':40}{counts}")
 
-        asyncio.run(truncate(dsn))
-        path, _ = connector("shared")
-        two = run_workers(env, path, broker.url, "shared", n, qos, workers=2)
-        total, distinct = asyncio.run(stored(dsn))
-        print(
-            f"  two workers, shared subscription   : {two:10,.0f} msgs/s  stored {total:,} rows, {distinct:,} distinct"
-        )
-
-        print(
-            f"  ratios: worker/bare = {ours / bare:.0%} (target >= 80%), worker/naive = {ours / naive:.1f}x "
-            f"(target >= 10x), two workers/bare = {two / bare:.0%}"
-        )
-
-        asyncio.run(truncate(dsn))
-        path, _ = connector("live")
-        proc = WorkerProcess(env, path, "bench-live")
-        proc.start()
-        try:
-            delays = asyncio.run(measure_latency(dsn, broker.url, "live", args.latency_rate, args.latency_seconds))
-        finally:
-            proc.stop()
-        if delays:
-            delays.sort()
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+        if "naive" in phases:
+            asyncio.run(truncate(dsn))
+            path, data = connector("naive")
+            naive_n = min(n, args.naive_messages)
+            rates["naive"] = run_naive(broker.url, dsn, data, "naive", naive_n, qos, meter)
+            check_stored(dsn, 2 * naive_n, "naive worker")
             print(
-                f"  latency publish -> queryable at {args.latency_rate:,.0f} msgs/s: p50 "
-                f"{statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms "
-                f"({len(delays):,} observations; target p99 < 1 s)"
+                f"  naive worker (INSERT+COMMIT each)  : {rates['naive']:10,.0f} msgs/s   {meter.describe(naive_n)}"
+                f" (on {naive_n:,} messages)"
             )
+
+        if "shared" in phases:
+            asyncio.run(truncate(dsn))
+            path, _ = connector("shared")
+            rates["shared"] = run_workers(env, path, broker.url, dsn, "shared", n, qos, 2, meter)
+            counts = check_stored(dsn, 2 * n, "two workers")
+            print(f"  two workers, shared subscription   : {rates['shared']:10,.0f} msgs/s   {meter.describe(n)}")
+            print(f"{'':40}{counts}")
+
+        ratios = []
+        if "bare" in rates and "worker" in rates:
+            ratios.append(f"worker/bare = {rates['worker'] / rates['bare']:.0%} (target >= 80%)")
+        if "naive" in rates and "worker" in rates:
+            ratios.append(f"worker/naive = {rates['worker'] / rates['naive']:.1f}x (target >= 10x)")
+        if "bare" in rates and "shared" in rates:
+            ratios.append(f"two workers/bare = {rates['shared'] / rates['bare']:.0%}")
+        if ratios:
+            print(f"  ratios: {', '.join(ratios)}")
+
+        if "latency" in phases:
+            asyncio.run(truncate(dsn))
+            path, _ = connector("live")
+            proc = WorkerProcess(env, path, "bench-live")
+            proc.start()
+            try:
+                delays = asyncio.run(measure_latency(dsn, broker.url, "live", args.latency_rate, args.latency_seconds))
+            finally:
+                proc.stop()
+            if delays:
+                delays.sort()
+                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                print(
+                    f"  latency publish -> queryable at {args.latency_rate:,.0f} msgs/s: p50 "
+                    f"{statistics.median(delays) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max "
+                    f"{delays[-1] * 1000:.0f} ms ({len(delays):,} observations; target p99 < 1 s)"
+                )
     finally:
         broker.stop()
         asyncio.run(drop_database(args.admin_url, name))
         shutil.rmtree(work, ignore_errors=True)
+    print(f"  bench ran {time.monotonic() - began:.0f} s; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

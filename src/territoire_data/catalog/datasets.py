@@ -141,6 +141,40 @@ async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchem
     return Dataset(dataset_id, slug, table_name, schema)
 
 
+async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: DatasetMeta) -> int:
+    """The id of the sensors dataset `slug` (observations of a connector), created from `meta` when missing.
+
+    Checked like any dataset the catalog creates (slug, licence, themes, frequency), so a connector cannot put
+    a dataset outside the catalog's vocabularies; an existing table dataset of that slug is a conflict.
+    """
+    check_vocabularies(meta)
+    check_slug(slug)
+    await conn.execute(
+        """INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, contact_name,
+               contact_email, keywords, themes, update_frequency, extra)
+           VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)
+           ON CONFLICT (slug) DO NOTHING""",
+        slug,
+        (meta.title or slug)[:300],
+        meta.description,
+        meta.access,
+        meta.licence,
+        meta.publisher,
+        meta.contact_name,
+        meta.contact_email,
+        list(meta.keywords),
+        list(meta.themes),
+        meta.update_frequency,
+        orjson.dumps(meta.extra).decode(),
+    )
+    row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
+    if row is None:  # deleted between the two statements
+        raise ConflictError(f"dataset {slug!r} was deleted while being created")
+    if row["kind"] != "sensors":
+        raise ConflictError(f"dataset {slug!r} exists and is not a sensors dataset")
+    return int(row["id"])
+
+
 async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> None:
     """Row count, geometry type, spatial and temporal extents and modified_at, after an import."""
     target = dataset.table

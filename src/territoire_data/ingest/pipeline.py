@@ -42,9 +42,11 @@ class Outcome:
 
 
 class MessageSource(Protocol):
-    def get_nowait(self) -> InboundMessage | None: ...
+    def take(self, limit: int) -> list[InboundMessage]: ...
 
-    async def wait(self, seconds: float) -> None: ...
+    async def wait(self, seconds: float, count: int = 1) -> None:
+        """Until `count` messages are waiting or `seconds` pass."""
+        ...
 
     def pending(self) -> int: ...
 
@@ -228,28 +230,32 @@ class Pipeline:
                 task.cancel()
 
     async def _collect(self, stop: asyncio.Event) -> Batch:
-        """One batch: wait for a first message, then take more until the batch is full or its time is up."""
+        """One batch: wait for a first message, then take more until the batch is full or its time is up.
+
+        Messages are taken in bulk, and the source wakes us only when a whole batch is waiting (or the time is
+        up), so collecting costs nothing per message.
+        """
         batch = Batch()
         messages = batch.messages
         deadline = 0.0
-        get = self.source.get_nowait
-        while len(messages) < self.batch_size:
-            message = get()
-            if message is None:
-                if stop.is_set():
-                    break
-                if messages:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    await self.source.wait(remaining)
-                else:
-                    await self.source.wait(0.25)
+        source = self.source
+        while (missing := self.batch_size - len(messages)) > 0:
+            taken = source.take(missing)
+            if taken:
+                if not messages:
+                    deadline = time.monotonic() + self.batch_seconds
+                    batch.first = taken[0].received
+                messages += taken
                 continue
-            if not messages:
-                deadline = time.monotonic() + self.batch_seconds
-                batch.first = message.received
-            messages.append(message)
+            if stop.is_set():
+                break
+            if messages:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await source.wait(remaining, missing)
+            else:
+                await source.wait(0.25)
         return batch
 
     async def _collect_loop(self, stop: asyncio.Event, batches: asyncio.Queue[Batch | None]) -> None:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 
+from territoire_data.catalog.datasets import DatasetMeta, ensure_sensors_dataset
 from territoire_data.db.bulk import copy_and_merge
-from territoire_data.errors import ConfigurationError
 from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry, Resolution
 
@@ -150,26 +150,18 @@ class ObservationStore:
         themes: Sequence[str] = (),
         update_frequency: str | None = None,
     ) -> int:
-        """The id of the connector's dataset, created with kind 'sensors' when missing."""
-        conn = await self.connect()
-        await conn.execute(
-            "INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, keywords, themes, "
-            "update_frequency) VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (slug) DO NOTHING",
-            slug,
-            title,
-            description,
-            access,
-            licence,
-            publisher,
-            list(keywords),
-            list(themes),
-            update_frequency,
+        """The id of the connector's dataset, created through the catalog (kind 'sensors') when missing."""
+        meta = DatasetMeta(
+            title=title,
+            description=description,
+            keywords=tuple(keywords),
+            themes=tuple(themes),
+            licence=licence,
+            publisher=publisher,
+            update_frequency=update_frequency,
+            access=access,
         )
-        row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
-        assert row is not None
-        if row["kind"] != "sensors":
-            raise ConfigurationError(f"dataset {slug!r} exists and is not a sensors dataset")
-        return int(row["id"])
+        return await ensure_sensors_dataset(await self.connect(), slug, meta)
 
     async def _ensure_months(self, conn: asyncpg.Connection, needed: set[tuple[int, int]]) -> int:
         """Create the monthly partitions this batch touches that do not exist yet (rows never land in default)."""

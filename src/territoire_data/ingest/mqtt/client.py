@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from territoire_data.settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_RECEIVE_MAXIMUM = 65_535
+PUBACK_WORD = 0x4002_0000  # a PUBACK's fixed header (type 4, remaining length 2), the packet id in the low 16 bits
 
 
 class MqttSource:
@@ -57,7 +59,7 @@ class MqttSource:
         self.subscribed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
-        self._waiting = False
+        self._want = 0  # wake the pipeline when the queue holds this many messages (0: it is not waiting)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -137,7 +139,10 @@ class MqttSource:
             self._space.wait(0.1)
         self.queue.append(inbound)
         self.received += 1
-        if self._waiting and self._loop is not None and self._wakeup is not None:
+        # Wake the pipeline only once enough messages wait for it (a whole batch, or the first of one): one
+        # wake-up per message would cost more than the message itself (a self-pipe write and a GIL hand-over).
+        if self._want and len(self.queue) >= self._want and self._loop is not None and self._wakeup is not None:
+            self._want = 0
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
     # --- the pipeline's side ---------------------------------------------------------------------------------
@@ -160,42 +165,60 @@ class MqttSource:
         )
         self.client.loop_start()
 
-    def get_nowait(self) -> InboundMessage | None:
-        try:
-            message = self.queue.popleft()
-        except IndexError:
-            return None
-        if not self._space.is_set() and len(self.queue) < self.queue_size:
+    def take(self, limit: int) -> list[InboundMessage]:
+        """Up to `limit` queued messages, oldest first (none if the queue is empty)."""
+        queue = self.queue
+        count = min(limit, len(queue))
+        popleft = queue.popleft
+        taken = [popleft() for _ in range(count)]
+        if taken and not self._space.is_set() and len(queue) < self.queue_size:
             self._space.set()
-        return message
+        return taken
 
-    async def wait(self, seconds: float) -> None:
-        """Wait until a message is queued or `seconds` pass."""
+    async def wait(self, seconds: float, count: int = 1) -> None:
+        """Wait until at least `count` messages are queued or `seconds` pass."""
         assert self._wakeup is not None
         self._wakeup.clear()
-        self._waiting = True
+        self._want = max(count, 1)
         try:
-            if self.queue:
+            if len(self.queue) >= count:
                 return
             await asyncio.wait_for(self._wakeup.wait(), seconds)
         except TimeoutError:
             pass
         finally:
-            self._waiting = False
+            self._want = 0
 
     def pending(self) -> int:
         return len(self.queue)
 
     def ack(self, messages: Sequence[InboundMessage]) -> int:
-        """Acknowledge stored messages that came on the current connection; returns how many were acked."""
+        """Acknowledge stored messages that came on the current connection; returns how many were acked.
+
+        The PUBACKs of a batch go out as one write: paho's public `ack()` queues one packet and wakes its network
+        thread once per message, which costs more than receiving the message did.
+        """
         generation = self.generation
-        done = 0
-        for message in messages:
-            current = message.generation == generation
-            acked = message.qos == 0 or (current and self.client.ack(message.mid, message.qos) == 0)
-            done += acked
+        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+        done = sum(1 for m in messages if m.qos == 0) + len(mids)
+        others = [m for m in messages if m.qos == 2 and m.generation == generation]
+        if mids and not self._queue_pubacks(mids):
+            done -= sum(self.client.ack(mid, 1) != 0 for mid in mids)
+        for message in others:
+            done += self.client.ack(message.mid, message.qos) == 0
         self.acknowledged += len(messages)
         return done
+
+    def _queue_pubacks(self, mids: list[int]) -> bool:
+        """Queue the PUBACKs of `mids` as a single packet write (MQTT 3.1.1 and 5: 0x40, length 2, packet id)."""
+        queue_packet = getattr(self.client, "_packet_queue", None)
+        if queue_packet is None or not self.client.is_connected():
+            return False
+        pubacks = struct.pack(f">{len(mids)}I", *[PUBACK_WORD | mid for mid in mids])
+        try:
+            return bool(queue_packet(mqtt.PUBACK, pubacks, 0, 1) == mqtt.MQTT_ERR_SUCCESS)
+        except TypeError:  # a paho version whose internal queue takes other arguments: one public ack() each
+            return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (after the acknowledgements already queued) and stop the network thread."""

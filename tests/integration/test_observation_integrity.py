@@ -1,0 +1,118 @@
+"""Observation -> Datastream integrity without a per-row foreign key (migration 0003_mqtt): same guarantees."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from territoire_data.db.bulk import copy_and_merge
+
+pytestmark = pytest.mark.db
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+async def _datastreams(db: asyncpg.Connection, count: int = 2) -> None:
+    await db.execute(
+        "INSERT INTO thing (name) VALUES ('t'); INSERT INTO sensor (name) VALUES ('s');"
+        "INSERT INTO observed_property (name) VALUES ('p')"
+    )
+    await db.execute(
+        "INSERT INTO datastream (name, thing_id, sensor_id, observed_property_id) "
+        "SELECT 'd' || g, 1, 1, 1 FROM generate_series(1, $1) g",
+        count,
+    )
+
+
+async def _observe(db: asyncpg.Connection, datastream_id: int, minutes: int = 1) -> None:
+    await db.execute(
+        "INSERT INTO observation (datastream_id, phenomenon_time, result_number) "
+        "SELECT $1, $2::timestamptz + g * interval '1 minute', g FROM generate_series(1, $3) g",
+        datastream_id,
+        T0,
+        minutes,
+    )
+
+
+async def test_an_observation_of_a_missing_datastream_is_refused_like_a_foreign_key(db: asyncpg.Connection) -> None:
+    await _datastreams(db)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="observation_datastream_id_fkey") as refused:
+        await db.execute("INSERT INTO observation (datastream_id, phenomenon_time) VALUES (1, $1), (99, $1)", T0)
+    assert refused.value.detail == 'Key (datastream_id)=(99) is not present in table "datastream".'
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with db.transaction():
+            await copy_and_merge(
+                db,
+                schema="public",
+                table="observation",
+                columns=("datastream_id", "phenomenon_time"),
+                records=[(2, T0), (7, T0)],
+                conflict_columns=("datastream_id", "phenomenon_time"),
+                on_conflict="ignore",
+            )
+    await _observe(db, 1)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute("UPDATE observation SET datastream_id = 42")
+    assert await db.fetchval("SELECT count(*) FROM observation") == 1
+
+
+async def test_deleting_a_datastream_or_its_thing_deletes_its_observations(db: asyncpg.Connection) -> None:
+    await _datastreams(db, 3)
+    for datastream_id in (1, 2, 3):
+        await _observe(db, datastream_id, 30)
+    await db.execute("DELETE FROM datastream WHERE id = 1")
+    by_datastream = dict(await db.fetch("SELECT datastream_id, count(*) FROM observation GROUP BY 1"))
+    assert by_datastream == {2: 30, 3: 30}
+    assert await db.fetchval("SELECT count(*) FROM observation_rollup_15min WHERE datastream_id = 1") == 0
+    await db.execute("DELETE FROM thing")  # cascades to its datastreams, then to their observations
+    assert await db.fetchval("SELECT count(*) FROM observation") == 0
+    assert await db.fetchval("SELECT count(*) FROM observation_rollup_15min") == 0
+
+
+async def test_a_referenced_datastream_keeps_its_id_and_truncating_datastreams_empties_observations(
+    db: asyncpg.Connection,
+) -> None:
+    await _datastreams(db)
+    await _observe(db, 1)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="still referenced"):
+        await db.execute("UPDATE datastream SET id = 50 WHERE id = 1")
+    await db.execute("UPDATE datastream SET id = 51 WHERE id = 2")  # nothing refers to it
+    await db.execute("TRUNCATE datastream CASCADE")
+    assert await db.fetchval("SELECT count(*) FROM observation") == 0
+
+
+async def test_a_datastream_being_written_to_cannot_be_deleted_before_the_writer_commits(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await _datastreams(db)
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await _observe(writer, 1, 5)
+            # The writer holds the datastream row (FOR KEY SHARE, as a foreign key would): a delete has to wait.
+            await db.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await db.execute("DELETE FROM datastream WHERE id = 1")
+            await db.execute("RESET lock_timeout")
+        await db.execute("DELETE FROM datastream WHERE id = 1")  # once committed, the delete takes them along
+    finally:
+        await writer.close()
+    assert await db.fetchval("SELECT count(*) FROM observation") == 0
+
+
+async def test_observations_of_an_existing_datastream_are_stored_in_bulk(db: asyncpg.Connection) -> None:
+    await _datastreams(db)
+    records = [(1 + i % 2, T0 + timedelta(seconds=i)) for i in range(2000)]
+    async with db.transaction():
+        written = await copy_and_merge(
+            db,
+            schema="public",
+            table="observation",
+            columns=("datastream_id", "phenomenon_time"),
+            records=records,
+            conflict_columns=("datastream_id", "phenomenon_time"),
+            on_conflict="ignore",
+        )
+    assert written == 2000
