@@ -79,6 +79,11 @@ DECLARE
     items   text[];
     n       bigint;
 BEGIN
+    -- An update made by another trigger is derived (a Datastream's time extents after new Observations): the
+    -- computed columns are ignored anyway, so skip the comparison, which would otherwise run on every ingest batch.
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
     SELECT count(*) INTO n FROM sta_new_rows;
     IF n > 10000 THEN  -- a bulk update: not streamed, so not compared
         PERFORM pg_notify('sta_entity', TG_ARGV[0] || '|U|*');

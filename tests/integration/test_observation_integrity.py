@@ -1,4 +1,4 @@
-"""Observation -> Datastream integrity without a per-row foreign key (migration 0003_mqtt): same guarantees."""
+"""Observation -> Datastream integrity without a per-row foreign key (migration 0004_mqtt): same guarantees."""
 
 from __future__ import annotations
 

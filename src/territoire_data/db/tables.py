@@ -195,7 +195,7 @@ observation = Table(
     "observation",
     metadata,
     Column("id", BigInteger, nullable=False),
-    # Refers to datastream.id; checked (and cascaded on delete) per statement by triggers (migration 0003_mqtt),
+    # Refers to datastream.id; checked (and cascaded on delete) per statement by triggers (migration 0004_mqtt),
     # not by a foreign key, whose per-row check cost more than the rest of a bulk merge.
     Column("datastream_id", BigInteger, primary_key=True),
     Column("phenomenon_time", TZ, primary_key=True),

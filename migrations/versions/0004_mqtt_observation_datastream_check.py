@@ -13,8 +13,8 @@ Also: fillfactor on datastream and observation_rollup_15min, so the per-statemen
 The checks fire for writes through the partitioned parent `observation` (statement triggers are not cloned to
 partitions); every writer of the project goes through the parent.
 
-Revision ID: 0003_mqtt
-Revises: 0002_sta
+Revision ID: 0004_mqtt
+Revises: 0003_stagaps
 Create Date: 2026-11-28
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 from territoire_data.db.migration_helpers import run_script
 
-revision: str = "0003_mqtt"
-down_revision: str | None = "0002_sta"
+revision: str = "0004_mqtt"
+down_revision: str | None = "0003_stagaps"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
