@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 import shapely
 
+from territoire_data.catalog import setload
 from territoire_data.catalog.datasets import (
     SCHEMA,
     Dataset,
@@ -35,7 +36,6 @@ from territoire_data.catalog.datasets import (
     index_ddl,
     refresh_dataset_stats,
 )
-from territoire_data.catalog.parallel import copy_from_child
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter, compile_row
@@ -85,7 +85,7 @@ class ImportOptions:
     batch_size: int = 10_000
     sample_rows: int = 10_000
     max_errors: int = 1_000
-    parallel_min_bytes: int = 32 * 1024 * 1024  # bigger CSV files into an empty table: validated in a child process
+    set_based: bool = True  # clean CSV files: checked and converted in SQL (False: always the per-row path)
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
 
 
@@ -102,11 +102,15 @@ class LineMap:
         self.count = 0
 
     def append(self, line: int) -> None:
-        offset = line - self.count
+        self.extend(line, 1)
+
+    def extend(self, first_line: int, count: int) -> None:
+        """`count` rows on consecutive lines from `first_line`."""
+        offset = first_line - self.count
         if not self.offsets or self.offsets[-1] != offset:
             self.starts.append(self.count)
             self.offsets.append(offset)
-        self.count += 1
+        self.count += count
 
     def __getitem__(self, index: int) -> int:
         return index + self.offsets[bisect_right(self.starts, index) - 1]
@@ -286,7 +290,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
                 options.mode,
             )
             report["import_id"] = import_id
-            counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id)
+            counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id, sample)
             report.update(_summary(run))
             if run.refused:
                 raise _Refused
@@ -318,6 +322,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
         source.close()
     # Refused: the transaction rolled back; record the attempt where a dataset remains to attach it to.
     report.update(_summary(run), status="failed", duration_s=round(time.monotonic() - started, 3))
+    report["timings"] = run.timings
     report.pop("import_id", None)
     if existed and dataset_id is not None:
         report["import_id"] = await _record_failure(conn, dataset_id, report)
@@ -353,6 +358,7 @@ async def _load(
     records: Iterator[Record],
     tz: ZoneInfo,
     import_id: int,
+    sample: list[Record],
 ) -> dict[str, int]:
     """Stream, validate and stage every record; then uniqueness checks and the merge. Returns the counts."""
     schema = dataset.schema
@@ -393,41 +399,24 @@ async def _load(
         await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
         await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
-    parallel = (
-        direct
-        and isinstance(run.source, CsvSource)
-        and not run.options.skip_invalid
-        and run.source.file.path.stat().st_size >= run.options.parallel_min_bytes
+    fast = (
+        setload.plan(run.source, schema, mapping, spec, projection, sample)
+        if run.options.set_based and run.error_count == 0
+        else None
     )
-    if parallel:
-        assert isinstance(run.source, CsvSource)
-        job = {
-            "path": str(run.source.file.path),
-            "label": run.source.label,
-            "delimiter": run.source.file.dialect.delimiter,
-            "encoding": run.source.file.dialect.encoding,
-            "options": run.options,
-            "dataset": dataset,
-            "spec": spec,
-            "crs": projection.crs,
-            "tz": tz,
-            "import_id": import_id,
-            "mapping": mapping,
-        }
-        try:
-            outcome = await copy_from_child(conn, job, table=copy_target, schema=SCHEMA, columns=stage_cols)
-        finally:
+    done = False
+    try:
+        if fast is not None:
+            done = await _load_set_based(conn, run, dataset, fast, projection, direct, lines_loaded, stage_cols)
+        if not done:
+            lines_loaded = LineMap()
+            await _load_in_process(
+                conn, run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded,
+                copy_target, copy_schema, stage_cols,
+            )  # fmt: skip
+    finally:
+        if direct:
             await conn.reset_type_codec("geometry", schema="public")
-        run.errors, run.error_count = outcome["errors"], outcome["error_count"]
-        run.rows_read, run.rows_rejected = outcome["rows_read"], outcome["rows_rejected"]
-        run.stopped_early, run.rows_staged = outcome["stopped_early"], outcome["rows_staged"]
-        lines_loaded = outcome["lines"]
-        run.timings["parallel"] = 1
-    else:
-        await _load_in_process(
-            conn, run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded,
-            copy_target, copy_schema, stage_cols,
-        )  # fmt: skip
     run.lap("read_validate_copy_s")
     if run.stopped_early:
         return {}
@@ -460,20 +449,55 @@ async def _load_in_process(
     copy_schema: str | None,
     stage_cols: list[str],
 ) -> None:
-    """Validate in a thread of this process while the batches are COPied (small files, appends, skip mode)."""
+    """Validate row by row in a thread of this process while the batches are COPied: every file SQL cannot
+    vouch for, and so the one that reports each problem with its line, column and reason."""
+    pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
+    async for batch, rejections in _in_thread(pipeline):
+        if batch:
+            await conn.copy_records_to_table(copy_target, schema_name=copy_schema, records=batch, columns=stage_cols)
+            run.rows_staged += len(batch)
+        if rejections:
+            await _write_rejections(conn, rejections)
+
+
+async def _load_set_based(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    fast: setload.FastPlan,
+    projection: Reprojector,
+    direct: bool,
+    lines_loaded: LineMap,
+    stage_cols: list[str],
+) -> bool:
+    """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
+    cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
+    assert isinstance(run.source, CsvSource)
+    stream = setload.RawStream(run.source, lines_loaded)
     try:
-        pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
-        async for batch, rejections in _in_thread(pipeline):
-            if batch:
-                await conn.copy_records_to_table(
-                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
-                )
-                run.rows_staged += len(batch)
-            if rejections:
-                await _write_rejections(conn, rejections)
-    finally:
-        if direct:
-            await conn.reset_type_codec("geometry", schema="public")
+        async with conn.transaction():
+            await setload.copy_raw(conn, stream, fast, _in_thread(stream.chunks()))
+            run.lap("copy_raw_s")
+            line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
+            pg16 = conn.get_server_version() >= (16, 0)
+            values, source, where, params = setload.select_sql(
+                dataset.schema, fast, projection, run.options.timezone, line, direct, pg16
+            )
+            target = dataset.table if direct else STAGE
+            columns = setload.quoted(stage_cols)
+            status = await conn.execute(
+                f"INSERT INTO {target} ({columns}) SELECT {', '.join(values)} FROM {source} WHERE {where}", *params
+            )
+            inserted = int(status.rsplit(" ", 1)[-1])
+            if inserted != stream.rows:
+                raise setload.NotVouched(f"{stream.rows - inserted} row(s) need the careful path")
+    except (setload.NotVouched, asyncpg.PostgresError) as exc:
+        logger.info("%s: per-row path (%s)", run.source.label, str(exc)[:200])
+        run.timings["set_based"] = 0
+        return False
+    run.rows_read = run.rows_staged = inserted
+    run.timings["set_based"] = 1
+    return True
 
 
 def _pipeline(
@@ -776,10 +800,11 @@ async def _check_unique_direct(
         ordered = sorted(bad.items())
         await conn.execute(
             f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, r.line, $3, $4, r.reason, left(row_to_json(t)::text, 16000),
-                       octet_length(row_to_json(t)::text)
-                FROM {target} t JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS r(fid, line, reason)
-                  ON t._fid = r.fid""",
+                SELECT $1, $2, __td_r.line, $3, $4, __td_r.reason, left(row_to_json(__td_t)::text, 16000),
+                       octet_length(row_to_json(__td_t)::text)
+                FROM {target} __td_t
+                JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS __td_r(fid, line, reason)
+                  ON __td_t._fid = __td_r.fid""",
             run.source.format,
             run.source.label,
             dataset.id,
@@ -879,9 +904,10 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
         reasons = [bad[line] for line in lines]
         await conn.execute(
             f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, s.{LINE}, $3, $4, r.reason, left(row_to_json(s)::text, 16000),
-                       octet_length(row_to_json(s)::text)
-                FROM {STAGE} s JOIN unnest($5::bigint[], $6::text[]) AS r(line, reason) ON s.{LINE} = r.line""",
+                SELECT $1, $2, __td_s.{LINE}, $3, $4, __td_r.reason, left(row_to_json(__td_s)::text, 16000),
+                       octet_length(row_to_json(__td_s)::text)
+                FROM {STAGE} __td_s JOIN unnest($5::bigint[], $6::text[]) AS __td_r(line, reason)
+                  ON __td_s.{LINE} = __td_r.line""",
             run.source.format,
             run.source.label,
             dataset.id,
