@@ -480,14 +480,11 @@ async def _load_set_based(
             run.lap("copy_raw_s")
             line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
             pg16 = conn.get_server_version() >= (16, 0)
-            values, source, where, params = setload.select_sql(
+            select, params = setload.select_sql(
                 dataset.schema, fast, projection, run.options.timezone, line, direct, pg16
             )
             target = dataset.table if direct else STAGE
-            columns = setload.quoted(stage_cols)
-            status = await conn.execute(
-                f"INSERT INTO {target} ({columns}) SELECT {', '.join(values)} FROM {source} WHERE {where}", *params
-            )
+            status = await conn.execute(f"INSERT INTO {target} ({setload.quoted(stage_cols)}) {select}", *params)
             inserted = int(status.rsplit(" ", 1)[-1])
             if inserted != stream.rows:
                 raise setload.NotVouched(f"{stream.rows - inserted} row(s) need the careful path")
