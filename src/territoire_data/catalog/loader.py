@@ -87,6 +87,8 @@ class ImportOptions:
     max_errors: int = 1_000
     set_based: bool = True  # clean CSV files: checked and converted in SQL (False: always the per-row path)
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
+    # Table Schema foreignKeys name resources of a data package: the dataset each one is (default: its name).
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class LineMap:
@@ -426,6 +428,9 @@ async def _load(
     else:
         await _check_unique(conn, run, dataset, import_id)
     run.lap("unique_checks_s")
+    if schema.foreign_keys and not run.fatal:
+        await _check_foreign_keys(conn, run, dataset, import_id, direct, lines_loaded)
+        run.lap("foreign_key_checks_s")
     if run.refused:
         return {}
     counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
@@ -913,6 +918,96 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
             reasons,
         )
         await conn.execute(f"DELETE FROM {STAGE} WHERE {LINE} = ANY($1::bigint[])", lines)
+
+
+async def _check_foreign_keys(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, direct: bool, lines: LineMap
+) -> None:
+    """Table Schema foreignKeys, set-wise: each loaded row's key must exist in the referenced dataset's table."""
+    schema = dataset.schema
+    if direct:
+        candidates, row_id = dataset.table, "c._fid"
+        first_fid = int(await conn.fetchval(f"SELECT coalesce(min(_fid), 0) FROM {dataset.table}"))
+    else:
+        candidates, row_id = STAGE, f"c.{LINE}"
+    bad: dict[int, tuple[int, str]] = {}  # line → (row id, reason)
+    for key in schema.foreign_keys:
+        label = ", ".join(key.fields)
+        if key.resource == "":
+            referenced, ref_schema = dataset, schema
+            name = "this dataset"
+        else:
+            slug = run.options.resources.get(key.resource, key.resource)
+            found = await get_dataset(conn, slug)
+            if found is None:
+                run.fatal = True
+                reason = f"the dataset {slug!r} of resource {key.resource!r} does not exist: load it first"
+                run.error(None, label, "foreign-key", reason)
+                continue
+            referenced, ref_schema, name = found, found.schema, f"dataset {slug!r}"
+        missing = [f for f in key.reference_fields if f not in ref_schema.names]
+        if missing:
+            run.fatal = True
+            run.error(None, label, "foreign-key", f"{name} has no field {missing[0]!r}")
+            continue
+        table = referenced.table
+        if key.resource == "" and not direct:
+            cols = ", ".join(quote_ident(f) for f in key.reference_fields)
+            table = f"(SELECT {cols} FROM {dataset.table} UNION ALL SELECT {cols} FROM {STAGE})"
+        pairs = []
+        for mine, theirs in zip(key.fields, key.reference_fields, strict=True):
+            same = schema.field(mine).type == ref_schema.field(theirs).type
+            left, right = f"r.{quote_ident(theirs)}", f"c.{quote_ident(mine)}"
+            pairs.append(f"{left} = {right}" if same else f"{left}::text = {right}::text")
+        not_null = " AND ".join(f"c.{quote_ident(f)} IS NOT NULL" for f in key.fields)
+        shown = " || ', ' || ".join(f"c.{quote_ident(f)}::text" for f in key.fields)
+        rows = await conn.fetch(
+            f"""SELECT {row_id} AS id, {shown} AS shown FROM {candidates} c
+                WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {table} r WHERE {" AND ".join(pairs)})
+                ORDER BY 1"""
+        )
+        target = f"({', '.join(key.reference_fields)}) of {name}"
+        for row in rows:
+            line = lines[row["id"] - first_fid] if direct else row["id"]
+            reason = f"value ({_short(row['shown'])}) not found in {target}"
+            run.error(line, label, "foreign-key", reason)
+            bad.setdefault(line, (row["id"], reason))
+    if not bad:
+        return
+    run.rows_rejected += len(bad)
+    if run.options.skip_invalid:
+        run.rows_staged -= len(bad)
+        await _reject_rows(conn, run, dataset, import_id, direct, bad)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _reject_rows(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, direct: bool, bad: dict[int, tuple[int, str]]
+) -> None:
+    """Move loaded rows to ingest_rejection (line → row id, reason): _fid in the table, line in the staging table."""
+    table, key = (dataset.table, "_fid") if direct else (STAGE, LINE)
+    ordered = sorted(bad.items())
+    await conn.execute(
+        f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
+            SELECT $1, $2, __td_r.line, $3, $4, __td_r.reason, left(row_to_json(__td_t)::text, 16000),
+                   octet_length(row_to_json(__td_t)::text)
+            FROM {table} __td_t
+            JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS __td_r(id, line, reason)
+              ON __td_t.{quote_ident(key)} = __td_r.id""",
+        run.source.format,
+        run.source.label,
+        dataset.id,
+        import_id,
+        [row_id for _, (row_id, _) in ordered],
+        [line for line, _ in ordered],
+        [reason for _, (_, reason) in ordered],
+    )
+    await conn.execute(
+        f"DELETE FROM {table} WHERE {quote_ident(key)} = ANY($1::bigint[])", [row_id for _, (row_id, _) in ordered]
+    )
 
 
 async def _merge(
