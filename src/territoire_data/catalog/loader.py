@@ -52,7 +52,7 @@ from territoire_data.ingest.csv.geometry import (
     read_shape,
     reprojector,
 )
-from territoire_data.ingest.geojson import GeoJsonSource
+from territoire_data.ingest.geojson import SAMPLE_FEATURES, GeoJsonSource
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,14 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     tz = _zone(options.timezone)
     projection = reprojector(options.crs or getattr(source, "legacy_crs", None) or "EPSG:4326")
     run = _Run(source, options)
+    if isinstance(source, GeoJsonSource):
+        # Properties are known from the first features only: add those of the schema, and when the schema may be
+        # inferred, every property of the file.
+        existing = options.schema or getattr(await get_dataset(conn, slug), "schema", None)
+        if existing is not None:
+            source.include(existing.names)
+        elif options.create:
+            source.widen()
     records = source.records()
     sample, records = _take_sample(records, options.sample_rows)
     report: dict[str, Any] = {
@@ -268,7 +276,8 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             if dataset is None:
                 if not options.create:
                     raise NotFoundError(f"dataset {slug!r} does not exist (use --create to create it)")
-                schema = options.schema or infer_table_schema(source.header, [cells for _, cells, _ in sample])
+                rows = [cells for _, cells, _ in sample] + getattr(source, "late_rows", [])
+                schema = options.schema or infer_table_schema(source.header, rows)
                 report["schema_inferred"] = options.schema is None
                 report["table_schema"] = schema.descriptor
                 dataset = await create_dataset(conn, slug, schema, options.meta)
@@ -293,6 +302,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             )
             report["import_id"] = import_id
             counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id, sample)
+            _warn_unseen(run, getattr(source, "unseen", {}))
             report.update(_summary(run))
             if run.refused:
                 raise _Refused
@@ -331,6 +341,19 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     first = run.errors[0] if run.errors else None
     where = f" (first: line {first['line']}, {first['column'] or 'row'}: {first['reason']})" if first else ""
     raise ImportFailedError(f"{run.error_count} error(s) in {source.label}; nothing was loaded{where}", report)
+
+
+def _warn_unseen(run: _Run, unseen: dict[str, int]) -> None:
+    """GeoJSON properties first seen after the features the header was read from: ignored, and said so."""
+    if unseen:
+        shown = ", ".join(f"{name!r} (first on line {line})" for name, line in sorted(unseen.items())[:10])
+        more = " …" if len(unseen) > 10 else ""
+        one = len(unseen) == 1
+        run.warnings.append(
+            f"{len(unseen)} propert{'y' if one else 'ies'} first seen after the first {SAMPLE_FEATURES:,} features "
+            f"{'is' if one else 'are'} not in the dataset's schema and {'was' if one else 'were'} ignored: "
+            f"{shown}{more}"
+        )
 
 
 def _shape(schema: TableSchema) -> list[tuple[str, str]]:
