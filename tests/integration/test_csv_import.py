@@ -428,6 +428,11 @@ async def test_set_based_path_keeps_text_and_instants_and_falls_back_on_doubt(
     assert rows[2]["quand"].isoformat() == "2024-10-27T04:30:00+00:00"
     assert [r["ok"] for r in rows] == [True, False, True]
     assert await db.fetchval(f"SELECT count(*) FROM {table}") == 615
+    lenient = tmp_path / "lenient.csv"  # read as 00:00 by PostgreSQL, refused by Python: refused here too
+    lenient.write_text("id;t\n1;2024-01-01T00:00:00+01:00\n2;2024-01-01T 0:00:00+01:00\n")
+    with pytest.raises(ImportFailedError) as info:
+        await load(db, lenient, "lenient", create=True, schema=schema)
+    assert [(e["line"], e["column"]) for e in info.value.report["errors"]] == [(3, "t")]
     # Cells SQL does not vouch for (an ambiguous local time, hour 24, a decimal with a space): the per-row path
     # decides, as it always did.
     doubt = tmp_path / "doubt.csv"
@@ -436,10 +441,14 @@ async def test_set_based_path_keeps_text_and_instants_and_falls_back_on_doubt(
     assert report["timings"]["set_based"] == 0
     quand = await db.fetchval(f"SELECT t FROM {await table_of(db, 'ambiguous')}")
     assert quand.isoformat() == "2024-10-27T00:30:00+00:00"  # the first (summer time) of the two 02:30
-    doubt.write_text("id;v;t\n1;1,5;2024-01-01T00:00:00+01:00\n2;2, 5;2024-01-01T24:00:00+01:00\n")
+    # PostgreSQL would read "T 0:00" and "0." as a time: neither passes the shape checks.
+    doubt.write_text(
+        "id;v;t\n1;1,5;2024-01-01T00:00:00+01:00\n2;2, 5;2024-01-01T24:00:00+01:00\n"
+        "3;1;2024-01-01T 0:00:00+01:00\n4;1;2024-01-01T00:00:0.+01:00\n"
+    )
     with pytest.raises(ImportFailedError) as info:
         await load(db, doubt, "doubt", create=True, schema=schema)
-    assert [(e["line"], e["column"]) for e in info.value.report["errors"]] == [(3, "v"), (3, "t")]
+    assert [(e["line"], e["column"]) for e in info.value.report["errors"]] == [(3, "v"), (3, "t"), (4, "t"), (5, "t")]
     assert info.value.report["timings"]["set_based"] == 0
 
     await load(db, STATIONNEMENT_CSV, "parkings", schema=STATIONNEMENT, create=True)

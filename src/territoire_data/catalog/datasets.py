@@ -145,8 +145,11 @@ async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchem
     return Dataset(dataset_id, slug, table_name, schema)
 
 
-async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> None:
-    """Row count, geometry type, spatial and temporal extents and modified_at, after an import."""
+async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset, *, only_points: bool = False) -> None:
+    """Row count, geometry type, spatial and temporal extents and modified_at, after an import.
+
+    `only_points`: the caller knows every geometry is a point (a point file into an empty table): no need to read
+    each one's type."""
     target = dataset.table
     temporal = dataset.schema.temporal_field()
     if temporal is not None:
@@ -155,11 +158,16 @@ async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> N
         time_sql = f"min({column}){cast} AS t0, max({column}){cast} AS t1"
     else:
         time_sql = "NULL::timestamptz AS t0, NULL::timestamptz AS t1"
+    kind = "replace(ST_GeometryType(geom), 'ST_', '')"
+    kinds_sql = (
+        "CASE WHEN count(geom) > 0 THEN 'Point' END AS k0, NULL::text AS k1"
+        if only_points
+        else f"min({kind}) AS k0, max({kind}) AS k1"
+    )
     stats = await conn.fetchrow(
         f"""SELECT n, k0, k1, t0, t1, ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax
             FROM (SELECT count(*) AS n,
-                         min(replace(ST_GeometryType(geom), 'ST_', '')) AS k0,
-                         max(replace(ST_GeometryType(geom), 'ST_', '')) AS k1,
+                         {kinds_sql},
                          ST_Extent(geom) AS e,
                          {time_sql}
                   FROM {target}) AS s"""

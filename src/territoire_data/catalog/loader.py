@@ -306,7 +306,8 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             report.update(_summary(run))
             if run.refused:
                 raise _Refused
-            await refresh_dataset_stats(conn, dataset)
+            only_points = run.direct and run.timings.get("set_based") == 1 and spec is not None and spec.is_point
+            await refresh_dataset_stats(conn, dataset, only_points=only_points)
             run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
             report["timings"] = run.timings
@@ -501,7 +502,7 @@ async def _load_set_based(
     """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
     cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
     assert isinstance(run.source, CsvSource)
-    stream = setload.RawStream(run.source, lines_loaded)
+    stream = setload.RawStream(run.source, lines_loaded, fast)
     try:
         async with conn.transaction():
             await setload.copy_raw(conn, stream, fast, _in_thread(stream.chunks()))
@@ -509,7 +510,7 @@ async def _load_set_based(
             line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
             pg16 = conn.get_server_version() >= (16, 0)
             select, params = setload.select_sql(
-                dataset.schema, fast, projection, run.options.timezone, line, direct, pg16
+                dataset.schema, fast, projection, run.options.timezone, line, direct, pg16, stream.shapes_checked
             )
             target = dataset.table if direct else STAGE
             status = await conn.execute(f"INSERT INTO {target} ({setload.quoted(stage_cols)}) {select}", *params)
