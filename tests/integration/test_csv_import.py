@@ -433,6 +433,12 @@ async def test_set_based_path_keeps_text_and_instants_and_falls_back_on_doubt(
     with pytest.raises(ImportFailedError) as info:
         await load(db, lenient, "lenient", create=True, schema=schema)
     assert [(e["line"], e["column"]) for e in info.value.report["errors"]] == [(3, "t")]
+    naive = tmp_path / "naive.csv"  # local times, read in Europe/Paris
+    naive.write_text("id;t\n1;2024-06-01 12:00:00\n2;2024-12-01T12:00\n")
+    report = await load(db, naive, "naive", create=True, schema=schema)
+    assert report["timings"]["set_based"] == 1
+    instants = await db.fetch(f"SELECT t FROM {await table_of(db, 'naive')} ORDER BY id")
+    assert [r["t"].isoformat() for r in instants] == ["2024-06-01T10:00:00+00:00", "2024-12-01T11:00:00+00:00"]
     # Cells SQL does not vouch for (an ambiguous local time, hour 24, a decimal with a space): the per-row path
     # decides, as it always did.
     doubt = tmp_path / "doubt.csv"

@@ -510,7 +510,15 @@ async def _load_set_based(
             line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
             pg16 = conn.get_server_version() >= (16, 0)
             select, params = setload.select_sql(
-                dataset.schema, fast, projection, run.options.timezone, line, direct, pg16, stream.shapes_checked
+                dataset.schema,
+                fast,
+                projection,
+                run.options.timezone,
+                line,
+                direct,
+                pg16,
+                stream.shapes_checked,
+                stream.zoned,
             )
             target = dataset.table if direct else STAGE
             status = await conn.execute(f"INSERT INTO {target} ({setload.quoted(stage_cols)}) {select}", *params)

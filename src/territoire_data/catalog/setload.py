@@ -50,7 +50,9 @@ _DATETIME_SHAPES = [
 _AS_NINES = "translate({}, '0123456789', '9999999999')"
 # The same forms as byte patterns, hours below 24 and seconds below 60 included: checked by the reading thread on
 # each chunk the file sends as it is (beside the server's COPY), they spare the server its translate() per cell.
+_SHAPED = frozenset({"year", "date", "datetime", "number", "integer"})
 _BYTE_SHAPES = {
+    "integer": rb"[0-9+\- ]*",  # what the PostgreSQL 16 guard lets through
     "year": rb"[0-9]{4}",
     "date": rb"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{2}[/.-][0-9]{2}[/.-][0-9]{4}",
     "datetime": rb"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]"
@@ -87,7 +89,7 @@ class FastPlan:
     geometry: tuple[str, tuple[int, ...]] | None  # (GeometrySpec kind, header indexes of its columns)
     srid: int
     reuse: tuple[int, int] | None = None  # lon and lat are these number fields: their values are the point's
-    shaped: dict[int, str] = field(default_factory=dict)  # file column → year/date/datetime: its shape to check
+    shaped: dict[int, str] = field(default_factory=dict)  # file column → its field's type, when its shape is checked
 
 
 def plan(
@@ -130,7 +132,9 @@ def plan(
             geometry[1] if geometry else ()
         ):
             reuse = (fields[0], fields[1])
-    shaped = {column: f.type for f, column in zip(schema.fields, mapping, strict=True) if f.type in _BYTE_SHAPES}
+    shaped = {
+        column: f.type for f, column in zip(schema.fields, mapping, strict=True) if column >= 0 and f.type in _SHAPED
+    }
     return FastPlan(ncols, extra, mapping, geometry, srid, reuse, shaped)
 
 
@@ -178,15 +182,24 @@ class RawStream:
         self.quote = dialect.quotechar.encode(self.encoding)
         self.header_lines = source.file._line
         self.rows = 0
-        # Whether every chunk's year/date/datetime cells had a strict shape (empty allowed): checked on the bytes.
-        self.shapes_checked = bool(plan.shaped)
-        other = b"[^" + re.escape(self.delimiter.encode()) + b"\\r\\n]*"
+        # Whether every chunk's typed cells had the shapes SQL would otherwise check (empty allowed), and whether
+        # every datetime had its offset: checked on the bytes, so the server need not.
+        self.shapes_checked = self.zoned = bool(plan.shaped)
+        delimiter = re.escape(self.delimiter.encode())
+        self._loose, self._zoned = (self._regex(plan, delimiter, zoned) for zoned in (False, True))
+
+    @staticmethod
+    def _regex(plan: FastPlan, delimiter: bytes, zoned: bool) -> re.Pattern[bytes]:
+        shapes = {**_BYTE_SHAPES, "number": b"[^xX" + delimiter + b"\\r\\n]*"}
+        if zoned:
+            shapes["datetime"] = shapes["datetime"].removesuffix(b"?")
+        other = b"[^" + delimiter + b"\\r\\n]*"
         cells = [
-            b"(?:" + _BYTE_SHAPES[plan.shaped[i]] + b")?" if i in plan.shaped else other
+            b"(?:" + shapes[plan.shaped[i]] + b")?" if i in plan.shaped else other
             for i in range(plan.ncols + (1 if plan.extra_column else 0))
         ]
-        line = re.escape(self.delimiter.encode()).join(cells)
-        self._shapes = re.compile(b"(?:" + line + b"\\r?\\n)*(?:" + line + b")?")
+        line = delimiter.join(cells)
+        return re.compile(b"(?:" + line + b"\\r?\\n)*(?:" + line + b")?")
 
     def chunks(self) -> Iterator[bytes]:
         with self.source.file.path.open("rb") as handle:
@@ -219,13 +232,15 @@ class RawStream:
                 self.lines.extend(line_no + 1, count)
                 line_no += count
                 self.rows += count
-                if self.shapes_checked and self._shapes.fullmatch(chunk) is None:
+                if self.zoned and self._zoned.fullmatch(chunk) is None:
+                    self.zoned = False
+                if self.shapes_checked and not self.zoned and self._loose.fullmatch(chunk) is None:
                     self.shapes_checked = False
                 yield chunk
 
     def _parsed(self, handle: Any, line_no: int) -> Iterator[bytes]:
         """From here on, Python's csv reader splits the records (quoted cells, blank lines) and counts lines."""
-        self.shapes_checked = False
+        self.shapes_checked = self.zoned = False
         text = io.TextIOWrapper(handle, encoding=self.encoding, newline="")
         dialect = self.source.file.dialect
         reader = csv.reader(text, delimiter=dialect.delimiter, quotechar=dialect.quotechar, strict=True)
@@ -276,7 +291,7 @@ async def copy_raw(conn: asyncpg.Connection, stream: RawStream, plan: FastPlan, 
 
 
 def _field_sql(
-    f: FieldDef, c: str, required: bool, sql: _Sql, tz: str, pg16: bool, shaped: bool = False
+    f: FieldDef, c: str, required: bool, sql: _Sql, tz: str, pg16: bool, shaped: bool = False, zoned: bool = False
 ) -> tuple[str, str, list[str]]:
     """(value expression, acceptance condition, checks of the typed value `{v}`) of one field from its cell `c`.
 
@@ -303,12 +318,13 @@ def _field_sql(
     elif f.type in ("integer", "number"):
         if f.type == "integer":
             value = f"{c}::bigint"
-            if pg16:  # PostgreSQL 16 reads 0x1F, 0o17, 0b1 and 1_000 as integers, Python's parser does not
+            if pg16 and not shaped:  # PostgreSQL 16 reads 0x1F, 0o17, 0b1 and 1_000 as integers, Python does not
                 checks.append(f"ltrim({c}, '0123456789+- ') = ''")
         else:
             # strtod reads hexadecimal (0x1p3), Python's float() does not; inf and nan they read alike.
             value = f"replace({c}, ',', '.')::double precision"
-            checks.append(f"strpos({c}, 'x') = 0 AND strpos({c}, 'X') = 0")
+            if not shaped:
+                checks.append(f"strpos({c}, 'x') = 0 AND strpos({c}, 'X') = 0")
         for key, op in (("minimum", ">="), ("maximum", "<=")):
             if key in f.constraints:
                 typed.append(f"{{v}} {op} {sql.bind(float(f.constraints[key]), 'double precision')}")
@@ -337,17 +353,20 @@ def _field_sql(
         if not shaped:  # else the reading thread checked the same on the bytes
             checks.append(f"{_AS_NINES.format(c)} = ANY({sql.bind(_DATETIME_SHAPES, 'text[]')})")
             checks.append(f"substr({c}, 12, 2) < '24' AND substr({c}, 18, 2) < '60'")
-        zone = sql.bind(tz, "text")
-        naive = f"right({c}, 1) <> 'Z' AND substr({c}, length({c}) - 5, 1) NOT IN ('+', '-')"
-        local = f"{c}::timestamp"
-        value = f"CASE WHEN {naive} THEN {local} AT TIME ZONE {zone} ELSE {c}::timestamptz END"
-        # Near a change of offset, PostgreSQL and zoneinfo (fold=0) resolve an ambiguous local time differently:
-        # a local time within three hours of one goes to the careful path.
-        checks.append(
-            f"CASE WHEN {naive} THEN (({local} AT TIME ZONE {zone}) - interval '3 hours') AT TIME ZONE {zone} "
-            f"= {local} - interval '3 hours' AND (({local} AT TIME ZONE {zone}) + interval '3 hours') "
-            f"AT TIME ZONE {zone} = {local} + interval '3 hours' ELSE true END"
-        )
+        if shaped and zoned:  # every cell has its offset: PostgreSQL reads the instant as Python does
+            value = f"{c}::timestamptz"
+        else:
+            zone = sql.bind(tz, "text")
+            naive = f"right({c}, 1) <> 'Z' AND substr({c}, length({c}) - 5, 1) NOT IN ('+', '-')"
+            local = f"{c}::timestamp"
+            value = f"CASE WHEN {naive} THEN {local} AT TIME ZONE {zone} ELSE {c}::timestamptz END"
+            # Near a change of offset, PostgreSQL and zoneinfo (fold=0) resolve an ambiguous local time differently:
+            # a local time within three hours of one goes to the careful path.
+            checks.append(
+                f"CASE WHEN {naive} THEN (({local} AT TIME ZONE {zone}) - interval '3 hours') AT TIME ZONE {zone} "
+                f"= {local} - interval '3 hours' AND (({local} AT TIME ZONE {zone}) + interval '3 hours') "
+                f"AT TIME ZONE {zone} = {local} + interval '3 hours' ELSE true END"
+            )
     accept = " AND ".join(checks) if checks else "true"
     ok = f"CASE WHEN {empty} THEN {'false' if required else 'true'} ELSE {accept} END"
     return f"CASE WHEN {empty} THEN NULL ELSE {value} END", ok, typed
@@ -383,6 +402,7 @@ def select_sql(
     direct: bool,
     pg16: bool,
     shapes_checked: bool = False,
+    zoned: bool = False,
 ) -> tuple[str, list[Any]]:
     """The SELECT of the rows SQL vouches for, typed, over the raw table; and its parameters.
 
@@ -404,7 +424,7 @@ def select_sql(
             outer.append("NULL")
             continue
         required = f.required or f.name in schema.primary_key
-        value, ok, typed = _field_sql(f, f"r.c{column}", required, sql, tz, pg16, shapes_checked)
+        value, ok, typed = _field_sql(f, f"r.c{column}", required, sql, tz, pg16, shapes_checked, zoned)
         inner.append(f"{value} AS v{index}")
         outer.append(f"s.v{index}")
         accept.append(ok)
