@@ -831,23 +831,7 @@ async def _check_unique_direct(
     run.rows_rejected += len(bad)
     if run.options.skip_invalid:
         run.rows_staged -= len(bad)
-        ordered = sorted(bad.items())
-        await conn.execute(
-            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, __td_r.line, $3, $4, __td_r.reason, left(row_to_json(__td_t)::text, 16000),
-                       octet_length(row_to_json(__td_t)::text)
-                FROM {target} __td_t
-                JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS __td_r(fid, line, reason)
-                  ON __td_t._fid = __td_r.fid""",
-            run.source.format,
-            run.source.label,
-            dataset.id,
-            import_id,
-            [fid for _, (fid, _) in ordered],
-            [line for line, _ in ordered],
-            [reason for _, (_, reason) in ordered],
-        )
-        await conn.execute(f"DELETE FROM {target} WHERE _fid = ANY($1::bigint[])", [fid for fid, _ in bad.values()])
+        await _reject_rows(conn, run, dataset, import_id, True, bad)
         for constraint in failed:
             await conn.execute(constraint)
 
@@ -934,22 +918,7 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
     run.rows_rejected += len(bad)
     if run.options.skip_invalid:
         run.rows_staged -= len(bad)
-        lines = sorted(bad)
-        reasons = [bad[line] for line in lines]
-        await conn.execute(
-            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, __td_s.{LINE}, $3, $4, __td_r.reason, left(row_to_json(__td_s)::text, 16000),
-                       octet_length(row_to_json(__td_s)::text)
-                FROM {STAGE} __td_s JOIN unnest($5::bigint[], $6::text[]) AS __td_r(line, reason)
-                  ON __td_s.{LINE} = __td_r.line""",
-            run.source.format,
-            run.source.label,
-            dataset.id,
-            import_id,
-            lines,
-            reasons,
-        )
-        await conn.execute(f"DELETE FROM {STAGE} WHERE {LINE} = ANY($1::bigint[])", lines)
+        await _reject_rows(conn, run, dataset, import_id, False, {line: (line, reason) for line, reason in bad.items()})
 
 
 async def _check_foreign_keys(
