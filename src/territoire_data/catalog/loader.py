@@ -826,12 +826,8 @@ async def _check_unique_direct(
             reason = f"duplicate value of ({label}): already on line {lines[row['first'] - first_fid]}"
             run.error(line, label, "unique-error" if key != schema.primary_key else "primary-key", reason)
             bad.setdefault(line, (row["_fid"], reason))
-    if not bad:
-        return
-    run.rows_rejected += len(bad)
-    if run.options.skip_invalid:
-        run.rows_staged -= len(bad)
-        await _reject_rows(conn, run, dataset, import_id, True, bad)
+    await _reject_rows(conn, run, dataset, import_id, True, bad)
+    if bad and run.options.skip_invalid:
         for constraint in failed:
             await conn.execute(constraint)
 
@@ -913,12 +909,7 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
                 reason = f"value of ({label}) already in the dataset"
                 run.error(row["line"], label, "unique-error", reason)
                 bad.setdefault(row["line"], reason)
-    if not bad:
-        return
-    run.rows_rejected += len(bad)
-    if run.options.skip_invalid:
-        run.rows_staged -= len(bad)
-        await _reject_rows(conn, run, dataset, import_id, False, {line: (line, reason) for line, reason in bad.items()})
+    await _reject_rows(conn, run, dataset, import_id, False, {line: (line, reason) for line, reason in bad.items()})
 
 
 async def _check_foreign_keys(
@@ -973,12 +964,7 @@ async def _check_foreign_keys(
             reason = f"value ({_short(row['shown'])}) not found in {target}"
             run.error(line, label, "foreign-key", reason)
             bad.setdefault(line, (row["id"], reason))
-    if not bad:
-        return
-    run.rows_rejected += len(bad)
-    if run.options.skip_invalid:
-        run.rows_staged -= len(bad)
-        await _reject_rows(conn, run, dataset, import_id, direct, bad)
+    await _reject_rows(conn, run, dataset, import_id, direct, bad)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -988,7 +974,14 @@ def _short(text: str, limit: int = 60) -> str:
 async def _reject_rows(
     conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, direct: bool, bad: dict[int, tuple[int, str]]
 ) -> None:
-    """Move loaded rows to ingest_rejection (line → row id, reason): _fid in the table, line in the staging table."""
+    """Count the refused rows (line → row id, reason); with skip_invalid, move them to ingest_rejection (row id:
+    _fid in the dataset table, the line in the staging table)."""
+    if not bad:
+        return
+    run.rows_rejected += len(bad)
+    if not run.options.skip_invalid:
+        return
+    run.rows_staged -= len(bad)
     table, key = (dataset.table, "_fid") if direct else (STAGE, LINE)
     ordered = sorted(bad.items())
     await conn.execute(
