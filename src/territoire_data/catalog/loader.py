@@ -505,7 +505,7 @@ async def _load_set_based(
     stream = setload.RawStream(run.source, lines_loaded, fast)
     try:
         async with conn.transaction():
-            await setload.copy_raw(conn, stream, fast, _in_thread(stream.chunks()))
+            await setload.copy_raw(conn, stream, fast, _in_thread(stream.chunks()), numbered=not direct)
             run.lap("copy_raw_s")
             line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
             pg16 = conn.get_server_version() >= (16, 0)

@@ -274,14 +274,13 @@ class RawStream:
             text.detach()
 
 
-async def copy_raw(conn: asyncpg.Connection, stream: RawStream, plan: FastPlan, chunks: Any) -> None:
-    """CREATE the raw text table and COPY the file's rows into it (an identity column numbers them in order)."""
+async def copy_raw(conn: asyncpg.Connection, stream: RawStream, plan: FastPlan, chunks: Any, numbered: bool) -> None:
+    """CREATE the raw text table and COPY the file's rows into it (`numbered`: an identity column numbers them in
+    order, for their lines; rows going straight into an empty dataset table keep their order without it)."""
     columns = [f"c{i}" for i in range(plan.ncols + (1 if plan.extra_column else 0))]
+    number = f", {SEQ} bigint GENERATED ALWAYS AS IDENTITY" if numbered else ""
     await conn.execute(f"DROP TABLE IF EXISTS {RAW}")
-    await conn.execute(
-        f"CREATE TEMP TABLE {RAW} ({', '.join(f'{c} text' for c in columns)}, "
-        f"{SEQ} bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP"
-    )
+    await conn.execute(f"CREATE TEMP TABLE {RAW} ({', '.join(f'{c} text' for c in columns)}{number}) ON COMMIT DROP")
     await conn.copy_to_table(
         RAW, source=chunks, columns=columns, format="csv", delimiter=stream.delimiter, encoding=stream.copy_encoding
     )
