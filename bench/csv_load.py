@@ -1,6 +1,6 @@
 """CSV load benchmark: our loader (validation + geometry) vs ogr2ogr (the GIS peer) vs psql \\copy (reference).
 
-Usage: python bench/csv_load.py [--rows 1000000] [--keep]
+Usage: python bench/csv_load.py [--rows 1000000] [--keep] [--only ours|ogr2ogr|reference] [--db-suffix NAME]
 Needs PostgreSQL + PostGIS (TERRITOIRE_BENCH_ADMIN_URL, default postgresql://postgres@127.0.0.1:5432/postgres),
 ogr2ogr (gdal-bin) and psql. Creates and drops its own td_csvbench_* database. Prints rows/s, peak memory, ratios.
 Every route ends in the same state: a typed table with a primary key on id, a WGS84 point geometry with a GiST
@@ -138,7 +138,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database and the file")
     parser.add_argument("--only", choices=["ours", "ogr2ogr", "reference"], default=None)
+    parser.add_argument(
+        "--db-suffix",
+        default=os.environ.get("TERRITOIRE_BENCH_DB_SUFFIX", ""),
+        help="part of the database name, so that benches run side by side never share one",
+    )
     args = parser.parse_args()
+    bench_started = time.perf_counter()
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     for tool in ("ogr2ogr", "psql"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install gdal-bin postgresql-client)")
@@ -151,7 +158,8 @@ def main() -> None:
     generate(data, args.rows)
     print(f"generated {args.rows:,} rows ({data.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f}s")
 
-    name = f"td_csvbench_{uuid.uuid4().hex[:8]}"
+    suffix = "".join(c for c in args.db_suffix.lower() if c.isalnum())
+    name = f"td_csvbench_{suffix + '_' if suffix else ''}{uuid.uuid4().hex[:8]}"
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = db_url(name)
     env = {**os.environ, "TERRITOIRE_DATABASE_URL": url, "TERRITOIRE_LOG_LEVEL": "WARNING"}
@@ -210,6 +218,8 @@ def main() -> None:
         print(f"ours vs reference: {share:.0%} of its rows/s (target >= 70%) {'OK' if share >= 0.7 else 'MISSED'}")
     if ours:
         print(f"our peak memory: {ours[1]} MB (target < 300 MB) {'OK' if ours[1] < 300 else 'MISSED'}")
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"bench run time: {time.perf_counter() - bench_started:.0f}s")
 
 
 if __name__ == "__main__":

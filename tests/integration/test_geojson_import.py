@@ -162,3 +162,30 @@ async def test_direct_load_of_shapes_with_heights(db: asyncpg.Connection, tmp_pa
         f"SELECT n, GeometryType(geom) AS k, ST_NDims(geom) AS d, ST_SRID(geom) AS s FROM {table} ORDER BY n"
     )
     assert [(r["k"], r["d"], r["s"]) for r in rows] == [("POLYGON", 2, 4326), ("MULTIPOINT", 2, 4326)]
+
+
+async def test_properties_first_seen_after_the_first_thousand_features(db: asyncpg.Connection, tmp_path: Path) -> None:
+    point = {"type": "Point", "coordinates": [-1.68, 48.11]}
+    features = [feature({"nom": f"n{i}"}, point) for i in range(1, 1101)]
+    features[1049]["properties"]["hauteur"] = 12.5  # feature 1,050: after the sample the header is read from
+    features[1099]["properties"] |= {"hauteur": 3, "note": "tard"}
+    path = tmp_path / "late.geojsonl"
+    path.write_text("\n".join(json.dumps(f) for f in features) + "\n")
+
+    # Inferred schema: every property of the file is a column, typed from its values.
+    report = await import_geojson(db, path, "late", ImportOptions(create=True))
+    fields = {f["name"]: f["type"] for f in report["table_schema"]["fields"]}
+    assert fields == {"nom": "string", "hauteur": "number", "note": "string"}
+    table = "datasets." + await db.fetchval("SELECT table_name FROM dataset WHERE slug = 'late'")
+    rows = await db.fetch(f"SELECT nom, hauteur, note FROM {table} WHERE hauteur IS NOT NULL ORDER BY nom")
+    assert [tuple(r) for r in rows] == [("n1050", 12.5, None), ("n1100", 3.0, "tard")]
+
+    # A schema naming the late property: its values load. One that does not: the report names what was left out.
+    schema = parse_table_schema({"fields": [{"name": "nom"}, {"name": "hauteur", "type": "number"}]})
+    report = await import_geojson(db, path, "with-schema", ImportOptions(create=True, schema=schema))
+    table = "datasets." + await db.fetchval("SELECT table_name FROM dataset WHERE slug = 'with-schema'")
+    assert await db.fetchval(f"SELECT count(hauteur) FROM {table}") == 2
+    assert report["warnings"] == [
+        "1 property first seen after the first 1,000 features is not in the dataset's schema and was ignored: "
+        "'note' (first on line 1100)"
+    ]

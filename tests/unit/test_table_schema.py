@@ -38,8 +38,9 @@ def test_ddl_follows_the_contract() -> None:
         }
     )
     statements = table_ddl("ds_7", schema)
-    create, index = "\n".join(statements[:-1]), statements[-1]
-    assert '"_fid" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY' in create
+    create, index, row_key = "\n".join(statements[:-2]), statements[-2], statements[-1]
+    assert '"_fid" bigint GENERATED ALWAYS AS IDENTITY,' in create
+    assert row_key == 'ALTER TABLE "datasets"."ds_7" ADD CONSTRAINT "ds_7_pkey" PRIMARY KEY (_fid)'
     assert '"id" text NOT NULL' in create
     assert '"Nom Complet" text NOT NULL' in create
     assert '"n" bigint' in create

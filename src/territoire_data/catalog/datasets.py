@@ -70,7 +70,7 @@ def table_ddl(table_name: str, schema: TableSchema) -> list[str]:
     """CREATE TABLE and index statements of a typed dataset table (identifiers quoted, types from an allow-list)."""
     target = qualified(SCHEMA, table_name)
     required = set(schema.primary_key)
-    columns = ['"_fid" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY']
+    columns = ['"_fid" bigint GENERATED ALWAYS AS IDENTITY']
     for f in schema.fields:
         not_null = " NOT NULL" if f.required or f.name in required else ""
         columns.append(f"{quote_ident(f.name)} {f.sql_type}{not_null}")
@@ -79,8 +79,8 @@ def table_ddl(table_name: str, schema: TableSchema) -> list[str]:
 
 
 def index_ddl(table_name: str, schema: TableSchema) -> tuple[list[str], list[str]]:
-    """(drop, create) statements of the unique constraints and the GiST index, so a bulk load into an empty
-    table can build them once at the end instead of row by row."""
+    """(drop, create) statements of the unique constraints, the GiST index and the row id's primary key, so a bulk
+    load into an empty table can build them once at the end instead of row by row."""
     target = qualified(SCHEMA, table_name)
     drop: list[str] = []
     create: list[str] = []
@@ -93,6 +93,10 @@ def index_ddl(table_name: str, schema: TableSchema) -> tuple[list[str], list[str
     gist = quote_ident(f"{table_name}_geom_idx")
     drop.append(f"DROP INDEX {qualified(SCHEMA, table_name + '_geom_idx')}")
     create.append(f"CREATE INDEX {gist} ON {target} USING gist (geom)")
+    # The row id's primary key too: a bulk load into an empty table builds it once, like the others.
+    pkey = quote_ident(f"{table_name}_pkey")
+    drop.append(f"ALTER TABLE {target} DROP CONSTRAINT {pkey}")
+    create.append(f"ALTER TABLE {target} ADD CONSTRAINT {pkey} PRIMARY KEY (_fid)")
     return drop, create
 
 
@@ -175,8 +179,11 @@ async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: Data
     return int(row["id"])
 
 
-async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> None:
-    """Row count, geometry type, spatial and temporal extents and modified_at, after an import."""
+async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset, *, only_points: bool = False) -> None:
+    """Row count, geometry type, spatial and temporal extents and modified_at, after an import.
+
+    `only_points`: the caller knows every geometry is a point (a point file into an empty table): no need to read
+    each one's type."""
     target = dataset.table
     temporal = dataset.schema.temporal_field()
     if temporal is not None:
@@ -185,16 +192,22 @@ async def refresh_dataset_stats(conn: asyncpg.Connection, dataset: Dataset) -> N
         time_sql = f"min({column}){cast} AS t0, max({column}){cast} AS t1"
     else:
         time_sql = "NULL::timestamptz AS t0, NULL::timestamptz AS t1"
+    kind = "replace(ST_GeometryType(geom), 'ST_', '')"
+    kinds_sql = (
+        "CASE WHEN count(geom) > 0 THEN 'Point' END AS k0, NULL::text AS k1"
+        if only_points
+        else f"min({kind}) AS k0, max({kind}) AS k1"
+    )
     stats = await conn.fetchrow(
-        f"""SELECT n, kinds, t0, t1, ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax
+        f"""SELECT n, k0, k1, t0, t1, ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax
             FROM (SELECT count(*) AS n,
-                         array_agg(DISTINCT replace(ST_GeometryType(geom), 'ST_', ''))
-                             FILTER (WHERE geom IS NOT NULL) AS kinds,
+                         {kinds_sql},
                          ST_Extent(geom) AS e,
                          {time_sql}
                   FROM {target}) AS s"""
     )
-    kinds = stats["kinds"] or []
+    # One kind when the least and the greatest agree (min/max: one pass, no sort of every row's kind).
+    kinds = [k for k in {stats["k0"], stats["k1"]} if k is not None]
     geometry_type = None if not kinds else kinds[0] if len(kinds) == 1 else "Geometry"
     await conn.execute(
         """UPDATE dataset SET row_count = $2, geometry_type = $3,

@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 import shapely
 
+from territoire_data.catalog import setload
 from territoire_data.catalog.datasets import (
     SCHEMA,
     Dataset,
@@ -35,7 +36,6 @@ from territoire_data.catalog.datasets import (
     index_ddl,
     refresh_dataset_stats,
 )
-from territoire_data.catalog.parallel import copy_from_child
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter, compile_row
@@ -52,7 +52,7 @@ from territoire_data.ingest.csv.geometry import (
     read_shape,
     reprojector,
 )
-from territoire_data.ingest.geojson import GeoJsonSource
+from territoire_data.ingest.geojson import SAMPLE_FEATURES, GeoJsonSource
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,10 @@ class ImportOptions:
     batch_size: int = 10_000
     sample_rows: int = 10_000
     max_errors: int = 1_000
-    parallel_min_bytes: int = 32 * 1024 * 1024  # bigger CSV files into an empty table: validated in a child process
+    set_based: bool = True  # clean CSV files: checked and converted in SQL (False: always the per-row path)
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
+    # Table Schema foreignKeys name resources of a data package: the dataset each one is (default: its name).
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class LineMap:
@@ -102,11 +104,15 @@ class LineMap:
         self.count = 0
 
     def append(self, line: int) -> None:
-        offset = line - self.count
+        self.extend(line, 1)
+
+    def extend(self, first_line: int, count: int) -> None:
+        """`count` rows on consecutive lines from `first_line`."""
+        offset = first_line - self.count
         if not self.offsets or self.offsets[-1] != offset:
             self.starts.append(self.count)
             self.offsets.append(offset)
-        self.count += 1
+        self.count += count
 
     def __getitem__(self, index: int) -> int:
         return index + self.offsets[bisect_right(self.starts, index) - 1]
@@ -244,6 +250,14 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     tz = _zone(options.timezone)
     projection = reprojector(options.crs or getattr(source, "legacy_crs", None) or "EPSG:4326")
     run = _Run(source, options)
+    if isinstance(source, GeoJsonSource):
+        # Properties are known from the first features only: add those of the schema, and when the schema may be
+        # inferred, every property of the file.
+        existing = options.schema or getattr(await get_dataset(conn, slug), "schema", None)
+        if existing is not None:
+            source.include(existing.names)
+        elif options.create:
+            source.widen()
     records = source.records()
     sample, records = _take_sample(records, options.sample_rows)
     report: dict[str, Any] = {
@@ -262,7 +276,8 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             if dataset is None:
                 if not options.create:
                     raise NotFoundError(f"dataset {slug!r} does not exist (use --create to create it)")
-                schema = options.schema or infer_table_schema(source.header, [cells for _, cells, _ in sample])
+                rows = [cells for _, cells, _ in sample] + getattr(source, "late_rows", [])
+                schema = options.schema or infer_table_schema(source.header, rows)
                 report["schema_inferred"] = options.schema is None
                 report["table_schema"] = schema.descriptor
                 dataset = await create_dataset(conn, slug, schema, options.meta)
@@ -286,11 +301,13 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
                 options.mode,
             )
             report["import_id"] = import_id
-            counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id)
+            counts = await _load(conn, run, dataset, spec, projection, records, tz, import_id, sample)
+            _warn_unseen(run, getattr(source, "unseen", {}))
             report.update(_summary(run))
             if run.refused:
                 raise _Refused
-            await refresh_dataset_stats(conn, dataset)
+            only_points = run.direct and run.timings.get("set_based") == 1 and spec is not None and spec.is_point
+            await refresh_dataset_stats(conn, dataset, only_points=only_points)
             run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
             report["timings"] = run.timings
@@ -318,12 +335,26 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
         source.close()
     # Refused: the transaction rolled back; record the attempt where a dataset remains to attach it to.
     report.update(_summary(run), status="failed", duration_s=round(time.monotonic() - started, 3))
+    report["timings"] = run.timings
     report.pop("import_id", None)
     if existed and dataset_id is not None:
         report["import_id"] = await _record_failure(conn, dataset_id, report)
     first = run.errors[0] if run.errors else None
     where = f" (first: line {first['line']}, {first['column'] or 'row'}: {first['reason']})" if first else ""
     raise ImportFailedError(f"{run.error_count} error(s) in {source.label}; nothing was loaded{where}", report)
+
+
+def _warn_unseen(run: _Run, unseen: dict[str, int]) -> None:
+    """GeoJSON properties first seen after the features the header was read from: ignored, and said so."""
+    if unseen:
+        shown = ", ".join(f"{name!r} (first on line {line})" for name, line in sorted(unseen.items())[:10])
+        more = " …" if len(unseen) > 10 else ""
+        one = len(unseen) == 1
+        run.warnings.append(
+            f"{len(unseen)} propert{'y' if one else 'ies'} first seen after the first {SAMPLE_FEATURES:,} features "
+            f"{'is' if one else 'are'} not in the dataset's schema and {'was' if one else 'were'} ignored: "
+            f"{shown}{more}"
+        )
 
 
 def _shape(schema: TableSchema) -> list[tuple[str, str]]:
@@ -353,6 +384,7 @@ async def _load(
     records: Iterator[Record],
     tz: ZoneInfo,
     import_id: int,
+    sample: list[Record],
 ) -> dict[str, int]:
     """Stream, validate and stage every record; then uniqueness checks and the merge. Returns the counts."""
     schema = dataset.schema
@@ -393,41 +425,24 @@ async def _load(
         await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
         await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
-    parallel = (
-        direct
-        and isinstance(run.source, CsvSource)
-        and not run.options.skip_invalid
-        and run.source.file.path.stat().st_size >= run.options.parallel_min_bytes
+    fast = (
+        setload.plan(run.source, schema, mapping, spec, projection, sample)
+        if run.options.set_based and run.error_count == 0
+        else None
     )
-    if parallel:
-        assert isinstance(run.source, CsvSource)
-        job = {
-            "path": str(run.source.file.path),
-            "label": run.source.label,
-            "delimiter": run.source.file.dialect.delimiter,
-            "encoding": run.source.file.dialect.encoding,
-            "options": run.options,
-            "dataset": dataset,
-            "spec": spec,
-            "crs": projection.crs,
-            "tz": tz,
-            "import_id": import_id,
-            "mapping": mapping,
-        }
-        try:
-            outcome = await copy_from_child(conn, job, table=copy_target, schema=SCHEMA, columns=stage_cols)
-        finally:
+    done = False
+    try:
+        if fast is not None:
+            done = await _load_set_based(conn, run, dataset, fast, projection, direct, lines_loaded, stage_cols)
+        if not done:
+            lines_loaded = LineMap()
+            await _load_in_process(
+                conn, run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded,
+                copy_target, copy_schema, stage_cols,
+            )  # fmt: skip
+    finally:
+        if direct:
             await conn.reset_type_codec("geometry", schema="public")
-        run.errors, run.error_count = outcome["errors"], outcome["error_count"]
-        run.rows_read, run.rows_rejected = outcome["rows_read"], outcome["rows_rejected"]
-        run.stopped_early, run.rows_staged = outcome["stopped_early"], outcome["rows_staged"]
-        lines_loaded = outcome["lines"]
-        run.timings["parallel"] = 1
-    else:
-        await _load_in_process(
-            conn, run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded,
-            copy_target, copy_schema, stage_cols,
-        )  # fmt: skip
     run.lap("read_validate_copy_s")
     if run.stopped_early:
         return {}
@@ -437,6 +452,9 @@ async def _load(
     else:
         await _check_unique(conn, run, dataset, import_id)
     run.lap("unique_checks_s")
+    if schema.foreign_keys and not run.fatal:
+        await _check_foreign_keys(conn, run, dataset, import_id, direct, lines_loaded)
+        run.lap("foreign_key_checks_s")
     if run.refused:
         return {}
     counts = await (_finish_direct(conn, run, dataset) if direct else _merge(conn, run, dataset, point, shape_mode))
@@ -460,20 +478,60 @@ async def _load_in_process(
     copy_schema: str | None,
     stage_cols: list[str],
 ) -> None:
-    """Validate in a thread of this process while the batches are COPied (small files, appends, skip mode)."""
+    """Validate row by row in a thread of this process while the batches are COPied: every file SQL cannot
+    vouch for, and so the one that reports each problem with its line, column and reason."""
+    pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
+    async for batch, rejections in _in_thread(pipeline):
+        if batch:
+            await conn.copy_records_to_table(copy_target, schema_name=copy_schema, records=batch, columns=stage_cols)
+            run.rows_staged += len(batch)
+        if rejections:
+            await _write_rejections(conn, rejections)
+
+
+async def _load_set_based(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    fast: setload.FastPlan,
+    projection: Reprojector,
+    direct: bool,
+    lines_loaded: LineMap,
+    stage_cols: list[str],
+) -> bool:
+    """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
+    cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
+    assert isinstance(run.source, CsvSource)
+    stream = setload.RawStream(run.source, lines_loaded, fast)
     try:
-        pipeline = _pipeline(run, dataset, spec, projection, records, tz, import_id, mapping, direct, lines_loaded)
-        async for batch, rejections in _in_thread(pipeline):
-            if batch:
-                await conn.copy_records_to_table(
-                    copy_target, schema_name=copy_schema, records=batch, columns=stage_cols
-                )
-                run.rows_staged += len(batch)
-            if rejections:
-                await _write_rejections(conn, rejections)
-    finally:
-        if direct:
-            await conn.reset_type_codec("geometry", schema="public")
+        async with conn.transaction():
+            await setload.copy_raw(conn, stream, fast, _in_thread(stream.chunks()), numbered=not direct)
+            run.lap("copy_raw_s")
+            line = None if direct else (lines_loaded.starts, lines_loaded.offsets)
+            pg16 = conn.get_server_version() >= (16, 0)
+            select, params = setload.select_sql(
+                dataset.schema,
+                fast,
+                projection,
+                run.options.timezone,
+                line,
+                direct,
+                pg16,
+                stream.shapes_checked,
+                stream.zoned,
+            )
+            target = dataset.table if direct else STAGE
+            status = await conn.execute(f"INSERT INTO {target} ({setload.quoted(stage_cols)}) {select}", *params)
+            inserted = int(status.rsplit(" ", 1)[-1])
+            if inserted != stream.rows:
+                raise setload.NotVouched(f"{stream.rows - inserted} row(s) need the careful path")
+    except (setload.NotVouched, asyncpg.PostgresError) as exc:
+        logger.info("%s: per-row path (%s)", run.source.label, str(exc)[:200])
+        run.timings["set_based"] = 0
+        return False
+    run.rows_read = run.rows_staged = inserted
+    run.timings["set_based"] = 1
+    return True
 
 
 def _pipeline(
@@ -768,27 +826,8 @@ async def _check_unique_direct(
             reason = f"duplicate value of ({label}): already on line {lines[row['first'] - first_fid]}"
             run.error(line, label, "unique-error" if key != schema.primary_key else "primary-key", reason)
             bad.setdefault(line, (row["_fid"], reason))
-    if not bad:
-        return
-    run.rows_rejected += len(bad)
-    if run.options.skip_invalid:
-        run.rows_staged -= len(bad)
-        ordered = sorted(bad.items())
-        await conn.execute(
-            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, r.line, $3, $4, r.reason, left(row_to_json(t)::text, 16000),
-                       octet_length(row_to_json(t)::text)
-                FROM {target} t JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS r(fid, line, reason)
-                  ON t._fid = r.fid""",
-            run.source.format,
-            run.source.label,
-            dataset.id,
-            import_id,
-            [fid for _, (fid, _) in ordered],
-            [line for line, _ in ordered],
-            [reason for _, (_, reason) in ordered],
-        )
-        await conn.execute(f"DELETE FROM {target} WHERE _fid = ANY($1::bigint[])", [fid for fid, _ in bad.values()])
+    await _reject_rows(conn, run, dataset, import_id, True, bad)
+    if bad and run.options.skip_invalid:
         for constraint in failed:
             await conn.execute(constraint)
 
@@ -870,26 +909,99 @@ async def _check_unique(conn: asyncpg.Connection, run: _Run, dataset: Dataset, i
                 reason = f"value of ({label}) already in the dataset"
                 run.error(row["line"], label, "unique-error", reason)
                 bad.setdefault(row["line"], reason)
+    await _reject_rows(conn, run, dataset, import_id, False, {line: (line, reason) for line, reason in bad.items()})
+
+
+async def _check_foreign_keys(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, direct: bool, lines: LineMap
+) -> None:
+    """Table Schema foreignKeys, set-wise: each loaded row's key must exist in the referenced dataset's table."""
+    schema = dataset.schema
+    if direct:
+        candidates, row_id = dataset.table, "c._fid"
+        first_fid = int(await conn.fetchval(f"SELECT coalesce(min(_fid), 0) FROM {dataset.table}"))
+    else:
+        candidates, row_id = STAGE, f"c.{LINE}"
+    bad: dict[int, tuple[int, str]] = {}  # line → (row id, reason)
+    for key in schema.foreign_keys:
+        label = ", ".join(key.fields)
+        if key.resource == "":
+            referenced, ref_schema = dataset, schema
+            name = "this dataset"
+        else:
+            slug = run.options.resources.get(key.resource, key.resource)
+            found = await get_dataset(conn, slug)
+            if found is None:
+                run.fatal = True
+                reason = f"the dataset {slug!r} of resource {key.resource!r} does not exist: load it first"
+                run.error(None, label, "foreign-key", reason)
+                continue
+            referenced, ref_schema, name = found, found.schema, f"dataset {slug!r}"
+        missing = [f for f in key.reference_fields if f not in ref_schema.names]
+        if missing:
+            run.fatal = True
+            run.error(None, label, "foreign-key", f"{name} has no field {missing[0]!r}")
+            continue
+        table = referenced.table
+        if key.resource == "" and not direct:
+            cols = ", ".join(quote_ident(f) for f in key.reference_fields)
+            table = f"(SELECT {cols} FROM {dataset.table} UNION ALL SELECT {cols} FROM {STAGE})"
+        pairs = []
+        for mine, theirs in zip(key.fields, key.reference_fields, strict=True):
+            same = schema.field(mine).type == ref_schema.field(theirs).type
+            left, right = f"r.{quote_ident(theirs)}", f"c.{quote_ident(mine)}"
+            pairs.append(f"{left} = {right}" if same else f"{left}::text = {right}::text")
+        not_null = " AND ".join(f"c.{quote_ident(f)} IS NOT NULL" for f in key.fields)
+        shown = " || ', ' || ".join(f"c.{quote_ident(f)}::text" for f in key.fields)
+        rows = await conn.fetch(
+            f"""SELECT {row_id} AS id, {shown} AS shown FROM {candidates} c
+                WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {table} r WHERE {" AND ".join(pairs)})
+                ORDER BY 1"""
+        )
+        target = f"({', '.join(key.reference_fields)}) of {name}"
+        for row in rows:
+            line = lines[row["id"] - first_fid] if direct else row["id"]
+            reason = f"value ({_short(row['shown'])}) not found in {target}"
+            run.error(line, label, "foreign-key", reason)
+            bad.setdefault(line, (row["id"], reason))
+    await _reject_rows(conn, run, dataset, import_id, direct, bad)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _reject_rows(
+    conn: asyncpg.Connection, run: _Run, dataset: Dataset, import_id: int, direct: bool, bad: dict[int, tuple[int, str]]
+) -> None:
+    """Count the refused rows (line → row id, reason); with skip_invalid, move them to ingest_rejection (row id:
+    _fid in the dataset table, the line in the staging table)."""
     if not bad:
         return
     run.rows_rejected += len(bad)
-    if run.options.skip_invalid:
-        run.rows_staged -= len(bad)
-        lines = sorted(bad)
-        reasons = [bad[line] for line in lines]
-        await conn.execute(
-            f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
-                SELECT $1, $2, s.{LINE}, $3, $4, r.reason, left(row_to_json(s)::text, 16000),
-                       octet_length(row_to_json(s)::text)
-                FROM {STAGE} s JOIN unnest($5::bigint[], $6::text[]) AS r(line, reason) ON s.{LINE} = r.line""",
-            run.source.format,
-            run.source.label,
-            dataset.id,
-            import_id,
-            lines,
-            reasons,
-        )
-        await conn.execute(f"DELETE FROM {STAGE} WHERE {LINE} = ANY($1::bigint[])", lines)
+    if not run.options.skip_invalid:
+        return
+    run.rows_staged -= len(bad)
+    table, key = (dataset.table, "_fid") if direct else (STAGE, LINE)
+    ordered = sorted(bad.items())
+    await conn.execute(
+        f"""INSERT INTO ingest_rejection (source, file, line, dataset_id, import_id, reason, payload, payload_bytes)
+            SELECT $1, $2, __td_r.line, $3, $4, __td_r.reason, left(row_to_json(__td_t)::text, 16000),
+                   octet_length(row_to_json(__td_t)::text)
+            FROM {table} __td_t
+            JOIN unnest($5::bigint[], $6::bigint[], $7::text[]) AS __td_r(id, line, reason)
+              ON __td_t.{quote_ident(key)} = __td_r.id""",
+        run.source.format,
+        run.source.label,
+        dataset.id,
+        import_id,
+        [row_id for _, (row_id, _) in ordered],
+        [line for line, _ in ordered],
+        [reason for _, (_, reason) in ordered],
+    )
+    await conn.execute(
+        f"DELETE FROM {table} WHERE {quote_ident(key)} = ANY($1::bigint[])", [row_id for _, (row_id, _) in ordered]
+    )
 
 
 async def _merge(

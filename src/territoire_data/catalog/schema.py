@@ -66,6 +66,15 @@ class FieldDef:
 
 
 @dataclass(frozen=True)
+class ForeignKey:
+    """`fields` of this table must be found in `reference_fields` of `resource` ("" for this table itself)."""
+
+    fields: tuple[str, ...]
+    resource: str
+    reference_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TableSchema:
     """A checked Table Schema: its fields, primary key and missing values, plus the descriptor as given."""
 
@@ -73,6 +82,7 @@ class TableSchema:
     primary_key: tuple[str, ...] = ()
     missing_values: tuple[str, ...] = ("",)
     descriptor: dict[str, Any] = field(default_factory=dict)
+    foreign_keys: tuple[ForeignKey, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -163,7 +173,40 @@ def parse_table_schema(descriptor: object) -> TableSchema:
     missing = descriptor.get("missingValues", [""])
     if not isinstance(missing, list) or not all(isinstance(v, str) for v in missing):
         raise SchemaError("'missingValues' must be a list of strings")
-    return TableSchema(tuple(fields), tuple(primary), tuple(missing) or ("",), dict(descriptor))
+    foreign_keys = _foreign_keys(descriptor.get("foreignKeys"), seen)
+    return TableSchema(tuple(fields), tuple(primary), tuple(missing) or ("",), dict(descriptor), foreign_keys)
+
+
+def _names(value: object, what: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n for n in names):
+        raise SchemaError(f"{what} must be a field name or a non-empty list of field names")
+    return tuple(names)
+
+
+def _foreign_keys(raw: object, seen: set[str]) -> tuple[ForeignKey, ...]:
+    """Table Schema `foreignKeys`: each names fields of this table and the fields of a resource they point to."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SchemaError("'foreignKeys' must be a list")
+    keys: list[ForeignKey] = []
+    for index, item in enumerate(raw, start=1):
+        if not isinstance(item, dict) or not isinstance(item.get("reference"), dict):
+            raise SchemaError(f"foreign key {index} needs 'fields' and a 'reference' object")
+        fields = _names(item.get("fields"), f"foreign key {index}: 'fields'")
+        unknown = [name for name in fields if name not in seen]
+        if unknown:
+            raise SchemaError(f"foreign key {index} names {unknown[0]!r}, which is not a field")
+        reference = item["reference"]
+        resource = reference.get("resource", "")
+        if not isinstance(resource, str):
+            raise SchemaError(f"foreign key {index}: 'reference.resource' must be a string")
+        target = _names(reference.get("fields"), f"foreign key {index}: 'reference.fields'")
+        if len(target) != len(fields):
+            raise SchemaError(f"foreign key {index}: 'fields' and 'reference.fields' differ in length")
+        keys.append(ForeignKey(fields, resource, target))
+    return tuple(keys)
 
 
 def _check_constraints(name: str, kind: str, constraints: dict[str, Any]) -> None:

@@ -94,24 +94,65 @@ class _Scanner:
 
 
 class GeoJsonSource:
-    """A GeoJSON file as a row source: header = the properties seen in the first features."""
+    """A GeoJSON file as a row source: header = the properties seen in the first features.
+
+    A property first seen later is not lost silently: `widen()` (before inferring a schema) reads the whole file
+    for every property name, and otherwise each one the header lacks is kept in `unseen` with its first line,
+    so the import report can name it.
+    """
 
     format = "geojson"
 
     def __init__(self, path: str | Path, *, label: str | None = None) -> None:
         self.path = Path(path)
         self.label = label or self.path.name
-        self.handle = self.path.open("r", encoding="utf-8-sig")
         self.legacy_crs: str | None = None
-        self.kind = "FeatureCollection"
-        self._features = self._open()
-        self._sample = list(itertools.islice(self._features, SAMPLE_FEATURES))
+        self.unseen: dict[str, int] = {}
+        self.late_rows: list[list[str]] = []
+        self._start()
         names: dict[str, None] = {}
         for _, feature in self._sample:
             properties = feature.get("properties") or {}
             if isinstance(properties, dict):
                 names.update(dict.fromkeys(properties))
         self.header = list(names)
+
+    def _start(self) -> None:
+        self.handle = self.path.open("r", encoding="utf-8-sig")
+        self.kind = "FeatureCollection"
+        self._features = self._open()
+        self._sample = list(itertools.islice(self._features, SAMPLE_FEATURES))
+
+    def include(self, names: list[str]) -> None:
+        """Read these properties too (a schema's fields), wherever in the file they first appear."""
+        self.header += [name for name in names if name not in self.header]
+
+    def widen(self, values_per_property: int = SAMPLE_FEATURES) -> None:
+        """Read the rest of the file once for the properties the first features lack: they join the header, and
+        up to `values_per_property` of their values are kept in `late_rows` (for type inference). Bounded memory."""
+        first = dict.fromkeys(self.header).keys()
+        late: dict[str, int] = {}  # property → values kept
+        for _, feature in self._features:
+            properties = feature.get("properties")
+            if not isinstance(properties, dict) or first >= properties.keys():
+                continue
+            for name in properties.keys() - first:
+                kept = late.setdefault(name, 0)
+                value = properties[name]
+                if value is not None and kept < values_per_property:
+                    late[name] = kept + 1
+                    self.late_rows.append([name, _cell(value)])
+        known = [*first, *late]
+        self.close()
+        self.header = known
+        positions = {name: index for index, name in enumerate(self.header)}
+        rows: list[list[str]] = []
+        for name, cell in self.late_rows:
+            row = [""] * len(self.header)
+            row[positions[name]] = cell
+            rows.append(row)
+        self.late_rows = rows
+        self._start()
 
     def _open(self) -> Iterator[tuple[int, dict[str, Any]]]:
         head = self.handle.read(_CHUNK)
@@ -148,10 +189,15 @@ class GeoJsonSource:
 
     def records(self) -> Iterator[tuple[int, list[str], Any]]:
         header = self.header
+        known = dict.fromkeys(header).keys()
+        unseen = self.unseen
         for line, feature in itertools.chain(self._sample, self._features):
             properties = feature.get("properties") or {}
             if not isinstance(properties, dict):
                 properties = {}
+            elif not known >= properties.keys():
+                for name in properties.keys() - known:
+                    unseen.setdefault(name, line)
             yield line, [_cell(properties.get(name)) for name in header], feature.get("geometry")
 
     def describe(self) -> dict[str, Any]:
