@@ -24,7 +24,12 @@ def verifier(**extra: object) -> OidcVerifier:
         ({"oidc_algorithms": ["none"]}, "TERRITOIRE_OIDC_ALGORITHMS is invalid"),
         ({"oidc_role_map": {"chef": "root"}}, "TERRITOIRE_OIDC_ROLE_MAP is invalid"),
         (
-            {"oidc_issuer": "https://a/r", "oidc_audience": "td", "oidc_jwks_url": "https://a/k", "oidc_jwks_file": "k"},
+            {
+                "oidc_issuer": "https://a/r",
+                "oidc_audience": "td",
+                "oidc_jwks_url": "https://a/k",
+                "oidc_jwks_file": "k",
+            },
             "not both",
         ),
     ],

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ from territoire_data.auth.deps import key_from_authorization
 from territoire_data.auth.keys import resolve
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError, ServiceUnavailableError, TerritoireError
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.model import BY_NAME
 from territoire_data.sensorthings.service import WriteAuth
@@ -100,13 +99,13 @@ class StaMqttBridge:
     def _make_client(self) -> paho.Client:
         address = parse_mqtt_url(self.settings.mqtt_url)
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        if address.username:
-            client.username_pw_set(address.username, address.password)
-        if address.tls:
-            context = ssl.create_default_context(cafile=self.settings.mqtt_ca_file)
-            if self.settings.mqtt_cert_file:
-                context.load_cert_chain(self.settings.mqtt_cert_file, self.settings.mqtt_key_file)
-            client.tls_set_context(context)
+        configure_client(
+            client,
+            address,
+            ca_file=self.settings.mqtt_ca_file,
+            cert_file=self.settings.mqtt_cert_file,
+            key_file=self.settings.mqtt_key_file,
+        )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
