@@ -208,7 +208,9 @@ async def test_ready_probes_the_broker_with_tls_and_credentials_and_never_shows_
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
             response = await http.get("/ready")
             metrics = await http.get("/metrics")
-        assert_no_secret(response.text, metrics.text)
+            service_root = await http.get("/sta/v1.1")  # advertises the broker, without its credentials
+        assert_no_secret(response.text, metrics.text, service_root.text)
+        assert f"mqtts://127.0.0.1:{tls_broker.port}" in service_root.text
         return response
 
     good = await ready(mqtt_url=url_with(tls_broker), mqtt_ca_file=pki.ca_file)

@@ -261,3 +261,48 @@ async def test_tokens_are_never_logged(settings: Settings, db: asyncpg.Connectio
     for token in tokens:
         _header, payload, signature = token.split(".")
         assert signature not in log and payload not in log
+
+
+@pytest.mark.mqtt
+async def test_sensorthings_mqtt_creates_accept_access_tokens(
+    api: httpx.AsyncClient,
+    idp: TestIdentityProvider,
+    settings: Settings,
+    db: asyncpg.Connection,
+    topic_prefix: str,
+) -> None:
+    """The MQTT door (Authorization as an MQTT 5 user property) takes tokens like the HTTP one."""
+    from territoire_data.sensorthings.mqtt import StaMqttBridge
+    from tests.integration.sensorthings.conftest import Subscriber, thing_body
+
+    thing = await api.post("/sta/v1.1/Things", json=thing_body(), headers=TEST_ADMIN_AUTH)
+    assert thing.status_code == 201, thing.text
+    stream = await db.fetchval("SELECT id FROM datastream")
+    await db.execute("UPDATE datastream SET dataset_id = (SELECT id FROM dataset WHERE slug = 'secret')")
+    bridge = StaMqttBridge(oidc_settings(settings, idp.issuer), topic_prefix=f"{topic_prefix}/")
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop, asyncio.Event()))
+    sub = Subscriber(settings.mqtt_url, [f"{topic_prefix}/unused"])
+    topic = f"{topic_prefix}/v1.1/Datastreams({stream})/Observations"
+    writer = idp.token([*PUBLISHER, "dataset:secret:write"])
+    try:
+        await asyncio.wait_for(bridge.is_publisher.wait(), 30)
+        sub.publish(topic, {"result": 1, "phenomenonTime": "2026-11-01T00:00:00Z"}, f"Bearer {writer}")
+        sub.publish(topic, {"result": 2, "phenomenonTime": "2026-11-01T01:00:00Z"}, f"Bearer {idp.token(READER)}")
+        expired = idp.token([*PUBLISHER, "dataset:secret:write"], exp=1_600_000_000, iat=1_599_999_000)
+        sub.publish(topic, {"result": 3, "phenomenonTime": "2026-11-01T02:00:00Z"}, f"Bearer {expired}")
+        for _ in range(200):
+            if await db.fetchval("SELECT count(*) FROM ingest_rejection WHERE source = 'sta-mqtt'") >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        sub.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert await db.fetchval("SELECT array_agg(result_number ORDER BY 1) FROM observation") == [1.0]
+    reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection ORDER BY id")]
+    assert len(reasons) == 2
+    assert "publisher or admin" in reasons[0]
+    assert reasons[1] == "token expired"
+    payloads = "".join(r["payload"] for r in await db.fetch("SELECT payload FROM ingest_rejection"))
+    assert expired not in payloads

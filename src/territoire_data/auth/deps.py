@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from territoire_data.auth.keys import KEY_PREFIX, resolve
-from territoire_data.auth.oidc import OidcVerifier, looks_like_jwt
+from territoire_data.auth.keys import resolve
+from territoire_data.auth.oidc import OidcVerifier, is_oidc_token
 from territoire_data.auth.policy import ANONYMOUS, Principal, can_write
 from territoire_data.errors import ForbiddenError, UnauthorizedError
 
@@ -48,7 +48,7 @@ async def get_principal(request: Request) -> Principal:
         return ANONYMOUS
     oidc: OidcVerifier | None = getattr(request.app.state, "oidc", None)
     principal: Principal | None
-    if oidc is not None and not key.startswith(KEY_PREFIX) and looks_like_jwt(key):
+    if oidc is not None and is_oidc_token(key, oidc):
         principal = await oidc.principal(key, request.app.state.engine)
     else:
         async with request.app.state.engine.connect() as conn:

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import jwt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from territoire_data.auth.keys import KEY_PREFIX, resolve
 from territoire_data.auth.policy import Principal
 from territoire_data.db.tables import dataset
 from territoire_data.errors import ServiceUnavailableError, UnauthorizedError
@@ -184,8 +186,12 @@ class OidcVerifier:
         self.jwks = JwksCache(settings)
         self._principals: dict[str, tuple[float, Principal]] = {}
 
-    async def principal(self, token: str, engine: AsyncEngine) -> Principal:
-        """The principal of a valid token; UnauthorizedError (401) for anything else, with the reason."""
+    async def principal(self, token: str, db: AsyncEngine | asyncpg.Connection) -> Principal:
+        """The principal of a valid token; UnauthorizedError (401) for anything else, with the reason.
+
+        `db` resolves granted slugs to dataset ids: the app's engine (a connection only on a cache miss), or the
+        plain asyncpg connection of the SensorThings MQTT bridge.
+        """
         digest = token_digest(token)
         now = time.monotonic()
         cached = self._principals.get(digest)
@@ -193,7 +199,7 @@ class OidcVerifier:
             return cached[1]
         claims = await self.verify(token)
         identity = self.identity(claims)
-        principal = await self._principal(identity, engine)
+        principal = await self._principal(identity, db)
         # Never past the token's own expiry: an expired token must not live on in the cache.
         lifetime = min(_PRINCIPAL_CACHE_S, float(claims["exp"]) - time.time())
         if lifetime > 0:
@@ -271,14 +277,18 @@ class OidcVerifier:
             write_slugs=frozenset(write),
         )
 
-    async def _principal(self, identity: Identity, engine: AsyncEngine) -> Principal:
+    async def _principal(self, identity: Identity, db: AsyncEngine | asyncpg.Connection) -> Principal:
         ids: dict[str, int] = {}
-        if identity.read_slugs:
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    select(dataset.c.slug, dataset.c.id).where(dataset.c.slug.in_(sorted(identity.read_slugs)))
-                )
+        slugs = sorted(identity.read_slugs)
+        if not slugs:
+            pass
+        elif isinstance(db, AsyncEngine):
+            async with db.connect() as conn:
+                rows = await conn.execute(select(dataset.c.slug, dataset.c.id).where(dataset.c.slug.in_(slugs)))
                 ids = {row.slug: int(row.id) for row in rows}
+        else:
+            records = await db.fetch("SELECT slug, id FROM dataset WHERE slug = ANY($1::text[])", slugs)
+            ids = {record["slug"]: int(record["id"]) for record in records}
         # The name is the audit trail's actor: the username people recognise, and the `sub` that stays stable
         # when a username changes (every write path records `principal.name`).
         name = f"oidc:{identity.username} [{identity.subject}]" if identity.username else f"oidc:{identity.subject}"
@@ -289,3 +299,18 @@ class OidcVerifier:
             writable=frozenset(ids[s] for s in identity.write_slugs if s in ids),
             subject=identity.subject,
         )
+
+
+def is_oidc_token(token: str, oidc: OidcVerifier | None) -> bool:
+    """Does this Bearer value go to the identity provider (a JWT, OIDC configured) rather than to the key table?"""
+    return oidc is not None and not token.startswith(KEY_PREFIX) and looks_like_jwt(token)
+
+
+async def principal_of(token: str, conn: asyncpg.Connection, oidc: OidcVerifier | None) -> Principal | None:
+    """The principal of an API key or access token, for doors without FastAPI (the SensorThings MQTT bridge).
+
+    None for an unknown, revoked or expired key; an invalid access token raises UnauthorizedError with its reason.
+    """
+    if oidc is not None and is_oidc_token(token, oidc):
+        return await oidc.principal(token, conn)
+    return await resolve(conn, token)
