@@ -19,6 +19,7 @@ Tokens are never logged, nor kept: the principal of a token is cached under the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -89,19 +90,34 @@ class JwksCache:
         self.fetches = 0
         self.refetch_interval = _REFETCH_INTERVAL_S
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     async def key(self, kid: str | None) -> dict[str, Any] | None:
-        """The JWK for `kid` (a token without kid: the only key, if there is just one), or None if unknown."""
-        if time.monotonic() - self.loaded_at > self.ttl or self._find(kid) is None:
-            async with self._lock:
-                # Another request may have refreshed while this one waited for the lock.
-                now = time.monotonic()
-                if now - self.loaded_at > self.ttl or self._find(kid) is None:
-                    if now - self.attempted_at >= self.refetch_interval:
-                        await self._refresh()
-                    elif not self.keys:
-                        raise ServiceUnavailableError("the identity provider's signing keys could not be loaded")
+        """The JWK for `kid` (a token without kid: the only key, if there is just one), or None if unknown.
+
+        A known key is served at once, even past the TTL (a refresh then runs in the background, so no request
+        waits for the IdP); only an unknown key id makes the request wait for a fetch.
+        """
+        found = self._find(kid)
+        if found is not None:
+            now = time.monotonic()
+            stale = now - self.loaded_at > self.ttl and now - self.attempted_at >= self.refetch_interval
+            if stale and (self._background is None or self._background.done()):
+                self._background = asyncio.create_task(self._refresh_quietly())
+            return found
+        async with self._lock:
+            # Another request may have refreshed while this one waited for the lock.
+            if self._find(kid) is None:
+                if time.monotonic() - self.attempted_at >= self.refetch_interval:
+                    await self._refresh()
+                elif not self.keys:
+                    raise ServiceUnavailableError("the identity provider's signing keys could not be loaded")
         return self._find(kid)
+
+    async def _refresh_quietly(self) -> None:
+        async with self._lock:
+            with contextlib.suppress(ServiceUnavailableError):  # logged; the keys we have stay in use
+                await self._refresh()
 
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is not None:
