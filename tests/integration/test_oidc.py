@@ -163,7 +163,7 @@ async def test_invalid_tokens_are_401_problems(
     response = await api.get("/api/v1/datasets/secret", headers=bearer(token))
     assert response.status_code == 401, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["www-authenticate"] == 'Bearer realm="territoire-data", error="invalid_token"'
     assert reason in response.json()["detail"]
     assert token not in response.text
 

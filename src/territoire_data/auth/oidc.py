@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from territoire_data.auth.keys import KEY_PREFIX, resolve
 from territoire_data.auth.policy import Principal
 from territoire_data.db.tables import dataset
-from territoire_data.errors import ServiceUnavailableError, UnauthorizedError
+from territoire_data.errors import InvalidTokenError, ServiceUnavailableError
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class OidcVerifier:
         self._principals: dict[str, tuple[float, Principal]] = {}
 
     async def principal(self, token: str, db: AsyncEngine | asyncpg.Connection) -> Principal:
-        """The principal of a valid token; UnauthorizedError (401) for anything else, with the reason.
+        """The principal of a valid token; InvalidTokenError (401) for anything else, with the reason.
 
         `db` resolves granted slugs to dataset ids: the app's engine (a connection only on a cache miss), or the
         plain asyncpg connection of the SensorThings MQTT bridge.
@@ -229,16 +229,16 @@ class OidcVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
-            raise UnauthorizedError("malformed bearer token") from None
+            raise InvalidTokenError("malformed bearer token") from None
         alg = header.get("alg")
         if alg not in self.algorithms:
-            raise UnauthorizedError(f"token algorithm {str(alg)[:20]!r} is not accepted ({', '.join(self.algorithms)})")
+            raise InvalidTokenError(f"token algorithm {str(alg)[:20]!r} is not accepted ({', '.join(self.algorithms)})")
         kid = header.get("kid")
         jwk = await self.jwks.key(kid if isinstance(kid, str) else None)
         if jwk is None:
-            raise UnauthorizedError("token signed with a key the identity provider does not publish")
+            raise InvalidTokenError("token signed with a key the identity provider does not publish")
         if jwk.get("alg") not in (None, alg):
-            raise UnauthorizedError("token algorithm does not match its key")
+            raise InvalidTokenError("token algorithm does not match its key")
         try:
             key = jwt.PyJWK(jwk, algorithm=alg)
             claims: dict[str, Any] = jwt.decode(
@@ -251,21 +251,21 @@ class OidcVerifier:
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("token expired") from None
+            raise InvalidTokenError("token expired") from None
         except jwt.ImmatureSignatureError:
-            raise UnauthorizedError("token not valid yet (nbf or iat in the future)") from None
+            raise InvalidTokenError("token not valid yet (nbf or iat in the future)") from None
         except jwt.InvalidAudienceError:
-            raise UnauthorizedError(f"token audience is not {self.audience!r}") from None
+            raise InvalidTokenError(f"token audience is not {self.audience!r}") from None
         except jwt.InvalidIssuerError:
-            raise UnauthorizedError("token issuer is not the configured identity provider") from None
+            raise InvalidTokenError("token issuer is not the configured identity provider") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise UnauthorizedError(f"token has no {exc.claim!r} claim") from None
+            raise InvalidTokenError(f"token has no {exc.claim!r} claim") from None
         except jwt.InvalidSignatureError:
-            raise UnauthorizedError("token signature does not verify") from None
+            raise InvalidTokenError("token signature does not verify") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise UnauthorizedError(f"invalid token ({type(exc).__name__})") from None
+            raise InvalidTokenError(f"invalid token ({type(exc).__name__})") from None
         if claims.get("typ") in _NOT_ACCESS_TOKENS:
-            raise UnauthorizedError(f"a {claims['typ']} token is not an access token")
+            raise InvalidTokenError(f"a {claims['typ']} token is not an access token")
         return claims
 
     def identity(self, claims: dict[str, Any]) -> Identity:
@@ -325,7 +325,7 @@ def is_oidc_token(token: str, oidc: OidcVerifier | None) -> bool:
 async def principal_of(token: str, conn: asyncpg.Connection, oidc: OidcVerifier | None) -> Principal | None:
     """The principal of an API key or access token, for doors without FastAPI (the SensorThings MQTT bridge).
 
-    None for an unknown, revoked or expired key; an invalid access token raises UnauthorizedError with its reason.
+    None for an unknown, revoked or expired key; an invalid access token raises InvalidTokenError with its reason.
     """
     if oidc is not None and is_oidc_token(token, oidc):
         return await oidc.principal(token, conn)
