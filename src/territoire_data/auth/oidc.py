@@ -91,6 +91,8 @@ class JwksCache:
         self.refetch_interval = _REFETCH_INTERVAL_S
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        # Parsed keys: building a PyJWK costs about as much as verifying a signature with it.
+        self._prepared: dict[tuple[str, str], tuple[dict[str, Any], jwt.PyJWK]] = {}
 
     async def key(self, kid: str | None) -> dict[str, Any] | None:
         """The JWK for `kid` (a token without kid: the only key, if there is just one), or None if unknown.
@@ -119,6 +121,14 @@ class JwksCache:
             with contextlib.suppress(ServiceUnavailableError):  # logged; the keys we have stay in use
                 await self._refresh()
 
+    def prepared(self, jwk: dict[str, Any], alg: str) -> jwt.PyJWK:
+        """The JWK as a PyJWK bound to `alg` (raises PyJWTError when the key does not fit the algorithm)."""
+        cache_key = (str(jwk.get("kid", "")), alg)
+        entry = self._prepared.get(cache_key)
+        if entry is None or entry[0] is not jwk:  # the entry holds its JWK, so `is` cannot match a newer one
+            entry = self._prepared[cache_key] = (jwk, jwt.PyJWK(jwk, algorithm=alg))
+        return entry[1]
+
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is not None:
             return self.keys.get(kid)
@@ -140,6 +150,7 @@ class JwksCache:
             logger.error("OIDC: could not load the issuer's keys: %s", exc)
             raise ServiceUnavailableError("the identity provider's signing keys could not be loaded") from None
         self.keys = keys
+        self._prepared = {}
         self.loaded_at = time.monotonic()
         self.fetches += 1
         logger.info("OIDC: %d signing keys loaded (%s)", len(keys), ", ".join(sorted(keys)) or "none")
@@ -240,7 +251,7 @@ class OidcVerifier:
         if jwk.get("alg") not in (None, alg):
             raise InvalidTokenError("token algorithm does not match its key")
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg)
+            key = self.jwks.prepared(jwk, alg)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,
