@@ -7,6 +7,7 @@ Set TERRITOIRE_TEST_ADMIN_URL to point at another PostgreSQL server (default: 12
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -152,31 +154,82 @@ def mqtt_url() -> Iterator[str]:
     broker.stop()
 
 
-class MosquittoProcess:
-    """A Mosquitto of our own, with the broker configuration we ship, restartable for failure tests."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the CA the broker trusts for client certificates, its own certificate and key (PEM)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    require_certificate: bool = False  # clients must present a certificate signed by the CA
+    use_identity_as_username: bool = False  # ... and the certificate's CN is their user name (no password)
+
+
+def mosquitto_password_line(user: str, password: str) -> str:
+    """One password_file line, from mosquitto_passwd when installed, else in its `$6$` (salted SHA-512) format."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "passwd"
+            subprocess.run([tool, "-b", "-c", str(path), user, password], check=True, capture_output=True)
+            return path.read_text().strip()
+    salt = os.urandom(12)
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return f"{user}:$6${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+class MosquittoProcess:
+    """A Mosquitto of our own, with the broker configuration we ship, restartable for failure tests.
+
+    Optionally with users (a password_file, anonymous clients refused) and a TLS listener (`tls`).
+    """
+
+    def __init__(
+        self, port: int | None = None, *, users: dict[str, str] | None = None, tls: BrokerTls | None = None
+    ) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="td-mosquitto-"))
         # Mosquitto started as root drops to the `mosquitto` user: it must be able to write its persistence here.
         self.dir.chmod(0o777)
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls is not None:
+            self._write("ca.pem", tls.ca_pem)
+            self._write("server.pem", tls.cert_pem)
+            self._write("server.key", tls.key_pem)
+            listener += (
+                f"cafile {self.dir}/ca.pem\ncertfile {self.dir}/server.pem\nkeyfile {self.dir}/server.key\n"
+                f"require_certificate {str(tls.require_certificate).lower()}\n"
+                f"use_identity_as_username {str(tls.use_identity_as_username).lower()}\n"
+            )
+        anonymous = users is None and not (tls and tls.use_identity_as_username)
+        access = f"allow_anonymous {str(anonymous).lower()}\n"
+        if users:
+            lines = [mosquitto_password_line(user, password) for user, password in users.items()]
+            self._write("passwd", ("\n".join(lines) + "\n").encode())
+            access += f"password_file {self.dir}/passwd\n"
         shipped = (ROOT / "deploy" / "mosquitto" / "territoire.conf").read_text()
         (self.dir / "mosquitto.conf").write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.dir}/\n{shipped}"
+            f"{listener}{access}persistence true\npersistence_location {self.dir}/\n{shipped}"
         )
+        self.log = self.dir / "mosquitto.log"
+
+    def _write(self, name: str, data: bytes) -> None:
+        (self.dir / name).write_bytes(data)
+        (self.dir / name).chmod(0o644)  # readable by the `mosquitto` user; a throwaway test key
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("mosquitto") or "mosquitto", "-c", str(self.dir / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [shutil.which("mosquitto") or "mosquitto", "-c", str(self.dir / "mosquitto.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -184,7 +237,7 @@ class MosquittoProcess:
                     return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.process is not None:

@@ -432,13 +432,30 @@ def simulate(
     mqtt_url: Annotated[
         str, typer.Option(envvar="TERRITOIRE_MQTT_URL", help="Broker (default: TERRITOIRE_MQTT_URL)")
     ] = "mqtt://127.0.0.1:1883",
+    ca_file: Annotated[
+        str | None, typer.Option(envvar="TERRITOIRE_MQTT_CA_FILE", help="CA of the broker's TLS certificate")
+    ] = None,
+    cert_file: Annotated[
+        str | None, typer.Option(envvar="TERRITOIRE_MQTT_CERT_FILE", help="Client certificate (TLS)")
+    ] = None,
+    key_file: Annotated[str | None, typer.Option(envvar="TERRITOIRE_MQTT_KEY_FILE", help="Its private key")] = None,
 ) -> None:
     """Publish demo sensor traffic for Nantes (ChirpStack, TTN and SenML) until stopped, --duration or --count."""
     from territoire_data.ingest.mqtt.simulate import demo_devices, run_simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"simulating {len(demo_devices())} devices at {rate:g} msg/s (Ctrl-C to stop)")
-    published = run_simulation(mqtt_url, rate=rate, duration=duration, count=count, seed=seed, prefix=prefix)
+    published = run_simulation(
+        mqtt_url,
+        rate=rate,
+        duration=duration,
+        count=count,
+        seed=seed,
+        prefix=prefix,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
     typer.echo(f"{published} messages published")
 
 

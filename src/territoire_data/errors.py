@@ -37,6 +37,10 @@ class UnauthorizedError(TerritoireError):
     type_slug = "unauthorized"
 
 
+class InvalidTokenError(UnauthorizedError):
+    """A bearer access token that is expired, malformed or not ours (RFC 6750 `invalid_token`): clients refresh it."""
+
+
 class ForbiddenError(TerritoireError):
     status = 403
     title = "Forbidden"

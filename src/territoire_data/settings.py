@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from territoire_data.errors import ConfigurationError
 
 ENV_PREFIX = "TERRITOIRE_"
+# Public-key signatures only: `none` and the HMAC family (HS*) can never be configured, so a token cannot be
+# "signed" with the issuer's public key used as an HMAC secret.
+OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+PLATFORM_ROLES = ("admin", "publisher", "reader")
 
 
 class Settings(BaseSettings):
@@ -55,6 +59,29 @@ class Settings(BaseSettings):
     )
     import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
+    oidc_issuer: str | None = Field(
+        default=None, description="OpenID Connect issuer (e.g. https://sso.ville.fr/realms/ville): Bearer JWTs accepted"
+    )
+    oidc_audience: str | None = Field(default=None, description="the `aud` every token must carry (required)")
+    oidc_jwks_url: str | None = Field(default=None, description="default: jwks_uri of the issuer's discovery document")
+    oidc_jwks_file: str | None = Field(default=None, description="a JWKS file instead of fetching (offline setups)")
+    oidc_roles_claim: str = Field(default="realm_access.roles", description="dotted path of the roles list in a token")
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=lambda: {
+            "territoire-admin": "admin",
+            "territoire-publisher": "publisher",
+            "territoire-reader": "reader",
+        },
+        description="IdP role name -> admin|publisher|reader (JSON)",
+    )
+    oidc_dataset_role_prefix: str = Field(
+        default="dataset:", min_length=1, description="roles `<prefix><slug>:read|write` grant datasets"
+    )
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    oidc_leeway_seconds: int = Field(default=30, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
+    oidc_jwks_cache_seconds: int = Field(default=600, ge=10, le=86_400, description="how long fetched keys are kept")
+    oidc_http_timeout_seconds: float = Field(default=3.0, gt=0, le=30, description="discovery and JWKS fetches")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     cors_origins: list[str] = Field(default_factory=list)
@@ -93,6 +120,42 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL, e.g. https://data.example.fr")
         return value.rstrip("/")
 
+    @field_validator("oidc_issuer", "oidc_jwks_url")
+    @classmethod
+    def _check_oidc_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://sso.ville.fr/realms/ville")
+        return value.strip()
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_oidc_algorithms(cls, value: list[str]) -> list[str]:
+        wrong = [alg for alg in value if alg not in OIDC_ALGORITHMS]
+        if wrong or not value:
+            raise ValueError(f"must be a non-empty list of {', '.join(OIDC_ALGORITHMS)} (not {wrong})")
+        return value
+
+    @field_validator("oidc_role_map")
+    @classmethod
+    def _check_oidc_role_map(cls, value: dict[str, str]) -> dict[str, str]:
+        wrong = sorted({role for role in value.values() if role not in PLATFORM_ROLES})
+        if wrong:
+            raise ValueError(f"maps to unknown roles {wrong}: use {', '.join(PLATFORM_ROLES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError(
+                "TERRITOIRE_OIDC_AUDIENCE must be set with TERRITOIRE_OIDC_ISSUER: tokens of other clients are refused"
+            )
+        if self.oidc_jwks_url and self.oidc_jwks_file:
+            raise ValueError("set TERRITOIRE_OIDC_JWKS_URL or TERRITOIRE_OIDC_JWKS_FILE, not both")
+        return self
+
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL in the form SQLAlchemy's asyncpg dialect wants."""
@@ -126,7 +189,9 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         variable = ENV_PREFIX + field.upper()
-        if first["type"] == "missing":
+        if not first["loc"]:  # a rule across settings names its variables itself
+            message = first["msg"].removeprefix("Value error, ")
+        elif first["type"] == "missing":
             message = f"{variable} is not set"
         else:
             message = f"{variable} is invalid: {first['msg'].removeprefix('Value error, ')}"

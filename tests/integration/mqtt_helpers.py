@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from territoire_data.ingest.mqtt.config import ConnectorConfig, parse_connector
 from territoire_data.ingest.mqtt.worker import MqttWorker
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.settings import Settings
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -25,9 +25,10 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 class Publisher:
     """A plain paho publisher, QoS 1, waiting for every PUBACK."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **tls_files: str | None) -> None:
         address = parse_mqtt_url(url)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+        configure_client(self.client, address, **tls_files)  # credentials in the URL, TLS for mqtts://
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(address.host, address.port)

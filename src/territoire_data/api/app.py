@@ -28,6 +28,7 @@ from territoire_data.api.security import (
     SecurityHeadersMiddleware,
 )
 from territoire_data.auth import routes as auth_routes
+from territoire_data.auth.oidc import OidcVerifier
 from territoire_data.catalog import api as catalog_api
 from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
@@ -73,6 +74,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine or create_engine(settings)
     app.state.schema_head = head_revision(settings)
+    # Per process: the identity provider's keys are fetched on the first token, not at start-up.
+    app.state.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
     registry = CollectorRegistry()
     registry.register(PoolCollector(app.state.engine))
     app.state.metrics_registry = registry

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from territoire_data.errors import TerritoireError
+from territoire_data.errors import InvalidTokenError, TerritoireError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,13 @@ async def _territoire_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TerritoireError)
     if exc.status >= 500:
         logger.error("%s on %s: %s", type(exc).__name__, request.url.path, exc.detail)
-    headers = {"WWW-Authenticate": 'Bearer realm="territoire-data"'} if exc.status == 401 else None
+    headers = None
+    if exc.status == 401:
+        # RFC 6750 §3.1: `invalid_token` tells an OAuth client to get a new token rather than give up.
+        challenge = 'Bearer realm="territoire-data"' + (
+            ', error="invalid_token"' if isinstance(exc, InvalidTokenError) else ""
+        )
+        headers = {"WWW-Authenticate": challenge}
     return problem(
         exc.status,
         exc.title,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import uuid
 from typing import Any
@@ -17,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from territoire_data.db.migrate import current_revision
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.errors import ConfigurationError
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,16 @@ def _probe_broker(settings: Settings) -> str | None:
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"territoire-ready-{uuid.uuid4().hex[:8]}")
     client.on_connect = on_connect
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    if address.tls:
-        context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
-        if settings.mqtt_cert_file:
-            context.load_cert_chain(settings.mqtt_cert_file, settings.mqtt_key_file)
-        client.tls_set_context(context)
+    try:
+        configure_client(
+            client,
+            address,
+            ca_file=settings.mqtt_ca_file,
+            cert_file=settings.mqtt_cert_file,
+            key_file=settings.mqtt_key_file,
+        )
+    except ConfigurationError as exc:
+        return exc.detail
     try:
         client.connect(address.host, address.port, keepalive=10)
         client.loop_start()

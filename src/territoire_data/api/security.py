@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -206,10 +207,13 @@ class RateLimitMiddleware:
 
 
 def _key_prefix(scope: Scope) -> str | None:
+    """Whose limit a request counts against: the key's public prefix, or a digest of an access token (JWT)."""
     for name, value in scope.get("headers", []):
         if name in (b"authorization", b"x-api-key"):
             token: str = value.decode("latin-1").split(" ")[-1]
             if token.startswith("td_") and len(token) > 12:
                 return token[3:11]
+            if token.count(".") == 2 and len(token) > 40:
+                return "jwt-" + hashlib.sha256(token.encode("latin-1")).hexdigest()[:16]
             return "malformed"
     return None

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: who is calling (API key as Bearer or X-API-Key), and role checks."""
+"""FastAPI dependencies: who is calling (API key as Bearer or X-API-Key, or an OpenID Connect token), role checks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from territoire_data.auth.keys import resolve
+from territoire_data.auth.oidc import OidcVerifier, is_oidc_token
 from territoire_data.auth.policy import ANONYMOUS, Principal, can_write
 from territoire_data.errors import ForbiddenError, UnauthorizedError
 
@@ -27,7 +28,9 @@ def key_from_authorization(authorization: str | None) -> str | None:
             password = ""
         if password:
             return password
-    raise UnauthorizedError("Authorization must be `Bearer <API key>` (or Basic with the key as password)")
+    raise UnauthorizedError(
+        "Authorization must be `Bearer <API key or access token>` (or Basic with the key as password)"
+    )
 
 
 def _presented_key(request: Request) -> str | None:
@@ -35,14 +38,23 @@ def _presented_key(request: Request) -> str | None:
 
 
 async def get_principal(request: Request) -> Principal:
-    """Anonymous without a key; 401 for a key that is unknown, revoked or expired (never silently anonymous)."""
+    """Anonymous without a key; 401 for a key that is unknown, revoked or expired (never silently anonymous).
+
+    A JWT goes to the OpenID Connect verifier when one is configured (TERRITOIRE_OIDC_ISSUER); `td_` keys always
+    go to the key table.
+    """
     key = _presented_key(request)
     if key is None:
         return ANONYMOUS
-    async with request.app.state.engine.connect() as conn:
-        principal = await resolve(conn, key)
-    if principal is None:
-        raise UnauthorizedError("unknown, revoked or expired API key")
+    oidc: OidcVerifier | None = getattr(request.app.state, "oidc", None)
+    principal: Principal | None
+    if oidc is not None and is_oidc_token(key, oidc):
+        principal = await oidc.principal(key, request.app.state.engine)
+    else:
+        async with request.app.state.engine.connect() as conn:
+            principal = await resolve(conn, key)
+        if principal is None:
+            raise UnauthorizedError("unknown, revoked or expired API key")
     request.state.principal = principal
     return principal
 

@@ -24,6 +24,7 @@ class Principal:
     key_id: int | None = None
     readable: frozenset[int] = field(default_factory=frozenset)
     writable: frozenset[int] = field(default_factory=frozenset)
+    subject: str | None = None  # an OpenID Connect token's `sub` (its holder's stable id at the identity provider)
 
     @property
     def is_admin(self) -> bool:

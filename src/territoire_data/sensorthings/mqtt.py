@@ -12,7 +12,8 @@ replicas never duplicate.
 
 Creating: the bridge subscribes (shared subscription) to `v1.1/+/Observations` and `v1.1/Observations`; a
 message there without `@iot.id` is a create. As over HTTP, the message needs a publisher or admin API
-key, as an MQTT v5 user property `Authorization: Bearer <key>`; refused messages go to `ingest_rejection`.
+key (or OpenID Connect access token), as an MQTT v5 user property `Authorization: Bearer <key>`; refused messages
+go to `ingest_rejection`.
 
 It runs as its own process (`territoire-data sta-mqtt`), not inside the API: API processes are stateless and
 scale with `--workers`, each would LISTEN and publish the same notification again.
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +38,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from territoire_data.auth.deps import key_from_authorization
-from territoire_data.auth.keys import resolve
+from territoire_data.auth.oidc import OidcVerifier, principal_of
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError, ServiceUnavailableError, TerritoireError
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.events import (
     ENTITY_CHANNEL,
@@ -92,6 +92,7 @@ class StaMqttBridge:
         self.prefix = topic_prefix
         self.ctx = read.Context(base=settings.base_url + "/sta/v1.1", principal=ANONYMOUS)
         self.client_id = client_id or f"territoire-sta-{uuid.uuid4().hex[:8]}"
+        self.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
         self.published = 0
         self.notifications_handled = 0
         self.created = 0
@@ -108,13 +109,13 @@ class StaMqttBridge:
     def _make_client(self) -> paho.Client:
         address = parse_mqtt_url(self.settings.mqtt_url)
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        if address.username:
-            client.username_pw_set(address.username, address.password)
-        if address.tls:
-            context = ssl.create_default_context(cafile=self.settings.mqtt_ca_file)
-            if self.settings.mqtt_cert_file:
-                context.load_cert_chain(self.settings.mqtt_cert_file, self.settings.mqtt_key_file)
-            client.tls_set_context(context)
+        configure_client(
+            client,
+            address,
+            ca_file=self.settings.mqtt_ca_file,
+            cert_file=self.settings.mqtt_cert_file,
+            key_file=self.settings.mqtt_key_file,
+        )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
@@ -305,9 +306,9 @@ class StaMqttBridge:
             authorization = dict(message.user_properties).get("Authorization") or dict(message.user_properties).get(
                 "authorization"
             )
-            # The publisher's API key travels as an MQTT 5 user property (Authorization: Bearer <key>).
+            # The publisher's API key (or OIDC access token) travels as an MQTT 5 user property (Authorization: Bearer).
             key = key_from_authorization(authorization)
-            principal = (await resolve(conn, key) if key else None) or ANONYMOUS
+            principal = (await principal_of(key, conn, self.oidc) if key else None) or ANONYMOUS
             WriteAuth(principal).check()
             forced: dict[str, int] = {}
             if match.group(1) == "Datastreams":

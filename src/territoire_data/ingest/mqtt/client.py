@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -28,7 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from territoire_data.ingest.model import InboundMessage
 from territoire_data.ingest.mqtt.config import ConnectorConfig
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,18 +68,17 @@ class MqttSource:
             manual_ack=True,
         )
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        username = broker.username or self.address.username
-        password = broker.password or self.address.password
-        if username:
-            client.username_pw_set(username, password)
-        ca_file = broker.ca_file or settings.mqtt_ca_file
-        if self.address.tls or ca_file:
-            context = ssl.create_default_context(cafile=ca_file)
-            cert_file = broker.cert_file or settings.mqtt_cert_file
-            if cert_file:
-                context.load_cert_chain(cert_file, broker.key_file or settings.mqtt_key_file)
-            client.tls_set_context(context)
+        configure_client(
+            client,
+            self.address,
+            ca_file=broker.ca_file or settings.mqtt_ca_file,
+            cert_file=broker.cert_file or settings.mqtt_cert_file,
+            key_file=broker.key_file or settings.mqtt_key_file,
+            username=broker.username,
+            password=broker.password,
+        )
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -99,6 +98,12 @@ class MqttSource:
         else:
             client.subscribe([(topic, int(self.config.qos)) for topic in topics])
         self.connected.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError`: the exception says why (refused, TLS verification...).
+        # paho retries with a doubling delay capped at 30 s, so this logs a few lines a minute at most.
+        error = sys.exc_info()[1]
+        logger.error("cannot connect to %r: %s; retrying with backoff", self.address, error or "connection failed")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         failures = [r for r in reasons if r.is_failure]

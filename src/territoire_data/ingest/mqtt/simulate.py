@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 import uuid
 import zlib
@@ -22,7 +23,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from territoire_data.mqtt_url import parse_mqtt_url
+from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 
 logger = logging.getLogger(__name__)
 
@@ -238,17 +239,31 @@ def run_simulation(
     seed: int = 44,
     prefix: str = "",
     qos: int = 1,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
 ) -> int:
     """Publish demo traffic at `rate` messages/s until `duration` seconds or `count` messages; returns the count."""
     address = parse_mqtt_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"territoire-simulate-{uuid.uuid4().hex[:8]}")
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    if address.tls:
-        client.tls_set()
+    configure_client(client, address, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     client.max_inflight_messages_set(1000)
+    answered = threading.Event()
+    refusal: list[str] = []
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            refusal.append(str(reason))
+        answered.set()
+
+    client.on_connect = on_connect
     client.connect(address.host, address.port)
     client.loop_start()
+    # Publishing before the broker accepted us would only queue messages that a refused connection never sends.
+    if not answered.wait(10) or refusal:
+        client.loop_stop()
+        reason = refusal[0] if refusal else "no answer"
+        raise ConnectionError(f"the broker at {address!r} refused the connection: {reason}")
     published = 0
     started = time.monotonic()
     pending: list[mqtt.MQTTMessageInfo] = []
