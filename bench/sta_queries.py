@@ -2,7 +2,10 @@
 
 Loads 200 Things, 1,000 Datastreams and a year of Observations into a bench database of its own (never
 `territoire`), starts the real server (`territoire-data serve`), then measures with concurrent clients the
-p50/p95/p99 of the five queries of issue 5 against their targets. Run:
+p50/p95/p99 of the five queries of issue 5 against their targets, and the CPU time per request of the server
+processes and of the database backends (read from /proc: on a busy shared machine the latencies mostly measure
+the other tenants, the CPU time much less so; 16 clients on N cores cannot do better than about
+16 x CPU per request / N). Run:
 
     .venv/bin/python bench/sta_queries.py [--stages 1000000,10000000] [--concurrency 1,16] [--requests 320]
         [--db td_bench_sta] [--reuse]
@@ -258,7 +261,60 @@ def queries(start: datetime, rng: random.Random) -> dict[str, callable]:  # type
     return dict(zip(TARGETS, (latest, one_day, filtered, expand, aggregate), strict=True))
 
 
-async def measure(base: str, make: callable, requests: int, concurrency: int) -> list[float]:  # type: ignore[valid-type]
+def process_tree(root: int) -> list[int]:
+    """The pid and its descendants (the server's master and workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc; on a shared machine this, unlike latency,
+    hardly depends on what else runs)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by the server's processes and by the database backends serving the bench database."""
+
+    def __init__(self, server_pid: int, database: str) -> None:
+        self.server_pid = server_pid
+        self.database = database
+
+    async def sample(self) -> tuple[float, float]:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database)
+        finally:
+            await admin.close()
+        return cpu_seconds(process_tree(self.server_pid)), cpu_seconds([r["pid"] for r in rows])
+
+
+async def measure(
+    base: str,
+    make: callable,  # type: ignore[valid-type]
+    requests: int,
+    concurrency: int,
+    meter: CpuMeter,
+) -> tuple[list[float], float, float]:
+    """Latencies (ms) of the requests, and the server's and the database's CPU ms per request."""
     latencies: list[float] = []
     jobs = [make() for _ in range(requests)]
     queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue()
@@ -278,8 +334,11 @@ async def measure(base: str, make: callable, requests: int, concurrency: int) ->
                 orjson.loads(response.content)
                 latencies.append((time.perf_counter() - began) * 1000)
 
+        server_before, db_before = await meter.sample()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+        server_after, db_after = await meter.sample()
+    per_request = 1000 / len(latencies)
+    return latencies, (server_after - server_before) * per_request, (db_after - db_before) * per_request
 
 
 def pct(values: list[float], p: float) -> float:
@@ -351,13 +410,19 @@ async def main() -> None:
                     )
                     rng = random.Random(42)
                     results[(count, clients)] = {}
+                    meter = CpuMeter(server.pid, name)
                     for qname, make in queries(start, rng).items():
                         if args.only and args.only not in qname:
                             continue
-                        lat = await measure(f"http://127.0.0.1:{port}/sta/v1.1", make, args.requests, clients)
+                        base = f"http://127.0.0.1:{port}/sta/v1.1"
+                        lat, server_ms, db_ms = await measure(base, make, args.requests, clients, meter)
                         results[(count, clients)][qname] = (statistics.median(lat), pct(lat, 95), pct(lat, 99))
                         p50, p95, p99 = results[(count, clients)][qname]
-                        print(f"    {qname:<53} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms", flush=True)
+                        print(
+                            f"    {qname:<53} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms   CPU per "
+                            f"request: server {server_ms:5.1f} ms, database {db_ms:5.1f} ms",
+                            flush=True,
+                        )
             finally:
                 server.terminate()
                 server.wait(30)

@@ -21,6 +21,8 @@ from territoire_data.settings import Settings
 
 _POOLS: weakref.WeakKeyDictionary[AsyncEngine, asyncpg.Pool] = weakref.WeakKeyDictionary()
 _LOCK = asyncio.Lock()
+# Server process ids of pooled connections whose session plans generically (see `use_generic_plans`).
+_GENERIC_PLANS: set[int] = set()
 
 
 async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
@@ -47,6 +49,7 @@ async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
+    _GENERIC_PLANS.discard(connection.get_server_pid())  # a new session plans as PostgreSQL chooses
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -64,9 +67,37 @@ async def close_read_pool(engine: AsyncEngine) -> None:
         await pool.close()
 
 
+async def use_generic_plans(connection: asyncpg.Connection, generic: bool) -> None:
+    """Make the connection's prepared statements plan generically (`plan_cache_mode`), or as PostgreSQL chooses.
+
+    A statement on the partitioned `observation` table costs 1-2 ms to plan for 18 partitions, which is most
+    of a latest-value read; PostgreSQL keeps re-planning it per value (its generic plan looks dearer on paper).
+    A generic plan with run-time pruning skips that, but it is a bad bet where the values matter (a LIMIT
+    estimated at 10 % of all observations picks a full scan and a sort): so the caller says which statements
+    may plan generically, and a round trip is spent only when a connection's mode has to change. Inside a
+    transaction the switch back is `SET LOCAL` (a rollback cannot then leave a generic mode behind unknown).
+    """
+    pid = connection.get_server_pid()
+    if (pid in _GENERIC_PLANS) == generic:
+        return
+    if connection.is_in_transaction():
+        if not generic:
+            await connection.execute("SET LOCAL plan_cache_mode = auto")
+        return
+    await connection.execute(f"SET plan_cache_mode = {'force_generic_plan' if generic else 'auto'}")
+    if generic:
+        _GENERIC_PLANS.add(pid)
+    else:
+        _GENERIC_PLANS.discard(pid)
+
+
 @asynccontextmanager
-async def pooled(engine: AsyncEngine, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled asyncpg connection for one request."""
+async def pooled(
+    engine: AsyncEngine, settings: Settings, *, generic_plans: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled asyncpg connection for one request; `generic_plans` as `use_generic_plans` says (a door that
+    asks for them switches back any statement that needs values to plan well)."""
     pool = await read_pool(engine, settings)
     async with pool.acquire() as connection:
+        await use_generic_plans(connection, generic_plans)
         yield connection

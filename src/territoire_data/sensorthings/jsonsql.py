@@ -49,6 +49,11 @@ def _bare_instant(column: str) -> str:
     return f"(btrim(to_json({column} AT TIME ZONE 'UTC')::text, '\"') || 'Z')"
 
 
+def interval_json(start: str, end: str) -> str:
+    """JSON string of the interval `start/end` (two timestamptz SQL expressions), in UTC."""
+    return f"('\"' || {_bare_instant(start)} || '/' || {_bare_instant(end)} || '\"')"
+
+
 def _value(prop: Prop, alias: str) -> str:
     """SQL text of the JSON value of one property; NULL (not 'null') when the property is null."""
     column = f"{alias}.{prop.column}"
@@ -74,7 +79,7 @@ def _value(prop: Prop, alias: str) -> str:
         )
     if kind == "interval":
         end = f"COALESCE({alias}.{prop.end_column}, {column})" if prop.end_column else column
-        return f"('\"' || {_bare_instant(column)} || '/' || {_bare_instant(end)} || '\"')"
+        return interval_json(column, end)
     return f"to_json({column})::text"
 
 

@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 from territoire_data.auth.policy import Principal
+from territoire_data.db.readpool import use_generic_plans
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.sensorthings import jsonsql, sql
 from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL, EntityType, Prop, Relation
@@ -270,6 +271,8 @@ async def read_collection(
     if data_array_format and entity.name != "Observation":
         raise BadRequestError("$resultFormat=dataArray applies to Observations only")
     shape = None if ref or data_array_format else jsonsql.JsonShape(ctx.base, opts.select)
+    if not _generic_plans_fit(entity, opts, scope):
+        await use_generic_plans(conn, False)
     if scope is not None and not scope.checked:
         if shape is not None and not opts.count and not opts.expand:
             return await _checked_page(conn, ctx, entity, opts, scope, shape, top, url, params)
@@ -307,6 +310,18 @@ async def read_collection(
     await attach_expansions(conn, ctx, entity, rows, values, opts.expand)
     body["value"] = orjson.Fragment(jsonsql.array(values))
     return body
+
+
+def _generic_plans_fit(entity: EntityType, opts: QueryOptions, scope: sql.Scope | None) -> bool:
+    """Whether a collection's statements plan well without their values (see `readpool.use_generic_plans`):
+    the Observations of one Datastream (the key's first column is bound: every plan walks that index), and
+    unfiltered pages of the small entity sets. Not the Observations or FeaturesOfInterest at large, nor a
+    `$filter` (a path can reach the Observations), nor `$count` (its estimate is read from the plan)."""
+    if opts.count:
+        return False
+    if scope is not None and sql.implied_visible(scope.parent, scope.relation):
+        return True
+    return opts.filter is None and entity.name not in ("Observation", "FeatureOfInterest")
 
 
 async def _checked_page(
@@ -449,6 +464,8 @@ async def _expand_many(
     ids = [int(r["id"]) for r in rows]
     found: dict[int, _Children] = {i: _Children() for i in ids}
     window = sql.latest_window_applies(entity, rel, opts.filter, opts.orderby, opts.skip)
+    if opts.filter is not None and not sql.implied_visible(entity, rel):
+        await use_generic_plans(conn, False)  # as in `_generic_plans_fit`
     stmt = sql.expand_many_query(
         entity,
         rel,
@@ -482,6 +499,7 @@ async def _expand_many(
             bucket.more = True
     counts: dict[int, int] = {}
     if opts.count:
+        await use_generic_plans(conn, False)
         count_stmt = sql.expand_count_query(entity, rel, ctx.principal, ids, opts.filter)
         counts = {r["__parent"]: r["n"] for r in await conn.fetch(count_stmt.sql, *count_stmt.params)}
     # the children's own expansions first (in place), then each parent's array of them
@@ -556,10 +574,6 @@ def data_array(ctx: Context, rows: list[asyncpg.Record], select: tuple[str, ...]
     ]
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if value is not None else None
-
-
 # --- aggregation extension -------------------------------------------------------------------------------
 
 
@@ -593,7 +607,8 @@ async def read_aggregates(
         top=top,
         skip=opts.skip,
     )
-    rows = await conn.fetch(stmt.sql, *stmt.params)
+    as_json = sql.aggregate_json(stmt, functions)
+    rows = await conn.fetch(as_json.sql, *as_json.params)
     body: dict[str, Any] = {
         "interval": interval,
         "aggregates": functions,
@@ -602,11 +617,5 @@ async def read_aggregates(
     if len(rows) > top:
         body["@iot.nextLink"] = _next_link(url, params, top, opts.skip)
         rows = rows[:top]
-    body["value"] = [
-        {
-            "phenomenonTime": f"{iso(r['bucket_start'])}/{iso(r['bucket_end'])}",
-            **{f: (float(r[f]) if r[f] is not None and f != "count" else _int(r[f])) for f in functions},
-        }
-        for r in rows
-    ]
+    body["value"] = orjson.Fragment("[" + ",".join(r["__json"] for r in rows) + "]")
     return body

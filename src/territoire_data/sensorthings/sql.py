@@ -14,7 +14,7 @@ from typing import Any
 
 from territoire_data.auth.policy import Principal, member_visible_sql
 from territoire_data.errors import BadRequestError
-from territoire_data.sensorthings.jsonsql import JsonShape, link_prefix, members_sql, uses_links
+from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, link_prefix, members_sql, uses_links
 from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
 from territoire_data.sensorthings.odata import (
     ARITHMETIC,
@@ -826,3 +826,13 @@ def aggregate_query(
         f"FROM {source} WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
     )
     return Statement(sql, params.values), bounds is not None
+
+
+def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:
+    """`aggregate_query`'s rows as one JSON object each (`__json`), in the same order: built by PostgreSQL,
+    as `{"phenomenonTime": "start/end", "min": 1.5, ..., "count": 96}` (numbers as float8, counts as bigint)."""
+    members = [f"'{{\"phenomenonTime\":' || {interval_json('a.bucket_start', 'a.bucket_end')}"]
+    for name in functions:
+        cast = "bigint" if name == "count" else "double precision"
+        members.append(f"',\"{name}\":' || COALESCE(to_json(a.{name}::{cast})::text, 'null')")
+    return Statement(f"SELECT {' || '.join(members)} || '}}' AS __json FROM ({stmt.sql}) a", stmt.params)
