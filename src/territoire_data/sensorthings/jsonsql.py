@@ -35,7 +35,8 @@ def _literal(text: str) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _key(name: str) -> str:
+def key(name: str) -> str:
+    """`"name":`, JSON-escaped (names come from the model)."""
     return orjson.dumps(name).decode() + ":"
 
 
@@ -96,26 +97,26 @@ def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: st
         pieces.append(f"'{{\"@iot.id\":' || {alias}.id || ',\"@iot.selfLink\":' || {link}\"'")
         for prop in entity.props[1:]:
             value = _value(prop, alias)
-            member = _literal("," + _key(prop.wire)) + " || " + value
+            member = _literal("," + key(prop.wire)) + " || " + value
             if prop.wire in OMITTED_WHEN_NULL:
                 pieces.append(f"COALESCE({member}, '')")
             else:
-                pieces.append(f"{_literal(',' + _key(prop.wire))} || COALESCE({value}, 'null')")
+                pieces.append(f"{_literal(',' + key(prop.wire))} || COALESCE({value}, 'null')")
         for rel in entity.relations:
-            pieces.append(f"{_literal(',' + _key(rel.name + '@iot.navigationLink'))} || {link}/{rel.name}\"'")
+            pieces.append(f"{_literal(',' + key(rel.name + '@iot.navigationLink'))} || {link}/{rel.name}\"'")
         return "(" + " || ".join(pieces) + ")"
     chosen = set(select)
     members: list[str] = []  # (each a SQL text giving one `"key":value`)
     if chosen & {"id", "@iot.id"}:
-        members.append(f"{_literal(_key('@iot.id'))} || {alias}.id")
+        members.append(f"{_literal(key('@iot.id'))} || {alias}.id")
     if "@iot.selfLink" in chosen:
-        members.append(f"{_literal(_key('@iot.selfLink'))} || {link}\"'")
+        members.append(f"{_literal(key('@iot.selfLink'))} || {link}\"'")
     for prop in entity.props:
         if prop.wire != "id" and prop.wire in chosen:
-            members.append(f"{_literal(_key(prop.wire))} || COALESCE({_value(prop, alias)}, 'null')")
+            members.append(f"{_literal(key(prop.wire))} || COALESCE({_value(prop, alias)}, 'null')")
     for rel in entity.relations:
         if rel.name in chosen:
-            members.append(f"{_literal(_key(rel.name + '@iot.navigationLink'))} || {link}/{rel.name}\"'")
+            members.append(f"{_literal(key(rel.name + '@iot.navigationLink'))} || {link}/{rel.name}\"'")
     if not members:
         return "'{'"
     return "('{' || " + " || ',' || ".join(members) + ")"
@@ -139,9 +140,9 @@ def close(members: str) -> str:
     return members + "}"
 
 
-def append(members: str, key: str, value_json: str) -> str:
-    """`members` with one more member (`key` unescaped, `value_json` already JSON)."""
-    return members + ("," if len(members) > 1 else "") + _key(key) + value_json
+def append(members: str, name: str, value_json: str) -> str:
+    """`members` with one more member (`name` unescaped, `value_json` already JSON)."""
+    return members + ("," if len(members) > 1 else "") + key(name) + value_json
 
 
 def array(objects: list[str]) -> str:

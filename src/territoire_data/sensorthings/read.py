@@ -492,7 +492,7 @@ async def _expand_many(
             )
             records.extend(await conn.fetch(again.sql, *again.params))
     for record in records:
-        bucket = found[record["__parent"]]
+        bucket = found[record[0]]  # __parent
         if len(bucket.rows) < top:
             bucket.rows.append(record)
         else:
@@ -506,21 +506,27 @@ async def _expand_many(
     all_children = [r for row in rows for r in found[int(row["id"])].rows]
     all_values = [r["__json"] for r in all_children]
     await attach_expansions(conn, ctx, child, all_children, all_values, opts.expand)
-    next_query = _next_query(opts.raw, top, opts.skip)  # the same for every parent: encode it once
+    # Hundreds of parents here: the keys and the nextLink's two ends are JSON-encoded once, not per parent.
+    next_query = _next_query(opts.raw, top, opts.skip)
+    count_key = jsonsql.key(f"{rel.name}@iot.count")
+    array_key = jsonsql.key(rel.name)
+    next_key = jsonsql.key(f"{rel.name}@iot.nextLink")
+    link_head = dumps(f"{ctx.base}/{entity.plural}(").decode()[:-1]
+    link_tail = dumps(f")/{rel.name}?{next_query}").decode()[1:]
     start = 0
     for index, row in enumerate(rows):
         parent_id = int(row["id"])
         bucket = found[parent_id]
         text = values[index]
+        parts = [text, "," if len(text) > 1 else ""]
         if opts.count:
-            text = jsonsql.append(text, f"{rel.name}@iot.count", str(counts.get(parent_id, 0)))
+            parts += [count_key, str(counts.get(parent_id, 0)), ","]
         end = start + len(bucket.rows)
-        text = jsonsql.append(text, rel.name, jsonsql.array(all_values[start:end]))
+        parts += [array_key, jsonsql.array(all_values[start:end])]
         start = end
         if bucket.more:
-            link = f"{self_link(ctx, entity, parent_id)}/{rel.name}?{next_query}"
-            text = jsonsql.append(text, f"{rel.name}@iot.nextLink", dumps(link).decode())
-        values[index] = text
+            parts += [",", next_key, link_head, str(parent_id), link_tail]
+        values[index] = "".join(parts)
 
 
 async def _expand_one(
