@@ -278,16 +278,7 @@ async def read_collection(
             return await _checked_page(conn, ctx, entity, opts, scope, shape, top, url, params)
         await fetch_id(conn, ctx, scope.parent, scope.parent_id)
         scope.checked = True
-    stmt = sql.collection_query(
-        entity,
-        ctx.principal,
-        filter_expr=opts.filter,
-        orderby=opts.orderby,
-        top=top,
-        skip=opts.skip,
-        scope=scope,
-        shape=shape,
-    )
+    stmt = _page_query(ctx, entity, opts, top, scope, shape)
     rows = await conn.fetch(stmt.sql, *stmt.params)
     more = len(rows) > top > 0  # $top=0 asks for the count alone: no next page to follow
     rows = rows[:top]
@@ -310,6 +301,28 @@ async def read_collection(
     await attach_expansions(conn, ctx, entity, rows, values, opts.expand)
     body["value"] = orjson.Fragment(jsonsql.array(values))
     return body
+
+
+def _page_query(
+    ctx: Context,
+    entity: EntityType,
+    opts: QueryOptions,
+    top: int,
+    scope: sql.Scope | None,
+    shape: jsonsql.JsonShape | None,
+    params: sql.Params | None = None,
+) -> sql.Statement:
+    return sql.collection_query(
+        entity,
+        ctx.principal,
+        filter_expr=opts.filter,
+        orderby=opts.orderby,
+        top=top,
+        skip=opts.skip,
+        scope=scope,
+        shape=shape,
+        params=params,
+    )
 
 
 def _generic_plans_fit(entity: EntityType, opts: QueryOptions, scope: sql.Scope | None) -> bool:
@@ -341,17 +354,7 @@ async def _checked_page(
     """
     bound = sql.Params()
     check = sql.entity_query(scope.parent, ctx.principal, scope.parent_id, columns="1", params=bound)
-    page = sql.collection_query(
-        entity,
-        ctx.principal,
-        filter_expr=opts.filter,
-        orderby=opts.orderby,
-        top=top,
-        skip=opts.skip,
-        scope=scope,
-        shape=shape,
-        params=bound,
-    )
+    page = _page_query(ctx, entity, opts, top, scope, shape, bound)
     # The subquery's ORDER BY ... LIMIT orders the array (a plain scan over it keeps that order).
     row = await conn.fetchrow(
         f"SELECT EXISTS ({check.sql}) AS visible, ARRAY(SELECT p.__json FROM ({page.sql}) p) AS page", *bound.values
