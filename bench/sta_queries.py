@@ -185,9 +185,10 @@ async def load_stage(name: str, stage: int, target: int, start: datetime, end: d
         count = int(await conn.fetchval("SELECT count(*) FROM observation"))
         await conn.execute(
             "CREATE TABLE bench_meta AS SELECT $1::timestamptz AS start_time, $2::timestamptz AS end_time, "
-            "true AS complete",
+            "$3::bigint AS observations, true AS complete",
             start,
             end,
+            count,
         )
         print(f"  loaded to {count:,} observations in {time.perf_counter() - began:.0f} s", flush=True)
         return count
@@ -394,8 +395,12 @@ async def main() -> None:
         for index, (target, name) in enumerate(zip(stages, names, strict=True)):
             start, _ = await prepare_stage(name, index, target, names[index - 1] if index else None, args.reuse)
             conn = await asyncpg.connect(db_url(name))
-            count = int(await conn.fetchval("SELECT reltuples::bigint FROM pg_class WHERE relname = 'observation'"))
-            if count <= 0:
+            has_count = await conn.fetchval(
+                "SELECT 1 FROM information_schema.columns WHERE table_name = 'bench_meta' AND column_name = 'observations'"
+            )
+            if has_count:
+                count = int(await conn.fetchval("SELECT observations FROM bench_meta"))
+            else:  # kept by an earlier version of this script
                 count = int(await conn.fetchval("SELECT count(*) FROM observation"))
             await conn.close()
             counts.append(count)
