@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from territoire_data.auth.policy import Principal
-from territoire_data.db.readpool import use_generic_plans
+from territoire_data.db.readpool import use_generic_plans, use_plans
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.sensorthings import jsonsql, sql
 from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL, EntityType, Prop, Relation
@@ -607,6 +607,10 @@ async def read_aggregates(
             + (f"; unknown {unknown}" if unknown else "")
         )
     top = ctx.page_size(opts.top)
+    # Planned with their values every time: a generic plan (which `auto` turns to after five executions)
+    # sorted a busy Datastream's 35,040 rollup rows where the custom one hashes them (14 ms against 8 ms at
+    # 1 M observations); the rollup table is not partitioned and plans in no time.
+    await use_plans(conn, "custom")
     stmt, from_rollups = sql.aggregate_query(
         datastream_id,
         ctx.principal,

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.policy import ANONYMOUS
-from territoire_data.db.readpool import close_read_pool, pooled, use_generic_plans
+from territoire_data.db.readpool import close_read_pool, pooled, use_generic_plans, use_plans
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.model import ENTITY_TYPES
 from territoire_data.settings import Settings
@@ -116,7 +116,7 @@ async def test_latest_value_path_checks_its_datastream_in_the_same_statement(sta
     assert "Datastream" in missing.json()["detail"]
 
 
-async def test_generic_plans_only_where_asked(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> None:
+async def test_plan_modes_only_where_asked(settings: Settings, engine: AsyncEngine, db: asyncpg.Connection) -> None:
     async def mode(conn: asyncpg.Connection) -> str:
         return str(await conn.fetchval("SHOW plan_cache_mode"))
 
@@ -129,6 +129,8 @@ async def test_generic_plans_only_where_asked(settings: Settings, engine: AsyncE
             assert await mode(conn) == "force_generic_plan"
             await use_generic_plans(conn, False)
             assert await mode(conn) == "auto"
+            await use_plans(conn, "custom")
+            assert await mode(conn) == "force_custom_plan"
             await use_generic_plans(conn, True)
         # another door takes the same connections back as PostgreSQL plans them
         for _ in range(settings.db_pool_size + 1):
