@@ -6,9 +6,6 @@ import hashlib
 import math
 import time
 
-from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from territoire_data.api.errors import problem
@@ -163,6 +160,38 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class SlidingWindowCounter:
+    """Requests per identity in a sliding minute, estimated from this minute's and the last minute's counts.
+
+    The estimate weighs the previous fixed window by the share of it still inside the sliding one (the
+    sliding-window-counter algorithm). Written here rather than taken from `limits`: its in-memory storage starts
+    a timer thread on most hits, and `Thread.start()` waits for the new thread to run, which cost milliseconds
+    per request on a busy machine. This one is plain dictionary work on the event loop's thread.
+    """
+
+    def __init__(self, window_seconds: float = 60.0) -> None:
+        self.window = window_seconds
+        self.index = 0  # the current fixed window: int(now / window)
+        self.current: dict[str, int] = {}
+        self.previous: dict[str, int] = {}
+
+    def hit(self, identity: str, limit: int, now: float | None = None) -> int:
+        """0 when the request is allowed (and counted), else the seconds to wait before retrying."""
+        now = time.time() if now is None else now
+        index = int(now // self.window)
+        if index != self.index:  # a new fixed window: forget what is older than the one before it
+            self.previous = self.current if index == self.index + 1 else {}
+            self.current = {}
+            self.index = index
+        elapsed = now / self.window - index  # share of the current window gone by
+        count = self.current.get(identity, 0)
+        weighted = self.previous.get(identity, 0) * (1.0 - elapsed) + count
+        if math.floor(weighted) + 1 > limit:
+            return max(1, math.ceil(round((1.0 - elapsed) * self.window, 6)))
+        self.current[identity] = count + 1
+        return 0
+
+
 class RateLimitMiddleware:
     """Per-client rate limits in this process: by API key prefix when one is sent, else by IP address.
 
@@ -174,10 +203,10 @@ class RateLimitMiddleware:
 
     def __init__(self, app: ASGIApp, anonymous_per_minute: int, key_per_minute: int) -> None:
         self.app = app
-        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
-        self.anonymous: RateLimitItem = RateLimitItemPerMinute(anonymous_per_minute)
-        self.keyed: RateLimitItem = RateLimitItemPerMinute(key_per_minute)
-        self.keyed_ip: RateLimitItem = RateLimitItemPerMinute(max(key_per_minute, anonymous_per_minute * 10))
+        self.counter = SlidingWindowCounter()
+        self.anonymous = anonymous_per_minute
+        self.keyed = key_per_minute
+        self.keyed_ip = max(key_per_minute, anonymous_per_minute * 10)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
@@ -190,14 +219,13 @@ class RateLimitMiddleware:
             if prefix
             else [(self.anonymous, f"ip:{ip}")]
         )
-        for item, identity in checks:
-            if not self.limiter.hit(item, identity):
-                reset = self.limiter.get_window_stats(item, identity).reset_time
-                retry = max(1, math.ceil(reset - time.time()))
+        for limit, identity in checks:
+            retry = self.counter.hit(identity, limit)
+            if retry:
                 response = problem(
                     429,
                     "Too many requests",
-                    f"rate limit of {item.amount} requests per minute reached; retry in {retry} s",
+                    f"rate limit of {limit} requests per minute reached; retry in {retry} s",
                     type_slug="too-many-requests",
                     headers={"Retry-After": str(retry)},
                 )

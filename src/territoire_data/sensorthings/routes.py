@@ -52,8 +52,12 @@ async def close_pool(app: Any) -> None:
 
 @asynccontextmanager
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the shared read pool (db.readpool): no pre-ping or reset round trips per request."""
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    """A connection of the shared read pool (db.readpool): no pre-ping or reset round trips per request.
+
+    Generic plans by default (see `readpool.use_generic_plans`); `read` switches back the statements that
+    need their values to plan well.
+    """
+    async with pooled(request.app.state.engine, request.app.state.settings, generic_plans=True) as conn:
         yield conn
 
 

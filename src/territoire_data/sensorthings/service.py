@@ -170,7 +170,7 @@ async def _get(
     conn: asyncpg.Connection, ctx: read.Context, segments: list[read.Segment], params: dict[str, str], url: str
 ) -> Reply:
     opts = parse_options(params)
-    target = await read.resolve(conn, ctx, segments)
+    target = await read.resolve(conn, ctx, segments, defer_check=True)
     if target.extension == "Aggregates":
         assert target.entity_id is not None
         interval = params.get("interval", "")
@@ -195,7 +195,7 @@ async def _get(
     if target.entity_id is not None:
         if target.ref:
             return Reply(200, {"@iot.selfLink": read.self_link(ctx, target.entity, target.entity_id)})
-        return Reply(200, await read.read_entity(conn, ctx, target.entity, target.entity_id, opts))
+        return Reply(200, await read.read_entity_json(conn, ctx, target.entity, target.entity_id, opts))
     body = await read.read_collection(
         conn, ctx, target.entity, opts, scope=target.scope, url=url, params=params, ref=target.ref
     )

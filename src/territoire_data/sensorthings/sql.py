@@ -14,6 +14,7 @@ from typing import Any
 
 from territoire_data.auth.policy import Principal, member_visible_sql
 from territoire_data.errors import BadRequestError
+from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, link_prefix, members_sql, uses_links
 from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
 from territoire_data.sensorthings.odata import (
     ARITHMETIC,
@@ -142,6 +143,16 @@ def select_list(entity: EntityType, alias: str) -> str:
         if rel.kind == "parent_fk":
             columns.append(f"{alias}.{rel.column}")
     return ", ".join(columns)
+
+
+def columns_sql(entity: EntityType, alias: str, params: Params, shape: JsonShape | None) -> str:
+    """The select list: every column (`select_list`), or with a `shape` the id, the to-one foreign keys (for
+    `$expand`) and the entity's JSON members built by PostgreSQL as `__json` (see `jsonsql`)."""
+    if shape is None:
+        return select_list(entity, alias)
+    link = params.add(link_prefix(shape, entity), "text") if uses_links(entity, shape) else ""
+    keys = [f"{alias}.{rel.column}" for rel in entity.relations if rel.kind == "parent_fk"]
+    return ", ".join([f"{alias}.id", *keys, f"{members_sql(entity, alias, shape, link)} AS __json"])
 
 
 # --- expressions ---------------------------------------------------------------------------------------
@@ -528,6 +539,9 @@ class Scope:
     parent: EntityType
     parent_id: int
     relation: Relation
+    # False when the resolver left the parent's existence and visibility for the page's statement to check
+    # (one round trip instead of two on the hot path); see `read.resolve`.
+    checked: bool = True
 
 
 def scope_condition(scope: Scope, alias: str, params: Params) -> str:
@@ -573,9 +587,11 @@ def collection_query(
     top: int,
     skip: int,
     scope: Scope | None,
+    shape: JsonShape | None = None,
+    params: Params | None = None,
 ) -> Statement:
     """One page of a collection (top + 1 rows, the extra one tells that a next page exists)."""
-    params = Params()
+    params = params or Params()
     alias = "c"
     parts, compiler = where_parts(entity, alias, params, principal, filter_expr, scope)
     single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
@@ -583,8 +599,8 @@ def collection_query(
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
     sql = (
-        f"SELECT {select_list(entity, alias)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
-        f"ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        f"SELECT {columns_sql(entity, alias, params, shape)} FROM {entity.table} {alias} "
+        f"WHERE {' AND '.join(parts)} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
     )
     return Statement(sql, params.values)
 
@@ -598,18 +614,27 @@ def count_query(
 
 
 def entity_query(
-    entity: EntityType, principal: Principal, entity_id: int | None, scope: Scope | None = None
+    entity: EntityType,
+    principal: Principal,
+    entity_id: int | None,
+    scope: Scope | None = None,
+    *,
+    shape: JsonShape | None = None,
+    columns: str | None = None,
+    params: Params | None = None,
 ) -> Statement:
-    """One entity by id, or the entity reached through a navigation `scope` (optionally with an id)."""
-    params = Params()
+    """One entity by id, or the entity reached through a navigation `scope` (optionally with an id).
+
+    The select list is every column, or with `shape` the JSON of `columns_sql`, or `columns` as given.
+    """
+    params = params or Params()
     parts = [visible_sql(entity, "c", principal)]
     if scope is not None:
         parts.append(scope_condition(scope, "c", params))
     if entity_id is not None:
         parts.append(f"c.id = {params.add(entity_id, 'bigint')}")
-    return Statement(
-        f"SELECT {select_list(entity, 'c')} FROM {entity.table} c WHERE {' AND '.join(parts)} LIMIT 1", params.values
-    )
+    select = columns or columns_sql(entity, "c", params, shape)
+    return Statement(f"SELECT {select} FROM {entity.table} c WHERE {' AND '.join(parts)} LIMIT 1", params.values)
 
 
 def expand_many_query(
@@ -623,13 +648,17 @@ def expand_many_query(
     top: int,
     skip: int,
     recent_window: bool = False,
+    shape: JsonShape | None = None,
 ) -> Statement:
     """The expanded to-many relation of many parents in one statement: a LATERAL page per parent.
 
     `recent_window` (latest Observations of Datastreams, see `latest_window_applies`) bounds each page to the
-    31 days before the Datastream's last phenomenonTime, so run-time partition pruning reads one or two monthly
-    partitions per Datastream instead of all of them; the caller re-reads without the window any Datastream
-    for which it found fewer rows than the page needs, so the answer stays exact.
+    day before the Datastream's last phenomenonTime (its extent, kept by the observation triggers) and to no
+    later than that or now, so run-time partition pruning reads one monthly partition per Datastream (two at a
+    month's start) instead of all of them, future and default ones included; the caller re-reads without the
+    window any Datastream for which it found fewer rows than the page needs, so the answer stays exact.
+    A day rather than a month: at 10 M observations the month-wide probe cost six times as much (the planner
+    sorts a month of a busy Datastream instead of walking the index backwards).
     """
     entity = BY_NAME[relation.target]
     params = Params()
@@ -637,7 +666,10 @@ def expand_many_query(
     alias = "c"
     compiler = ExprCompiler(entity, alias, params, principal)
     parts = [relation.condition("p", alias)]
-    if not implied_visible(parent, relation):
+    if parent.name == "Thing" and relation.name == "Datastreams":
+        # the parents are visible Things: only the Datastreams' own dataset is left to check
+        parts.append(member_visible_sql(principal, f"{alias}.dataset_id"))
+    elif not implied_visible(parent, relation):
         parts.append(visible_sql(entity, alias, principal))
     if filter_expr is not None:
         parts.append(compiler.condition(filter_expr))
@@ -648,10 +680,11 @@ def expand_many_query(
     source = f"unnest({ids}) AS p(id)"
     if recent_window:
         source += " JOIN datastream w ON w.id = p.id"
-        parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '31 days'")
+        parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '1 day'")
+        parts.append(f"{alias}.phenomenon_time <= greatest(w.phenomenon_time_end, now())")
     sql = (
         f"SELECT p.id AS __parent, x.* FROM {source} CROSS JOIN LATERAL "
-        f"(SELECT {select_list(entity, alias)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
+        f"(SELECT {columns_sql(entity, alias, params, shape)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
         f"ORDER BY {order} LIMIT {limit} OFFSET {offset}) x"
     )
     return Statement(sql, params.values)
@@ -690,12 +723,14 @@ def expand_count_query(
     return Statement(sql, params.values)
 
 
-def expand_one_query(entity: EntityType, principal: Principal, ids: list[int]) -> Statement:
+def expand_one_query(
+    entity: EntityType, principal: Principal, ids: list[int], shape: JsonShape | None = None
+) -> Statement:
     """The targets of a to-one relation of many parents, by id."""
     params = Params()
     placeholder = params.add(ids, "bigint[]")
     sql = (
-        f"SELECT {select_list(entity, 'c')} FROM {entity.table} c WHERE c.id = ANY({placeholder}) "
+        f"SELECT {columns_sql(entity, 'c', params, shape)} FROM {entity.table} c WHERE c.id = ANY({placeholder}) "
         f"AND {visible_sql(entity, 'c', principal)}"
     )
     return Statement(sql, params.values)
@@ -791,3 +826,13 @@ def aggregate_query(
         f"FROM {source} WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
     )
     return Statement(sql, params.values), bounds is not None
+
+
+def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:
+    """`aggregate_query`'s rows as one JSON object each (`__json`), in the same order: built by PostgreSQL,
+    as `{"phenomenonTime": "start/end", "min": 1.5, ..., "count": 96}` (numbers as float8, counts as bigint)."""
+    members = [f"'{{\"phenomenonTime\":' || {interval_json('a.bucket_start', 'a.bucket_end')}"]
+    for name in functions:
+        cast = "bigint" if name == "count" else "double precision"
+        members.append(f"',\"{name}\":' || COALESCE(to_json(a.{name}::{cast})::text, 'null')")
+    return Statement(f"SELECT {' || '.join(members)} || '}}' AS __json FROM ({stmt.sql}) a", stmt.params)
