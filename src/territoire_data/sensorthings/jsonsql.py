@@ -10,8 +10,10 @@ the same members left out when null, the same `$select` rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import orjson
 
@@ -84,11 +86,44 @@ def _value(prop: Prop, alias: str) -> str:
     return f"to_json({column})::text"
 
 
-def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: str) -> str:
+Bind = Callable[[Any, str], str]  # binds a value with a cast, returns its placeholder (`sql.Params.add`)
+PathTree = dict[str, "PathTree"]
+
+
+def _json_paths(select: tuple[str, ...]) -> dict[str, PathTree]:
+    """`$select=properties/owner,properties/a/b`: the member trees wanted inside each JSON property (whose name
+    is not itself selected whole)."""
+    trees: dict[str, PathTree] = {}
+    for name in select:
+        head, *rest = name.split("/")
+        if not rest or head in select:
+            continue
+        node = trees.setdefault(head, {})
+        for part in rest:
+            node = node.setdefault(part, {})
+    return trees
+
+
+def _subset(column: str, tree: PathTree, bind: Bind, prefix: tuple[str, ...] = ()) -> str:
+    """SQL text of the JSON object holding only the members of `tree` found in the jsonb `column`: a leaf is
+    left out when missing or null, as `read.select_json_paths` does; every key is a bound value."""
+    rows = []
+    for name, sub in tree.items():
+        path = (*prefix, name)
+        value = f"{_subset(column, sub, bind, path)}::jsonb" if sub else f"({column} #> {bind(list(path), 'text[]')})"
+        rows.append(f"({bind(name, 'text')}, {value})")
+    return (
+        f"COALESCE((SELECT jsonb_object_agg(k, v) FROM (VALUES {', '.join(rows)}) AS t(k, v) "  # noqa: S608 (placeholders)
+        "WHERE v IS NOT NULL AND v <> 'null'::jsonb), '{}'::jsonb)::text"
+    )
+
+
+def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: str, bind: Bind | None = None) -> str:
     """SQL text giving `{"@iot.id":1,...` (no closing brace) for a row of `entity` under `alias`.
 
     `link_param` is the placeholder of the bound JSON-escaped prefix of the entity's links, `"<base>/<plural>(`
     with its opening quote (see `link_prefix`): the id, `)` and the relation's name complete each link.
+    `bind` binds the member names of `$select=properties/owner` (user input, so never written into the SQL).
     """
     link = f"{link_param} || {alias}.id || ')"
     pieces: list[str] = []  # SQL text pieces, the first always present (it opens the object)
@@ -111,9 +146,13 @@ def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: st
         members.append(f"{_literal(key('@iot.id'))} || {alias}.id")
     if "@iot.selfLink" in chosen:
         members.append(f"{_literal(key('@iot.selfLink'))} || {link}\"'")
+    trees = _json_paths(select) if bind is not None else {}
     for prop in entity.props:
         if prop.wire != "id" and prop.wire in chosen:
             members.append(f"{_literal(key(prop.wire))} || COALESCE({_value(prop, alias)}, 'null')")
+        elif prop.kind == "json" and prop.wire in trees and bind is not None:
+            column = f"{alias}.{prop.column}::jsonb"
+            members.append(f"{_literal(key(prop.wire))} || {_subset(column, trees[prop.wire], bind)}")
     for rel in entity.relations:
         if rel.name in chosen:
             members.append(f"{_literal(key(rel.name + '@iot.navigationLink'))} || {link}/{rel.name}\"'")

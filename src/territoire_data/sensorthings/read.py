@@ -233,12 +233,11 @@ def select_json_paths(entity: EntityType, row: asyncpg.Record, select: tuple[str
         value = prop_value(prop, row)
         for key in rest:
             value = value.get(key) if isinstance(value, dict) else None
-        if value is None:
-            continue
-        node = out.setdefault(head, {})
+        node = out.setdefault(head, {})  # the selected property is always written (as PostgreSQL's JSON does)
         for key in rest[:-1]:
             node = node.setdefault(key, {})
-        node[rest[-1]] = value
+        if value is not None:
+            node[rest[-1]] = value
 
 
 def check_select(entity: EntityType, opts: QueryOptions, where: str = "$select") -> None:

@@ -152,7 +152,7 @@ def columns_sql(entity: EntityType, alias: str, params: Params, shape: JsonShape
         return select_list(entity, alias)
     link = params.add(link_prefix(shape, entity), "text") if uses_links(entity, shape) else ""
     keys = [f"{alias}.{rel.column}" for rel in entity.relations if rel.kind == "parent_fk"]
-    return ", ".join([f"{alias}.id", *keys, f"{members_sql(entity, alias, shape, link)} AS __json"])
+    return ", ".join([f"{alias}.id", *keys, f"{members_sql(entity, alias, shape, link, params.add)} AS __json"])
 
 
 # --- expressions ---------------------------------------------------------------------------------------

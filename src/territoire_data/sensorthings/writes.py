@@ -27,8 +27,8 @@ DATASET_ANNOTATION = "@territoire.dataset"
 
 # The datasets an entity belongs to, whose write grant a publisher needs to change it (admins change anything).
 # Things, Datastreams (own dataset and the Thing's), Observations and HistoricalLocations belong to theirs;
-# shared entities to the datasets of everything that uses them. No dataset (null, or an unused shared entity)
-# means only admins may change it, as `policy.can_write(None)` says.
+# shared entities to the datasets of everything that uses them. Null members are left aside; no dataset at all
+# (or an unused shared entity) means only admins may change it, as `policy.can_write(None)` says.
 _DATASETS_OF: dict[str, str] = {
     "Thing": "SELECT dataset_id FROM thing WHERE id = $1",
     "Datastream": "SELECT d.dataset_id FROM datastream d WHERE d.id = $1 "
@@ -120,12 +120,14 @@ class Writer:
         write grant on every dataset it belongs to."""
         if self.principal.is_admin or (entity.name, entity_id) in self._writable:
             return
-        datasets = [r[0] for r in await self.conn.fetch(_DATASETS_OF[entity.name], entity_id)]
+        # A member of no dataset (a Thing an admin created without one) is left aside: a Datastream of a granted
+        # dataset on such a Thing is the publisher's to feed; an entity of no dataset at all stays admin-only.
+        datasets = [r[0] for r in await self.conn.fetch(_DATASETS_OF[entity.name], entity_id) if r[0] is not None]
         if not datasets or not all(can_write(self.principal, d) for d in datasets):
             raise ForbiddenError(
                 f"this key may not change {entity.name}({entity_id}): it needs a write grant on its dataset"
             )
-        self.datasets.update(d for d in datasets if d is not None)
+        self.datasets.update(datasets)
         self._writable.add((entity.name, entity_id))
 
     async def existing_writable(self, entity: EntityType, entity_id: Any) -> int:
