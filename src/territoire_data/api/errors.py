@@ -116,16 +116,33 @@ def _timeout_problem(request: Request) -> Response:
     )
 
 
-async def _query_canceled(request: Request, exc: Exception) -> Response:
-    return _timeout_problem(request)
+def _refused_value_problem(request: Request, message: str) -> Response:
+    return problem(
+        400,
+        "Invalid value",
+        f"the database refused a value of the request: {message.splitlines()[0][:300]}",
+        type_slug="invalid-value",
+        instance=request.url.path,
+    )
+
+
+async def _postgres_error(request: Request, exc: Exception) -> Response:
+    """A statement timeout is a 503; a data exception (class 22: a NUL character, a malformed number or date)
+    comes from a value of the request, so it is a 400; anything else is our failure, a 500."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == QUERY_CANCELED:
+        return _timeout_problem(request)
+    if state.startswith("22"):
+        return _refused_value_problem(request, str(exc))
+    return await _unexpected_error(request, exc)
 
 
 async def _dbapi_error(request: Request, exc: Exception) -> Response:
-    """SQLAlchemy wraps the driver's errors: a statement timeout under it is a 503 too, anything else a 500."""
+    """SQLAlchemy wraps the driver's errors: the same mapping applies to the asyncpg error under it."""
     assert isinstance(exc, DBAPIError)
     cause = exc.orig.__cause__ if exc.orig is not None else None
-    if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED or isinstance(cause, asyncpg.QueryCanceledError):
-        return _timeout_problem(request)
+    if isinstance(cause, asyncpg.PostgresError):
+        return await _postgres_error(request, cause)
     return await _unexpected_error(request, exc)
 
 
@@ -138,7 +155,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TerritoireError, _territoire_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(asyncpg.QueryCanceledError, _query_canceled)
+    app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
     app.add_exception_handler(DBAPIError, _dbapi_error)
     app.add_exception_handler(Exception, _unexpected_error)
 

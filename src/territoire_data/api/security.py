@@ -77,6 +77,14 @@ class QueryLimitMiddleware:
             )
             await response(scope, receive, send)
             return
+        url = (scope.get("raw_path") or b"") + scope.get("query_string", b"")
+        if b"%00" in url or b"\x00" in url:
+            # No text column can hold a NUL character: refused here, once, for every door.
+            response = problem(
+                400, "Invalid request", "the URL holds a NUL character (%00)", type_slug="invalid-request"
+            )
+            await response(scope, receive, send)
+            return
         use_limits(self.limits)
         await self.app(scope, receive, send)
 
