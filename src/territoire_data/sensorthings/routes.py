@@ -154,6 +154,11 @@ async def put_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, await request.body())
 
 
-@router.delete("/{path:path}", summary="Delete an entity with the standard's cascades, or a $ref link", **_WRITE_DOC)
+@router.delete(
+    "/{path:path}",
+    summary="Delete an entity with the standard's cascades, or a $ref link",
+    response_class=Response,  # 200 without a body, as the standard says
+    **_WRITE_DOC,
+)
 async def delete_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, b"")
