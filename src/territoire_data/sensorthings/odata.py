@@ -379,7 +379,10 @@ def parse_orderby(text: str, option: str = "$orderby", limits: QueryLimits | Non
     items: list[OrderItem] = []
     while True:
         parser.limits.check(option, "sort_max_keys", "the number of sort keys", len(items) + 1)
+        start = parser.current
         expr = parser.parse_additive()
+        if isinstance(expr, Lit):  # ORDER BY a constant orders nothing (and PostgreSQL refuses ORDER BY NULL)
+            raise parser.error(f"cannot order by the constant {start.text!r}; name a property", start)
         descending = False
         if parser.is_word("asc", "desc"):
             descending = parser.advance().text.lower() == "desc"
