@@ -84,3 +84,19 @@ async def test_a_property_value_is_documented_as_plain_text(client: httpx.AsyncC
     contract = (await client.get("/openapi.json")).json()
     documented = contract["paths"]["/sta/v1.1/{path}"]["get"]["responses"]["200"]["content"]
     assert "text/plain" in documented
+
+
+async def test_cql2_expressions_postgresql_cannot_type_are_400s(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await create_dataset(client, "points", "Points")
+    await add_point_table(db, "points", POINTS)
+    for flt in (
+        "NOT ((BBOX(2,48,3,49) IN (geometry, '', BBOX(2,48,3,49))) IS NULL)",  # geometry = text: ambiguous
+        "NOT (T_BEFORE(1, NULL))",  # a parameter of no type
+    ):
+        for path in ("/ogcapi/collections/points/items", "/ogcapi/collections/points/tiles/WebMercatorQuad/5/16/11"):
+            response = await client.get(path, params={"filter": flt})
+            assert response.status_code == 400, (path, flt, response.text)
+        response = await client.get("/api/v1/datasets/points/records", params={"where": flt})
+        assert response.status_code == 400, (flt, response.text)
