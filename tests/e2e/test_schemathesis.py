@@ -34,7 +34,7 @@ from tests.conftest import make_settings as _make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db, pytest.mark.slow]
 
-EXAMPLES = int(os.environ.get("TERRITOIRE_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("TERRITOIRE_FUZZ_EXAMPLES", "60"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
