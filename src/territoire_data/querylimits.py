@@ -7,7 +7,7 @@ setting that changes it. The parsers measure their trees without recursion, so n
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from territoire_data.errors import BadRequestError
@@ -44,15 +44,8 @@ class QueryLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QueryLimits:
-        return cls(
-            filter_max_nodes=settings.filter_max_nodes,
-            filter_max_depth=settings.filter_max_depth,
-            filter_max_literal_length=settings.filter_max_literal_length,
-            filter_max_coordinates=settings.filter_max_coordinates,
-            sort_max_keys=settings.sort_max_keys,
-            sta_max_expand_depth=settings.sta_max_expand_depth,
-            sta_max_expand_items=settings.sta_max_expand_items,
-        )
+        """Each limit is the setting of the same name (TERRITOIRE_ + its name in capitals)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     def check(self, parameter: str, limit_field: str, what: str, found: int) -> None:
         """Raise QueryLimitError when `found` is over the limit named by the field `limit_field`."""

@@ -14,6 +14,12 @@ from territoire_data.errors import BadRequestError
 from territoire_data.features import cql2sql
 from territoire_data.querylimits import QueryLimitError, QueryLimits, check_json_tree, use_limits
 from territoire_data.sensorthings.odata import count_nodes, parse_filter, parse_options
+from territoire_data.settings import Settings
+
+
+def test_the_parsers_defaults_are_the_settings_defaults() -> None:
+    defaults = Settings(_env_file=None, database_url="postgresql://u@h/d")  # type: ignore[call-arg]
+    assert QueryLimits.from_settings(defaults) == QueryLimits()
 
 
 def test_odata_nesting_is_bounded_before_python_recursion_is() -> None:
