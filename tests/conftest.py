@@ -105,10 +105,8 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.fixture
-async def db(engine: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A clean core schema for the test (tables emptied, typed dataset tables dropped) and a raw connection."""
-    connection = await asyncpg.connect(database_url)
+async def reset_database(connection: asyncpg.Connection) -> None:
+    """Empty the core tables, drop the typed dataset tables, and add the known admin key (TEST_ADMIN_AUTH)."""
     await connection.execute(f"TRUNCATE {CORE_TABLES} RESTART IDENTITY CASCADE")
     # A known admin key, through the real key path: tests send TEST_ADMIN_AUTH to write.
     await connection.execute(
@@ -117,6 +115,13 @@ async def db(engine: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Co
         hashlib.sha256(TEST_ADMIN_KEY.encode()).hexdigest(),
     )
     await connection.execute("DROP SCHEMA IF EXISTS datasets CASCADE; CREATE SCHEMA datasets")
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A clean core schema for the test (tables emptied, typed dataset tables dropped) and a raw connection."""
+    connection = await asyncpg.connect(database_url)
+    await reset_database(connection)
     try:
         yield connection
     finally:

@@ -118,7 +118,7 @@ def serve(
 @app.command("sta-mqtt")
 @clear_errors
 def sta_mqtt() -> None:
-    """Run the SensorThings MQTT bridge: publish stored Observations, create those published to v1.1/..."""
+    """Run the SensorThings MQTT bridge: publish created and changed entities, create published Observations."""
     import signal
 
     from territoire_data.sensorthings.mqtt import StaMqttBridge

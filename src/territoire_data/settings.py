@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=True,
         description="the SensorThings MQTT bridge (territoire-data sta-mqtt) runs: advertise MQTT in the service root",
     )
+    sta_mqtt_select_topics: list[str] = Field(
+        default_factory=list,
+        description="$select topics the MQTT bridge always publishes, e.g. v1.1/Observations?$select=result",
+    )
     max_url_length: int = Field(default=8192, ge=256, le=65_536, description="path and query string, in bytes")
     filter_max_nodes: int = Field(default=500, ge=1, description="nodes of the filters of one request")
     filter_max_depth: int = Field(default=32, ge=1, le=200, description="nesting of a filter expression")

@@ -68,6 +68,18 @@ def _scenario(url: str) -> None:
             {"op": "add", "path": "/properties/floors", "value": 3},
         ],
     )
+    # $select, and $select inside $expand, as FROST's query builder writes them
+    selected = list(
+        service.things()
+        .query()
+        .select("name,id")
+        .expand("Datastreams($select=name,id;$expand=Sensor($select=name))")
+        .list()
+    )
+    assert [(t.id, t.name, t.description) for t in selected] == [(thing.id, "Station Bellecour", None)]
+    expanded = list(selected[0].datastreams)
+    assert [(d.id, d.name, d.unit_of_measurement) for d in expanded] == [(datastream.id, "temperature", None)]
+    assert expanded[0].sensor.name == "DHT22"
     fetched = service.things().find(thing.id)
     assert fetched.name == "Station Bellecour"
     assert fetched.properties == {"owner": "Lyon", "floors": 3}

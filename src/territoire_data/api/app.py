@@ -23,6 +23,7 @@ from territoire_data.api.errors import document_problems, install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
+    PrivateCacheMiddleware,
     QueryLimitMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -79,9 +80,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: headers, body limit, URL length and query limits, rate limit, CORS, metrics, then the
-    # request id outermost.
+    # Added innermost first: headers, private caching, body limit, URL length and query limits, rate limit, CORS,
+    # metrics, then the request id outermost.
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(PrivateCacheMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(
         QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)

@@ -51,6 +51,59 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+_VARY_CREDENTIALS = ("Authorization", "X-API-Key")
+
+
+def carries_credentials(scope: Scope) -> bool:
+    return any(name in CREDENTIAL_HEADERS and value.strip() for name, value in scope.get("headers", []))
+
+
+class PrivateCacheMiddleware:
+    """What a key reads stays out of shared caches, on every door at once.
+
+    A response to a request that carries credentials (Authorization, X-API-Key) is `private`: a proxy or CDN never
+    stores it, so it cannot serve a restricted dataset to someone else (X-API-Key, unlike Authorization, does not
+    stop a shared cache on its own). Cacheable responses also say `Vary: Authorization, X-API-Key`, so that an
+    anonymous copy is not served to a key that sees more.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        keyed = carries_credentials(scope)
+
+        async def send_private(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _cache_headers(list(message.get("headers", [])), keyed)
+            await send(message)
+
+        await self.app(scope, receive, send_private)
+
+
+def _cache_headers(headers: list[tuple[bytes, bytes]], keyed: bool) -> list[tuple[bytes, bytes]]:
+    control = next((v.decode("latin-1") for n, v in headers if n == b"cache-control"), None)
+    cacheable = control is not None and "no-store" not in control
+    if keyed:
+        directives = [d.strip() for d in (control or "").split(",") if d.strip()]
+        directives = ["private" if d.lower() == "public" else d for d in directives if not d.lower().startswith("s-")]
+        if "private" not in (d.lower() for d in directives):
+            directives.insert(0, "private")
+        control = ", ".join(directives)
+        headers = [(n, v) for n, v in headers if n != b"cache-control"] + [(b"cache-control", control.encode())]
+    if cacheable or keyed:
+        vary = [v.strip() for n, value in headers if n == b"vary" for v in value.decode("latin-1").split(",")]
+        if "*" not in vary:
+            present = {v.lower() for v in vary if v}
+            vary = [v for v in vary if v] + [v for v in _VARY_CREDENTIALS if v.lower() not in present]
+            headers = [(n, v) for n, v in headers if n != b"vary"] + [(b"vary", ", ".join(vary).encode())]
+    return headers
+
+
 class QueryLimitMiddleware:
     """Refuse a URL over the length limit (414, before any parsing), and put the query cost limits of the
     settings in force for the request (the parsers of every door read them)."""

@@ -93,3 +93,14 @@ def dataset_visible_sql(principal: Principal, alias: str = "dataset") -> str:
     readable = ",".join(str(int(i)) for i in sorted(principal.readable))
     grant = f" OR {alias}.id IN ({readable})" if readable else ""
     return f"({alias}.access = 'public'{grant})"
+
+
+def datastream_visible_sql(principal: Principal, alias: str) -> str:
+    """A Datastream (alias) is visible when its own dataset and its Thing's both are (as on /sta/v1.1)."""
+    if principal.is_admin:
+        return "TRUE"
+    thing = f"{alias}_th"
+    return (
+        f"({member_visible_sql(principal, f'{alias}.dataset_id')} AND EXISTS (SELECT 1 FROM thing {thing} "
+        f"WHERE {thing}.id = {alias}.thing_id AND {member_visible_sql(principal, f'{thing}.dataset_id')}))"
+    )

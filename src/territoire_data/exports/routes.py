@@ -14,7 +14,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from territoire_data.auth.policy import ANONYMOUS, member_visible_sql
+from territoire_data.auth.deps import get_principal
+from territoire_data.auth.policy import datastream_visible_sql
 from territoire_data.db.readpool import pooled, read_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
@@ -78,8 +79,9 @@ async def records(
     limit: str | None = Query(None, description=f"Page size, 1..{RECORDS_MAX} (default 10)"),
     offset: str | None = Query(None, description="Records to skip"),
 ) -> Response:
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
+        collection = await get_collection(conn, slug, principal, sensors=False)
         etag = etag_for("records", collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
         if cached is not None:
@@ -138,8 +140,9 @@ async def export_dataset(
     delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
     bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
 ) -> Response:
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        collection = await get_collection(conn, slug, ANONYMOUS, sensors=False)
+        collection = await get_collection(conn, slug, principal, sensors=False)
         etag = etag_for("export", fmt, collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
         if cached is not None:
@@ -190,11 +193,10 @@ async def export_observations(
                 datetime.fromisoformat(value)
             except ValueError:
                 raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
+    principal = await get_principal(request)
+    visible = datastream_visible_sql(principal, "ds")
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await conn.fetchval(
-            f"SELECT ds.name FROM datastream ds WHERE ds.id = $1 AND {member_visible_sql(ANONYMOUS, 'ds.dataset_id')}",
-            datastream_id,
-        )
+        found = await conn.fetchval(f"SELECT ds.name FROM datastream ds WHERE ds.id = $1 AND {visible}", datastream_id)
     if found is None:
         raise NotFoundError(f"no datastream {datastream_id}")
 

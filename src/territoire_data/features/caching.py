@@ -12,6 +12,9 @@ from starlette.responses import Response
 from territoire_data import __version__
 
 CACHE_CONTROL = "public, max-age=60, must-revalidate"
+# What a response may differ by: the format, and who asks (a key may see restricted datasets). Requests that
+# carry credentials get `private` instead of `public` (api.security.PrivateCacheMiddleware, for every door).
+VARY = "Accept, Accept-Encoding, Authorization, X-API-Key"
 
 
 def etag_for(*parts: object) -> str:
@@ -25,7 +28,7 @@ def http_date(moment: datetime) -> str:
 
 
 def validators(etag: str | None, modified: datetime | None) -> dict[str, str]:
-    headers = {"Cache-Control": CACHE_CONTROL, "Vary": "Accept, Accept-Encoding"}
+    headers = {"Cache-Control": CACHE_CONTROL, "Vary": VARY}
     if etag:
         headers["ETag"] = etag
     if modified is not None:

@@ -9,7 +9,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from territoire_data.auth.policy import ANONYMOUS, Principal, dataset_visible_sql, member_visible_sql
+from territoire_data.auth.policy import (
+    ANONYMOUS,
+    Principal,
+    dataset_visible_sql,
+    datastream_visible_sql,
+    member_visible_sql,
+)
 from territoire_data.db.bulk import quote_ident
 from territoire_data.errors import NotFoundError
 
@@ -167,9 +173,10 @@ async def _sensors_collection(conn: asyncpg.Connection, principal: Principal) ->
         "SELECT ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax "
         f"FROM (SELECT ST_Extent(t.geom)::geometry AS e FROM {source} t) x"
     )
+    # The temporal extent counts only Datastreams visible both by their own dataset and by their Thing's.
     times = await conn.fetchrow(
         "SELECT min(ds.phenomenon_time_start) AS s, max(ds.phenomenon_time_end) AS e FROM datastream ds "
-        f"WHERE {member_visible_sql(principal, 'ds.dataset_id')}"
+        f"WHERE {datastream_visible_sql(principal, 'ds')}"
     )
     bbox = None
     if row is not None and row["xmin"] is not None:
@@ -205,10 +212,8 @@ async def get_collection(
     row = await conn.fetchrow(_dataset_query(principal, "d.slug = $1"), collection_id)
     if row is not None:
         found = _dataset_collection(row)
-        if principal == ANONYMOUS:
-            remember(found)
+        remember(found)  # its shape only: whoever reads it later is checked again (guard_sql)
         return found
-    _CACHE.pop(collection_id, None)
     if sensors and collection_id == SENSORS_ID:
         return await _sensors_collection(conn, principal)
     raise NotFoundError(f"no collection {collection_id!r}")
@@ -217,8 +222,12 @@ async def get_collection(
 # --- a cache of table collections, always checked by the query that uses it -----------------------------------
 #
 # Small requests pay mostly for round trips. A request may build its SQL from the collection it saw last time,
-# provided the statement itself checks (guard_sql) that the dataset is unchanged and still visible: rows come
-# back only if so; when none do, the caller asks again the long way. So the cache is never trusted alone.
+# provided the statement itself checks (guard_sql) that the dataset is unchanged and visible to the principal of
+# *this* request: rows come back only if so; when none do, the caller asks again the long way (which answers 404
+# for a dataset hidden from it). So the cache is never trusted alone. It holds a table dataset's shape (columns,
+# extent, modification time), which is the same whoever asks: what differs is only whether one may see it, and
+# that is decided in the statement, never by the cache, so a shape remembered from an admin's request cannot
+# serve an anonymous one. A dataset hidden from one caller stays cached for the others (no eviction by a 404).
 
 _CACHE: dict[str, Collection] = {}
 _CACHE_MAX = 1024

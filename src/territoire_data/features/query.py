@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.errors import BadRequestError
 from territoire_data.features.collections import Collection, Field, guard_sql
 from territoire_data.features.cql2sql import to_sql
@@ -129,15 +130,18 @@ def order_sql(query: ItemsQuery) -> str:
     return ", ".join(keys)
 
 
-def items_sql(collection: Collection, query: ItemsQuery, *, guarded: bool = False) -> tuple[str, list[Any]]:
+def items_sql(
+    collection: Collection, query: ItemsQuery, *, guarded: bool = False, principal: Principal = ANONYMOUS
+) -> tuple[str, list[Any]]:
     """The page of features, one more than `limit` so that we know whether a next page exists.
 
-    `guarded`: the collection came from the cache, so the statement also checks it is current (guard_sql).
+    `guarded`: the collection came from the cache, so the statement also checks that it is current and visible
+    to `principal` (guard_sql).
     """
     params = Params()
     where = where_sql(collection, query, params)
     if guarded:
-        where = f"{guard_sql(collection, params)} AND {where}"
+        where = f"{guard_sql(collection, params, principal)} AND {where}"
     limit = params.add(query.limit + 1, "bigint")
     offset = params.add(query.offset, "bigint")
     sql = (
@@ -155,9 +159,16 @@ def count_sql(collection: Collection, query: ItemsQuery, cap: int) -> tuple[str,
     return f"SELECT count(*) FROM (SELECT 1 FROM {collection.source} t WHERE {where} LIMIT {limit}) c", params.values
 
 
-def item_sql(collection: Collection, query: ItemsQuery, fid: int, *, guarded: bool = False) -> tuple[str, list[Any]]:
+def item_sql(
+    collection: Collection,
+    query: ItemsQuery,
+    fid: int,
+    *,
+    guarded: bool = False,
+    principal: Principal = ANONYMOUS,
+) -> tuple[str, list[Any]]:
     params = Params()
     where = f"t._fid = {params.add(fid, 'bigint')}"
     if guarded:
-        where = f"{guard_sql(collection, params)} AND {where}"
+        where = f"{guard_sql(collection, params, principal)} AND {where}"
     return f"SELECT {feature_sql(collection, query)} FROM {collection.source} t WHERE {where}", params.values

@@ -13,7 +13,8 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from territoire_data.auth.policy import ANONYMOUS
+from territoire_data.auth.deps import get_principal
+from territoire_data.auth.policy import Principal
 from territoire_data.db.readpool import pooled
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.features import cql2sql, html, tiles
@@ -140,8 +141,9 @@ async def api_definition(request: Request, f: str | None = FORMAT_PARAM) -> Resp
     if _wants_html(request):
         root = request.scope.get("root_path", "").rstrip("/")
         return Response(status_code=303, headers={"Location": f"{root}/docs"})
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await list_collections(conn, ANONYMOUS)
+        found = await list_collections(conn, principal)
     document = openapi_30(request.app.openapi(), prefix="/ogcapi", server=_base(request), collections=found)
     return _json(document, OPENAPI_JSON)
 
@@ -300,8 +302,9 @@ def _collections_etag(collections: list[Collection]) -> tuple[str | None, dateti
 @router.get("/collections", summary="Collections", response_class=Response)
 async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await list_collections(conn, ANONYMOUS)
+        found = await list_collections(conn, principal)
     base = _base(request)
     etag, modified = _collections_etag(found)
     body = {
@@ -322,8 +325,9 @@ async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Respons
 @router.get("/collections/{collectionId}", summary="One collection", response_class=Response)
 async def collection(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await get_collection(conn, collectionId, ANONYMOUS)
+        found = await get_collection(conn, collectionId, principal)
     etag = None
     if found.modified_at is not None:
         etag = etag_for("collection", found.id, found.dataset_id, found.modified_at, html_page)
@@ -338,8 +342,9 @@ async def collection(request: Request, collectionId: str, f: str | None = FORMAT
 
 @router.get("/collections/{collectionId}/queryables", summary="Queryables (JSON Schema)", response_class=Response)
 async def queryables(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await get_collection(conn, collectionId, ANONYMOUS)
+        found = await get_collection(conn, collectionId, principal)
     properties: dict[str, Any] = {
         "geometry": {"format": "geometry-any", "title": "Géométrie", "x-ogc-role": "primary-geometry"},
         "id": {"type": "integer", "title": "Identifiant", "x-ogc-role": "id"},
@@ -416,10 +421,10 @@ async def _from_cache(
 
 
 async def _items_fast(
-    conn: asyncpg.Connection, collection: Collection, params: dict[str, str]
+    conn: asyncpg.Connection, collection: Collection, params: dict[str, str], principal: Principal
 ) -> tuple[ItemsQuery, list[asyncpg.Record]] | None:
     query = parse_items_query(params, collection)
-    rows = await fetch_checked(conn, *items_sql(collection, query, guarded=True))
+    rows = await fetch_checked(conn, *items_sql(collection, query, guarded=True, principal=principal))
     return (query, rows) if rows else None
 
 
@@ -427,13 +432,14 @@ async def _items_fast(
 async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     params = _query_dict(request)
     html_page = _wants_html(request)
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        fast = await _from_cache(request, collectionId, lambda c: _items_fast(conn, c, params))
+        fast = await _from_cache(request, collectionId, lambda c: _items_fast(conn, c, params, principal))
         if fast is not None:
             found, (query, rows) = fast
             etag = _items_etag(request, found, html_page)
         else:
-            found = await get_collection(conn, collectionId, ANONYMOUS)
+            found = await get_collection(conn, collectionId, principal)
             etag = _items_etag(request, found, html_page)
             cached = not_modified(request, etag, found.modified_at)
             if cached is not None:
@@ -503,9 +509,10 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
 
     async def item_fast(collection: Collection) -> tuple[ItemsQuery, list[asyncpg.Record]] | None:
         query = item_query(collection)
-        rows = await fetch_checked(conn, *item_sql(collection, query, fid, guarded=True))
+        rows = await fetch_checked(conn, *item_sql(collection, query, fid, guarded=True, principal=principal))
         return (query, rows) if rows else None
 
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
         fast = await _from_cache(request, collectionId, item_fast)
         if fast is not None:
@@ -513,7 +520,7 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
             etag = _items_etag(request, found, html_page)
             etag = etag_for(etag, featureId) if etag else None
         else:
-            found = await get_collection(conn, collectionId, ANONYMOUS)
+            found = await get_collection(conn, collectionId, principal)
             etag = _items_etag(request, found, html_page)
             if etag is not None:
                 etag = etag_for(etag, featureId)
@@ -593,8 +600,9 @@ def _tileset(collection: Collection, base: str) -> dict[str, Any]:
 
 @router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection", response_class=Response)
 async def tilesets(request: Request, collectionId: str) -> Response:
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await get_collection(conn, collectionId, ANONYMOUS)
+        found = await get_collection(conn, collectionId, principal)
     base = _base(request)
     tileset = _tileset(found, base)
     return _json(
@@ -609,8 +617,9 @@ async def tilesets(request: Request, collectionId: str) -> Response:
     "/collections/{collectionId}/tiles/WebMercatorQuad", summary="Vector tileset metadata", response_class=Response
 )
 async def tileset(request: Request, collectionId: str) -> Response:
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await get_collection(conn, collectionId, ANONYMOUS)
+        found = await get_collection(conn, collectionId, principal)
     return _json(_tileset(found, _base(request)))
 
 
@@ -625,8 +634,9 @@ async def tile(request: Request, collectionId: str, z: int, x: int, y: int) -> R
     unknown = set(params) - {"filter", "filter-lang", "filter-crs", "datetime", "properties"}
     if unknown:
         raise BadRequestError(f"unknown query parameter {sorted(unknown)[0]!r}")
+    principal = await get_principal(request)
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await get_collection(conn, collectionId, ANONYMOUS)
+        found = await get_collection(conn, collectionId, principal)
         etag = None
         if found.modified_at is not None:
             etag = etag_for("tile", found.id, found.dataset_id, found.modified_at, z, x, y, request.url.query)

@@ -1,10 +1,14 @@
-"""SensorThings MQTT extension: publish every stored Observation, and create Observations published to us.
+"""SensorThings MQTT extension: publish every created or changed entity, and create Observations published to us.
 
 Receiving updates: a statement-level trigger (migration 0002_sta) sends `pg_notify('sta_observation', ids)` for
-every statement that stores Observations, whatever wrote them (HTTP, CSV import, the MQTT ingest worker). The
-bridge LISTENs, reads the new rows and publishes each visible one, serialized as over HTTP, on
-`v1.1/Datastreams(<id>)/Observations`, `v1.1/FeaturesOfInterest(<id>)/Observations` and `v1.1/Observations`.
-One bridge publishes at a time (a PostgreSQL advisory lock elects it), so several replicas never duplicate.
+every statement that stores Observations, whatever wrote them (HTTP, CSV import, the MQTT ingest worker); the
+triggers of migration 0003_stagaps send `pg_notify('sta_entity', ...)` for the other entity types (created,
+updated, linked) and for changed Observations. The bridge LISTENs, reads the rows and publishes each one visible
+to anonymous readers, serialized as over HTTP, on the topics of section 14.2 of the standard (`events` says
+which), e.g. `v1.1/Datastreams(<id>)/Observations`, `v1.1/FeaturesOfInterest(<id>)/Observations`,
+`v1.1/Observations`, `v1.1/Things`, `v1.1/Things(<id>)`, `v1.1/Things(<id>)/name`, and the `$select` topics of
+its `SelectRegistry`. One bridge publishes at a time (a PostgreSQL advisory lock elects it), so several
+replicas never duplicate.
 
 Creating: the bridge subscribes (shared subscription) to `v1.1/+/Observations` and `v1.1/Observations`; a
 message there without `@iot.id` is a create. As over HTTP, the message needs a publisher or admin API
@@ -39,8 +43,17 @@ from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.errors import BadRequestError, ServiceUnavailableError, TerritoireError
 from territoire_data.mqtt_url import parse_mqtt_url
 from territoire_data.sensorthings import read, sql
+from territoire_data.sensorthings.events import (
+    ENTITY_CHANNEL,
+    SUBSCRIBE_LOG,
+    UNSUBSCRIBE_LOG,
+    EntityPublisher,
+    SelectRegistry,
+    collection_paths,
+    parse_entity_notification,
+)
 from territoire_data.sensorthings.model import BY_NAME
-from territoire_data.sensorthings.service import WriteAuth
+from territoire_data.sensorthings.service import WriteAuth, audit_write
 from territoire_data.sensorthings.writes import Writer
 from territoire_data.settings import Settings
 
@@ -71,13 +84,6 @@ def parse_notification(payload: str) -> tuple[list[int], tuple[int, int] | None]
     return [int(p) for p in payload.split(",") if p], None
 
 
-def topics_for(observation: dict[str, Any], datastream_id: int, foi_id: int | None, prefix: str) -> list[str]:
-    topics = [f"{prefix}v1.1/Datastreams({datastream_id})/Observations", f"{prefix}v1.1/Observations"]
-    if foi_id is not None:
-        topics.append(f"{prefix}v1.1/FeaturesOfInterest({foi_id})/Observations")
-    return topics
-
-
 class StaMqttBridge:
     """The SensorThings MQTT bridge between PostgreSQL notifications and the broker."""
 
@@ -90,7 +96,9 @@ class StaMqttBridge:
         self.notifications_handled = 0
         self.created = 0
         self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
-        self._notifications: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
+        self._notifications: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=100_000)
+        self.registry = SelectRegistry(self.prefix, settings.sta_mqtt_select_topics)
+        self.entities = EntityPublisher(self.ctx, self._publish, self.prefix, self.registry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._connected = asyncio.Event()
@@ -121,7 +129,13 @@ class StaMqttBridge:
         options = SubscribeOptions(qos=1)
         group = "$share/territoire-sta/"
         client.subscribe(
-            [(f"{group}{self.prefix}v1.1/+/Observations", options), (f"{group}{self.prefix}v1.1/Observations", options)]
+            [
+                (f"{group}{self.prefix}v1.1/+/Observations", options),
+                (f"{group}{self.prefix}v1.1/Observations", options),
+                # what subscribers ask for, when the broker logs it there (not shared: every replica keeps track)
+                (SUBSCRIBE_LOG, options),
+                (UNSUBSCRIBE_LOG, options),
+            ]
         )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
@@ -133,6 +147,9 @@ class StaMqttBridge:
         logger.warning("SensorThings MQTT bridge disconnected: %s", reason)
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        if message.topic in (SUBSCRIBE_LOG, UNSUBSCRIBE_LOG):
+            self.registry.on_broker_log(message.topic, bytes(message.payload).decode("utf-8", "replace"))
+            return
         props = getattr(message, "properties", None)
         user = tuple(getattr(props, "UserProperty", None) or ())
         incoming = Incoming(message.topic, bytes(message.payload), user)
@@ -194,6 +211,7 @@ class StaMqttBridge:
                         ready.set()
                     await asyncio.sleep(2)
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(ENTITY_CHANNEL, self._on_notify)
                 self.is_publisher.set()
                 if ready is not None:
                     ready.set()
@@ -211,20 +229,23 @@ class StaMqttBridge:
                 if conn is not None and not conn.is_closed():
                     await conn.close()
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         try:
-            self._notifications.put_nowait(payload)
+            self._notifications.put_nowait((channel, payload))
         except asyncio.QueueFull:
             logger.error("SensorThings MQTT: notification queue full, %s not published", payload[:40])
 
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         conn: asyncpg.Connection | None = None
         while not stop.is_set():
-            payload = await self._notifications.get()
+            channel, payload = await self._notifications.get()
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(self.settings.asyncpg_dsn)
-                await self.publish_notification(conn, payload)
+                if channel == ENTITY_CHANNEL:
+                    await self.entities.handle(conn, parse_entity_notification(payload))
+                else:
+                    await self.publish_notification(conn, payload)
                 self.notifications_handled += 1
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("SensorThings MQTT: could not read notified observations: %s", type(exc).__name__)
@@ -249,10 +270,7 @@ class StaMqttBridge:
             *params.values,
         )
         for row in rows:
-            body = read.serialize(self.ctx, observation, row, ())
-            data = read.dumps(body)
-            for topic in topics_for(body, row["datastream_id"], row["feature_of_interest_id"], self.prefix):
-                self._publish(topic, data)
+            self.entities.send_entity(observation, row, collection_paths(observation, row))
             self.published += 1
         return len(rows)
 
@@ -301,7 +319,11 @@ class StaMqttBridge:
                     BY_NAME["FeatureOfInterest"], int(match.group(2))
                 )
             async with conn.transaction():
-                new_id = await Writer(conn, principal).create(BY_NAME["Observation"], body, forced=forced)
+                writer = Writer(conn, principal)
+                new_id = await writer.create(BY_NAME["Observation"], body, forced=forced)
+                await audit_write(
+                    conn, WriteAuth(principal, via="mqtt"), writer, "POST", message.topic, ("Observation", new_id)
+                )
             self.created += 1
             return new_id
         except (TerritoireError, asyncpg.DataError) as exc:

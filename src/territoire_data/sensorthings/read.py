@@ -207,7 +207,44 @@ def serialize(ctx: Context, entity: EntityType, row: asyncpg.Record, select: tup
     for rel in entity.relations:
         if rel.name in chosen:
             out[rel.name + "@iot.navigationLink"] = f"{link}/{rel.name}"
+    if any("/" in name for name in select):
+        select_json_paths(entity, row, select, out)
     return out
+
+
+def select_json_paths(entity: EntityType, row: asyncpg.Record, select: tuple[str, ...], out: dict[str, Any]) -> None:
+    """`$select=properties/owner`: the selected members of a JSON property, nested as in the entity."""
+    for name in select:
+        head, *rest = name.split("/")
+        prop = entity.prop_by_wire.get(head)
+        if prop is None or prop.kind != "json" or not rest or head in select:
+            continue
+        value = prop_value(prop, row)
+        for key in rest:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        node = out.setdefault(head, {})
+        for key in rest[:-1]:
+            node = node.setdefault(key, {})
+        node[rest[-1]] = value
+
+
+def check_select(entity: EntityType, opts: QueryOptions, where: str = "$select") -> None:
+    """Every name in `$select`, and in the `$select` of each `$expand`, is one of its entity type: else a 400."""
+    known = {"id", "@iot.id", "@iot.selfLink", *entity.prop_by_wire, *entity.rel_by_name}
+    for name in opts.select:
+        head = name.split("/")[0]
+        prop = entity.prop_by_wire.get(head)
+        if head not in known or ("/" in name and (prop is None or prop.kind != "json")):
+            raise BadRequestError(f"{where}: {entity.name} has no property {name!r}")
+    for item in opts.expand:
+        target: EntityType | None = entity
+        for segment in item.path:
+            rel = target.rel_by_name.get(segment) if target else None
+            target = BY_NAME[rel.target] if rel else None
+        if target is not None:  # an unknown relation is reported by the expansion itself
+            check_select(target, item.options, f"$expand={'/'.join(item.path)}($select)")
 
 
 # --- collections and entities ---------------------------------------------------------------------------

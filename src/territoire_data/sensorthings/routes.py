@@ -12,11 +12,11 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from territoire_data.auth.deps import get_principal
+from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.db.readpool import close_read_pool, pooled
 from territoire_data.errors import BadRequestError
-from territoire_data.sensorthings import read, service
+from territoire_data.sensorthings import multipart, read, service
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
 def _render(reply: service.Reply) -> Response:
     if reply.body is None:
         return Response(status_code=reply.status, headers=reply.headers)
+    if isinstance(reply.body, bytes):  # an already encoded body (the multipart batch answer)
+        return Response(reply.body, status_code=reply.status, headers=reply.headers)
     if isinstance(reply.body, str) and reply.headers.get("content-type", "").startswith("text/plain"):
         return Response(reply.body, status_code=reply.status, headers=reply.headers)
     return Response(
@@ -86,7 +88,7 @@ async def _serve(request: Request, path: str, body: bytes) -> Response:
             reply = await service.handle(
                 conn,
                 context(settings, principal),
-                service.WriteAuth(principal),
+                service.WriteAuth(principal, remote_addr=client_address(request)),
                 request.method,
                 path,
                 params,
@@ -108,14 +110,32 @@ async def root(request: Request) -> Response:
     return _render(service.Reply(200, service.service_root(context(settings), mqtt_endpoints(settings))))
 
 
-@router.post("/$batch", summary="JSON batch request (atomicityGroup = one transaction)")
+@router.post(
+    "/$batch",
+    summary="Batch request: multipart/mixed (OData 4.0, change sets) or JSON (atomicityGroup = one transaction)",
+)
 async def batch(request: Request) -> Response:
     settings = _settings(request)
     principal = await get_principal(request)
     body = await request.body()
+    content_type = request.headers.get("content-type", "")
     async with _connection(request) as conn:
+        if content_type.lower().startswith("multipart/mixed"):
+            reply = await multipart.multipart_batch(
+                conn,
+                context(settings, principal),
+                service.WriteAuth(principal),
+                body,
+                content_type,
+                request.headers.get("authorization"),
+            )
+            return _render(reply)
         reply = await service.batch(
-            conn, context(settings, principal), service.WriteAuth(principal), body, request.headers.get("authorization")
+            conn,
+            context(settings, principal),
+            service.WriteAuth(principal, remote_addr=client_address(request), via="batch"),
+            body,
+            request.headers.get("authorization"),
         )
     return _render(reply)
 
@@ -135,7 +155,9 @@ async def get_resource(path: str, request: Request) -> Response:
 
 
 _WRITE_DOC: dict[str, Any] = {
-    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password)."
+    "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password); "
+    "a publisher changes only the entities of the datasets it may write. A new Thing joins the dataset named by "
+    '`"@territoire.dataset": "<slug>"` in its body.'
 }
 
 

@@ -7,6 +7,7 @@ Basic, which is all FROST's client sends).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import orjson
 
+from territoire_data.auth.audit import record_pg
 from territoire_data.auth.deps import check_publisher
 from territoire_data.auth.policy import Principal
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
@@ -32,11 +34,12 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-array",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/batch-request/batch-request",
+    # FROST's name for the JSON form of the batch request, which its clients look for
+    "https://fraunhoferiosb.github.io/FROST-Server/extensions/JsonBatchRequest.html",
 ]
-# Receiving updates is served for Observations only (not for the other entity sets, nor `?$select` topics), so
-# the standard's receive-updates class is not claimed: our own extension below says what is published.
 MQTT_CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation",
+    "http://www.opengis.net/spec/iot_sensing/1.1/req/receive-updates-via-mqtt/receive-updates",
 ]
 EXT = "https://territoire-data.fr/spec/sta"
 EXTENSIONS = {
@@ -51,14 +54,16 @@ EXTENSIONS = {
         "path": "/Datastreams({id})/Observations?$top=1&$orderby=phenomenonTime desc",
         "expand": "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc)) uses one query",
     },
-    f"{EXT}/mqtt-observation-updates": {
-        "description": "Every stored Observation (whatever path stored it) is published as JSON, as over HTTP",
-        "topics": [
-            "v1.1/Datastreams({id})/Observations",
-            "v1.1/FeaturesOfInterest({id})/Observations",
-            "v1.1/Observations",
-        ],
-        "not_published": "other entity sets, entity property topics, $select topics; restricted datasets",
+    f"{EXT}/mqtt-updates": {
+        "description": "Receive updates: every created or changed entity, whatever path wrote it (HTTP, batch, "
+        "CSV, MQTT ingest, SQL), is published as JSON, as over HTTP; restricted datasets never are",
+        "created": ["v1.1/{EntitySet}", "v1.1/{EntitySet}({id})/{NavigationCollection}"],
+        "updated": ["v1.1/{EntitySet}({id})", "v1.1/{EntitySet}({id})/{property}"],
+        "select": "v1.1/{collection}?$select=a,b is published for the selections subscribers were seen asking "
+        "for (the broker reports subscriptions on $SYS/broker/log/M/subscribe) and those the operator configured; "
+        "a broker that reports nothing gets the configured ones only",
+        "not_published": "deletions; Datastream phenomenonTime/resultTime changes (computed from the "
+        "Observations, which are published); statements creating or changing more than 10,000 rows",
     },
     f"{EXT}/count-estimate": {
         "description": "$count=true answers the planner's estimate when it exceeds the limit, flagged in the body",
@@ -76,12 +81,39 @@ class Reply:
 
 @dataclass(frozen=True)
 class WriteAuth:
-    """Who writes: an admin or publisher API key (the key was resolved by the caller, HTTP or MQTT)."""
+    """Who writes: an admin or publisher API key (the key was resolved by the caller, HTTP or MQTT), and from
+    where (client address, and the door: http, batch or mqtt), for the audit trail."""
 
     principal: Principal
+    remote_addr: str | None = None
+    via: str = "http"
 
     def check(self, authorization: str | None = None) -> None:
         check_publisher(self.principal)
+
+
+async def audit_write(
+    conn: asyncpg.Connection,
+    auth: WriteAuth,
+    writer: Writer,
+    method: str,
+    path: str,
+    target: tuple[str, int | None],
+    **details: Any,
+) -> None:
+    """One audit event per write request, whatever it created: a deep insert or a dataArray of 10,000
+    Observations is one event that counts them (not one per row)."""
+    action = {"POST": "create", "DELETE": "delete"}.get(method, "update")
+    if path.rstrip("/").endswith("$ref"):
+        action = "unlink" if method == "DELETE" else "link"
+    extra: dict[str, Any] = {"via": auth.via, "method": method, "path": path, **details}
+    if writer.created:
+        extra["created"] = dict(writer.created)
+    if writer.datasets:
+        extra["datasets"] = sorted(writer.datasets)
+    await record_pg(
+        conn, auth.principal, f"sta.{action}", target[0], target[1], remote_addr=auth.remote_addr, details=extra
+    )
 
 
 def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]:
@@ -89,9 +121,7 @@ def service_root(ctx: read.Context, mqtt_endpoints: list[str]) -> dict[str, Any]
     settings: dict[str, Any] = {"conformance": CONFORMANCE + (MQTT_CONFORMANCE if mqtt_endpoints else []) + extensions}
     settings["http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete"] = {"enabled": True}
     if mqtt_endpoints:
-        settings[
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
-        ] = {"endpoints": mqtt_endpoints}
+        settings.update({c: {"endpoints": mqtt_endpoints} for c in MQTT_CONFORMANCE})
     settings.update({e: EXTENSIONS[e] for e in extensions})
     return {
         "value": [{"name": e.plural, "url": f"{ctx.base}/{e.plural}"} for e in ENTITY_TYPES],
@@ -153,9 +183,9 @@ async def handle(
     auth.check(authorization)
     parsed = _json(bytes(body)) if isinstance(body, bytes | bytearray) and method != "DELETE" else body
     if in_transaction:
-        return await _write(conn, ctx, segments, method, parsed)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
     async with conn.transaction():
-        return await _write(conn, ctx, segments, method, parsed)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
 
 
 async def _get(
@@ -183,6 +213,7 @@ async def _get(
                 text = value if isinstance(value, str) else read.dumps(value).decode()
             return Reply(200, text, {"content-type": "text/plain; charset=utf-8"})
         return Reply(200, {target.prop.wire: value})
+    read.check_select(target.entity, opts)
     if target.entity_id is not None:
         if target.ref:
             return Reply(200, {"@iot.selfLink": read.self_link(ctx, target.entity, target.entity_id)})
@@ -194,11 +225,34 @@ async def _get(
 
 
 async def _write(
-    conn: asyncpg.Connection, ctx: read.Context, segments: list[read.Segment], method: str, body: Any
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    segments: list[read.Segment],
+    method: str,
+    body: Any,
+    *,
+    auth: WriteAuth | None = None,
+    path: str = "",
 ) -> Reply:
+    """Apply one write, then record it in the audit trail in the same transaction."""
+    auth = auth or WriteAuth(ctx.principal)
     writer = Writer(conn, ctx.principal)
+    reply, target = await _apply(conn, ctx, writer, segments, method, body)
+    await audit_write(conn, auth, writer, method, path, target)
+    return reply
+
+
+async def _apply(
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    writer: Writer,
+    segments: list[read.Segment],
+    method: str,
+    body: Any,
+) -> tuple[Reply, tuple[str, int | None]]:
+    """The write itself: the reply, and what it targeted (entity name, id) for the audit trail."""
     if len(segments) == 1 and segments[0].name == "CreateObservations" and method == "POST":
-        return Reply(201, await writer.create_observations(body, ctx.base))
+        return Reply(201, await writer.create_observations(body, ctx.base)), ("Observation", None)
     if not segments or segments[0].name not in BY_PLURAL:
         raise NotFoundError("no such SensorThings resource")
     entity = BY_PLURAL[segments[0].name]
@@ -208,17 +262,17 @@ async def _write(
             if first_id is not None:
                 raise BadRequestError("POST goes to an entity set, not to one entity")
             new_id = await writer.create(entity, body)
-            return await _created(conn, ctx, entity, new_id)
+            return await _created(conn, ctx, entity, new_id), (entity.name, new_id)
         if first_id is None:
             raise BadRequestError(f"{method} needs one entity, e.g. {entity.plural}(1)")
         if method == "DELETE":
             await writer.delete(entity, first_id)
-            return Reply(200)
+            return Reply(200), (entity.name, first_id)
         if method == "PATCH" and isinstance(body, list):  # JSON Patch (application/json-patch+json)
             before = orjson.loads(read.dumps(await read.read_entity(conn, ctx, entity, first_id, QueryOptions())))
             body = patched_properties(entity, before, apply_json_patch(before, body))
         await writer.update(entity, first_id, body)
-        return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions()))
+        return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions())), (entity.name, first_id)
     if first_id is None:
         raise NotFoundError("no such SensorThings resource")
     rel_seg = segments[1]
@@ -231,10 +285,10 @@ async def _write(
         if not isinstance(body, dict) or "@iot.id" not in body:
             raise BadRequestError('a $ref body is {"@iot.id": n}')
         await writer.add_link(entity, first_id, rel, body["@iot.id"])
-        return Reply(204)
+        return Reply(204), (entity.name, first_id)
     if is_ref and method == "DELETE" and rel_seg.id is not None:
         await writer.remove_link(entity, first_id, rel, rel_seg.id)
-        return Reply(200)
+        return Reply(200), (entity.name, first_id)
     if len(segments) == 2 and method == "POST" and rel.many and rel_seg.id is None:
         parent_id = await writer.existing(entity, first_id)
         if rel.kind == "child_fk":
@@ -242,7 +296,7 @@ async def _write(
         else:
             new_id = await writer.create(target, body)
             await writer.add_link(entity, parent_id, rel, new_id)
-        return await _created(conn, ctx, target, new_id)
+        return await _created(conn, ctx, target, new_id), (target.name, new_id)
     raise BadRequestError(f"{method} is not supported on this path")
 
 
@@ -264,6 +318,25 @@ async def batch(
     if not isinstance(requests, list):
         raise BadRequestError('a batch is {"requests": [{"id", "method", "url", "body"}, ...]}')
     responses: list[dict[str, Any]] = []
+    for group, _failed in await run_batch(conn, ctx, auth, requests, authorization):
+        responses.extend(group)
+    return Reply(200, {"responses": responses})
+
+
+async def run_batch(
+    conn: asyncpg.Connection,
+    ctx: read.Context,
+    auth: WriteAuth,
+    requests: list[Any],
+    authorization: str | None,
+) -> list[tuple[list[dict[str, Any]], int | None]]:
+    """Run batch requests in order: the responses of each request or atomicity group (change set), and
+    the index in the group of the request that failed it (the group was then rolled back).
+
+    A failed group answers the same error for each of its requests (the JSON batch form); `$<id>` in a URL or
+    as a nested `@iot.id` stands for the entity an earlier request of the batch created.
+    """
+    out: list[tuple[list[dict[str, Any]], int | None]] = []
     locations: dict[str, str] = {}
     index = 0
     while index < len(requests):
@@ -277,19 +350,49 @@ async def batch(
         chunk = requests[index:end]
         index = end
         if group is None:
-            responses.append(await _one(conn, ctx, auth, chunk[0], authorization, locations))
+            out.append(([await _one(conn, ctx, auth, chunk[0], authorization, locations)], None))
             continue
         group_responses: list[dict[str, Any]] = []
+        failed: int | None = None
         try:
             async with conn.transaction():
                 for item in chunk:
                     reply = await _one(conn, ctx, auth, item, authorization, locations, raise_errors=True)
                     group_responses.append(reply)
         except TerritoireError as exc:
-            failed = {"status": exc.status, "body": {"title": exc.title, "detail": exc.detail}}
-            group_responses = [{"id": item.get("id"), **failed} for item in chunk]
-        responses.extend(group_responses)
-    return Reply(200, {"responses": responses})
+            failed = len(group_responses)
+            error = {"status": exc.status, "body": {"title": exc.title, "detail": exc.detail}}
+            group_responses = [{"id": item.get("id"), **error} for item in chunk]
+            for item in chunk:  # what the rolled-back group created cannot be referenced any more
+                locations.pop(str(item.get("id", "")), None)
+        out.append((group_responses, failed))
+    return out
+
+
+_REF_ID = re.compile(r"\((\d+)\)$")
+
+
+def _resolve_body_refs(body: Any, locations: dict[str, str]) -> Any:
+    """`{"@iot.id": "$sensor1"}` in a body becomes the id of the entity request `sensor1` created.
+
+    Only entities are looked into (the body, its navigation properties, which are capitalized): free JSON such
+    as `properties` or `result` is data and stays as given.
+    """
+    if isinstance(body, list):
+        return [_resolve_body_refs(item, locations) for item in body]
+    if not isinstance(body, dict):
+        return body
+    resolved = {
+        key: _resolve_body_refs(value, locations) if key[:1].isupper() else value for key, value in body.items()
+    }
+    ref = resolved.get("@iot.id")
+    if isinstance(ref, str) and ref.startswith("$"):
+        location = locations.get(ref[1:])
+        match = _REF_ID.search(location or "")
+        if match is None:
+            raise BadRequestError(f"@iot.id {ref!r} names no entity created earlier in this batch")
+        resolved["@iot.id"] = int(match.group(1))
+    return resolved
 
 
 async def _one(
@@ -313,18 +416,17 @@ async def _one(
     base_path = urlsplit(ctx.base).path
     if path.startswith(base_path):
         path = path[len(base_path) :]
+    elif "/v1.1/" in path:  # an absolute path or URL written for another mount point of the service
+        path = path.split("/v1.1/", 1)[1]
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     method = str(item["method"]).upper()
     try:
+        body = _resolve_body_refs(item.get("body"), locations)
         if raise_errors:
-            reply = await handle(
-                conn, ctx, auth, method, path, params, item.get("body"), authorization, in_transaction=True
-            )
+            reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
         else:
             async with conn.transaction():
-                reply = await handle(
-                    conn, ctx, auth, method, path, params, item.get("body"), authorization, in_transaction=True
-                )
+                reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
     except TerritoireError as exc:
         if raise_errors:
             raise

@@ -14,14 +14,43 @@ from typing import Any
 import asyncpg
 import orjson
 
-from territoire_data.auth.policy import Principal
-from territoire_data.errors import BadRequestError, ConflictError, NotFoundError
+from territoire_data.auth.policy import Principal, can_write, dataset_visible_sql
+from territoire_data.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
 from territoire_data.sensorthings.sql import Params, visible_sql
 
 logger = logging.getLogger(__name__)
 
 GEOJSON_TYPES = ("application/geo+json", "application/vnd.geo+json", "application/geojson")
+# A non-standard annotation of a new Thing: the slug of the dataset it joins (its Datastreams follow it).
+DATASET_ANNOTATION = "@territoire.dataset"
+
+# The datasets an entity belongs to, whose write grant a publisher needs to change it (admins change anything).
+# Things, Datastreams (own dataset and the Thing's), Observations and HistoricalLocations belong to theirs;
+# shared entities to the datasets of everything that uses them. No dataset (null, or an unused shared entity)
+# means only admins may change it, as `policy.can_write(None)` says.
+_DATASETS_OF: dict[str, str] = {
+    "Thing": "SELECT dataset_id FROM thing WHERE id = $1",
+    "Datastream": "SELECT d.dataset_id FROM datastream d WHERE d.id = $1 "
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.id = $1",
+    "Observation": "SELECT d.dataset_id FROM observation o JOIN datastream d ON d.id = o.datastream_id WHERE o.id = $1 "
+    "UNION SELECT t.dataset_id FROM observation o JOIN datastream d ON d.id = o.datastream_id "
+    "JOIN thing t ON t.id = d.thing_id WHERE o.id = $1",
+    "HistoricalLocation": "SELECT t.dataset_id FROM historical_location h JOIN thing t ON t.id = h.thing_id "
+    "WHERE h.id = $1",
+    "Location": "SELECT t.dataset_id FROM thing_location tl JOIN thing t ON t.id = tl.thing_id "
+    "WHERE tl.location_id = $1",
+    "Sensor": "SELECT d.dataset_id FROM datastream d WHERE d.sensor_id = $1 "
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.sensor_id = $1",
+    "ObservedProperty": "SELECT d.dataset_id FROM datastream d WHERE d.observed_property_id = $1 "
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.observed_property_id = $1",
+    "FeatureOfInterest": "SELECT d.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id "
+    "WHERE d.id IN (SELECT DISTINCT o.datastream_id FROM observation o WHERE o.feature_of_interest_id = $1) "
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id "
+    "WHERE d.id IN (SELECT DISTINCT o.datastream_id FROM observation o WHERE o.feature_of_interest_id = $1)",
+}
+# Entities whose row carries the dataset: linking one under another entity moves it, so it needs a write grant.
+_OWNED = ("Thing", "Datastream")
 
 
 def parse_time(value: Any, what: str) -> datetime:
@@ -68,6 +97,9 @@ class Writer:
         self.conn = conn
         self.principal = principal
         self.created_observations: list[int] = []
+        self.created: dict[str, int] = {}  # entity name -> how many this request created (for the audit trail)
+        self.datasets: set[int] = set()  # the datasets this request wrote into (for the audit trail)
+        self._writable: set[tuple[str, int]] = set()
 
     # --- lookups ---------------------------------------------------------------------------------------
     async def existing(self, entity: EntityType, entity_id: Any) -> int:
@@ -82,6 +114,51 @@ class Writer:
         if found is None:
             raise NotFoundError(f"no {entity.name} with id {entity_id}")
         return int(found)
+
+    async def check_write(self, entity: EntityType, entity_id: int) -> None:
+        """403 unless the principal may change this (visible) entity: admins always, publishers when they hold a
+        write grant on every dataset it belongs to."""
+        if self.principal.is_admin or (entity.name, entity_id) in self._writable:
+            return
+        datasets = [r[0] for r in await self.conn.fetch(_DATASETS_OF[entity.name], entity_id)]
+        if not datasets or not all(can_write(self.principal, d) for d in datasets):
+            raise ForbiddenError(
+                f"this key may not change {entity.name}({entity_id}): it needs a write grant on its dataset"
+            )
+        self.datasets.update(d for d in datasets if d is not None)
+        self._writable.add((entity.name, entity_id))
+
+    async def existing_writable(self, entity: EntityType, entity_id: Any) -> int:
+        found = await self.existing(entity, entity_id)
+        await self.check_write(entity, found)
+        return found
+
+    async def thing_dataset(self, body: dict[str, Any]) -> int | None:
+        """The dataset a new Thing joins: the one named by `@territoire.dataset` (a slug), else for a publisher
+        the only dataset it may write; admins may leave it out (a Thing of no dataset is public)."""
+        slug = body.pop(DATASET_ANNOTATION, None)
+        if slug is None:
+            if self.principal.is_admin:
+                return None
+            if len(self.principal.writable) != 1:
+                raise ForbiddenError(
+                    f"name the dataset the Thing joins with {DATASET_ANNOTATION!r}: this key writes "
+                    f"{len(self.principal.writable)} datasets"
+                )
+            dataset_id = next(iter(self.principal.writable))
+        else:
+            if not isinstance(slug, str):
+                raise BadRequestError(f"Thing/{DATASET_ANNOTATION} must be a dataset slug (a string)")
+            found = await self.conn.fetchval(
+                f"SELECT d.id FROM dataset d WHERE d.slug = $1 AND {dataset_visible_sql(self.principal, 'd')}", slug
+            )
+            if found is None:
+                raise NotFoundError(f"Thing/{DATASET_ANNOTATION}: no dataset {slug!r}")
+            dataset_id = int(found)
+        if not can_write(self.principal, dataset_id):
+            raise ForbiddenError("this key may not write this dataset (ask an admin for a write grant)")
+        self.datasets.add(dataset_id)
+        return dataset_id
 
     async def resolve(self, entity: EntityType, body: Any, where: str) -> int:
         """A nested entity: a link (`{"@iot.id": n}`) or a deep insert."""
@@ -191,20 +268,30 @@ class Writer:
         if not isinstance(body, dict):
             raise BadRequestError(f"a {entity.name} must be a JSON object")
         forced = dict(forced or {})
+        thing_dataset: int | None = None
+        if entity.name == "Thing":
+            body = dict(body)
+            thing_dataset = await self.thing_dataset(body)
         columns = self._columns(entity, body, partial=False)
+        if entity.name == "Thing":
+            columns["dataset_id"] = (thing_dataset, "{}::bigint")
         for rel in entity.relations:
             if rel.kind != "parent_fk":
                 continue
+            target = BY_NAME[rel.target]
             if rel.column in forced:
                 columns[rel.column] = (forced[rel.column], "{}::bigint")
             elif rel.name in body:
-                target = BY_NAME[rel.target]
                 columns[rel.column] = (
                     await self.resolve(target, body[rel.name], f"{entity.name}/{rel.name}"),
                     "{}::bigint",
                 )
             elif rel.required:
                 raise BadRequestError(f'a {entity.name} needs its {rel.name} (an object, or {{"@iot.id": n}})')
+            else:
+                continue
+            if target.name in _OWNED:  # a new Datastream or Observation joins the dataset of its parent
+                await self.check_write(target, int(columns[rel.column][0]))
         if entity.name == "Observation":
             if "phenomenon_time" not in columns:
                 columns["phenomenon_time"] = (datetime.now(UTC), "{}::timestamptz")
@@ -220,6 +307,9 @@ class Writer:
                 "{}::bigint",
             )
         new_id = await self._insert(entity, columns)
+        self.created[entity.name] = self.created.get(entity.name, 0) + 1
+        if entity.name in _OWNED:
+            self._writable.add((entity.name, new_id))  # checked through its parent or its dataset above
         if entity.name == "Observation":
             self.created_observations.append(new_id)
         await self._create_children(entity, new_id, body)
@@ -237,7 +327,7 @@ class Writer:
             for item in items:
                 if rel.kind == "child_fk":
                     if isinstance(item, dict) and "@iot.id" in item:
-                        child_id = await self.existing(target, item["@iot.id"])
+                        child_id = await self.existing_writable(target, item["@iot.id"])
                         await self.conn.execute(
                             f"UPDATE {target.table} SET {rel.column} = $1 WHERE id = $2", new_id, child_id
                         )
@@ -245,6 +335,8 @@ class Writer:
                         await self.create(target, item, forced={rel.column: new_id})
                 else:
                     child_id = await self.resolve(target, item, f"{entity.name}/{rel.name}")
+                    if target.name in _OWNED:
+                        await self.check_write(target, child_id)
                     await self.conn.execute(
                         f"INSERT INTO {rel.link_table} ({rel.link_self}, {rel.link_target}) VALUES ($1, $2) "
                         "ON CONFLICT DO NOTHING",
@@ -315,7 +407,9 @@ class Writer:
     async def update(self, entity: EntityType, entity_id: int, body: Any) -> None:
         if not isinstance(body, dict):
             raise BadRequestError(f"a {entity.name} update must be a JSON object")
-        entity_id = await self.existing(entity, entity_id)
+        entity_id = await self.existing_writable(entity, entity_id)
+        if DATASET_ANNOTATION in body:
+            raise BadRequestError(f"{DATASET_ANNOTATION} is set when a Thing is created, not by an update")
         columns = self._columns(entity, body, partial=True)
         for rel in entity.relations:
             if rel.name not in body:
@@ -326,6 +420,8 @@ class Writer:
                     await self.resolve(target, body[rel.name], f"{entity.name}/{rel.name}"),
                     "{}::bigint",
                 )
+                if target.name in _OWNED:  # moving under another Thing or Datastream writes into its dataset
+                    await self.check_write(target, int(columns[rel.column][0]))
                 if entity.name == "Datastream" and rel.name == "Thing":  # the access policy follows the Thing
                     columns["dataset_id"] = (
                         await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
@@ -359,7 +455,7 @@ class Writer:
     # --- delete ----------------------------------------------------------------------------------------
     async def delete(self, entity: EntityType, entity_id: int) -> None:
         """Delete with the standard's cascades (the schema's foreign keys do the rest)."""
-        entity_id = await self.existing(entity, entity_id)
+        entity_id = await self.existing_writable(entity, entity_id)
         if entity.name == "FeatureOfInterest":
             await self.conn.execute("DELETE FROM observation WHERE feature_of_interest_id = $1", entity_id)
         if entity.name == "Location":
@@ -373,8 +469,10 @@ class Writer:
     # --- $ref links ------------------------------------------------------------------------------------
     async def add_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: Any) -> None:
         target = BY_NAME[rel.target]
-        entity_id = await self.existing(entity, entity_id)
+        entity_id = await self.existing_writable(entity, entity_id)
         child = await self.existing(target, target_id)
+        if rel.kind == "child_fk" or target.name in _OWNED:  # the target's row (or its dataset's) changes too
+            await self.check_write(target, child)
         if rel.kind == "parent_fk":
             await self.conn.execute(f"UPDATE {entity.table} SET {rel.column} = $1 WHERE id = $2", child, entity_id)
         elif rel.kind == "child_fk":
@@ -392,7 +490,10 @@ class Writer:
     async def remove_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: int) -> None:
         if rel.kind != "link":
             raise BadRequestError(f"{entity.name}/{rel.name} is mandatory or owned; change it with an update instead")
-        entity_id = await self.existing(entity, entity_id)
+        entity_id = await self.existing_writable(entity, entity_id)
+        target = BY_NAME[rel.target]
+        if target.name in _OWNED:
+            await self.check_write(target, await self.existing(target, target_id))
         status = await self.conn.execute(
             f"DELETE FROM {rel.link_table} WHERE {rel.link_self} = $1 AND {rel.link_target} = $2", entity_id, target_id
         )
@@ -411,6 +512,7 @@ class Writer:
             ds = await self.resolve(
                 BY_NAME["Datastream"], group.get("Datastream"), f"CreateObservations[{index}]/Datastream"
             )
+            await self.check_write(BY_NAME["Datastream"], ds)
             components = group.get("components")
             allowed = {
                 "phenomenonTime",
@@ -498,6 +600,7 @@ class Writer:
         )
         by_time = {r["phenomenon_time"]: int(r["id"]) for r in inserted}
         self.created_observations.extend(by_time.values())
+        self.created["Observation"] = self.created.get("Observation", 0) + len(by_time)
         out: list[str] = []
         for t in columns["phenomenon_time"]:
             new_id = by_time.pop(t, None)

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from territoire_data.auth.policy import ANONYMOUS, datastream_visible_sql, member_visible_sql
 from territoire_data.db.bulk import qualified, quote_ident
 
 TYPED_TABLE_NAME = re.compile(r"^ds_[0-9]+$")
@@ -21,9 +22,12 @@ MAP_FEATURES = 5000
 CHART_POINTS = 2000
 CHART_DATASTREAMS = 12
 
-SENSOR_THINGS = """
+# The portal is anonymous: a Thing of a restricted dataset stays off the map even when one of its Datastreams
+# was filed under this public dataset (the Datastream is hidden too: see `datastream_visible_sql`).
+SENSOR_THINGS = f"""
     SELECT t.id FROM thing t
-     WHERE t.dataset_id = :id OR t.id IN (SELECT ds.thing_id FROM datastream ds WHERE ds.dataset_id = :id)
+     WHERE (t.dataset_id = :id OR t.id IN (SELECT ds.thing_id FROM datastream ds WHERE ds.dataset_id = :id))
+       AND {member_visible_sql(ANONYMOUS, "t.dataset_id")}
 """
 
 
@@ -81,7 +85,7 @@ async def map_geojson(conn: AsyncConnection, row: dict[str, Any]) -> bytes:
 
 async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
     """The last 24 hours of numeric observations of each of the dataset's datastreams (bounded in size)."""
-    sql = """
+    sql = f"""
         SELECT ds.id, ds.name, ds.unit_of_measurement AS unit, obs.times, obs.values
           FROM datastream ds
           CROSS JOIN LATERAL (
@@ -93,7 +97,7 @@ async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict
                        AND result_number IS NOT NULL
                      ORDER BY phenomenon_time DESC LIMIT :points) o
           ) obs
-         WHERE ds.dataset_id = :id
+         WHERE ds.dataset_id = :id AND {datastream_visible_sql(ANONYMOUS, "ds")}
          ORDER BY ds.id
          LIMIT :streams
     """

@@ -44,11 +44,24 @@ async def test_service_root_lists_the_eight_sets_and_conformance(sta: httpx.Asyn
     conformance = root["serverSettings"]["conformance"]
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data" in conformance
     assert "https://territoire-data.fr/spec/sta/aggregates" in conformance
-    assert "https://territoire-data.fr/spec/sta/mqtt-observation-updates" in conformance
-    mqtt = root["serverSettings"][
-        "http://www.opengis.net/spec/iot_sensing/1.1/req/create-observations-via-mqtt/observations-creation"
-    ]
-    assert mqtt["endpoints"][0].startswith("mqtt://127.0.0.1:")
+    assert "https://territoire-data.fr/spec/sta/mqtt-updates" in conformance
+    # every conformance class of the standard we pass, each proven by its test module in this folder
+    req = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+    assert {c.removeprefix(req) for c in conformance if c.startswith(req)} == {
+        "datamodel",  # test_sensing_core
+        "resource-path/resource-path-to-entities",  # test_sensing_core
+        "request-data",  # test_filtering, test_select
+        "create-update-delete",  # test_create_update_delete
+        "data-array/data-array",  # test_sensing_core
+        "batch-request/batch-request",  # test_batch
+        "create-observations-via-mqtt/observations-creation",  # test_mqtt_create
+        "receive-updates-via-mqtt/receive-updates",  # test_mqtt_receive
+    }
+    for mqtt_class in (
+        "create-observations-via-mqtt/observations-creation",
+        "receive-updates-via-mqtt/receive-updates",
+    ):
+        assert root["serverSettings"][req + mqtt_class]["endpoints"][0].startswith("mqtt://127.0.0.1:")
 
 
 async def test_entity_by_id_navigation_selflinks(sta: httpx.AsyncClient) -> None:
