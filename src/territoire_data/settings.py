@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="$select topics the MQTT bridge always publishes, e.g. v1.1/Observations?$select=result",
     )
+    max_url_length: int = Field(default=8192, ge=256, le=65_536, description="path and query string, in bytes")
+    filter_max_nodes: int = Field(default=500, ge=1, description="nodes of the filters of one request")
+    filter_max_depth: int = Field(default=32, ge=1, le=200, description="nesting of a filter expression")
+    filter_max_literal_length: int = Field(default=4096, ge=1, description="characters of a filter literal")
+    filter_max_coordinates: int = Field(default=5000, ge=1, description="numbers in a filter's geometries")
+    sort_max_keys: int = Field(default=8, ge=1, description="keys of sortby / $orderby / order_by")
+    sta_max_expand_depth: int = Field(default=4, ge=1, le=20, description="levels of a SensorThings $expand")
+    sta_max_expand_items: int = Field(default=20, ge=1, description="navigations expanded by one request")
     import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     oidc_issuer: str | None = Field(

@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data import __version__
 from territoire_data.api import health
-from territoire_data.api.errors import install_error_handlers
+from territoire_data.api.errors import document_problems, install_error_handlers
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
     PrivateCacheMiddleware,
+    QueryLimitMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -36,6 +37,7 @@ from territoire_data.db.migrate import head_revision
 from territoire_data.db.readpool import close_read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
+from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import router as sensorthings_router
 from territoire_data.settings import Settings
 from territoire_data.web.portal import install_portal
@@ -81,10 +83,14 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: headers, body limit, rate limit, CORS, metrics, then the request id outermost.
+    # Added innermost first: headers, private caching, body limit, URL length and query limits, rate limit, CORS,
+    # metrics, then the request id outermost.
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(PrivateCacheMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    app.add_middleware(
+        QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)
+    )
     if settings.rate_limit_per_minute:
         app.add_middleware(
             RateLimitMiddleware,
@@ -119,6 +125,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(imports.router)
     _mount_docs(app)
     install_portal(app)
+    generate_openapi = app.openapi
+    app.openapi = lambda: document_problems(generate_openapi())  # type: ignore[method-assign]
     return app
 
 

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -100,6 +102,56 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+QUERY_CANCELED = "57014"  # statement_timeout (or a cancel request)
+
+
+def _timeout_problem(request: Request) -> Response:
+    settings = getattr(request.app.state, "settings", None)
+    timeout_ms = getattr(settings, "db_statement_timeout_ms", None)
+    logger.warning("statement timeout on %s %s", request.method, request.url.path)
+    return problem(
+        503,
+        "Query took too long",
+        f"the query ran past the statement timeout ({timeout_ms} ms, TERRITOIRE_DB_STATEMENT_TIMEOUT_MS); "
+        "narrow it (a filter, a bbox, a smaller page) and try again",
+        type_slug="statement-timeout",
+        instance=request.url.path,
+        headers={"Retry-After": "10"},
+        limit="TERRITOIRE_DB_STATEMENT_TIMEOUT_MS",
+        maximum=timeout_ms,
+    )
+
+
+def _refused_value_problem(request: Request, message: str) -> Response:
+    return problem(
+        400,
+        "Invalid value",
+        f"the database refused a value of the request: {message.splitlines()[0][:300]}",
+        type_slug="invalid-value",
+        instance=request.url.path,
+    )
+
+
+async def _postgres_error(request: Request, exc: Exception) -> Response:
+    """A statement timeout is a 503; a data exception (class 22: a NUL character, a malformed number or date)
+    comes from a value of the request, so it is a 400; anything else is our failure, a 500."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == QUERY_CANCELED:
+        return _timeout_problem(request)
+    if state.startswith("22"):
+        return _refused_value_problem(request, str(exc))
+    return await _unexpected_error(request, exc)
+
+
+async def _dbapi_error(request: Request, exc: Exception) -> Response:
+    """SQLAlchemy wraps the driver's errors: the same mapping applies to the asyncpg error under it."""
+    assert isinstance(exc, DBAPIError)
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    if isinstance(cause, asyncpg.PostgresError):
+        return await _postgres_error(request, cause)
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "the server failed; the request id in the logs tells where")
@@ -109,4 +161,72 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TerritoireError, _territoire_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
+    app.add_exception_handler(DBAPIError, _dbapi_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+# --- the contract: every error an operation can answer, as problem+json --------------------------------------
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; limits also name the setting (`limit`) and its value (`maximum`)",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+_ERROR_TEXT = {
+    "400": "Bad request: a parameter, a query option or the body is invalid, or a query is over a limit",
+    "401": "The API key is missing, unknown, revoked or expired",
+    "403": "The API key does not allow this",
+    "404": "Not found (restricted datasets answer 404 too)",
+    "409": "Conflicts with what is stored",
+    "413": "The request body is too large",
+    "414": "The URL is too long",
+    "422": "The body does not validate",
+    "429": "Too many requests (Retry-After says when to come back)",
+    "503": "The database is unavailable or the query ran past the statement timeout",
+}
+_WRITES = ("post", "put", "patch", "delete")
+
+
+def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
+    """The error statuses an operation can answer, from what the middleware and the handlers do."""
+    statuses = ["400", "401", "414", "429", "503"]
+    if "{" in path:
+        statuses.append("404")
+    if method in _WRITES or path.startswith(("/api/v1/keys", "/api/v1/audit")):
+        statuses.append("403")
+    if method in _WRITES:
+        statuses += ["404", "409", "413", "422"]
+    if "requestBody" in operation:
+        statuses += ["413", "422"]
+    return statuses
+
+
+def document_problems(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare, on every operation, the problem+json errors it can answer (in place; running it again changes
+    nothing): FastAPI documents only its own 422 as application/json, which the app never sends."""
+    document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            for status in _statuses(path, method, operation):
+                responses.setdefault(status, {"description": _ERROR_TEXT[status]})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    if status == "422" or not response.get("content"):
+                        response["content"] = content
+                    if response.get("description") in (None, "", "Validation Error"):
+                        response["description"] = _ERROR_TEXT.get(status, "Error")
+            operation["responses"] = dict(sorted(responses.items()))
+    document["components"]["schemas"].pop("HTTPValidationError", None)
+    document["components"]["schemas"].pop("ValidationError", None)
+    return document

@@ -91,7 +91,12 @@ async def _check_broker(settings: Settings) -> dict[str, Any]:
 @router.get(
     "/ready",
     summary="Readiness: database reachable, schema at head, broker reachable",
-    responses={503: {"description": "Not ready; the body says which check failed and why"}},
+    responses={
+        503: {
+            "description": "Not ready; the body says which check failed and why",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
 )
 async def ready(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings

@@ -9,6 +9,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from territoire_data.api.errors import problem
+from territoire_data.querylimits import QueryLimits, use_limits
 
 # No inline script or style anywhere: pages load their scripts from /static; maps draw in blob workers.
 CONTENT_SECURITY_POLICY = (
@@ -99,6 +100,44 @@ def _cache_headers(headers: list[tuple[bytes, bytes]], keyed: bool) -> list[tupl
             vary = [v for v in vary if v] + [v for v in _VARY_CREDENTIALS if v.lower() not in present]
             headers = [(n, v) for n, v in headers if n != b"vary"] + [(b"vary", ", ".join(vary).encode())]
     return headers
+
+
+class QueryLimitMiddleware:
+    """Refuse a URL over the length limit (414, before any parsing), and put the query cost limits of the
+    settings in force for the request (the parsers of every door read them)."""
+
+    def __init__(self, app: ASGIApp, max_url_length: int, limits: QueryLimits) -> None:
+        self.app = app
+        self.max_url_length = max_url_length
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        if length > self.max_url_length:
+            response = problem(
+                414,
+                "URI too long",
+                f"the URL is {length} bytes long, more than the {self.max_url_length} allowed "
+                "(TERRITOIRE_MAX_URL_LENGTH)",
+                type_slug="query-limit",
+                limit="TERRITOIRE_MAX_URL_LENGTH",
+                maximum=self.max_url_length,
+            )
+            await response(scope, receive, send)
+            return
+        url = (scope.get("raw_path") or b"") + scope.get("query_string", b"")
+        if b"%00" in url or b"\x00" in url:
+            # No text column can hold a NUL character: refused here, once, for every door.
+            response = problem(
+                400, "Invalid request", "the URL holds a NUL character (%00)", type_slug="invalid-request"
+            )
+            await response(scope, receive, send)
+            return
+        use_limits(self.limits)
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
@@ -180,7 +180,7 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((contact, RDF.type, VCARD.Kind))
         graph.add((contact, VCARD.fn, Literal(ds.contact.name or ds.publisher or info.publisher or ds.contact.email)))
         if ds.contact.email:
-            graph.add((contact, VCARD.hasEmail, URIRef(f"mailto:{ds.contact.email}")))
+            graph.add((contact, VCARD.hasEmail, _uri(f"mailto:{ds.contact.email}")))
     publisher_name = ds.publisher or info.publisher
     if publisher_name:
         agent = BNode()
@@ -188,7 +188,7 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((agent, RDF.type, FOAF.Agent))
         graph.add((agent, FOAF.name, Literal(publisher_name)))
     if ds.conforms_to:
-        graph.add((node, DCTERMS.conformsTo, URIRef(ds.conforms_to)))
+        graph.add((node, DCTERMS.conformsTo, _uri(ds.conforms_to)))
 
     for distribution in ds.distributions:
         fmt = FORMATS[distribution.format]
@@ -204,7 +204,7 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         if licence:
             graph.add((dist, DCTERMS.license, URIRef(licence.url)))
         if ds.conforms_to and distribution.kind == "download":
-            graph.add((dist, DCTERMS.conformsTo, URIRef(ds.conforms_to)))
+            graph.add((dist, DCTERMS.conformsTo, _uri(ds.conforms_to)))
         if distribution.kind == "download":
             # Exports are streamed from the live table, so their size is not known in advance: no dcat:byteSize.
             graph.add((dist, DCAT.downloadURL, URIRef(distribution.url)))
@@ -300,6 +300,11 @@ def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Pa
         graph.add((view, new_style, URIRef(str(target))))
         graph.add((view, old_style, URIRef(str(target))))
     return graph
+
+
+def _uri(text: str) -> URIRef:
+    """A URI from stored text, with the characters no URI may hold escaped (rdflib refuses to write them)."""
+    return URIRef(quote(text, safe="".join(chr(c) for c in range(33, 127) if chr(c) not in '<>"{}|\\^`')))
 
 
 def serialise(graph: Graph, extension: str) -> tuple[bytes, str]:

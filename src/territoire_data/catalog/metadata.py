@@ -14,7 +14,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# Without the characters a URI cannot hold (they end up in mailto: and http URIs of the DCAT-AP catalog).
+EMAIL_PATTERN = r"^[^@\s<>\"{}|\\^`]+@[^@\s<>\"{}|\\^`]+\.[^@\s<>\"{}|\\^`]+$"
+URL_PATTERN = r"^https?://[^\s<>\"{}|\\^`]+$"
 
 EU_THEME_BASE = "http://publications.europa.eu/resource/authority/data-theme/"
 EU_FREQUENCY_BASE = "http://publications.europa.eu/resource/authority/frequency/"
@@ -200,7 +202,7 @@ class DatasetFields(BaseModel):
     access: Access = "public"
     update_frequency: FrequencyCode | None = None
     conforms_to: str | None = Field(
-        default=None, max_length=2000, pattern=r"^https?://\S+$", description="URL of the Table Schema it follows"
+        default=None, max_length=2000, pattern=URL_PATTERN, description="URL of the Table Schema it follows"
     )
     spatial_coverage: str | None = Field(
         default=None, max_length=200, description="name of the area covered, e.g. the commune"
@@ -234,7 +236,7 @@ class DatasetUpdate(BaseModel):
     contact_email: str | None = Field(default=None, max_length=300, pattern=EMAIL_PATTERN)
     access: Access | None = None
     update_frequency: FrequencyCode | None = None
-    conforms_to: str | None = Field(default=None, max_length=2000, pattern=r"^https?://\S+$")
+    conforms_to: str | None = Field(default=None, max_length=2000, pattern=URL_PATTERN)
     spatial_coverage: str | None = Field(default=None, max_length=200)
 
     @field_validator("keywords")

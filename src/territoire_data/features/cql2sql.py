@@ -7,6 +7,7 @@ query geometries are transformed into the column's CRS (never the column) so the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from territoire_data.errors import BadRequestError
 from territoire_data.features.collections import Collection, Field
 from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql
 from territoire_data.features.sqlparams import Params
+from territoire_data.querylimits import QueryLimits, check_json_tree, current_limits
 
 GEOMETRY_NAMES = ("geometry", "geom")
 ID_NAMES = ("id", "_fid")
@@ -55,21 +57,54 @@ CONFORMANCE = (
 FILTER_LANGS = ("cql2-text", "cql2-json", "cql-text")
 
 
-def parse(text: str, lang: str | None = None, *, parameter: str = "filter") -> dict[str, Any]:
-    """CQL2 text or JSON (by `filter-lang`, or guessed from the first character) -> CQL2-JSON tree."""
+# Tokens of CQL2 text that nest: the `cql2` parser recurses on them (and crashes the process, past about 1,500
+# levels), so their depth is measured here first. Strings and quoted identifiers are skipped.
+_NESTING = re.compile(
+    r"'(?:[^']|'')*'|\"[^\"]*\"|(?P<open>\()|(?P<close>\))|(?P<prefix>[-+]|\bnot\b)|[^\s()'\"+-]+", re.I
+)
+
+
+def text_nesting(text: str) -> int:
+    """The deepest nesting of CQL2 text: open parentheses plus a run of prefix operators (`-`, `+`, NOT)."""
+    deepest = depth = run = 0
+    for match in _NESTING.finditer(text):
+        if match.group("open"):
+            depth += 1
+        elif match.group("close"):
+            depth -= 1
+            run = 0
+        elif match.group("prefix"):
+            run += 1
+        else:
+            run = 0
+        deepest = max(deepest, depth + run)
+    return deepest
+
+
+def parse(
+    text: str, lang: str | None = None, *, parameter: str = "filter", limits: QueryLimits | None = None
+) -> dict[str, Any]:
+    """CQL2 text or JSON (by `filter-lang`, or guessed from the first character) -> CQL2-JSON tree, refused
+    with a 400 when it is over one of `limits` (measured before the `cql2` parser sees it)."""
+    limits = limits or current_limits()
     lang = (lang or ("cql2-json" if text.lstrip().startswith("{") else "cql2-text")).lower()
     try:
         if lang in ("cql2-text", "cql-text"):
+            limits.check(parameter, "filter_max_depth", "the nesting depth", text_nesting(text))
             expr = cql2.parse_text(text)
         elif lang == "cql2-json":
+            check_json_tree(orjson.loads(text), limits, parameter)
             expr = cql2.parse_json(text)
         else:
             raise BadRequestError(f"filter-lang: {lang!r} is not supported (cql2-text, cql2-json)")
         tree = expr.to_json()
     except (ValueError, cql2.ParseError, cql2.ValidationError) as exc:
         raise BadRequestError(f"{parameter}: invalid {lang}: {str(exc).splitlines()[0][:300]}") from None
+    except RecursionError:  # a long chain of arithmetic operators nests deeply on the left
+        raise BadRequestError(f"{parameter}: the expression nests too deeply") from None
     if not isinstance(tree, dict):
-        raise BadRequestError("filter: a CQL2 expression must be a predicate")
+        raise BadRequestError(f"{parameter}: a CQL2 expression must be a predicate")
+    check_json_tree(tree, limits, parameter)
     return tree
 
 

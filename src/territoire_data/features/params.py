@@ -9,8 +9,11 @@ from datetime import date, datetime
 from territoire_data.errors import BadRequestError
 from territoire_data.features.collections import Collection
 from territoire_data.features.cql2sql import ID_NAMES
+from territoire_data.querylimits import QueryLimits, current_limits
 
 DEFAULT_LIMIT = 10
+# Larger than any projected coordinate (Web Mercator reaches 2.0e7 m): beyond it a bbox is a mistake.
+BBOX_MAX_ABS = 1e8
 MAX_LIMIT = 10_000
 
 # Parameters with a meaning of their own; any other parameter must be a property name (equality filter).
@@ -70,6 +73,8 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
         numbers = [numbers[0], numbers[1], numbers[3], numbers[4]]
     if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers):
         raise BadRequestError("bbox: needs 4 (or 6) finite numbers")
+    if any(abs(n) > BBOX_MAX_ABS for n in numbers):
+        raise BadRequestError(f"bbox: a coordinate is beyond ±{BBOX_MAX_ABS:.0e}, in no CRS we serve")
     if numbers[1] > numbers[3]:
         raise BadRequestError("bbox: the lower corner must be below the upper corner")
     return numbers[0], numbers[1], numbers[2], numbers[3]
@@ -127,13 +132,15 @@ def parse_properties(
 
 
 def parse_sortby(
-    value: str | None, collection: Collection, *, parameter: str = "sortby"
+    value: str | None, collection: Collection, *, parameter: str = "sortby", limits: QueryLimits | None = None
 ) -> tuple[tuple[str, bool], ...]:
     """`sortby`: `a,-b,+c` -> ((sql of a, ascending), ...); only the collection's fields and the id."""
     if value is None or value.strip() == "":
         return ()
     keys: list[tuple[str, bool]] = []
-    for raw in value.split(","):
+    raw_keys = value.split(",")
+    (limits or current_limits()).check(parameter, "sort_max_keys", "the number of sort keys", len(raw_keys))
+    for raw in raw_keys:
         item = raw.strip()
         ascending = not item.startswith("-")
         name = item.lstrip("+-").strip()

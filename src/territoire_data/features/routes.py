@@ -415,7 +415,7 @@ async def _from_cache(
         return None
     try:
         result = await run(collection)
-    except TerritoireError:
+    except (TerritoireError, asyncpg.UndefinedTableError):  # the table went with its dataset: the long way 404s
         return None
     return None if result is None else (collection, result)
 

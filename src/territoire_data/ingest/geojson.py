@@ -29,6 +29,15 @@ class GeoJsonFormatError(ValidationFailedError):
     type_slug = "geojson-format"
 
 
+def _read(handle: IO[str]) -> str:
+    """The next chunk of the text; GeoJSON is UTF-8 (RFC 7946), anything else is refused as a format error."""
+    try:
+        text: str = handle.read(_CHUNK)
+    except UnicodeDecodeError as exc:
+        raise GeoJsonFormatError(f"not GeoJSON: the file is not UTF-8 text ({exc.reason})") from None
+    return text
+
+
 def _cell(value: Any) -> str:
     """A property value as the text cell the validators read (null → empty)."""
     if value is None:
@@ -55,7 +64,7 @@ class _Scanner:
     def _more(self) -> bool:
         if self.eof:
             return False
-        chunk = self.handle.read(_CHUNK)
+        chunk = _read(self.handle)
         if not chunk:
             self.eof = True
             return False
@@ -155,7 +164,7 @@ class GeoJsonSource:
         self._start()
 
     def _open(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        head = self.handle.read(_CHUNK)
+        head = _read(self.handle)
         stripped = head.lstrip("\ufeff \t\r\n\x1e")
         if not stripped:
             raise GeoJsonFormatError("the file is empty")

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Literal as TypingLiteral
 
 from territoire_data.errors import BadRequestError
+from territoire_data.querylimits import QueryLimits, current_limits
 
 
 class ODataSyntaxError(BadRequestError):
@@ -171,12 +172,27 @@ def parse_datetime(text: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+_WKT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 class _Parser:
-    def __init__(self, text: str, option: str) -> None:
+    def __init__(self, text: str, option: str, limits: QueryLimits | None = None) -> None:
         self.text = text
         self.option = option
+        self.limits = limits = limits or current_limits()
         self.tokens = tokenize(text, option)
         self.index = 0
+        self.depth = 0  # nesting of parentheses, `not` and calls: bounded, so no input exhausts the stack
+        for token in self.tokens:
+            if token.kind == "typed" and token.text.startswith("geo"):
+                coordinates = len(_WKT_NUMBER.findall(token.text))
+                limits.check(option, "filter_max_coordinates", "the number of coordinates", coordinates)
+            elif token.kind in ("string", "typed"):
+                limits.check(option, "filter_max_literal_length", "the length of a literal", len(token.text) - 2)
+
+    def nest(self) -> None:
+        self.depth += 1
+        self.limits.check(self.option, "filter_max_depth", "the nesting depth", self.depth)
 
     # helpers
     @property
@@ -222,7 +238,10 @@ class _Parser:
     def parse_not(self) -> Expr:
         if self.is_word("not"):
             self.advance()
-            return Unary("not", self.parse_not())
+            self.nest()
+            operand = self.parse_not()
+            self.depth -= 1
+            return Unary("not", operand)
         return self.parse_comparison()
 
     def parse_comparison(self) -> Expr:
@@ -253,8 +272,10 @@ class _Parser:
         tok = self.current
         if tok.kind == "punct" and tok.text == "(":
             self.advance()
+            self.nest()
             inner = self.parse_or()
             self.expect_punct(")")
+            self.depth -= 1
             return inner
         if tok.kind == "string":
             self.advance()
@@ -304,6 +325,7 @@ class _Parser:
         if name not in FUNCTIONS:
             raise self.error(f"unknown function {name_tok.text!r}", name_tok)
         self.expect_punct("(")
+        self.nest()
         args: list[Expr] = []
         if not self.at_punct(")"):
             args.append(self.parse_or())
@@ -311,6 +333,7 @@ class _Parser:
                 self.advance()
                 args.append(self.parse_or())
         self.expect_punct(")")
+        self.depth -= 1
         if len(args) not in FUNCTIONS[name]:
             expected = " or ".join(str(n) for n in FUNCTIONS[name])
             raise self.error(f"{name} takes {expected} argument(s), got {len(args)}", name_tok)
@@ -330,11 +353,11 @@ class _Parser:
         return Path(tuple(segments))
 
 
-def parse_filter(text: str, option: str = "$filter") -> Expr:
+def parse_filter(text: str, option: str = "$filter", limits: QueryLimits | None = None) -> Expr:
     """Parse a `$filter` expression into a tree."""
     if not text.strip():
         raise ODataSyntaxError(option, "empty expression", 0, text)
-    parser = _Parser(text, option)
+    parser = _Parser(text, option, limits)
     expr = parser.parse_or()
     if parser.current.kind != "end":
         raise parser.error(f"unexpected {parser.current.text!r}")
@@ -350,12 +373,16 @@ class OrderItem:
     descending: bool = False
 
 
-def parse_orderby(text: str, option: str = "$orderby") -> tuple[OrderItem, ...]:
+def parse_orderby(text: str, option: str = "$orderby", limits: QueryLimits | None = None) -> tuple[OrderItem, ...]:
     """Parse `$orderby`: comma-separated expressions, each optionally followed by asc or desc."""
-    parser = _Parser(text, option)
+    parser = _Parser(text, option, limits)
     items: list[OrderItem] = []
     while True:
+        parser.limits.check(option, "sort_max_keys", "the number of sort keys", len(items) + 1)
+        start = parser.current
         expr = parser.parse_additive()
+        if isinstance(expr, Lit):  # ORDER BY a constant orders nothing (and PostgreSQL refuses ORDER BY NULL)
+            raise parser.error(f"cannot order by the constant {start.text!r}; name a property", start)
         descending = False
         if parser.is_word("asc", "desc"):
             descending = parser.advance().text.lower() == "desc"
@@ -432,8 +459,11 @@ def split_top_level(text: str, separator: str, option: str) -> list[tuple[str, i
     return parts
 
 
-def parse_expand(text: str, option: str = "$expand") -> tuple[ExpandItem, ...]:
-    """Parse `$expand`, with nested options in parentheses separated by ';'."""
+def parse_expand(
+    text: str, option: str = "$expand", limits: QueryLimits | None = None, depth: int = 0
+) -> tuple[ExpandItem, ...]:
+    """Parse `$expand`, with nested options in parentheses separated by ';'; `depth` is the level it is at."""
+    limits = limits or current_limits()
     items: list[ExpandItem] = []
     for part, offset in split_top_level(text, ",", option):
         stripped = part.strip()
@@ -442,6 +472,8 @@ def parse_expand(text: str, option: str = "$expand") -> tuple[ExpandItem, ...]:
         head = stripped if paren < 0 else stripped[:paren]
         if not re.fullmatch(r"[A-Za-z]+(/[A-Za-z]+)*", head):
             raise ODataSyntaxError(option, f"not a navigation path: {head!r}", lead, text)
+        # Checked before the nested options are parsed: their recursion is bounded by this depth.
+        limits.check(option, "sta_max_expand_depth", "the depth of $expand", depth + head.count("/") + 1)
         options = QueryOptions()
         if paren >= 0:
             if not stripped.endswith(")"):
@@ -457,7 +489,9 @@ def parse_expand(text: str, option: str = "$expand") -> tuple[ExpandItem, ...]:
                         option, f"expected $option=value, found {clause!r}", lead + paren + 1 + clause_offset, text
                     )
                 pairs[key.strip()] = value
-            options = parse_options(pairs, prefix=f"{option}({head})/")
+            options = parse_options(
+                pairs, prefix=f"{option}({head})/", limits=limits, _depth=depth + head.count("/") + 1
+            )
         items.append(ExpandItem(tuple(head.split("/")), options))
     return tuple(items)
 
@@ -471,8 +505,11 @@ def _parse_int(name: str, value: str) -> int:
     return int(value)
 
 
-def parse_options(params: dict[str, str], prefix: str = "") -> QueryOptions:
-    """Parse a set of query options (the request's, or the ones inside an expand item)."""
+def parse_options(
+    params: dict[str, str], prefix: str = "", limits: QueryLimits | None = None, _depth: int = 0
+) -> QueryOptions:
+    """Parse a set of query options (the request's, or the ones inside an expand item, at `_depth`)."""
+    limits = limits or current_limits()
     opts = QueryOptions(raw={k: v for k, v in params.items() if k in KNOWN_OPTIONS})
     for key, value in params.items():
         name = prefix + key
@@ -481,13 +518,13 @@ def parse_options(params: dict[str, str], prefix: str = "") -> QueryOptions:
                 raise ODataSyntaxError(name, f"unknown query option {key!r}", 0, "")
             continue
         if key == "$filter":
-            opts.filter = parse_filter(value, name)
+            opts.filter = parse_filter(value, name, limits)
         elif key == "$orderby":
-            opts.orderby = parse_orderby(value, name)
+            opts.orderby = parse_orderby(value, name, limits)
         elif key == "$select":
             opts.select = parse_select(value, name)
         elif key == "$expand":
-            opts.expand = parse_expand(value, name)
+            opts.expand = parse_expand(value, name, limits, _depth)
         elif key == "$top":
             opts.top = _parse_int(name, value)
         elif key == "$skip":
@@ -500,4 +537,39 @@ def parse_options(params: dict[str, str], prefix: str = "") -> QueryOptions:
             if value != "dataArray":
                 raise ODataSyntaxError(name, f"only dataArray is supported, found {value!r}", 0, value)
             opts.result_format = value
+    if not _depth:
+        check_request_cost(opts, limits)
     return opts
+
+
+def count_nodes(expr: Expr) -> int:
+    """The number of nodes of an expression tree (iterative: trees may be deep on the left)."""
+    count = 0
+    stack: list[Expr] = [expr]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, Binary):
+            stack += (node.left, node.right)
+        elif isinstance(node, Unary):
+            stack.append(node.operand)
+        elif isinstance(node, Call):
+            stack += node.args
+    return count
+
+
+def check_request_cost(opts: QueryOptions, limits: QueryLimits) -> None:
+    """The limits on a whole request: expression nodes of every $filter and $orderby, navigations expanded."""
+    nodes = 0
+    expanded = 0
+    stack = [opts]
+    while stack:
+        current = stack.pop()
+        if current.filter is not None:
+            nodes += count_nodes(current.filter)
+        nodes += sum(count_nodes(item.expr) for item in current.orderby)
+        for item in current.expand:
+            expanded += len(item.path)
+            stack.append(item.options)
+    limits.check("$filter", "filter_max_nodes", "the number of expression nodes in the request", nodes)
+    limits.check("$expand", "sta_max_expand_items", "the number of expanded navigations", expanded)

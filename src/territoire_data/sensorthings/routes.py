@@ -75,11 +75,7 @@ def _render(reply: service.Reply) -> Response:
 
 def _database_error(exc: asyncpg.PostgresError) -> BadRequestError | None:
     """Errors caused by a user's value (a malformed geometry, a division by zero) are 400s, not 500s."""
-    state = getattr(exc, "sqlstate", "") or ""
-    message = str(exc).split("\n")[0]
-    if state.startswith("22") or (state == "XX000" and ("geometry" in message or "parse error" in message)):
-        return BadRequestError(f"the database refused a value of the query: {message}")
-    return None
+    return service.database_error(exc)
 
 
 def _settings(request: Request) -> Settings:
@@ -151,6 +147,12 @@ async def batch(request: Request) -> Response:
 @router.get(
     "/{path:path}",
     summary="Entity sets, entities, navigation, properties, $value, $ref; OData $filter $expand $select ...",
+    responses={
+        200: {
+            "description": "JSON; a property's `$value` is plain text",
+            "content": {"application/json": {}, "text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def get_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, b"")
@@ -180,6 +182,11 @@ async def put_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, await request.body())
 
 
-@router.delete("/{path:path}", summary="Delete an entity with the standard's cascades, or a $ref link", **_WRITE_DOC)
+@router.delete(
+    "/{path:path}",
+    summary="Delete an entity with the standard's cascades, or a $ref link",
+    response_class=Response,  # 200 without a body, as the standard says
+    **_WRITE_DOC,
+)
 async def delete_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, b"")

@@ -138,6 +138,22 @@ def _json(body: bytes) -> Any:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from None
 
 
+# Type errors of an expression the user wrote ($filter, $orderby): the compiler leaves some to PostgreSQL.
+_USER_TYPE_ERRORS = frozenset({"42804", "42883", "42846", "42P18", "42725"})
+
+
+def database_error(exc: asyncpg.PostgresError) -> BadRequestError | None:
+    """Errors caused by a user's value or expression (a malformed geometry, a division by zero, `not 'text'`)
+    are 400s, not 500s; None for the others."""
+    state = getattr(exc, "sqlstate", "") or ""
+    message = str(exc).split("\n")[0]
+    if state.startswith("22") or (state == "XX000" and ("geometry" in message or "parse error" in message)):
+        return BadRequestError(f"the database refused a value of the query: {message}")
+    if state in _USER_TYPE_ERRORS:
+        return BadRequestError(f"the query combines values of types that do not go together: {message}")
+    return None
+
+
 async def handle(
     conn: asyncpg.Connection,
     ctx: read.Context,
@@ -155,7 +171,13 @@ async def handle(
     method = method.upper()
     url = f"{ctx.base}/{path.strip('/')}"
     if method == "GET":
-        return await _get(conn, ctx, segments, params, url)
+        try:
+            return await _get(conn, ctx, segments, params, url)
+        except asyncpg.PostgresError as exc:  # here, not in the routes: a $batch's reads need it too
+            mapped = database_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
     if method not in ("POST", "PATCH", "PUT", "DELETE"):
         raise BadRequestError(f"method {method} is not supported here")
     auth.check(authorization)
