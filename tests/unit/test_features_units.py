@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
 from territoire_data.exports.stream import unhex
 from territoire_data.features.collections import Collection, Field
@@ -25,7 +26,6 @@ from territoire_data.features.params import (
     property_filters,
 )
 from territoire_data.features.routes import openapi_30
-from territoire_data.features.sqlparams import Params
 
 COLLECTION = Collection(
     id="c",

@@ -25,6 +25,7 @@ import asyncpg
 from territoire_data.catalog.schema import FieldDef, TableSchema
 from territoire_data.catalog.sources import CsvSource, Record
 from territoire_data.db.bulk import quote_ident
+from territoire_data.db.params import Params
 from territoire_data.ingest.csv.geometry import GeometrySpec, Reprojector
 from territoire_data.ingest.csv.values import FALSE_WORDS, TRUE_WORDS
 
@@ -67,16 +68,15 @@ class NotVouched(Exception):
     """The set-based attempt cannot vouch for every row: roll it back and take the careful path."""
 
 
-@dataclass
-class _Sql:
+class _Sql(Params):
     """Parameters bound once for the whole statement, referenced as $n from the generated expressions."""
 
-    values: list[Any] = field(default_factory=list)
-    missing: str = ""
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing = ""
 
     def bind(self, value: Any, cast: str) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}::{cast}"
+        return self.add(value, cast)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import datastream_visible_sql
+from territoire_data.db.params import Params
 from territoire_data.db.readpool import pooled, read_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
@@ -41,7 +42,6 @@ from territoire_data.features.query import (
     selected_fields,
     where_sql,
 )
-from territoire_data.features.sqlparams import Params
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)

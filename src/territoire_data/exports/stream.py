@@ -21,10 +21,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyproj import CRS as ProjCRS
 
+from territoire_data.db.params import Params
 from territoire_data.features.collections import Collection, Field
 from territoire_data.features.crs import DEFAULT, Crs, output_geometry_sql
 from territoire_data.features.query import ItemsQuery, feature_sql, order_sql, where_sql
-from territoire_data.features.sqlparams import Params
 
 BOM = "\ufeff".encode()
 # About 40,000 rows of a few columns per row group; parsing takes about 12 times this in memory.

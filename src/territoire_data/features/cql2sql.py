@@ -14,10 +14,10 @@ from typing import Any
 import cql2
 import orjson
 
+from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
 from territoire_data.features.collections import Collection, Field
 from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql
-from territoire_data.features.sqlparams import Params
 from territoire_data.querylimits import QueryLimits, check_json_tree, current_limits
 
 GEOMETRY_NAMES = ("geometry", "geom")

@@ -7,12 +7,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from territoire_data.auth.policy import ANONYMOUS, Principal
+from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
 from territoire_data.features.collections import Collection, Field, guard_sql
 from territoire_data.features.cql2sql import to_sql
 from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql, output_geometry_sql
 from territoire_data.features.params import DatetimeFilter
-from territoire_data.features.sqlparams import Params
 
 # json_build_object takes at most 100 arguments: wider tables are built in chunks and merged.
 _PAIRS_PER_OBJECT = 50

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from territoire_data.auth.policy import Principal, member_visible_sql
+from territoire_data.db.params import Params as Params  # re-exported: the doors build statements with it
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, link_prefix, members_sql, uses_links
 from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
@@ -35,17 +36,6 @@ class InvalidQueryError(BadRequestError):
 
     title = "Invalid query option"
     type_slug = "sta-query-invalid"
-
-
-class Params:
-    """Bound values of one statement; `add` returns the `$n::type` placeholder."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def add(self, value: Any, cast: str) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}::{cast}"
 
 
 @dataclass(frozen=True)
