@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.errors import document_problems, install_error_handlers
+from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
@@ -83,8 +84,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: headers, private caching, body limit, URL length and query limits, rate limit, CORS,
-    # metrics, then the request id outermost.
+    # Added innermost first: HEAD (GET without the body), headers, private caching, body limit, URL length and
+    # query limits, rate limit, CORS, metrics, then the request id outermost.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(PrivateCacheMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)

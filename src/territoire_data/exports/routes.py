@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.deps import get_principal
@@ -43,6 +43,7 @@ from territoire_data.features.query import (
     where_sql,
 )
 from territoire_data.settings import Settings
+from territoire_data.streaming import StreamedResponse
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ async def export_dataset(
     headers["Content-Disposition"] = f'attachment; filename="{collection.id}.{fmt}"'
     headers["Content-Crs"] = query.crs.header
     stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
-    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
+    return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
 @router.get(
@@ -211,7 +212,7 @@ async def export_observations(
         "Cache-Control": "no-cache",
     }
     stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
-    return StreamingResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
+    return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
