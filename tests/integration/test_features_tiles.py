@@ -59,3 +59,38 @@ async def test_tile_holds_the_features_postgis_finds_in_it(client: httpx.AsyncCl
     assert metadata["tiles"][0].endswith("/collections/mesures/tiles/WebMercatorQuad/{z}/{x}/{y}")
     listed = (await client.get("/ogcapi/collections/mesures/tiles")).json()
     assert listed["tilesets"][0]["dataType"] == "vector"
+
+
+async def test_tiling_scheme_is_published_and_matches_postgis(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """OGC API – Tiles: /tileMatrixSets and the WebMercatorQuad definition (TMS 2.0), linked from the tilesets;
+    each tile's extent computed from the definition equals PostGIS's own ST_TileEnvelope (an independent one)."""
+    await load_features_data(db)
+    conformance = (await client.get("/ogcapi/conformance")).json()["conformsTo"]
+    assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset" in conformance
+    assert "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset" in conformance
+    landing = (await client.get("/ogcapi")).json()["links"]
+    schemes = next(link for link in landing if link["rel"].endswith("/tiling-schemes"))["href"]
+    listed = (await client.get(httpx.URL(schemes).path)).json()["tileMatrixSets"]
+    assert [t["id"] for t in listed] == ["WebMercatorQuad"]
+    tileset = (await client.get("/ogcapi/collections/mesures/tiles/WebMercatorQuad")).json()
+    scheme = next(link for link in tileset["links"] if link["rel"].endswith("/tiling-scheme"))["href"]
+    assert scheme == listed[0]["links"][0]["href"]
+    tms = (await client.get(httpx.URL(scheme).path)).json()
+    assert tms["uri"] == tileset["tileMatrixSetURI"]
+    assert tms["crs"].endswith("/EPSG/0/3857")
+    matrices = {m["id"]: m for m in tms["tileMatrices"]}
+    assert len(matrices) == 23
+    for z, x, y in [(0, 0, 0), (5, 16, 11), (13, 4206, 2922), (22, 2_154_000, 1_496_000)]:
+        m = matrices[str(z)]
+        assert (m["matrixWidth"], m["matrixHeight"]) == (2**z, 2**z)
+        assert m["scaleDenominator"] == pytest.approx(m["cellSize"] / 0.00028)
+        span = m["cellSize"] * m["tileWidth"]
+        ox, oy = m["pointOfOrigin"]
+        ours = (ox + x * span, oy - (y + 1) * span, ox + (x + 1) * span, oy - y * span)
+        envelope = await db.fetchrow(
+            "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM ST_TileEnvelope($1, $2, $3) AS e", z, x, y
+        )
+        assert ours == pytest.approx(tuple(envelope), abs=1e-6)
+    assert (await client.get("/ogcapi/tileMatrixSets/WorldCRS84Quad")).status_code == 404

@@ -58,6 +58,7 @@ CONFORMANCE = (
     "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
     "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
     *cql2sql.CONFORMANCE,
+    *tiles.CONFORMANCE,
 )
 
 FORMAT_PARAM = Query(None, description="Output format: json (default) or html", pattern="^(json|geojson|html)$")
@@ -117,6 +118,9 @@ async def landing(request: Request, f: str | None = FORMAT_PARAM) -> Response:
         _link(f"{base}/api?f=html", "service-doc", HTML, "the API documentation"),
         _link(f"{base}/conformance", "conformance", JSON, "conformance classes"),
         _link(f"{base}/collections", "data", JSON, "collections"),
+        _link(
+            f"{base}/tileMatrixSets", "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes", JSON, "tiling schemes"
+        ),
     ]
     body = {
         "title": "territoire-data — OGC API – Features",
@@ -576,6 +580,12 @@ def _tileset(collection: Collection, base: str) -> dict[str, Any]:
                 "title": "Mapbox Vector Tiles",
             },
             _link(
+                f"{base}/tileMatrixSets/{tiles.TMS_ID}",
+                "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme",
+                JSON,
+                "the tile matrix set",
+            ),
+            _link(
                 f"{base}/collections/{collection.id}",
                 "http://www.opengis.net/def/rel/ogc/1.0/geodata",
                 JSON,
@@ -596,6 +606,34 @@ def _tileset(collection: Collection, base: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+@router.get("/tileMatrixSets", summary="Tiling schemes (tile matrix sets)", response_class=Response)
+async def tile_matrix_sets(request: Request) -> Response:
+    base = _base(request)
+    definition = f"{base}/tileMatrixSets/{tiles.TMS_ID}"
+    return _json(
+        {
+            "links": [_link(f"{base}/tileMatrixSets", "self", JSON, "tiling schemes")],
+            "tileMatrixSets": [
+                {
+                    "id": tiles.TMS_ID,
+                    "title": "Google Maps Compatible for the World",
+                    "uri": tiles.TMS_URI,
+                    "links": [
+                        _link(definition, "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme", JSON, "definition")
+                    ],
+                }
+            ],
+        }
+    )
+
+
+@router.get("/tileMatrixSets/{tileMatrixSetId}", summary="A tiling scheme's definition", response_class=Response)
+async def tile_matrix_set(tileMatrixSetId: str) -> Response:
+    if tileMatrixSetId != tiles.TMS_ID:
+        raise NotFoundError(f"no tile matrix set {tileMatrixSetId!r} (this server tiles in {tiles.TMS_ID})")
+    return _json(tiles.tile_matrix_set())
 
 
 @router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection", response_class=Response)

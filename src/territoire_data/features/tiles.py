@@ -18,6 +18,51 @@ BUFFER = 64
 # A tile never carries more than this many features (low zooms over huge tables stay bounded).
 MAX_FEATURES = 100_000
 
+# OGC API – Tiles 1.0 and the Tile Matrix Set 2.0 standard's classes this door implements.
+CONFORMANCE = (
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilesets-list",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/geodata-tilesets",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt",
+    "http://www.opengis.net/spec/tms/2.0/conf/tilematrixset",
+    "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
+)
+# Web Mercator's half-width in metres (the tile matrix set's origin is its top-left corner); OGC's scale
+# denominators assume 0.28 mm pixels.
+_HALF_WIDTH = 20037508.3427892
+_TILE_SIZE = 256
+
+
+def tile_matrix_set() -> dict[str, Any]:
+    """The WebMercatorQuad definition (OGC 17-083r4, annex D) in the TMS 2.0 JSON encoding: computed, not copied."""
+    matrices = []
+    for z in range(MAX_ZOOM + 1):
+        cell = 2 * _HALF_WIDTH / _TILE_SIZE / 2**z
+        matrices.append(
+            {
+                "id": str(z),
+                "scaleDenominator": cell / 0.00028,
+                "cellSize": cell,
+                "cornerOfOrigin": "topLeft",
+                "pointOfOrigin": [-_HALF_WIDTH, _HALF_WIDTH],
+                "tileWidth": _TILE_SIZE,
+                "tileHeight": _TILE_SIZE,
+                "matrixWidth": 2**z,
+                "matrixHeight": 2**z,
+            }
+        )
+    return {
+        "id": TMS_ID,
+        "title": "Google Maps Compatible for the World",
+        "uri": TMS_URI,
+        "crs": "http://www.opengis.net/def/crs/EPSG/0/3857",
+        "orderedAxes": ["X", "Y"],
+        "wellKnownScaleSet": "http://www.opengis.net/def/wkss/OGC/1.0/GoogleMapsCompatible",
+        "tileMatrices": matrices,
+    }
+
+
 # MVT attribute values are strings, numbers and booleans: other types go as text.
 _MVT_NATIVE = ("text", "bigint", "double precision", "boolean", "integer")
 
