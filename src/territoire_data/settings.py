@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")
+    portal_refresh_seconds: int = Field(
+        default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
+    )
     sta_default_top: int = Field(default=100, ge=1, le=100_000, description="SensorThings page size by default")
     sta_max_top: int = Field(default=10_000, ge=1, le=1_000_000, description="largest SensorThings $top honoured")
     sta_count_exact_limit: int = Field(

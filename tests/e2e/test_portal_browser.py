@@ -6,9 +6,11 @@ dataset with observations of the last hours. Screenshots go to test-artifacts/ f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ def server(settings: Settings, db: asyncpg.Connection, chromium_ready: None) -> 
         env={
             "TERRITOIRE_CATALOG_TITLE": "Données ouvertes de Rennes Métropole (démo)",
             "TERRITOIRE_CATALOG_PUBLISHER": "Rennes Métropole",
+            "TERRITOIRE_PORTAL_REFRESH_SECONDS": "1",
         },
     )
     live.start()
@@ -211,6 +214,22 @@ async def test_sensor_page_draws_the_chart_of_recent_values(
     assert await charts.get_attribute("data-rendered") == "1"
     assert await page.locator("#charts canvas").count() >= 1
     assert await page.locator("#map path.leaflet-interactive").count() == 1
+    # a new reading appears on the chart without reloading the page (the refresh is 1 s in these tests)
+    before = int(await charts.get_attribute("data-points") or "0")
+    canvases = await page.locator("#charts canvas").count()
+    async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=10) as http:
+        stream = (await http.get("/sta/v1.1/Datastreams", params={"$select": "id", "$top": "1"})).json()
+        created = await http.post(
+            f"/sta/v1.1/Datastreams({stream['value'][0]['@iot.id']})/Observations",
+            json={"result": 42.0, "phenomenonTime": datetime.now(UTC).isoformat()},
+        )
+        assert created.status_code == 201, created.text
+    for _ in range(60):  # polled from here: the page's CSP forbids evaluating a predicate in it
+        if int(await charts.get_attribute("data-points") or "0") > before:
+            break
+        await asyncio.sleep(0.25)
+    assert int(await charts.get_attribute("data-points") or "0") > before
+    assert await page.locator("#charts canvas").count() == canvases  # updated in place, not drawn again
     await screenshot(page, "04-sensor-dataset-with-chart")
     assert await serious_violations(page) == []
 

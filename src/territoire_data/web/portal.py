@@ -194,6 +194,7 @@ async def dataset_page(
         columns=columns,
         rows=rows,
         series=series,
+        refresh_seconds=settings.portal_refresh_seconds,
         has_map=has_map,
         assets_built=vendor_assets_built(),
         base_url=settings.base_url,

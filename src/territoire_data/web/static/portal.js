@@ -39,27 +39,49 @@
       .catch(function () { element.dataset.rendered = "error"; });
   }
 
+  // One chart per Datastream, kept by id: a refresh gives each its new values (and adds a chart for a new one),
+  // every `data-refresh` seconds while the page is visible, so live sensors move without reloading the page.
   function drawCharts(element) {
     if (!window.uPlot) { return; }
-    fetch(element.dataset.series)
-      .then(function (response) { return response.json(); })
-      .then(function (series) {
-        series.forEach(function (s) {
-          var box = document.createElement("figure");
-          box.className = "chart";
-          var caption = document.createElement("figcaption");
-          caption.textContent = s.name + (s.unit ? " (" + s.unit + ")" : "");
-          box.appendChild(caption);
-          element.appendChild(box);
-          var width = Math.max(280, Math.min(element.clientWidth || 640, 900));
-          new window.uPlot({
-            width: width, height: 220,
-            series: [{ label: element.dataset.timeLabel }, { label: s.name, stroke: "#00449e", width: 2 }],
-            axes: [{}, { label: s.unit }]
-          }, [s.times, s.values], box);
+    var plots = {};
+
+    function addChart(s) {
+      var box = document.createElement("figure");
+      box.className = "chart";
+      var caption = document.createElement("figcaption");
+      caption.textContent = s.name + (s.unit ? " (" + s.unit + ")" : "");
+      box.appendChild(caption);
+      element.appendChild(box);
+      var width = Math.max(280, Math.min(element.clientWidth || 640, 900));
+      plots[s.id] = new window.uPlot({
+        width: width, height: 220,
+        series: [{ label: element.dataset.timeLabel }, { label: s.name, stroke: "#00449e", width: 2 }],
+        axes: [{}, { label: s.unit }]
+      }, [s.times, s.values], box);
+    }
+
+    function load() {
+      return fetch(element.dataset.series, { cache: "no-store" })
+        .then(function (response) { return response.json(); })
+        .then(function (series) {
+          var points = 0;
+          series.forEach(function (s) {
+            if (plots[s.id]) { plots[s.id].setData([s.times, s.values]); } else { addChart(s); }
+            points += s.values.length;
+          });
+          element.dataset.rendered = String(series.length);
+          element.dataset.points = String(points);
         });
-        element.dataset.rendered = String(series.length);
-      });
+    }
+
+    load().then(function () {
+      var seconds = parseInt(element.dataset.refresh || "0", 10);
+      if (seconds > 0) {
+        setInterval(function () {
+          if (!document.hidden) { load().catch(function () { /* keep the last values; try again later */ }); }
+        }, seconds * 1000);
+      }
+    });
   }
 
   function setupCopy(button) {
