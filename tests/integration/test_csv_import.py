@@ -533,3 +533,36 @@ async def test_native_path_copies_plain_cells_straight_into_the_table(db: asyncp
             assert "native" not in report["timings"], row
             outcomes.append((report["errors"], report.get("rows_inserted")))
         assert outcomes[0] == outcomes[1], row
+
+
+async def test_native_path_reprojects_lambert93_as_the_careful_path(db: asyncpg.Connection, tmp_path: Path) -> None:
+    schema = tmp_path / "l93.json"
+    schema.write_text(
+        json.dumps({"fields": [{"name": "id", "type": "integer"}, {"name": "x", "type": "number"},
+                               {"name": "y", "type": "number"}], "primaryKey": ["id"]})
+    )  # fmt: skip
+    path = tmp_path / "l93.csv"
+    path.write_text("id;x;y\n1;652000,5;6862000\n2;619000;6754000,25\n3;;\n")
+    fast = await load(db, path, "l93-native", create=True, schema=schema, crs="EPSG:2154")
+    slow = await load(db, path, "l93-careful", create=True, schema=schema, crs="EPSG:2154", set_based=False)
+    assert fast["timings"].get("native") == 1
+    points = []
+    for slug in ("l93-native", "l93-careful"):
+        table = await table_of(db, slug)
+        points.append(
+            [tuple(r) for r in await db.fetch(f"SELECT x, y, ST_X(geom), ST_Y(geom) FROM {table} ORDER BY id")]
+        )
+    assert points[0][2] == points[1][2] == (None, None, None, None)
+    for native, careful in zip(points[0][:2], points[1][:2], strict=True):
+        assert native == pytest.approx(careful, abs=1e-9)
+    assert fast["rows_inserted"] == slow["rows_inserted"] == 3
+    # Outside the area of use (x and y swapped): the same report as the careful path's.
+    path.write_text("id;x;y\n1;652000;6862000\n2;6862000;652000\n")
+    reports = []
+    for set_based in (True, False):
+        with pytest.raises(ImportFailedError) as info:
+            await load(db, path, f"l93-bad-{int(set_based)}", create=True, schema=schema, crs="EPSG:2154",
+                       set_based=set_based)  # fmt: skip
+        assert "native" not in info.value.report["timings"]
+        reports.append(info.value.report["errors"])
+    assert reports[0] == reports[1] and reports[0][0]["line"] == 3

@@ -506,10 +506,10 @@ _NATIVE_SHAPES = {
 def native_regex(schema: TableSchema, plan: FastPlan, delimiter: str) -> re.Pattern[bytes] | None:
     """The pattern every chunk must match for the native path, or None when this file cannot take it: a file
     column per field in order (COPY writes columns by name, but every file column must be a field), ';'-free
-    strings, plain numbers and ISO dates, and a point only from lon/lat number fields in EPSG:4326."""
+    strings, plain numbers and ISO dates, and a point only from x/y number fields."""
     if plan.extra_column or list(schema.missing_values) != [""] or delimiter in ',"' or len(delimiter) != 1:
         return None
-    if plan.geometry is not None and (plan.reuse is None or plan.srid != 4326):
+    if plan.geometry is not None and plan.reuse is None:
         return None
     if sorted(c for c in plan.mapping if c >= 0) != list(range(plan.ncols)):
         return None
@@ -532,7 +532,10 @@ def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
     if plan.geometry is None or plan.reuse is None:
         return None
     x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
-    return f"CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL ELSE ST_SetSRID(ST_MakePoint({x}, {y}), 4326) END"
+    point = f"ST_SetSRID(ST_MakePoint({x}, {y}), {int(plan.srid)})"
+    if plan.srid != 4326:  # the CRSs of _SQL_CRS, which PostGIS and pyproj transform alike
+        point = f"ST_Transform({point}, 4326)"
+    return f"CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL ELSE {point} END"
 
 
 def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojector, table: str) -> tuple[str, list[Any]]:
@@ -563,6 +566,8 @@ def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojecto
         x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
         west, south, east, north = (sql.bind(float(b), "double precision") for b in projection.bounds)
         bad.append(f"(({x} IS NULL) <> ({y} IS NULL))")
-        bad.append(f"NOT ({x} BETWEEN {west} AND {east} AND {y} BETWEEN {south} AND {north})")
+        # The area of use is checked on the WGS84 point, as Reprojector.points does.
+        lon, lat = (x, y) if plan.srid == 4326 else ("ST_X(geom)", "ST_Y(geom)")
+        bad.append(f"NOT ({lon} BETWEEN {west} AND {east} AND {lat} BETWEEN {south} AND {north})")
     condition = " OR ".join(f"coalesce({b}, false)" for b in bad) or "false"
     return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", sql.values  # noqa: S608
