@@ -467,3 +467,102 @@ async def test_set_based_path_keeps_text_and_instants_and_falls_back_on_doubt(
     assert tried_in_sql.value.report["errors"] == per_row.value.report["errors"]
     assert len(tried_in_sql.value.report["errors"]) == 6
     assert await db.fetchval(f"SELECT count(*) FROM {await table_of(db, 'parkings')}") == 2
+
+
+NATIVE_SCHEMA = {
+    "fields": [
+        {"name": "id", "type": "integer", "constraints": {"required": True}},
+        {"name": "name", "type": "string", "constraints": {"maxLength": 8}},
+        {"name": "category", "type": "string", "constraints": {"enum": ["a", "b"]}},
+        {"name": "lon", "type": "number", "constraints": {"minimum": -180, "maximum": 180}},
+        {"name": "lat", "type": "number"},
+        {"name": "value", "type": "number"},
+        {"name": "day", "type": "date"},
+        {"name": "at", "type": "datetime"},
+    ],
+    "primaryKey": ["id"],
+}
+
+
+async def test_native_path_copies_plain_cells_straight_into_the_table(db: asyncpg.Connection, tmp_path: Path) -> None:
+    """Cells already in PostgreSQL's input forms go straight into the typed table: same rows as the per-row path;
+    any doubt (a constraint, spaces only, a half point, a quote) sends the file to the slower paths, same reports."""
+    schema = tmp_path / "native.json"
+    schema.write_text(json.dumps(NATIVE_SCHEMA))
+    clean = tmp_path / "clean.csv"
+    header = "id;name;category;lon;lat;value;day;at\n"
+    clean.write_text(
+        header + "1;un;a;2,35;48,85;12,5;2024-01-31;2024-03-31T02:30:00+02:00\n2;;;;;-0,25;;\n"
+        "3;trois;b;-1,5;47,2;1e3;2024-02-29;2024-10-27 05:30:00Z\n"
+    )
+    fast = await load(db, clean, "native", create=True, schema=schema)
+    slow = await load(db, clean, "careful", create=True, schema=schema, set_based=False)
+    assert fast["timings"].get("native") == 1
+    assert fast["rows_inserted"] == slow["rows_inserted"] == 3
+    assert await rows_of(db, "native") == await rows_of(db, "careful")
+    # A replace of the same file: the table already has its one dropped column (the point's), so the text-staging
+    # path loads it, and dropped columns never pile up.
+    again = await load(db, clean, "native", mode="replace", schema=schema)
+    assert "native" not in again["timings"] and again["timings"]["set_based"] == 1
+    assert await rows_of(db, "native") == await rows_of(db, "careful")
+    table = await table_of(db, "native")
+    assert (
+        await db.fetchval(f"SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attisdropped")
+        <= 1
+    )
+
+    bad_rows = [
+        "4;toolongname;a;1;1;1;;\n",  # maxLength
+        "4;x;c;1;1;1;;\n",  # enum
+        "4;   ;a;1;1;1;;\n",  # spaces only: missing for the careful path
+        "4;x;a;1;;1;;\n",  # half a point
+        "4;x;a;200;1;1;;\n",  # minimum/maximum and area of use
+        ";x;a;1;1;1;;\n",  # required
+        "4;x;a;1;1;1;31/01/2024;\n",  # a date PostgreSQL would read with its DateStyle
+        "4;x;a;1;1;1;;2024-01-01T00:00:00\n",  # a local time: the time zone decides
+    ]
+    for n, row in enumerate(bad_rows):
+        bad = tmp_path / f"bad{n}.csv"
+        bad.write_text(header + "1;un;a;2,35;48,85;12,5;2024-01-31;\n" + row)
+        outcomes = []
+        for set_based in (True, False):
+            try:
+                report = await load(db, bad, f"b{n}-{int(set_based)}", create=True, schema=schema, set_based=set_based)
+            except ImportFailedError as exc:
+                report = exc.report
+            assert "native" not in report["timings"], row
+            outcomes.append((report["errors"], report.get("rows_inserted")))
+        assert outcomes[0] == outcomes[1], row
+
+
+async def test_native_path_reprojects_lambert93_as_the_careful_path(db: asyncpg.Connection, tmp_path: Path) -> None:
+    schema = tmp_path / "l93.json"
+    schema.write_text(
+        json.dumps({"fields": [{"name": "id", "type": "integer"}, {"name": "x", "type": "number"},
+                               {"name": "y", "type": "number"}], "primaryKey": ["id"]})
+    )  # fmt: skip
+    path = tmp_path / "l93.csv"
+    path.write_text("id;x;y\n1;652000,5;6862000\n2;619000;6754000,25\n3;;\n")
+    fast = await load(db, path, "l93-native", create=True, schema=schema, crs="EPSG:2154")
+    slow = await load(db, path, "l93-careful", create=True, schema=schema, crs="EPSG:2154", set_based=False)
+    assert fast["timings"].get("native") == 1
+    points = []
+    for slug in ("l93-native", "l93-careful"):
+        table = await table_of(db, slug)
+        points.append(
+            [tuple(r) for r in await db.fetch(f"SELECT x, y, ST_X(geom), ST_Y(geom) FROM {table} ORDER BY id")]
+        )
+    assert points[0][2] == points[1][2] == (None, None, None, None)
+    for native, careful in zip(points[0][:2], points[1][:2], strict=True):
+        assert native == pytest.approx(careful, abs=1e-9)
+    assert fast["rows_inserted"] == slow["rows_inserted"] == 3
+    # Outside the area of use (x and y swapped): the same report as the careful path's.
+    path.write_text("id;x;y\n1;652000;6862000\n2;6862000;652000\n")
+    reports = []
+    for set_based in (True, False):
+        with pytest.raises(ImportFailedError) as info:
+            await load(db, path, f"l93-bad-{int(set_based)}", create=True, schema=schema, crs="EPSG:2154",
+                       set_based=set_based)  # fmt: skip
+        assert "native" not in info.value.report["timings"]
+        reports.append(info.value.report["errors"])
+    assert reports[0] == reports[1] and reports[0][0]["line"] == 3

@@ -99,6 +99,9 @@ class LineMap:
     """
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.starts: list[int] = []
         self.offsets: list[int] = []
         self.count = 0
@@ -502,6 +505,9 @@ async def _load_set_based(
     """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
     cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
     assert isinstance(run.source, CsvSource)
+    if direct and await _load_native(conn, run, dataset, fast, projection, lines_loaded):
+        return True
+    lines_loaded.clear()  # the native attempt's lines, rolled back with it
     stream = setload.RawStream(run.source, lines_loaded, fast)
     try:
         async with conn.transaction():
@@ -531,6 +537,63 @@ async def _load_set_based(
         return False
     run.rows_read = run.rows_staged = inserted
     run.timings["set_based"] = 1
+    return True
+
+
+async def _load_native(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    fast: setload.FastPlan,
+    projection: Reprojector,
+    lines_loaded: LineMap,
+) -> bool:
+    """Cells already in PostgreSQL's input forms (decimal commas aside) are COPied straight into the empty typed
+    table, the point made by a generated column, then one query checks what COPY's type input does not. False
+    (rolled back) when any chunk or row is not vouched for: the text-staging path then tries."""
+    assert isinstance(run.source, CsvSource)
+    stream = setload.RawStream(run.source, lines_loaded, fast)
+    stream.native = setload.native_regex(dataset.schema, fast, stream.delimiter)
+    if stream.native is None:
+        return False
+    table = dataset.table
+    # One dropped column at most per table: a table that already has one (an earlier native load) is not altered
+    # again, so repeated replace imports never pile dropped columns up.
+    dropped = await conn.fetchval(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass AND attisdropped", table
+    )
+    point = setload.native_geometry(dataset.schema, fast)
+    if point is not None and dropped:
+        return False
+    by_column = {c: f.name for f, c in zip(dataset.schema.fields, fast.mapping, strict=True) if c >= 0}
+    try:
+        async with conn.transaction():
+            if point is not None:
+                await conn.execute(
+                    f"ALTER TABLE {table} DROP COLUMN geom, ADD COLUMN geom geometry(Geometry, 4326) "
+                    f"GENERATED ALWAYS AS ({point}) STORED"
+                )
+            await conn.copy_to_table(
+                dataset.table_name,
+                schema_name=SCHEMA,
+                source=_in_thread(stream.chunks()),
+                columns=[by_column[i] for i in range(fast.ncols)],
+                format="csv",
+                delimiter=stream.delimiter,
+                encoding=stream.copy_encoding,
+            )
+            if point is not None:
+                await conn.execute(f"ALTER TABLE {table} ALTER COLUMN geom DROP EXPRESSION")
+            run.lap("copy_native_s")
+            check, params = setload.native_check_sql(dataset.schema, fast, projection, table)
+            if await conn.fetchval(check, *params):
+                raise setload.NotVouched("a row breaks a constraint")
+    except (setload.NotVouched, asyncpg.PostgresError) as exc:
+        logger.info("%s: not the native path (%s)", run.source.label, str(exc)[:200])
+        return False
+    run.rows_read = run.rows_staged = stream.rows
+    run.timings["set_based"] = 1
+    run.timings["native"] = 1
     return True
 
 

@@ -187,6 +187,8 @@ class RawStream:
         self.shapes_checked = self.zoned = bool(plan.shaped)
         delimiter = re.escape(self.delimiter.encode())
         self._loose, self._zoned = (self._regex(plan, delimiter, zoned) for zoned in (False, True))
+        # Set for the native path: every chunk must match it, and goes out with its decimal commas as points.
+        self.native: re.Pattern[bytes] | None = None
 
     @staticmethod
     def _regex(plan: FastPlan, delimiter: bytes, zoned: bool) -> re.Pattern[bytes]:
@@ -223,6 +225,8 @@ class RawStream:
                 if not chunk:
                     return
                 if self.quote in chunk or chunk.startswith((b"\n", b"\r\n")) or b"\n\n" in chunk or b"\n\r\n" in chunk:
+                    if self.native is not None:
+                        raise NotVouched("quotes or blank lines")
                     handle.seek(handle.tell() - len(block))
                     yield from self._parsed(handle, line_no)
                     return
@@ -232,6 +236,11 @@ class RawStream:
                 self.lines.extend(line_no + 1, count)
                 line_no += count
                 self.rows += count
+                if self.native is not None:
+                    if self.native.fullmatch(chunk) is None:
+                        raise NotVouched("a cell not in PostgreSQL's own input form")
+                    yield chunk.replace(b",", b".")
+                    continue
                 if self.zoned and self._zoned.fullmatch(chunk) is None:
                     self.zoned = False
                 if self.shapes_checked and not self.zoned and self._loose.fullmatch(chunk) is None:
@@ -476,3 +485,89 @@ def select_sql(
 
 def quoted(names: list[str]) -> str:
     return ", ".join(quote_ident(n) for n in names)
+
+
+# --- native path: the file's cells already in PostgreSQL's input forms, COPied straight into the typed table ---
+
+# Cell shapes whose COPY input value is the careful path's value once decimal commas become points. Strings may not
+# hold a comma (the chunk's commas are all replaced) nor a quote (already excluded); every cell may be empty (NULL).
+_NATIVE_SHAPES = {
+    "string": rb"[^;,\"\r\n]*",
+    # What the text-staging path casts too (the same cast, after the same comma replacement): a cell PostgreSQL
+    # refuses fails the COPY, which only sends the file to that path.
+    "integer": _BYTE_SHAPES["integer"],
+    "number": rb"[0-9+\-.,eE]*",
+    "year": rb"(?:[0-9]{4})?",
+    "date": rb"(?:[0-9]{4}-[0-9]{2}-[0-9]{2})?",
+    "datetime": b"(?:" + _BYTE_SHAPES["datetime"].removesuffix(b"?") + b")?",
+}
+
+
+def native_regex(schema: TableSchema, plan: FastPlan, delimiter: str) -> re.Pattern[bytes] | None:
+    """The pattern every chunk must match for the native path, or None when this file cannot take it: a file
+    column per field in order (COPY writes columns by name, but every file column must be a field), ';'-free
+    strings, plain numbers and ISO dates, and a point only from x/y number fields."""
+    if plan.extra_column or list(schema.missing_values) != [""] or delimiter in ',"' or len(delimiter) != 1:
+        return None
+    if plan.geometry is not None and plan.reuse is None:
+        return None
+    if sorted(c for c in plan.mapping if c >= 0) != list(range(plan.ncols)):
+        return None
+    by_column: dict[int, bytes] = {}
+    for f, column in zip(schema.fields, plan.mapping, strict=True):
+        if column < 0:
+            continue
+        if f.type not in _NATIVE_SHAPES or (f.type == "string" and f.format not in (None, "default")):
+            return None
+        by_column[column] = _NATIVE_SHAPES[f.type]
+    sep = re.escape(delimiter.encode())
+    if b"," in sep:
+        return None
+    line = sep.join(by_column[i].replace(b";", sep) for i in range(plan.ncols))
+    return re.compile(b"(?:" + line + b"\\r?\\n)*(?:" + line + b")?")
+
+
+def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
+    """The generation expression of the point from its lon/lat columns (None: no geometry)."""
+    if plan.geometry is None or plan.reuse is None:
+        return None
+    x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
+    point = f"ST_SetSRID(ST_MakePoint({x}, {y}), {int(plan.srid)})"
+    if plan.srid != 4326:  # the CRSs of _SQL_CRS, which PostGIS and pyproj transform alike
+        point = f"ST_Transform({point}, 4326)"
+    return f"CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL ELSE {point} END"
+
+
+def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojector, table: str) -> tuple[str, list[Any]]:
+    """A query true when some loaded row breaks what COPY's type input does not check: required, enum, lengths,
+    bounds, spaces-only strings, a half point or one outside the area of use."""
+    sql = _Sql()
+    bad: list[str] = []
+    for f, column in zip(schema.fields, plan.mapping, strict=True):
+        if column < 0:
+            continue
+        c = quote_ident(f.name)
+        if f.required or f.name in schema.primary_key:
+            bad.append(f"{c} IS NULL")
+        if f.type == "string":
+            codes = sql.bind(sorted({ord(ch) for ch in WHITESPACE}), "int[]")
+            bad.append(f"(ascii({c}) = ANY({codes}) AND ltrim({c}, {sql.bind(WHITESPACE, 'text')}) = '')")
+            enum = f.constraints.get("enum")
+            if enum is not None:
+                bad.append(f"{c} <> ALL({sql.bind([str(e) for e in enum], 'text[]')})")
+            if "minLength" in f.constraints:
+                bad.append(f"length({c}) < {sql.bind(int(f.constraints['minLength']), 'int')}")
+            if "maxLength" in f.constraints:
+                bad.append(f"length({c}) > {sql.bind(int(f.constraints['maxLength']), 'int')}")
+        for key, op in (("minimum", "<"), ("maximum", ">")):
+            if key in f.constraints:
+                bad.append(f"{c} {op} {sql.bind(float(f.constraints[key]), 'double precision')}")
+    if plan.reuse is not None:
+        x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
+        west, south, east, north = (sql.bind(float(b), "double precision") for b in projection.bounds)
+        bad.append(f"(({x} IS NULL) <> ({y} IS NULL))")
+        # The area of use is checked on the WGS84 point, as Reprojector.points does.
+        lon, lat = (x, y) if plan.srid == 4326 else ("ST_X(geom)", "ST_Y(geom)")
+        bad.append(f"NOT ({lon} BETWEEN {west} AND {east} AND {lat} BETWEEN {south} AND {north})")
+    condition = " OR ".join(f"coalesce({b}, false)" for b in bad) or "false"
+    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", sql.values  # noqa: S608
