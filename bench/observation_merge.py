@@ -4,8 +4,9 @@ Run:  .venv/bin/python bench/observation_merge.py [--batches 40] [--rows 5000] [
 
 Writes batches like the MQTT worker's (COPY into staging, one INSERT ... SELECT ... ON CONFLICT DO NOTHING) into a
 fresh migrated database, and reports the server backend's CPU microseconds per row (read from /proc, so much less
-noisy than wall-clock on a shared machine) for variants that switch off one part at a time: the SensorThings
-statement triggers, the foreign key to datastream. Needs the database on this machine (it reads /proc/<pid>).
+noisy than wall-clock on a shared machine) for variants that switch off one part at a time: the phenomenon_time
+index (0005; the variants after it run without it), the SensorThings statement triggers, the foreign key to
+datastream. Needs the database on this machine (it reads /proc/<pid>).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ async def main() -> None:
             "VACUUM FULL datastream; VACUUM FULL observation_rollup_15min"
         )
         variants = [
-            ("as migrated (0003: statement check)", ""),
+            ("as migrated (0005: phenomenon_time index)", ""),
+            ("before 0005 (no phenomenon_time index)", "DROP INDEX observation_phenomenon_time_idx"),
             ("statement check, no STA triggers", "ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted"),
             ("no check, no STA triggers", f"ALTER TABLE observation DISABLE TRIGGER {check}"),
             ("before 0003 (foreign key, fillfactor 100)", before),

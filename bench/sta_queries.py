@@ -2,7 +2,7 @@
 
 Loads 200 Things, 1,000 Datastreams and a year of Observations into a bench database of its own (never
 `territoire`), starts the real server (`territoire-data serve`), then measures with concurrent clients the
-p50/p95/p99 of the five queries of issue 5 against their targets, and the CPU time per request of the server
+p50/p95/p99 of the five queries of issue 5 against their targets (and of the unscoped latest page), and the CPU time per request of the server
 processes and of the database backends (read from /proc: on a busy shared machine the latencies mostly measure
 the other tenants, the CPU time much less so; 16 clients on N cores cannot do better than about
 16 x CPU per request / N). Run:
@@ -55,6 +55,7 @@ TARGETS = {  # name: (percentile, limit ms)
     "$filter on time and result (one week)": ("p99", None),
     "$expand 100 Things + Datastreams + last Observation": ("p99", 150.0),
     "daily aggregation of a year (525,600 rows)": ("p95", 150.0),
+    "latest 100 Observations anywhere (unscoped)": ("p99", None),
 }
 
 
@@ -261,7 +262,10 @@ def queries(start: datetime, rng: random.Random) -> dict[str, callable]:  # type
     def aggregate() -> tuple[str, dict[str, str]]:
         return "/Datastreams(1)/Aggregates", {"interval": "day", "aggregate": "min,max,avg,count", "$top": "400"}
 
-    return dict(zip(TARGETS, (latest, one_day, filtered, expand, aggregate), strict=True))
+    def latest_anywhere() -> tuple[str, dict[str, str]]:
+        return "/Observations", {"$orderby": "phenomenonTime desc", "$top": "100"}
+
+    return dict(zip(TARGETS, (latest, one_day, filtered, expand, aggregate, latest_anywhere), strict=True))
 
 
 def process_tree(root: int) -> list[int]:

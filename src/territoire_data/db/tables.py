@@ -191,6 +191,8 @@ feature_of_interest = Table(
     Column("external_key", Text, unique=True),
 )
 
+# Indexes (not described here; the schema test leaves them out): the primary key (datastream_id, phenomenon_time),
+# id, feature_of_interest_id (0001) and phenomenon_time (0005_staidx: pages not scoped to one Datastream).
 observation = Table(
     "observation",
     metadata,

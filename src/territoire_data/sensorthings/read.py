@@ -5,9 +5,11 @@ Free of FastAPI: the routes hand in an asyncpg connection, the parsed options an
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal, localcontext
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -141,10 +143,58 @@ async def resolve(
 
 
 def iso(value: datetime | None) -> str | None:
+    """An instant as PostgreSQL's `to_json` writes it in UTC (jsonsql), plus `Z`: fractional seconds without
+    trailing zeros, none when zero (`2026-11-28T20:17:21.477Z`, `2026-11-28T20:17:21Z`)."""
     if value is None:
         return None
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    text = value.replace(tzinfo=None).isoformat()
+    return (text.rstrip("0") if value.microsecond else text) + "Z"
+
+
+def pg_number(value: float) -> int | float | str | orjson.Fragment:
+    """A double as PostgreSQL's `to_json` writes it (jsonsql): the shortest text that reads back the same,
+    integers without `.0`, exponents as `1e+15` from 1e15 and below 1e-4, NaN and infinities as strings.
+
+    orjson's own shortest form agrees in between for non-integers; the rest are written here."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    magnitude = abs(value)
+    if value.is_integer():
+        if magnitude < 1e15 and (value or math.copysign(1.0, value) > 0):
+            return int(value)
+    elif 1e-4 <= magnitude < 1e15:
+        return value
+    return orjson.Fragment(_pg_float_text(value))
+
+
+def _pg_float_text(value: float) -> str:
+    """float8out's text for the values orjson writes otherwise. Its shortest digits lie strictly inside the
+    interval that reads back as `value` (Python's `repr` may take a bound, as it does for some integers
+    above 2**53), so the digits are searched here, with the bounds computed exactly."""
+    with localcontext() as ctx:
+        ctx.prec = 800
+        magnitude = abs(value)
+        exact = Decimal(magnitude)
+        low = (exact + Decimal(math.nextafter(magnitude, 0.0))) / 2
+        above = math.nextafter(magnitude, math.inf)
+        # the largest double has no neighbour above: its interval is as wide above as below
+        high = (exact + Decimal(above)) / 2 if math.isfinite(above) else 2 * exact - low
+        for count in range(1, 18):
+            candidate = Decimal(f"{magnitude:.{count - 1}e}")
+            if low < candidate < high or not magnitude:
+                break
+    _, digits, exponent = candidate.normalize().as_tuple()
+    sign = math.copysign(1.0, value) < 0
+    assert isinstance(exponent, int)
+    power = len(digits) + exponent - 1  # of the first digit
+    if -4 <= power < 15:  # -0
+        return ("-" if sign else "") + format(candidate.normalize(), "f")
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'+' if power >= 0 else '-'}{abs(power):02d}"
 
 
 def self_link(ctx: Context, entity: EntityType, entity_id: int) -> str:
@@ -154,14 +204,14 @@ def self_link(ctx: Context, entity: EntityType, entity_id: int) -> str:
 def prop_value(prop: Prop, row: asyncpg.Record) -> Any:
     """The wire value of one property from a row of `sql.select_list`.
 
-    Instants stay `datetime` objects: the JSON encoder writes them as RFC 3339 in UTC (`JSON_OPTIONS`),
-    much faster than formatting them here; intervals become `start/end` strings.
+    Instants, intervals and numbers are written in the very text PostgreSQL gives them in `jsonsql` (so that
+    MQTT messages and HTTP bodies agree to the character): see `iso` and `pg_number`.
     """
     kind = prop.kind
     if kind == "result":
         value = row["result_number"]
         if value is not None:
-            return value
+            return pg_number(value)
         value = row["result_string"]
         if value is not None:
             return value
@@ -174,7 +224,7 @@ def prop_value(prop: Prop, row: asyncpg.Record) -> Any:
         return orjson.loads(value) if value is not None else None
     if kind == "time":
         end = row[prop.end_column] if prop.end_column else None
-        return f"{iso(value)}/{iso(end)}" if end is not None else value
+        return f"{iso(value)}/{iso(end)}" if end is not None else iso(value)
     if kind == "interval":
         if value is None:
             return None

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from territoire_data.auth.policy import ANONYMOUS
 from territoire_data.db.readpool import close_read_pool, pooled, use_generic_plans, use_plans
 from territoire_data.sensorthings import read, sql
-from territoire_data.sensorthings.model import ENTITY_TYPES
+from territoire_data.sensorthings.model import BY_NAME, ENTITY_TYPES
 from territoire_data.settings import Settings
 from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
 
@@ -77,6 +77,43 @@ async def test_sql_json_means_what_the_python_serializer_says(sta: httpx.AsyncCl
                     sta, f"{entity.plural}({row['id']})", **({"$select": ",".join(chosen)} if chosen else {})
                 )
                 assert _same_meaning(one) == _same_meaning(value)
+
+
+async def test_python_serializer_writes_observations_in_the_same_text_as_postgresql(
+    sta: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The MQTT bridge (`read.serialize`) and HTTP (jsonsql) agree to the byte on Observations: instants with
+    fractional seconds trimmed as PostgreSQL's to_json trims them, integral doubles without `.0`, exponents."""
+    thing = await create(sta, "Things", thing_body())
+    ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
+    results: list[Any] = [6.0, 21.5, -0.0, 0.1, 1e-4, 2.5e-7, 1e15, 1e20, 123456789.125, -7, 98858174109921408.0]
+    for n, result in enumerate(results):
+        body = {
+            "phenomenonTime": f"2026-11-28T20:17:{n:02d}.{477 if n % 2 else 5}Z",
+            "result": result,
+            "resultTime": f"2026-11-28T20:18:{n:02d}.100Z",
+        }
+        if n % 3 == 0:  # an interval with fractional ends, and one validTime
+            body["phenomenonTime"] = f"2026-11-28T20:17:{n:02d}.250Z/2026-11-28T20:19:{n:02d}Z"
+            body["validTime"] = f"2026-11-28T20:00:00.000010Z/2026-11-29T20:00:{n:02d}.5Z"
+        response = await sta.post(f"{BASE}/Datastreams({ds})/Observations", json=body, headers=AUTH)
+        assert response.status_code == 201, response.text
+    entity = BY_NAME["Observation"]
+    ctx = read.Context(base="http://testserver" + BASE, principal=ANONYMOUS)
+    rows = await db.fetch(f"SELECT {sql.select_list(entity, 'c')} FROM observation c ORDER BY c.id")
+    assert len(rows) == len(results)
+    python = [read.dumps(read.serialize(ctx, entity, row, ())) for row in rows]
+    response = await sta.get(f"{BASE}/Observations", params={"$orderby": "id"})
+    assert response.status_code == 200
+    assert b'"value":[' + b",".join(python) + b"]" in response.content
+    assert b'"phenomenonTime":"2026-11-28T20:17:01.477Z"' in python[1]
+    assert b'"result":6,' in python[0] and b'"result":-0,' in python[2] and b'"result":1e+20,' in python[7]
+    for row, text in zip(rows, python, strict=True):
+        one = await sta.get(f"{BASE}/Observations({row['id']})")
+        assert one.content == text
+        for select in (("phenomenonTime", "result"), ("validTime", "resultTime")):
+            chosen = await sta.get(f"{BASE}/Observations({row['id']})", params={"$select": ",".join(select)})
+            assert chosen.content == read.dumps(read.serialize(ctx, entity, row, select))
 
 
 async def test_expanded_json_nests_pages_counts_and_next_links(sta: httpx.AsyncClient) -> None:
