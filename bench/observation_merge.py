@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from territoire_data.db import migrate as migrations  # noqa: E402
-from territoire_data.ingest.store import OBSERVATION_COLUMNS, ObservationStore  # noqa: E402
+from territoire_data.ingest.store import ObservationStore, merge_observations  # noqa: E402
 from territoire_data.settings import Settings  # noqa: E402
 
 DATASTREAMS = 400
@@ -103,19 +103,9 @@ async def run_variant(dsn: str, ids: list[int], label: str, prepare: str, batche
 
 
 async def write(store: ObservationStore, records: list[tuple[object, ...]]) -> None:
-    from territoire_data.db.bulk import copy_and_merge
-
     conn = await store.connect()
     async with conn.transaction():
-        await copy_and_merge(
-            conn,
-            schema="public",
-            table="observation",
-            columns=OBSERVATION_COLUMNS,
-            records=records,
-            conflict_columns=("datastream_id", "phenomenon_time"),
-            on_conflict="ignore",
-        )
+        await merge_observations(conn, records)
 
 
 async def main() -> None:

@@ -14,6 +14,32 @@ from territoire_data.auth.policy import Principal
 from territoire_data.db.tables import audit_event
 
 
+def _event(
+    principal: Principal | str,
+    action: str,
+    target_type: str,
+    target_id: str | int | None,
+    remote_addr: str | None,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The audit_event row, the same whichever connection writes it: a peer that is no IP address (a Unix
+    socket) is kept in the details rather than in the inet column."""
+    if remote_addr is not None:
+        try:
+            ipaddress.ip_address(remote_addr)
+        except ValueError:
+            details = {**(details or {}), "remote": remote_addr}
+            remote_addr = None
+    return {
+        "actor": principal if isinstance(principal, str) else principal.name,
+        "action": action,
+        "target_type": target_type,
+        "target_id": None if target_id is None else str(target_id),
+        "remote_addr": remote_addr,
+        "details": details or {},
+    }
+
+
 async def record(
     conn: AsyncConnection,
     principal: Principal | str,
@@ -26,14 +52,7 @@ async def record(
 ) -> None:
     """Add an audit event in the caller's transaction, so it commits (or not) with the write itself."""
     await conn.execute(
-        insert(audit_event).values(
-            actor=principal if isinstance(principal, str) else principal.name,
-            action=action,
-            target_type=target_type,
-            target_id=None if target_id is None else str(target_id),
-            remote_addr=remote_addr,
-            details=details or {},
-        )
+        insert(audit_event).values(_event(principal, action, target_type, target_id, remote_addr, details))
     )
 
 
@@ -48,19 +67,14 @@ async def record_pg(
     details: dict[str, Any] | None = None,
 ) -> None:
     """`record` for the doors that speak asyncpg (SensorThings over HTTP, $batch and MQTT), same transaction rule."""
-    if remote_addr is not None:
-        try:
-            ipaddress.ip_address(remote_addr)
-        except ValueError:  # e.g. a Unix socket peer: keep it, but not in the inet column
-            details = {**(details or {}), "remote": remote_addr}
-            remote_addr = None
+    event = _event(principal, action, target_type, target_id, remote_addr, details)
     await conn.execute(
         "INSERT INTO audit_event (actor, action, target_type, target_id, remote_addr, details) "
         "VALUES ($1, $2, $3, $4, $5::text::inet, $6::text::jsonb)",
-        principal if isinstance(principal, str) else principal.name,
-        action,
-        target_type,
-        None if target_id is None else str(target_id),
-        remote_addr,
-        orjson.dumps(details or {}).decode(),
+        event["actor"],
+        event["action"],
+        event["target_type"],
+        event["target_id"],
+        event["remote_addr"],
+        orjson.dumps(event["details"]).decode(),
     )

@@ -75,9 +75,6 @@ class _Sql(Params):
         super().__init__()
         self.missing = ""
 
-    def bind(self, value: Any, cast: str) -> str:
-        return self.add(value, cast)
-
 
 @dataclass(frozen=True)
 class FastPlan:
@@ -313,16 +310,16 @@ def _field_sql(
         value = c
         enum = f.constraints.get("enum")
         if enum is not None:
-            checks.append(f"{c} = ANY({sql.bind([str(e) for e in enum], 'text[]')})")
+            checks.append(f"{c} = ANY({sql.add([str(e) for e in enum], 'text[]')})")
         else:
             # A cell of spaces only is empty for the careful path (str.isspace): only kept text has to be told.
             # ascii() of the first character is cheap; only a cell starting with a space is looked at further.
-            codes = sql.bind(sorted({ord(ch) for ch in WHITESPACE}), "int[]")
-            empty += f" OR (ascii({c}) = ANY({codes}) AND ltrim({c}, {sql.bind(WHITESPACE, 'text')}) = '')"
+            codes = sql.add(sorted({ord(ch) for ch in WHITESPACE}), "int[]")
+            empty += f" OR (ascii({c}) = ANY({codes}) AND ltrim({c}, {sql.add(WHITESPACE, 'text')}) = '')"
         if "minLength" in f.constraints:
-            checks.append(f"length({c}) >= {sql.bind(int(f.constraints['minLength']), 'int')}")
+            checks.append(f"length({c}) >= {sql.add(int(f.constraints['minLength']), 'int')}")
         if "maxLength" in f.constraints:
-            checks.append(f"length({c}) <= {sql.bind(int(f.constraints['maxLength']), 'int')}")
+            checks.append(f"length({c}) <= {sql.add(int(f.constraints['maxLength']), 'int')}")
     elif f.type in ("integer", "number"):
         if f.type == "integer":
             value = f"{c}::bigint"
@@ -335,36 +332,36 @@ def _field_sql(
                 checks.append(f"strpos({c}, 'x') = 0 AND strpos({c}, 'X') = 0")
         for key, op in (("minimum", ">="), ("maximum", "<=")):
             if key in f.constraints:
-                typed.append(f"{{v}} {op} {sql.bind(float(f.constraints[key]), 'double precision')}")
+                typed.append(f"{{v}} {op} {sql.add(float(f.constraints[key]), 'double precision')}")
     elif f.type == "boolean":
         if f.true_values or f.false_values:
             trues, falses = tuple(f.true_values or ()), tuple(f.false_values or ())
         else:
             trues, falses = tuple(TRUE_WORDS), tuple(FALSE_WORDS)
         word = f"lower(btrim({c}))"
-        value = f"{word} = ANY({sql.bind([w.lower() for w in trues], 'text[]')})"
+        value = f"{word} = ANY({sql.add([w.lower() for w in trues], 'text[]')})"
         # ASCII only: PostgreSQL's lower() of other letters need not be Python's.
         checks.append(f"octet_length({c}) = length({c})")
-        checks.append(f"{word} = ANY({sql.bind([w.lower() for w in [*trues, *falses]], 'text[]')})")
+        checks.append(f"{word} = ANY({sql.add([w.lower() for w in [*trues, *falses]], 'text[]')})")
     elif f.type == "year":
         if not shaped:
             checks.append(f"{_AS_NINES.format(c)} = '9999'")
         value = f"{c}::integer"
     elif f.type == "date":
         if not shaped:
-            checks.append(f"{_AS_NINES.format(c)} = ANY({sql.bind(_DATE_SHAPES, 'text[]')})")
+            checks.append(f"{_AS_NINES.format(c)} = ANY({sql.add(_DATE_SHAPES, 'text[]')})")
         value = (
             f"CASE WHEN substr({c}, 5, 1) = '-' THEN {c}::date "
             f"ELSE make_date(substr({c}, 7, 4)::int, substr({c}, 4, 2)::int, substr({c}, 1, 2)::int) END"
         )
     else:  # datetime: PostgreSQL's reader is lenient (hour 24, second 60, letters, spaces): only strict ISO passes
         if not shaped:  # else the reading thread checked the same on the bytes
-            checks.append(f"{_AS_NINES.format(c)} = ANY({sql.bind(_DATETIME_SHAPES, 'text[]')})")
+            checks.append(f"{_AS_NINES.format(c)} = ANY({sql.add(_DATETIME_SHAPES, 'text[]')})")
             checks.append(f"substr({c}, 12, 2) < '24' AND substr({c}, 18, 2) < '60'")
         if shaped and zoned:  # every cell has its offset: PostgreSQL reads the instant as Python does
             value = f"{c}::timestamptz"
         else:
-            zone = sql.bind(tz, "text")
+            zone = sql.add(tz, "text")
             naive = f"right({c}, 1) <> 'Z' AND substr({c}, length({c}) - 5, 1) NOT IN ('+', '-')"
             local = f"{c}::timestamp"
             value = f"CASE WHEN {naive} THEN {local} AT TIME ZONE {zone} ELSE {c}::timestamptz END"
@@ -421,7 +418,7 @@ def select_sql(
     """
     sql = _Sql()
     sql.missing = (
-        "''" if list(schema.missing_values) == [""] else f"ANY({sql.bind(list(schema.missing_values), 'text[]')})"
+        "''" if list(schema.missing_values) == [""] else f"ANY({sql.add(list(schema.missing_values), 'text[]')})"
     )
     inner: list[str] = []
     outer: list[str] = []
@@ -441,7 +438,7 @@ def select_sql(
         accept.append(f"(r.c{plan.ncols} IS NULL OR r.c{plan.ncols} = '')")
     if lines is not None:
         # Row n (from 1) is on line (n - 1) + offset of the run it falls in, as LineMap.__getitem__ computes.
-        starts, offsets = sql.bind(lines[0], "bigint[]"), sql.bind(lines[1], "bigint[]")
+        starts, offsets = sql.add(lines[0], "bigint[]"), sql.add(lines[1], "bigint[]")
         inner.append(f"r.{SEQ} - 1 + ({offsets})[width_bucket(r.{SEQ} - 1, {starts})] AS __l")
         outer.append("s.__l")
     source = "s"
@@ -456,7 +453,7 @@ def select_sql(
             ]
             accept.append(f"CASE WHEN {both_empty} THEN true ELSE coalesce({guards}, false) END")
             x, y = "s.__x", "s.__y"
-        west, south, east, north = (sql.bind(float(b), "double precision") for b in projection.bounds)
+        west, south, east, north = (sql.add(float(b), "double precision") for b in projection.bounds)
         # The area of use is checked on the WGS84 result, as Reprojector.points does.
         if plan.srid == 4326:
             lon, lat = x, y
@@ -550,21 +547,21 @@ def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojecto
         if f.required or f.name in schema.primary_key:
             bad.append(f"{c} IS NULL")
         if f.type == "string":
-            codes = sql.bind(sorted({ord(ch) for ch in WHITESPACE}), "int[]")
-            bad.append(f"(ascii({c}) = ANY({codes}) AND ltrim({c}, {sql.bind(WHITESPACE, 'text')}) = '')")
+            codes = sql.add(sorted({ord(ch) for ch in WHITESPACE}), "int[]")
+            bad.append(f"(ascii({c}) = ANY({codes}) AND ltrim({c}, {sql.add(WHITESPACE, 'text')}) = '')")
             enum = f.constraints.get("enum")
             if enum is not None:
-                bad.append(f"{c} <> ALL({sql.bind([str(e) for e in enum], 'text[]')})")
+                bad.append(f"{c} <> ALL({sql.add([str(e) for e in enum], 'text[]')})")
             if "minLength" in f.constraints:
-                bad.append(f"length({c}) < {sql.bind(int(f.constraints['minLength']), 'int')}")
+                bad.append(f"length({c}) < {sql.add(int(f.constraints['minLength']), 'int')}")
             if "maxLength" in f.constraints:
-                bad.append(f"length({c}) > {sql.bind(int(f.constraints['maxLength']), 'int')}")
+                bad.append(f"length({c}) > {sql.add(int(f.constraints['maxLength']), 'int')}")
         for key, op in (("minimum", "<"), ("maximum", ">")):
             if key in f.constraints:
-                bad.append(f"{c} {op} {sql.bind(float(f.constraints[key]), 'double precision')}")
+                bad.append(f"{c} {op} {sql.add(float(f.constraints[key]), 'double precision')}")
     if plan.reuse is not None:
         x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
-        west, south, east, north = (sql.bind(float(b), "double precision") for b in projection.bounds)
+        west, south, east, north = (sql.add(float(b), "double precision") for b in projection.bounds)
         bad.append(f"(({x} IS NULL) <> ({y} IS NULL))")
         # The area of use is checked on the WGS84 point, as Reprojector.points does.
         lon, lat = (x, y) if plan.srid == 4326 else ("ST_X(geom)", "ST_Y(geom)")

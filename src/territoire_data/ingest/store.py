@@ -89,6 +89,22 @@ def months_of(readings: Sequence[Reading]) -> set[tuple[int, int]]:
     return months
 
 
+async def merge_observations(conn: asyncpg.Connection, records: list[tuple[object, ...]]) -> int:
+    """COPY `records` (OBSERVATION_COLUMNS) into staging and merge them: a redelivered reading (same Datastream,
+    same time) is ignored. Returns how many were new."""
+    written = await copy_and_merge(
+        conn,
+        schema="public",
+        table="observation",
+        columns=OBSERVATION_COLUMNS,
+        records=records,
+        conflict_columns=("datastream_id", "phenomenon_time"),
+        on_conflict="ignore",
+    )
+    assert isinstance(written, int)
+    return written
+
+
 class ObservationStore:
     """Owns one database connection and writes batches through it; the caller retries on transient errors."""
 
@@ -230,16 +246,7 @@ class ObservationStore:
                     message = messages[index]
                     result.rejected.append(DeadLetter(message.topic, reason, _refusal_detail(reason), message.payload))
             if records:
-                written = await copy_and_merge(
-                    conn,
-                    schema="public",
-                    table="observation",
-                    columns=OBSERVATION_COLUMNS,
-                    records=records,
-                    conflict_columns=("datastream_id", "phenomenon_time"),
-                    on_conflict="ignore",
-                )
-                assert isinstance(written, int)
+                written = await merge_observations(conn, records)
                 result.stored = written
                 result.duplicates = len(records) - written
             if result.rejected:

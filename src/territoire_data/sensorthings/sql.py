@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from territoire_data.auth.policy import Principal, member_visible_sql
+from territoire_data.auth.policy import Principal, datastream_visible_sql, member_visible_sql
 from territoire_data.db.params import Params as Params  # re-exported: the doors build statements with it
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, link_prefix, members_sql, uses_links
@@ -66,11 +66,7 @@ def visible_sql(entity: EntityType, alias: str, principal: Principal) -> str:
     if name == "Thing":
         return member_visible_sql(principal, f"{alias}.dataset_id")
     if name == "Datastream":
-        thing = f"{alias}_vt"
-        return (
-            f"({member_visible_sql(principal, f'{alias}.dataset_id')} AND EXISTS (SELECT 1 FROM thing {thing} "
-            f"WHERE {thing}.id = {alias}.thing_id AND {member_visible_sql(principal, f'{thing}.dataset_id')}))"
-        )
+        return datastream_visible_sql(principal, alias)
     if name == "Observation":
         ds = f"{alias}_vd"
         return (
