@@ -3,10 +3,12 @@ against PostGIS computing the same thing."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from territoire_data.features.collections import get_collection
@@ -83,6 +85,75 @@ async def test_core_paging_follows_next_and_prev_links_over_every_feature(
         pages += 1
     assert pages == 3
     assert seen == list(range(1, MESURES_COUNT + 1))
+
+
+async def test_next_links_page_by_id_after_the_last_feature_and_prev_links_go_back(
+    client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
+) -> None:
+    """In id order a next link starts after the page's last id (keyset): a deep page is found through the primary
+    key instead of counting past every earlier feature. Walking next then prev links gives the same pages."""
+    expected = await _sql_ids(db, "code >= $1", "M002")
+    first = f"{OGC}/collections/mesures/items?limit=7&filter=code%20%3E%3D%20%27M002%27"
+    url: str | None = first
+    pages: list[list[int]] = []
+    hrefs: list[str] = []
+    while url:
+        body = (await client.get(url)).json()
+        assert body["numberMatched"] == len(expected)
+        pages.append([f["id"] for f in body["features"]])
+        links = {link["rel"]: link["href"] for link in body["links"]}
+        hrefs.append(url)
+        url = links.get("next")
+        if url:
+            assert f"after-id={pages[-1][-1]}" in url
+            assert f"offset={7 * len(pages)}" in url
+    assert [i for page in pages for i in page] == expected
+    assert len(pages) > 2
+    # back from the last page by prev links (offset-based): the same pages, in reverse
+    url = hrefs[-1]
+    for page in reversed(pages[:-1]):
+        body = (await client.get(url)).json()
+        url = {link["rel"]: link["href"] for link in body["links"]}["prev"]
+        assert [f["id"] for f in (await client.get(url)).json()["features"]] == page
+    # sortby pages stay offset-based: an id cursor means nothing in another order
+    body = (await client.get(f"{OGC}/collections/mesures/items", params={"limit": 3, "sortby": "-code"})).json()
+    nxt = {link["rel"]: link["href"] for link in body["links"]}["next"]
+    assert "after-id" not in nxt and "offset=3" in nxt
+    bad = await client.get(f"{OGC}/collections/mesures/items", params={"after-id": "2", "sortby": "code"})
+    assert bad.status_code == 400 and "after-id" in bad.json()["detail"]
+    bad = await client.get(f"{OGC}/collections/mesures/items", params={"after-id": "x"})
+    assert bad.status_code == 400 and "after-id" in bad.json()["detail"]
+
+
+async def test_a_keyset_page_reads_the_primary_key_from_the_cursor(db: asyncpg.Connection) -> None:
+    """The statement of an after-id page starts its index scan at the cursor: it reads one page of rows, not the
+    150,000 before it (with OFFSET, PostgreSQL reads and drops every one of them)."""
+    await db.execute(
+        "CREATE TABLE datasets.keyset_probe AS "
+        "SELECT g AS _fid, NULL::geometry AS geom FROM generate_series(1, 200000) g"
+    )
+    await db.execute("ALTER TABLE datasets.keyset_probe ADD PRIMARY KEY (_fid)")
+    await db.execute("ANALYZE datasets.keyset_probe")
+    probe = SimpleNamespace(source="datasets.keyset_probe", fields=(), temporal_field=None, id="probe")
+
+    def rows_read(sql: str, args: list[Any]) -> Any:
+        async def run() -> int:
+            plan = orjson.loads(await db.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args))
+
+            def scanned(node: dict[str, Any]) -> int:
+                own = node.get("Actual Rows", 0) if "Scan" in node["Node Type"] else 0
+                return int(own) + sum(scanned(child) for child in node.get("Plans", []))
+
+            return scanned(plan[0]["Plan"])
+
+        return run()
+
+    keyset = items_sql(probe, ItemsQuery(limit=100, after_id=150_000, skip_geometry=True))  # type: ignore[arg-type]
+    assert [r[1] for r in await db.fetch(*keyset[:1], *keyset[1])] == list(range(150_001, 150_102))
+    assert await rows_read(*keyset) == 101
+    by_offset = items_sql(probe, ItemsQuery(limit=100, offset=150_000, skip_geometry=True))  # type: ignore[arg-type]
+    assert [r[1] for r in await db.fetch(*by_offset[:1], *by_offset[1])] == list(range(150_001, 150_102))
+    assert await rows_read(*by_offset) > 150_000  # what the keyset avoids: the test measures something
 
 
 async def test_core_item_by_id_and_unknown_ids(client: httpx.AsyncClient, data: dict[str, int]) -> None:

@@ -22,6 +22,7 @@ RESERVED = frozenset(
         "f",
         "limit",
         "offset",
+        "after-id",
         "bbox",
         "bbox-crs",
         "datetime",
@@ -59,6 +60,18 @@ def parse_offset(value: str | None) -> int:
     if offset < 0:
         raise BadRequestError("offset: must not be negative")
     return offset
+
+
+def parse_after_id(value: str | None) -> int | None:
+    """`after-id`: the id of the last feature of the previous page (our next links carry it, so that a deep page is
+    found through the primary key instead of counting past every earlier feature)."""
+    if value is None or value == "":
+        return None
+    try:
+        after = int(value)
+    except ValueError:
+        raise BadRequestError(f"after-id: {value!r} is not an integer") from None
+    return after
 
 
 def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:

@@ -34,6 +34,9 @@ class ItemsQuery:
     skip_geometry: bool = False
     limit: int = 10
     offset: int = 0
+    # Keyset paging: features with a greater id than this (the last of the previous page). Only in id order, i.e.
+    # without sortby; `offset` then only numbers the page (for its prev link), it skips nothing.
+    after_id: int | None = None
 
     @property
     def filtered(self) -> bool:
@@ -133,7 +136,7 @@ def order_sql(query: ItemsQuery) -> str:
 def items_sql(
     collection: Collection, query: ItemsQuery, *, guarded: bool = False, principal: Principal = ANONYMOUS
 ) -> tuple[str, list[Any]]:
-    """The page of features, one more than `limit` so that we know whether a next page exists.
+    """The page of features (GeoJSON text, id), one more than `limit` so that we know whether a next page exists.
 
     `guarded`: the collection came from the cache, so the statement also checks that it is current and visible
     to `principal` (guard_sql).
@@ -142,11 +145,17 @@ def items_sql(
     where = where_sql(collection, query, params)
     if guarded:
         where = f"{guard_sql(collection, params, principal)} AND {where}"
+    if query.after_id is not None:
+        if query.sortby:
+            raise BadRequestError("after-id: only in id order (without sortby); use offset with sortby")
+        where = f"{where} AND t._fid > {params.add(query.after_id, 'bigint')}"
+        skip = ""
+    else:
+        skip = f" OFFSET {params.add(query.offset, 'bigint')}"
     limit = params.add(query.limit + 1, "bigint")
-    offset = params.add(query.offset, "bigint")
     sql = (
-        f"SELECT {feature_sql(collection, query)} FROM {collection.source} t WHERE {where} "
-        f"ORDER BY {order_sql(query)} LIMIT {limit} OFFSET {offset}"
+        f"SELECT {feature_sql(collection, query)}, t._fid FROM {collection.source} t WHERE {where} "
+        f"ORDER BY {order_sql(query)} LIMIT {limit}{skip}"
     )
     return sql, params.values
 

@@ -24,6 +24,7 @@ from territoire_data.features.crs import CRS84, parse_crs, supported_uris
 from territoire_data.features.dbaccess import fetch_checked
 from territoire_data.features.params import (
     RESERVED,
+    parse_after_id,
     parse_bbox,
     parse_bool,
     parse_datetime,
@@ -178,6 +179,13 @@ def _items_parameters() -> list[dict[str, Any]]:
     return [
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10}},
         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+        {
+            "name": "after-id",
+            "in": "query",
+            "description": "Keyset paging, as in our next links: the features whose id is greater than this one "
+            "(id order only, not with sortby); offset then only numbers the page.",
+            "schema": {"type": "integer"},
+        },
         {
             "name": "bbox",
             "in": "query",
@@ -392,6 +400,7 @@ def parse_items_query(params: dict[str, str], collection: Collection) -> ItemsQu
         skip_geometry=parse_bool(params.get("skipGeometry"), "skipGeometry"),
         limit=parse_limit(params.get("limit")),
         offset=parse_offset(params.get("offset")),
+        after_id=parse_after_id(params.get("after-id")),
     )
 
 
@@ -455,17 +464,20 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
         matched: int | None = None
         if not query.filtered and found.row_count is not None:
             matched = found.row_count
-        elif query.offset == 0 and not has_next:
+        elif query.offset == 0 and query.after_id is None and not has_next:
             matched = len(features)
         else:
             counted = (await fetch_checked(conn, *count_sql(found, query, COUNT_CAP)))[0][0]
             matched = counted if counted <= COUNT_CAP else None
     base = _base(request)
     url = f"{base}/collections/{found.id}/items"
-    page_params = {k: v for k, v in params.items() if k not in ("f", "offset")}
+    page_params = {k: v for k, v in params.items() if k not in ("f", "offset", "after-id")}
     links = _self_links(url, params, GEOJSON, html_page)
     if has_next:
-        next_params = {**page_params, "offset": str(query.offset + query.limit), "f": "html" if html_page else "json"}
+        next_params = {**page_params, "offset": str(query.offset + query.limit)}
+        if not query.sortby:  # in id order the next page starts after this page's last id: no rows counted past
+            next_params["after-id"] = str(rows[query.limit - 1][1])
+        next_params["f"] = "html" if html_page else "json"
         links.append(_link(_url(url, next_params), "next", HTML if html_page else GEOJSON, "next page"))
     if query.offset > 0:
         prev_params = {**page_params, "offset": str(max(0, query.offset - query.limit))}
