@@ -283,3 +283,26 @@ observation_rollup_15min = Table(
     Column("last_time", TZ, nullable=False),
     Column("last_value", Float(precision=53), nullable=False),
 )
+
+# Daily rollups (migration 0006_stadb), kept like the 15-minute ones (UTC days).
+observation_rollup_day = Table(
+    "observation_rollup_day",
+    metadata,
+    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("bucket", TZ, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("total", Float(precision=53), nullable=False),
+    Column("min_value", Float(precision=53), nullable=False),
+    Column("max_value", Float(precision=53), nullable=False),
+    Column("last_time", TZ, nullable=False),
+    Column("last_value", Float(precision=53), nullable=False),
+)
+
+# Each Datastream's two newest phenomenonTimes (migration 0006_stadb), for the latest-observation reads.
+observation_latest = Table(
+    "observation_latest",
+    metadata,
+    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("latest_time", TZ, nullable=False),
+    Column("previous_time", TZ),  # NULL when the Datastream has one observation; CHECK < latest_time
+)

@@ -697,7 +697,7 @@ async def read_aggregates(
     # sorted a busy Datastream's 35,040 rollup rows where the custom one hashes them (14 ms against 8 ms at
     # 1 M observations); the rollup table is not partitioned and plans in no time.
     await use_plans(conn, "custom")
-    stmt, from_rollups = sql.aggregate_query(
+    stmt, rollup = sql.aggregate_query(
         datastream_id,
         ctx.principal,
         interval=interval,
@@ -711,7 +711,7 @@ async def read_aggregates(
     body: dict[str, Any] = {
         "interval": interval,
         "aggregates": functions,
-        "source": "rollup-15min" if from_rollups else "observations",
+        "source": rollup.replace("_", "-") if rollup else "observations",
     }
     if len(rows) > top:
         body["@iot.nextLink"] = _next_link(url, params, top, opts.skip)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from territoire_data.auth.policy import Principal, datastream_visible_sql, member_visible_sql
@@ -725,6 +725,8 @@ def expand_one_query(
 # --- aggregation extension -----------------------------------------------------------------------------
 
 AGGREGATE_INTERVALS = {"15min": "15 minutes", "hour": "1 hour", "day": "1 day", "month": "1 month"}
+# the smallest length of each interval (a month holds whole UTC days)
+AGGREGATE_MINUTES = {"15min": 15, "hour": 60, "day": 1440, "month": 1440}
 AGGREGATE_FUNCTIONS = {
     "min": "min(o.result_number)",
     "max": "max(o.result_number)",
@@ -743,16 +745,17 @@ ROLLUP_FUNCTIONS = {
 }
 
 
-def rollup_bounds(node: Expr | None) -> list[tuple[str, datetime]] | None:
-    """The time bounds of a filter the 15-minute rollups can answer, or None when they cannot.
+def rollup_bounds(node: Expr | None, minutes: int = 15) -> list[tuple[str, datetime]] | None:
+    """The time bounds of a filter the rollups of `minutes` (15, or 1440 for the daily ones) can answer, or
+    None when they cannot.
 
-    Only `phenomenonTime ge|lt <date-time>` terms joined by `and`, on 15-minute boundaries, qualify: the
+    Only `phenomenonTime ge|lt <date-time>` terms joined by `and`, on bucket boundaries (UTC), qualify: the
     buckets then hold exactly the filtered observations.
     """
     if node is None:
         return []
     if isinstance(node, Binary) and node.op == "and":
-        left, right = rollup_bounds(node.left), rollup_bounds(node.right)
+        left, right = rollup_bounds(node.left, minutes), rollup_bounds(node.right, minutes)
         return None if left is None or right is None else left + right
     if (
         isinstance(node, Binary)
@@ -762,11 +765,16 @@ def rollup_bounds(node: Expr | None) -> list[tuple[str, datetime]] | None:
         and isinstance(node.right.value, datetime)
     ):
         value = node.right.value
-        if value.second == 0 and value.microsecond == 0 and value.minute % 15 == 0 and value.utcoffset() is not None:
-            offset = value.utcoffset()
-            if offset is not None and (offset.total_seconds() / 60) % 15 == 0:
+        if value.utcoffset() is not None:
+            since_epoch = value - datetime(2000, 1, 1, tzinfo=UTC)
+            if since_epoch % timedelta(minutes=minutes) == timedelta(0):
                 return [(node.op, value)]
     return None
+
+
+# Rollup tables by bucket size in minutes, finest last: an aggregate reads the coarsest one whose buckets
+# divide its own and its filter's bounds.
+ROLLUPS = {1440: "observation_rollup_day", 15: "observation_rollup_15min"}
 
 
 def _bucket(interval: str, column: str) -> tuple[str, str]:
@@ -785,18 +793,25 @@ def aggregate_query(
     filter_expr: Expr | None,
     top: int,
     skip: int,
-) -> tuple[Statement, bool]:
-    """Observations of one Datastream bucketed by time (UTC), oldest bucket first; True when from rollups."""
+) -> tuple[Statement, str | None]:
+    """Observations of one Datastream bucketed by time (UTC), oldest bucket first, and the rollups read
+    (`rollup_day`, `rollup_15min`) or None when the observations are."""
     params = Params()
     ds = params.add(datastream_id, "bigint")
-    bounds = rollup_bounds(filter_expr)
+    bounds: list[tuple[str, datetime]] | None = None
+    table = ""
+    for minutes, table in ROLLUPS.items():
+        if minutes <= AGGREGATE_MINUTES[interval]:
+            bounds = rollup_bounds(filter_expr, minutes)
+            if bounds is not None:
+                break
     if bounds is not None:
         bucket, step = _bucket(interval, "r.bucket")
         parts = [f"r.datastream_id = {ds}"]
         for op, value in bounds:
             parts.append(f"r.bucket {'>=' if op == 'ge' else '<'} {params.add(value, 'timestamptz')}")
         aggregates = ", ".join(f"{ROLLUP_FUNCTIONS[f]} AS {f}" for f in functions)
-        source = "observation_rollup_15min r"
+        source = f"{table} r"
     else:
         compiler = ExprCompiler(BY_NAME["Observation"], "o", params, principal)
         bucket, step = _bucket(interval, "o.phenomenon_time")
@@ -811,7 +826,7 @@ def aggregate_query(
         f"SELECT {bucket} AS bucket_start, {bucket} + {step} AS bucket_end, {aggregates} "
         f"FROM {source} WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
     )
-    return Statement(sql, params.values), bounds is not None
+    return Statement(sql, params.values), (table.removeprefix("observation_") if bounds is not None else None)
 
 
 def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:

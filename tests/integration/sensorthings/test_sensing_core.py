@@ -243,6 +243,22 @@ async def test_aggregates_extension(sta: httpx.AsyncClient) -> None:
     )
     assert raw["source"] == "observations"
     assert raw["value"] == daily["value"]
+    assert daily["source"] == "rollup-day"
+    # day bounds read the daily rollups, quarter-hour bounds the 15-minute ones, others the observations
+    for bounds, source, counts in (
+        ("ge 2026-11-02T00:00:00Z and phenomenonTime lt 2026-11-03T00:00:00Z", "rollup-day", [2]),
+        ("ge 2026-11-02T01:00:00+01:00", "rollup-day", [2]),
+        ("ge 2026-11-01T22:45:00Z", "rollup-15min", [1, 2]),
+        ("ge 2026-11-01T22:59:00Z", "observations", [1, 2]),
+    ):
+        by_day = await get(
+            sta,
+            f"Datastreams({ds})/Aggregates",
+            interval="day",
+            aggregate="count",
+            **{"$filter": f"phenomenonTime {bounds}"},
+        )
+        assert (by_day["source"], [b["count"] for b in by_day["value"]]) == (source, counts), bounds
     bad = await sta.get(f"{BASE}/Datastreams({ds})/Aggregates", params={"interval": "week"})
     assert bad.status_code == 400
 
@@ -266,7 +282,7 @@ async def test_rollups_stay_exact_through_updates_and_deletes(sta: httpx.AsyncCl
             aggregate="min,max,avg,count,last,sum",
             **{"$filter": "result ge -1000"},
         )
-        assert fast["source"] == "rollup-15min"
+        assert fast["source"] == ("rollup-day" if interval in ("day", "month") else "rollup-15min")
         assert fast["value"] == slow["value"]
     day = (await get(sta, f"Datastreams({ds})/Aggregates", interval="day", aggregate="max,count,last"))["value"][0]
     assert day == {
