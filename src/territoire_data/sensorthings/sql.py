@@ -800,9 +800,9 @@ def aggregate_query(
     ds = params.add(datastream_id, "bigint")
     bounds: list[tuple[str, datetime]] | None = None
     table = ""
-    for minutes, table in ROLLUPS.items():
+    for minutes, candidate in ROLLUPS.items():
         if minutes <= AGGREGATE_MINUTES[interval]:
-            bounds = rollup_bounds(filter_expr, minutes)
+            bounds, table = rollup_bounds(filter_expr, minutes), candidate
             if bounds is not None:
                 break
     if bounds is not None:
