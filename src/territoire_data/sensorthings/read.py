@@ -397,6 +397,7 @@ def _page_query(
     scope: sql.Scope | None,
     shape: jsonsql.JsonShape | None,
     params: sql.Params | None = None,
+    latest: bool = False,
 ) -> sql.Statement:
     return sql.collection_query(
         entity,
@@ -408,6 +409,7 @@ def _page_query(
         scope=scope,
         shape=shape,
         params=params,
+        latest=latest,
     )
 
 
@@ -440,16 +442,19 @@ async def _checked_page(
     """
     bound = sql.Params()
     check = sql.entity_query(scope.parent, ctx.principal, scope.parent_id, columns="1", params=bound)
-    page = _page_query(ctx, entity, opts, top, scope, shape, bound)
+    latest = sql.latest_pointer_applies(scope, opts.filter, opts.orderby, top, opts.skip)
+    page = _page_query(ctx, entity, opts, top, scope, shape, bound, latest)
+    more = sql.latest_more_sql(scope, bound) if latest else "false"
     # The subquery's ORDER BY ... LIMIT orders the array (a plain scan over it keeps that order).
     row = await conn.fetchrow(
-        f"SELECT EXISTS ({check.sql}) AS visible, ARRAY(SELECT p.__json FROM ({page.sql}) p) AS page", *bound.values
+        f"SELECT EXISTS ({check.sql}) AS visible, ARRAY(SELECT p.__json FROM ({page.sql}) p) AS page, {more} AS more",
+        *bound.values,
     )
     if row is None or not row["visible"]:
         raise NotFoundError(f"no {scope.parent.name} with id {scope.parent_id}")
     values: list[str] = row["page"]
     body: dict[str, Any] = {}
-    if len(values) > top > 0:
+    if len(values) > top > 0 or row["more"]:
         body["@iot.nextLink"] = _next_link(url, params, top, opts.skip)
     body["value"] = orjson.Fragment(jsonsql.array(values[:top]))
     return body
@@ -568,7 +573,10 @@ async def _expand_many(
         shape=shape,
     )
     records = list(await conn.fetch(stmt.sql, *stmt.params))
-    if window:
+    if window and top == 1:  # exact (see `sql.expand_many_query`): `__more` says whether older ones exist
+        for record in records:
+            found[record[0]].more = record["__more"]
+    elif window:
         per_parent: dict[int, int] = {}
         for record in records:
             per_parent[record["__parent"]] = per_parent.get(record["__parent"], 0) + 1

@@ -575,11 +575,19 @@ def collection_query(
     scope: Scope | None,
     shape: JsonShape | None = None,
     params: Params | None = None,
+    latest: bool = False,
 ) -> Statement:
-    """One page of a collection (top + 1 rows, the extra one tells that a next page exists)."""
+    """One page of a collection (top + 1 rows, the extra one tells that a next page exists).
+
+    `latest` (see `latest_pointer_applies`): the newest Observation alone, found by its key from the
+    Datastream's `observation_latest` row; whether more exist is `latest_more_sql`'s to say.
+    """
     params = params or Params()
     alias = "c"
     parts, compiler = where_parts(entity, alias, params, principal, filter_expr, scope)
+    if latest:
+        assert scope is not None
+        parts.append(f"{alias}.phenomenon_time = ({latest_pointer_sql('latest_time', scope, params)})")
     single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
     order = order_by_sql(compiler, entity, alias, orderby, single)
     limit = params.add(top + 1, "bigint")
@@ -589,6 +597,33 @@ def collection_query(
         f"WHERE {' AND '.join(parts)} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
     )
     return Statement(sql, params.values)
+
+
+def latest_pointer_applies(
+    scope: Scope | None, filter_expr: Expr | None, orderby: tuple[OrderItem, ...], top: int, skip: int
+) -> bool:
+    """Is this page "the latest Observation of a Datastream" (`$top=1&$orderby=phenomenonTime desc`)?
+
+    Then `observation_latest` (migration 0006_stadb, kept exact by the observation triggers) holds its
+    phenomenonTime, and whether an older one exists: one primary-key probe in the one partition holding it,
+    instead of walking every partition's index backwards for two rows.
+    """
+    return (
+        scope is not None
+        and implied_visible(scope.parent, scope.relation)
+        and top == 1
+        and latest_window_applies(scope.parent, scope.relation, filter_expr, orderby, skip)
+    )
+
+
+def latest_pointer_sql(column: str, scope: Scope, params: Params) -> str:
+    """A column of the scope Datastream's `observation_latest` row (NULL without observations)."""
+    return f"SELECT {column} FROM observation_latest WHERE datastream_id = {params.add(scope.parent_id, 'bigint')}"
+
+
+def latest_more_sql(scope: Scope, params: Params) -> str:
+    """Whether the scope Datastream has Observations older than its latest (a next page)."""
+    return f"COALESCE(({latest_pointer_sql('previous_time IS NOT NULL', scope, params)}), false)"
 
 
 def count_query(
@@ -645,6 +680,8 @@ def expand_many_query(
     window any Datastream for which it found fewer rows than the page needs, so the answer stays exact.
     A day rather than a month: at 10 M observations the month-wide probe cost six times as much (the planner
     sorts a month of a busy Datastream instead of walking the index backwards).
+    With `top` 1 the window is exact instead: the row at the Datastream's `observation_latest.latest_time`
+    (one partition, one key probe, one JSON built instead of two), and `__more` whether an older one exists.
     """
     entity = BY_NAME[relation.target]
     params = Params()
@@ -664,12 +701,18 @@ def expand_many_query(
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
     source = f"unnest({ids}) AS p(id)"
-    if recent_window:
+    extra = ""
+    if recent_window and top == 1:
+        # exact: Datastreams without observations have no pointer row; `__more` tells of older ones
+        source += " JOIN observation_latest w ON w.datastream_id = p.id"
+        parts.append(f"{alias}.phenomenon_time = w.latest_time")
+        extra = ", w.previous_time IS NOT NULL AS __more"
+    elif recent_window:
         source += " JOIN datastream w ON w.id = p.id"
         parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '1 day'")
         parts.append(f"{alias}.phenomenon_time <= greatest(w.phenomenon_time_end, now())")
     sql = (
-        f"SELECT p.id AS __parent, x.* FROM {source} CROSS JOIN LATERAL "
+        f"SELECT p.id AS __parent{extra}, x.* FROM {source} CROSS JOIN LATERAL "
         f"(SELECT {columns_sql(entity, alias, params, shape)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
         f"ORDER BY {order} LIMIT {limit} OFFSET {offset}) x"
     )

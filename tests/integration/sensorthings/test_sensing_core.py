@@ -357,3 +357,68 @@ async def test_restricted_dataset_entities_are_invisible(
     )
     assert moved.status_code == 200
     assert await db.fetchval("SELECT dataset_id FROM datastream WHERE id = $1", public_ds) == opened
+
+
+async def test_latest_observation_follows_every_write_and_stays_restricted(
+    sta: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """`$top=1&$orderby=phenomenonTime desc` reads the Datastream's `observation_latest` row (0006_stadb):
+    after HTTP creates, a dataArray create, a PATCH of the time, deletes, and a batch, it answers as a plain
+    ordered read of the observations does, nextLink included; a restricted Datastream stays a 404."""
+    thing = await create(sta, "Things", thing_body(n_ds=2))
+    ds, other = [d["@iot.id"] for d in (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]]
+    newest = {"$top": "1", "$orderby": "phenomenonTime desc"}
+
+    async def latest(http: httpx.AsyncClient = sta, datastream: int = ds) -> tuple[list[str], bool]:
+        body = await get(http, f"Datastreams({datastream})/Observations", **newest)
+        # the same page without the pointer: an id tie-breaker makes it an ordinary ordered read
+        plain = await get(
+            http, f"Datastreams({datastream})/Observations", **{"$top": "1", "$orderby": "phenomenonTime desc,id"}
+        )
+        page = ([o["phenomenonTime"] for o in body["value"]], "@iot.nextLink" in body)
+        assert page == ([o["phenomenonTime"] for o in plain["value"]], "@iot.nextLink" in plain)
+        return page
+
+    assert await latest() == ([], False)
+    first = await create(
+        sta, "Observations", {"Datastream": {"@iot.id": ds}, "phenomenonTime": "2026-05-01T10:00:00Z", "result": 1}
+    )
+    assert await latest() == (["2026-05-01T10:00:00Z"], False)
+    await _observations(sta, ds, 3, "2026-04-01")  # older: the latest stays
+    assert await latest() == (["2026-05-01T10:00:00Z"], True)
+    await _observations(sta, other, 2, "2026-06-01")  # another Datastream's rows change nothing here
+    assert await latest() == (["2026-05-01T10:00:00Z"], True)
+    moved = await sta.patch(
+        f"{BASE}/Observations({first['@iot.id']})", json={"phenomenonTime": "2026-03-01T00:00:00Z"}, headers=AUTH
+    )
+    assert moved.status_code == 200, moved.text
+    assert await latest() == (["2026-04-01T02:00:00Z"], True)
+    newest_id = (await get(sta, f"Datastreams({ds})/Observations", **newest))["value"][0]["@iot.id"]
+    assert (await sta.delete(f"{BASE}/Observations({newest_id})", headers=AUTH)).status_code == 200
+    assert await latest() == (["2026-04-01T01:00:00Z"], True)
+    batch = {
+        "requests": [
+            {
+                "id": "1",
+                "atomicityGroup": "g",
+                "method": "post",
+                "url": "Observations",
+                "body": {"Datastream": {"@iot.id": ds}, "phenomenonTime": "2026-07-01T00:00:00Z", "result": 5},
+            }
+        ]
+    }
+    response = await sta.post(f"{BASE}/$batch", json=batch, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert await latest() == (["2026-07-01T00:00:00Z"], True)
+    await db.execute("DELETE FROM observation WHERE datastream_id = $1 AND phenomenon_time < '2026-07-01'", ds)
+    assert await latest() == (["2026-07-01T00:00:00Z"], False)
+    # restricted: anonymous readers get a 404, not the latest value
+    dataset = await db.fetchval(
+        "INSERT INTO dataset (slug, title, kind, access) VALUES ('hidden', 'Hidden', 'sensors', 'restricted') "
+        "RETURNING id"
+    )
+    await db.execute("UPDATE datastream SET dataset_id = $1 WHERE id = $2", dataset, ds)
+    hidden = await sta.get(f"{BASE}/Datastreams({ds})/Observations", params=newest)
+    assert hidden.status_code == 404
+    admin = await sta.get(f"{BASE}/Datastreams({ds})/Observations", params=newest, headers=AUTH)
+    assert [o["phenomenonTime"] for o in admin.json()["value"]] == ["2026-07-01T00:00:00Z"]
