@@ -875,8 +875,8 @@ def aggregate_query(
 def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:
     """`aggregate_query`'s rows as one JSON object each (`__json`), in the same order: built by PostgreSQL,
     as `{"phenomenonTime": "start/end", "min": 1.5, ..., "count": 96}` (numbers as float8, counts as bigint)."""
-    members = [f"'{{\"phenomenonTime\":' || {interval_json('a.bucket_start', 'a.bucket_end')}"]
+    args = [f"'{{\"phenomenonTime\":'", interval_json("a.bucket_start", "a.bucket_end")]
     for name in functions:
         cast = "bigint" if name == "count" else "double precision"
-        members.append(f"',\"{name}\":' || COALESCE(to_json(a.{name}::{cast})::text, 'null')")
-    return Statement(f"SELECT {' || '.join(members)} || '}}' AS __json FROM ({stmt.sql}) a", stmt.params)
+        args += [f"',\"{name}\":'", f"COALESCE(to_json(a.{name}::{cast})::text, 'null')"]
+    return Statement(f"SELECT concat({', '.join(args)}, '}}') AS __json FROM ({stmt.sql}) a", stmt.params)
