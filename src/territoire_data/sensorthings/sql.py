@@ -875,7 +875,7 @@ def aggregate_query(
 def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:
     """`aggregate_query`'s rows as one JSON object each (`__json`), in the same order: built by PostgreSQL,
     as `{"phenomenonTime": "start/end", "min": 1.5, ..., "count": 96}` (numbers as float8, counts as bigint)."""
-    args = [f"'{{\"phenomenonTime\":'", interval_json("a.bucket_start", "a.bucket_end")]
+    args = ["'{\"phenomenonTime\":'", interval_json("a.bucket_start", "a.bucket_end")]
     for name in functions:
         cast = "bigint" if name == "count" else "double precision"
         args += [f"',\"{name}\":'", f"COALESCE(to_json(a.{name}::{cast})::text, 'null')"]
