@@ -27,9 +27,9 @@ EXPECTED_ROLLUP = """
     FROM observation WHERE result_number IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
 """
 EXPECTED_LATEST = """
-    SELECT datastream_id, t[1] AS latest_time, t[2] AS previous_time FROM (
+    SELECT d.id, x.t[1] AS latest, x.t[2] AS previous FROM datastream d LEFT JOIN (
         SELECT datastream_id, (array_agg(phenomenon_time ORDER BY phenomenon_time DESC))[1:2] AS t
-        FROM observation GROUP BY 1) x ORDER BY 1
+        FROM observation GROUP BY 1) x ON x.datastream_id = d.id ORDER BY 1
 """
 
 
@@ -41,11 +41,24 @@ def _rows(records: list[asyncpg.Record]) -> list[tuple[object, ...]]:
 async def _check(db: asyncpg.Connection, step: str) -> None:
     day = "date_trunc('day', phenomenon_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     quarter = "date_bin(interval '15 minutes', phenomenon_time, timestamptz '2000-01-01 00:00:00+00')"
-    for table, bucket in (("observation_rollup_day", day), ("observation_rollup_15min", quarter)):
-        expected = _rows(await db.fetch(EXPECTED_ROLLUP.format(bucket=bucket)))
-        kept = _rows(await db.fetch(f"SELECT * FROM {table} ORDER BY 1, 2"))
-        assert kept == expected, f"{table} after {step}"
-    latest = await db.fetch("SELECT datastream_id, latest_time, previous_time FROM observation_latest ORDER BY 1")
+    expected = _rows(await db.fetch(EXPECTED_ROLLUP.format(bucket=quarter)))
+    assert _rows(await db.fetch("SELECT * FROM observation_rollup_15min ORDER BY 1, 2")) == expected, step
+    # daily rollups: the days before each Datastream's rollup_day_until (the start of the newest day it was sent)
+    expected_days = _rows(await db.fetch(EXPECTED_ROLLUP.format(bucket=day)))
+    until = dict(await db.fetch("SELECT id, rollup_day_until FROM datastream"))
+    closed = [r for r in expected_days if until[r[0]] is not None and r[1] < until[r[0]]]
+    assert _rows(await db.fetch("SELECT * FROM observation_rollup_day ORDER BY 1, 2")) == closed, f"days after {step}"
+    # and what the aggregates read (days closed, then the 15-minute rows of the others) is every day
+    read = """
+        SELECT datastream_id, sta_day(bucket), sum(n), sum(total), min(min_value), max(max_value), max(last_time),
+               (array_agg(last_value ORDER BY last_time DESC))[1]
+        FROM (SELECT r.* FROM observation_rollup_day r JOIN datastream d ON d.id = r.datastream_id
+              WHERE r.bucket < d.rollup_day_until
+              UNION ALL SELECT q.* FROM observation_rollup_15min q JOIN datastream d ON d.id = q.datastream_id
+              WHERE q.bucket >= COALESCE(d.rollup_day_until, '-infinity')) x
+        GROUP BY 1, 2 ORDER BY 1, 2"""
+    assert _rows(await db.fetch(read)) == expected_days, f"days read after {step}"
+    latest = await db.fetch("SELECT id, latest_phenomenon_time, previous_phenomenon_time FROM datastream ORDER BY 1")
     assert [tuple(r) for r in latest] == [tuple(r) for r in await db.fetch(EXPECTED_LATEST)], f"latest after {step}"
 
 
@@ -79,10 +92,14 @@ async def test_rollups_and_latest_times_stay_exact_through_every_write(db: async
 
     await db.execute(insert, *batch(400, 3000))
     await _check(db, "a first batch")
+    assert await db.fetchval("SELECT count(*) FROM observation_rollup_day") > 0  # closed days exist
     await db.execute(insert, *batch(1, 3000))
     await _check(db, "a single row")
     # late data, older than everything, and newer data in a later statement, out of order
     await db.execute(insert, [1, 2], [T0 - timedelta(days=20), T0 - timedelta(days=21)], [1.0, 2.0])
+    await db.execute(
+        insert, [1, 1, 2], [T0 - timedelta(days=1, minutes=3), T0 + timedelta(days=4), T0], [3.0, 4.0, 5.0]
+    )
     await db.execute(insert, *batch(50, 6000))
     await _check(db, "late and out-of-order rows")
     # the ingest's COPY + merge upsert: some keys exist (an UPDATE), some are new (an INSERT), one statement
@@ -135,16 +152,15 @@ async def test_rollups_and_latest_times_stay_exact_through_every_write(db: async
         "(SELECT max(phenomenon_time) FROM observation WHERE datastream_id = 3)"
     )
     await _check(db, "one observation left")
-    assert await db.fetchval("SELECT previous_time FROM observation_latest WHERE datastream_id = 3") is None
+    assert await db.fetchval("SELECT previous_phenomenon_time FROM datastream WHERE id = 3") is None
     await db.execute("DELETE FROM observation WHERE datastream_id = 3")
     await _check(db, "no observation left")
     await db.execute(insert, [3], [T0], [7.0])
     await _check(db, "one again")
-    # a Datastream deleted takes its observations, rollups and pointer along
+    # a Datastream deleted takes its observations and rollups along
     await db.execute("DELETE FROM datastream WHERE id = 2")
     await _check(db, "a Datastream deleted")
     assert await db.fetchval("SELECT count(*) FROM observation_rollup_day WHERE datastream_id = 2") == 0
-    assert await db.fetchval("SELECT count(*) FROM observation_latest WHERE datastream_id = 2") == 0
     # a bulk load without the triggers, then the rebuild
     await db.execute("ALTER TABLE observation DISABLE TRIGGER observation_sta_inserted")
     try:
@@ -155,4 +171,4 @@ async def test_rollups_and_latest_times_stay_exact_through_every_write(db: async
     await _check(db, "a rebuild")
     await db.execute("TRUNCATE observation")
     await _check(db, "TRUNCATE")
-    assert await db.fetchval("SELECT count(*) FROM observation_latest") == 0
+    assert await db.fetchval("SELECT count(latest_phenomenon_time) FROM datastream") == 0

@@ -580,14 +580,14 @@ def collection_query(
     """One page of a collection (top + 1 rows, the extra one tells that a next page exists).
 
     `latest` (see `latest_pointer_applies`): the newest Observation alone, found by its key from the
-    Datastream's `observation_latest` row; whether more exist is `latest_more_sql`'s to say.
+    Datastream's `latest_phenomenon_time`; whether more exist is `latest_more_sql`'s to say.
     """
     params = params or Params()
     alias = "c"
     parts, compiler = where_parts(entity, alias, params, principal, filter_expr, scope)
     if latest:
         assert scope is not None
-        parts.append(f"{alias}.phenomenon_time = ({latest_pointer_sql('latest_time', scope, params)})")
+        parts.append(f"{alias}.phenomenon_time = ({latest_pointer_sql('latest_phenomenon_time', scope, params)})")
     single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
     order = order_by_sql(compiler, entity, alias, orderby, single)
     limit = params.add(top + 1, "bigint")
@@ -604,9 +604,9 @@ def latest_pointer_applies(
 ) -> bool:
     """Is this page "the latest Observation of a Datastream" (`$top=1&$orderby=phenomenonTime desc`)?
 
-    Then `observation_latest` (migration 0006_stadb, kept exact by the observation triggers) holds its
-    phenomenonTime, and whether an older one exists: one primary-key probe in the one partition holding it,
-    instead of walking every partition's index backwards for two rows.
+    Then the Datastream's `latest_phenomenon_time` and `previous_phenomenon_time` (migration 0006_stadb, kept
+    exact by the observation triggers) give its phenomenonTime, and whether an older one exists: one primary-key
+    probe in the one partition holding it, instead of walking every partition's index backwards for two rows.
     """
     return (
         scope is not None
@@ -617,13 +617,13 @@ def latest_pointer_applies(
 
 
 def latest_pointer_sql(column: str, scope: Scope, params: Params) -> str:
-    """A column of the scope Datastream's `observation_latest` row (NULL without observations)."""
-    return f"SELECT {column} FROM observation_latest WHERE datastream_id = {params.add(scope.parent_id, 'bigint')}"
+    """An expression on the scope Datastream's row (its latest phenomenonTime is NULL without observations)."""
+    return f"SELECT {column} FROM datastream WHERE id = {params.add(scope.parent_id, 'bigint')}"
 
 
 def latest_more_sql(scope: Scope, params: Params) -> str:
     """Whether the scope Datastream has Observations older than its latest (a next page)."""
-    return f"COALESCE(({latest_pointer_sql('previous_time IS NOT NULL', scope, params)}), false)"
+    return f"COALESCE(({latest_pointer_sql('previous_phenomenon_time IS NOT NULL', scope, params)}), false)"
 
 
 def count_query(
@@ -680,7 +680,7 @@ def expand_many_query(
     window any Datastream for which it found fewer rows than the page needs, so the answer stays exact.
     A day rather than a month: at 10 M observations the month-wide probe cost six times as much (the planner
     sorts a month of a busy Datastream instead of walking the index backwards).
-    With `top` 1 the window is exact instead: the row at the Datastream's `observation_latest.latest_time`
+    With `top` 1 the window is exact instead: the row at the Datastream's `latest_phenomenon_time`
     (one partition, one key probe, one JSON built instead of two), and `__more` whether an older one exists.
     """
     entity = BY_NAME[relation.target]
@@ -703,10 +703,10 @@ def expand_many_query(
     source = f"unnest({ids}) AS p(id)"
     extra = ""
     if recent_window and top == 1:
-        # exact: Datastreams without observations have no pointer row; `__more` tells of older ones
-        source += " JOIN observation_latest w ON w.datastream_id = p.id"
-        parts.append(f"{alias}.phenomenon_time = w.latest_time")
-        extra = ", w.previous_time IS NOT NULL AS __more"
+        # exact: a Datastream without observations has no latest time (NULL); `__more` tells of older ones
+        source += " JOIN datastream w ON w.id = p.id"
+        parts.append(f"{alias}.phenomenon_time = w.latest_phenomenon_time")
+        extra = ", w.previous_phenomenon_time IS NOT NULL AS __more"
     elif recent_window:
         source += " JOIN datastream w ON w.id = p.id"
         parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '1 day'")
@@ -816,7 +816,7 @@ def rollup_bounds(node: Expr | None, minutes: int = 15) -> list[tuple[str, datet
 
 
 # Rollup tables by bucket size in minutes, finest last: an aggregate reads the coarsest one whose buckets
-# divide its own and its filter's bounds.
+# divide its own and its filter's bounds (the daily one with the 15-minute rows of the days not closed yet).
 ROLLUPS = {1440: "observation_rollup_day", 15: "observation_rollup_15min"}
 
 
@@ -855,6 +855,15 @@ def aggregate_query(
             parts.append(f"r.bucket {'>=' if op == 'ge' else '<'} {params.add(value, 'timestamptz')}")
         aggregates = ", ".join(f"{ROLLUP_FUNCTIONS[f]} AS {f}" for f in functions)
         source = f"{table} r"
+        if table == "observation_rollup_day":
+            # the daily rollups hold the days before the Datastream's rollup_day_until, the 15-minute ones the
+            # rest (see migration 0006_stadb): both, each bounded by the filter (pushed into both branches)
+            until = f"(SELECT rollup_day_until FROM datastream WHERE id = {ds})"
+            source = (
+                f"(SELECT * FROM observation_rollup_day WHERE datastream_id = {ds} AND bucket < {until} UNION ALL "
+                f"SELECT * FROM observation_rollup_15min WHERE datastream_id = {ds} "
+                f"AND bucket >= COALESCE({until}, '-infinity')) r"
+            )
     else:
         compiler = ExprCompiler(BY_NAME["Observation"], "o", params, principal)
         bucket, step = _bucket(interval, "o.phenomenon_time")

@@ -362,7 +362,7 @@ async def test_restricted_dataset_entities_are_invisible(
 async def test_latest_observation_follows_every_write_and_stays_restricted(
     sta: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    """`$top=1&$orderby=phenomenonTime desc` reads the Datastream's `observation_latest` row (0006_stadb):
+    """`$top=1&$orderby=phenomenonTime desc` reads the Datastream's latest phenomenonTime (0006_stadb):
     after HTTP creates, a dataArray create, a PATCH of the time, deletes, and a batch, it answers as a plain
     ordered read of the observations does, nextLink included; a restricted Datastream stays a 404."""
     thing = await create(sta, "Things", thing_body(n_ds=2))
