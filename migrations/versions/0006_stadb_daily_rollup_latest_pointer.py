@@ -142,8 +142,19 @@ CREATE FUNCTION sta_day(t timestamptz) RETURNS timestamptz LANGUAGE sql IMMUTABL
 $$ SELECT date_bin(interval '1 day', t, timestamptz '2000-01-01 00:00:00+00') $$;
 
 -- Closes the days of each Datastream from its rollup_day_until (or its first) to `untils` (a day start, later):
--- their daily rollups computed from the 15-minute ones, then rollup_day_until moved there.
-CREATE FUNCTION sta_close_days(ds bigint[], untils timestamptz[]) RETURNS void LANGUAGE sql AS $fn$
+-- their daily rollups computed from the 15-minute ones, then rollup_day_until moved there. Only for the
+-- Datastreams no other transaction is writing to (a writer holds its Datastream FOR KEY SHARE, 0004, until it
+-- commits its 15-minute increments, which a closing must see): the others are closed by a later statement. The
+-- lock taken (FOR UPDATE) makes writers that come after wait for the new rollup_day_until.
+CREATE FUNCTION sta_close_days(ds bigint[], untils timestamptz[]) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    free bigint[];
+BEGIN
+    SELECT array_agg(id) INTO free
+    FROM (SELECT id FROM datastream WHERE id = ANY (ds) ORDER BY id FOR UPDATE SKIP LOCKED) l;
+    IF free IS NULL THEN
+        RETURN;
+    END IF;
     INSERT INTO observation_rollup_day AS r
     SELECT q.datastream_id, sta_day(q.bucket), sum(q.n), sum(q.total), min(q.min_value), max(q.max_value),
            max(q.last_time), (array_agg(q.last_value ORDER BY q.last_time DESC))[1]
@@ -151,13 +162,15 @@ CREATE FUNCTION sta_close_days(ds bigint[], untils timestamptz[]) RETURNS void L
     JOIN datastream d ON d.id = k.id
     JOIN observation_rollup_15min q ON q.datastream_id = k.id
          AND q.bucket >= COALESCE(d.rollup_day_until, '-infinity') AND q.bucket < k.until
+    WHERE k.id = ANY (free)
     GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (datastream_id, bucket) DO UPDATE SET  -- (none expected: no daily row from rollup_day_until on)
         n = EXCLUDED.n, total = EXCLUDED.total, min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value,
         last_time = EXCLUDED.last_time, last_value = EXCLUDED.last_value;
     UPDATE datastream d SET rollup_day_until = k.until
     FROM (SELECT * FROM unnest(ds, untils) ORDER BY 1) AS k(id, until)
-    WHERE d.id = k.id AND (d.rollup_day_until IS NULL OR d.rollup_day_until < k.until);
+    WHERE d.id = k.id AND k.id = ANY (free) AND (d.rollup_day_until IS NULL OR d.rollup_day_until < k.until);
+END
 $fn$;
 
 -- The two newest phenomenonTimes of the given Datastreams, recomputed from the observations.

@@ -172,3 +172,31 @@ async def test_rollups_and_latest_times_stay_exact_through_every_write(db: async
     await db.execute("TRUNCATE observation")
     await _check(db, "TRUNCATE")
     assert await db.fetchval("SELECT count(latest_phenomenon_time) FROM datastream") == 0
+
+
+async def test_a_day_is_not_closed_while_another_transaction_writes_to_its_datastream(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """Closing a day reads its 15-minute rollups: not while a concurrent writer's increments are uncommitted."""
+    await _datastreams(db, 1)
+    insert = "INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES (1, $1, $2)"
+    for minutes in (0, 10, 20):
+        await db.execute(insert, T0 + timedelta(minutes=minutes), 1.0)  # day D (T0's) is the newest: none closed
+    assert await db.fetchval("SELECT count(*) FROM observation_rollup_day") == 0
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            # day D, uncommitted; inside the extents and older than the two newest: the writer holds its
+            # Datastream FOR KEY SHARE only (a newer row would update it, and the next writer wait for that)
+            await writer.execute(insert, T0 + timedelta(minutes=5), 2.0)
+            # another statement brings day D + 1: day D must not be closed without the writer's row
+            await db.execute("SET lock_timeout = '5s'")
+            await db.execute(insert, T0 + timedelta(days=1), 3.0)
+            await _check(db, "a newer day while a writer is open")
+            assert await db.fetchval("SELECT count(*) FROM observation_rollup_day") == 0
+        await db.execute(insert, T0 + timedelta(days=1, minutes=1), 4.0)  # the writer committed: now it closes
+        await _check(db, "the next statement")
+        day = T0.replace(hour=0)
+        assert await db.fetchval("SELECT n FROM observation_rollup_day WHERE bucket = $1", day) == 4
+    finally:
+        await writer.close()
