@@ -71,7 +71,7 @@ _EXTENTS = """
 # The same, which also merges the new rows' two newest phenomenonTimes into the Datastream's pair (the times are
 # new: the primary key; the row is rewritten anyway when the extent grows, as it does with live data).
 _EXTENTS_LATEST = """
-    UPDATE datastream d SET
+    FOR ext IN UPDATE datastream d SET
         phenomenon_time_start = LEAST(d.phenomenon_time_start, x.p_min),
         phenomenon_time_end   = GREATEST(d.phenomenon_time_end, x.p_max),
         result_time_start     = LEAST(d.result_time_start, x.r_min),
@@ -99,7 +99,18 @@ _EXTENTS_LATEST = """
            OR d.phenomenon_time_end IS NULL OR x.p_max > d.phenomenon_time_end
            OR x.r_min < d.result_time_start OR x.r_max > d.result_time_end
            OR (x.r_min IS NOT NULL AND d.result_time_start IS NULL)
-           OR d.latest_phenomenon_time IS NULL OR x.t1 > COALESCE(d.previous_phenomenon_time, '-infinity'));"""
+           OR d.latest_phenomenon_time IS NULL OR x.t1 > COALESCE(d.previous_phenomenon_time, '-infinity')
+           OR d.rollup_day_until IS NULL OR x.p_min < d.rollup_day_until OR x.t1 >= d.rollup_day_until + interval '1 day')
+        RETURNING d.id, d.rollup_day_until AS until, x.p_min, sta_day(x.t1) AS newest
+    LOOP
+        IF ext.p_min < ext.until THEN  -- late rows, on days that have daily rollups already
+            late := late || ext.id;
+        END IF;
+        IF ext.until IS NULL OR ext.newest > ext.until THEN  -- a newer day: the days before it can be closed
+            ds := ds || ext.id;
+            untils := untils || ext.newest;
+        END IF;
+    END LOOP;"""
 
 _NOTIFY = """
     -- pg_notify payloads stop at 8000 bytes: small statements list their ids, big ones send a range
@@ -269,8 +280,10 @@ DECLARE
     lo       bigint;
     hi       bigint;
     payload  text;
-    ds       bigint[];
-    untils   timestamptz[];
+    ext      record;
+    late     bigint[] := '{{}}';
+    ds       bigint[] := '{{}}';
+    untils   timestamptz[] := '{{}}';
 BEGIN
     SELECT count(*), min(id), max(id) INTO n, lo, hi FROM sta_new_rows;
     IF n = 0 THEN
@@ -278,14 +291,17 @@ BEGIN
     END IF;
 {_EXTENTS_LATEST}
     -- late rows, on days that have daily rollups already, merged into them (live data has none)
-    INSERT INTO observation_rollup_day AS r
-    SELECT s.datastream_id, sta_day(s.phenomenon_time), count(*), sum(s.result_number), min(s.result_number),
-           max(s.result_number), max(s.phenomenon_time),
-           (array_agg(s.result_number ORDER BY s.phenomenon_time DESC))[1]
-    FROM sta_new_rows s JOIN datastream d ON d.id = s.datastream_id
-    WHERE s.result_number IS NOT NULL AND s.phenomenon_time < d.rollup_day_until
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (datastream_id, bucket) DO UPDATE SET {_MERGE};
+    IF cardinality(late) > 0 THEN
+        INSERT INTO observation_rollup_day AS r
+        SELECT s.datastream_id, sta_day(s.phenomenon_time), count(*), sum(s.result_number), min(s.result_number),
+               max(s.result_number), max(s.phenomenon_time),
+               (array_agg(s.result_number ORDER BY s.phenomenon_time DESC))[1]
+        FROM sta_new_rows s JOIN datastream d ON d.id = s.datastream_id
+        WHERE s.datastream_id = ANY (late) AND s.result_number IS NOT NULL
+          AND s.phenomenon_time < d.rollup_day_until
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (datastream_id, bucket) DO UPDATE SET {_MERGE};
+    END IF;
     -- merge the new rows into the 15-minute rollups (one statement, sorted to keep lock order stable)
     INSERT INTO observation_rollup_15min AS r
     SELECT datastream_id, sta_bucket(phenomenon_time), count(*), sum(result_number), min(result_number),
@@ -293,11 +309,7 @@ BEGIN
     FROM sta_new_rows WHERE result_number IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (datastream_id, bucket) DO UPDATE SET {_MERGE};
     -- a newer day than rollup_day_until: the days before it are closed (once a day per Datastream)
-    SELECT array_agg(d.id ORDER BY d.id), array_agg(x.newest ORDER BY d.id) INTO ds, untils
-    FROM (SELECT datastream_id, sta_day(max(phenomenon_time)) AS newest FROM sta_new_rows GROUP BY 1) x
-    JOIN datastream d ON d.id = x.datastream_id
-    WHERE d.rollup_day_until IS NULL OR x.newest > d.rollup_day_until;
-    IF ds IS NOT NULL THEN
+    IF cardinality(ds) > 0 THEN
         PERFORM sta_close_days(ds, untils);
     END IF;
 {_NOTIFY}
