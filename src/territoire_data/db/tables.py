@@ -165,6 +165,12 @@ datastream = Table(
     Column("phenomenon_time_end", TZ),
     Column("result_time_start", TZ),
     Column("result_time_end", TZ),
+    # the daily rollups hold its days before this one (migration 0006_stadb)
+    Column("rollup_day_until", TZ),
+    # its newest phenomenonTime and the one before, kept by the observation triggers (migration 0006_stadb);
+    # CHECK previous < latest
+    Column("latest_phenomenon_time", TZ),
+    Column("previous_phenomenon_time", TZ),
     Column("properties", JSONB),
     Column("thing_id", BigInteger, ForeignKey("thing.id", ondelete="CASCADE"), nullable=False),
     Column("sensor_id", BigInteger, ForeignKey("sensor.id", ondelete="CASCADE"), nullable=False),
@@ -273,6 +279,20 @@ ingest_rejection = Table(
 # SensorThings aggregation rollups (migration 0002_sta), kept exact by statement triggers on observation.
 observation_rollup_15min = Table(
     "observation_rollup_15min",
+    metadata,
+    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("bucket", TZ, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("total", Float(precision=53), nullable=False),
+    Column("min_value", Float(precision=53), nullable=False),
+    Column("max_value", Float(precision=53), nullable=False),
+    Column("last_time", TZ, nullable=False),
+    Column("last_value", Float(precision=53), nullable=False),
+)
+
+# Daily rollups (migration 0006_stadb) of the days before datastream.rollup_day_until (UTC days).
+observation_rollup_day = Table(
+    "observation_rollup_day",
     metadata,
     Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
     Column("bucket", TZ, primary_key=True),

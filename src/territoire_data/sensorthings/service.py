@@ -48,9 +48,12 @@ EXTENSIONS = {
         "path": "/Datastreams({id})/Aggregates?interval=15min|hour|day|month&aggregate=min,max,avg,sum,count,last",
         "options": "$filter (on the Observations, e.g. phenomenonTime ge ... and phenomenonTime lt ...), $top, $skip",
         "buckets": "UTC, aligned on 2000-01-01T00:00:00Z (months: calendar months in UTC)",
+        "source": "rollup-day, rollup-15min (kept exact on every write; used when no $filter or one on "
+        "phenomenonTime bounds aligned on their buckets) or observations",
     },
     f"{EXT}/latest-observation": {
-        "description": "The latest Observation of a Datastream is read from the (datastream, phenomenonTime) key",
+        "description": "The latest Observation of a Datastream is read by its (datastream, phenomenonTime) key "
+        "from each Datastream's two newest phenomenonTimes, kept exact on every write",
         "path": "/Datastreams({id})/Observations?$top=1&$orderby=phenomenonTime desc",
         "expand": "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc)) uses one query",
     },

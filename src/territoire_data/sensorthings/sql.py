@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from territoire_data.auth.policy import Principal, datastream_visible_sql, member_visible_sql
@@ -575,11 +575,19 @@ def collection_query(
     scope: Scope | None,
     shape: JsonShape | None = None,
     params: Params | None = None,
+    latest: bool = False,
 ) -> Statement:
-    """One page of a collection (top + 1 rows, the extra one tells that a next page exists)."""
+    """One page of a collection (top + 1 rows, the extra one tells that a next page exists).
+
+    `latest` (see `latest_pointer_applies`): the newest Observation alone, found by its key from the
+    Datastream's `latest_phenomenon_time`; whether more exist is `latest_more_sql`'s to say.
+    """
     params = params or Params()
     alias = "c"
     parts, compiler = where_parts(entity, alias, params, principal, filter_expr, scope)
+    if latest:
+        assert scope is not None
+        parts.append(f"{alias}.phenomenon_time = ({latest_pointer_sql('latest_phenomenon_time', scope, params)})")
     single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
     order = order_by_sql(compiler, entity, alias, orderby, single)
     limit = params.add(top + 1, "bigint")
@@ -589,6 +597,33 @@ def collection_query(
         f"WHERE {' AND '.join(parts)} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
     )
     return Statement(sql, params.values)
+
+
+def latest_pointer_applies(
+    scope: Scope | None, filter_expr: Expr | None, orderby: tuple[OrderItem, ...], top: int, skip: int
+) -> bool:
+    """Is this page "the latest Observation of a Datastream" (`$top=1&$orderby=phenomenonTime desc`)?
+
+    Then the Datastream's `latest_phenomenon_time` and `previous_phenomenon_time` (migration 0006_stadb, kept
+    exact by the observation triggers) give its phenomenonTime, and whether an older one exists: one primary-key
+    probe in the one partition holding it, instead of walking every partition's index backwards for two rows.
+    """
+    return (
+        scope is not None
+        and implied_visible(scope.parent, scope.relation)
+        and top == 1
+        and latest_window_applies(scope.parent, scope.relation, filter_expr, orderby, skip)
+    )
+
+
+def latest_pointer_sql(column: str, scope: Scope, params: Params) -> str:
+    """An expression on the scope Datastream's row (its latest phenomenonTime is NULL without observations)."""
+    return f"SELECT {column} FROM datastream WHERE id = {params.add(scope.parent_id, 'bigint')}"
+
+
+def latest_more_sql(scope: Scope, params: Params) -> str:
+    """Whether the scope Datastream has Observations older than its latest (a next page)."""
+    return f"COALESCE(({latest_pointer_sql('previous_phenomenon_time IS NOT NULL', scope, params)}), false)"
 
 
 def count_query(
@@ -645,6 +680,8 @@ def expand_many_query(
     window any Datastream for which it found fewer rows than the page needs, so the answer stays exact.
     A day rather than a month: at 10 M observations the month-wide probe cost six times as much (the planner
     sorts a month of a busy Datastream instead of walking the index backwards).
+    With `top` 1 the window is exact instead: the row at the Datastream's `latest_phenomenon_time`
+    (one partition, one key probe, one JSON built instead of two), and `__more` whether an older one exists.
     """
     entity = BY_NAME[relation.target]
     params = Params()
@@ -664,12 +701,18 @@ def expand_many_query(
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
     source = f"unnest({ids}) AS p(id)"
-    if recent_window:
+    extra = ""
+    if recent_window and top == 1:
+        # exact: a Datastream without observations has no latest time (NULL); `__more` tells of older ones
+        source += " JOIN datastream w ON w.id = p.id"
+        parts.append(f"{alias}.phenomenon_time = w.latest_phenomenon_time")
+        extra = ", w.previous_phenomenon_time IS NOT NULL AS __more"
+    elif recent_window:
         source += " JOIN datastream w ON w.id = p.id"
         parts.append(f"{alias}.phenomenon_time >= w.phenomenon_time_end - interval '1 day'")
         parts.append(f"{alias}.phenomenon_time <= greatest(w.phenomenon_time_end, now())")
     sql = (
-        f"SELECT p.id AS __parent, x.* FROM {source} CROSS JOIN LATERAL "
+        f"SELECT p.id AS __parent{extra}, x.* FROM {source} CROSS JOIN LATERAL "
         f"(SELECT {columns_sql(entity, alias, params, shape)} FROM {entity.table} {alias} WHERE {' AND '.join(parts)} "
         f"ORDER BY {order} LIMIT {limit} OFFSET {offset}) x"
     )
@@ -725,6 +768,8 @@ def expand_one_query(
 # --- aggregation extension -----------------------------------------------------------------------------
 
 AGGREGATE_INTERVALS = {"15min": "15 minutes", "hour": "1 hour", "day": "1 day", "month": "1 month"}
+# the smallest length of each interval (a month holds whole UTC days)
+AGGREGATE_MINUTES = {"15min": 15, "hour": 60, "day": 1440, "month": 1440}
 AGGREGATE_FUNCTIONS = {
     "min": "min(o.result_number)",
     "max": "max(o.result_number)",
@@ -743,16 +788,17 @@ ROLLUP_FUNCTIONS = {
 }
 
 
-def rollup_bounds(node: Expr | None) -> list[tuple[str, datetime]] | None:
-    """The time bounds of a filter the 15-minute rollups can answer, or None when they cannot.
+def rollup_bounds(node: Expr | None, minutes: int = 15) -> list[tuple[str, datetime]] | None:
+    """The time bounds of a filter the rollups of `minutes` (15, or 1440 for the daily ones) can answer, or
+    None when they cannot.
 
-    Only `phenomenonTime ge|lt <date-time>` terms joined by `and`, on 15-minute boundaries, qualify: the
+    Only `phenomenonTime ge|lt <date-time>` terms joined by `and`, on bucket boundaries (UTC), qualify: the
     buckets then hold exactly the filtered observations.
     """
     if node is None:
         return []
     if isinstance(node, Binary) and node.op == "and":
-        left, right = rollup_bounds(node.left), rollup_bounds(node.right)
+        left, right = rollup_bounds(node.left, minutes), rollup_bounds(node.right, minutes)
         return None if left is None or right is None else left + right
     if (
         isinstance(node, Binary)
@@ -762,11 +808,16 @@ def rollup_bounds(node: Expr | None) -> list[tuple[str, datetime]] | None:
         and isinstance(node.right.value, datetime)
     ):
         value = node.right.value
-        if value.second == 0 and value.microsecond == 0 and value.minute % 15 == 0 and value.utcoffset() is not None:
-            offset = value.utcoffset()
-            if offset is not None and (offset.total_seconds() / 60) % 15 == 0:
+        if value.utcoffset() is not None:
+            since_epoch = value - datetime(2000, 1, 1, tzinfo=UTC)
+            if since_epoch % timedelta(minutes=minutes) == timedelta(0):
                 return [(node.op, value)]
     return None
+
+
+# Rollup tables by bucket size in minutes, finest last: an aggregate reads the coarsest one whose buckets
+# divide its own and its filter's bounds (the daily one with the 15-minute rows of the days not closed yet).
+ROLLUPS = {1440: "observation_rollup_day", 15: "observation_rollup_15min"}
 
 
 def _bucket(interval: str, column: str) -> tuple[str, str]:
@@ -785,18 +836,34 @@ def aggregate_query(
     filter_expr: Expr | None,
     top: int,
     skip: int,
-) -> tuple[Statement, bool]:
-    """Observations of one Datastream bucketed by time (UTC), oldest bucket first; True when from rollups."""
+) -> tuple[Statement, str | None]:
+    """Observations of one Datastream bucketed by time (UTC), oldest bucket first, and the rollups read
+    (`rollup_day`, `rollup_15min`) or None when the observations are."""
     params = Params()
     ds = params.add(datastream_id, "bigint")
-    bounds = rollup_bounds(filter_expr)
+    bounds: list[tuple[str, datetime]] | None = None
+    table = ""
+    for minutes, candidate in ROLLUPS.items():
+        if minutes <= AGGREGATE_MINUTES[interval]:
+            bounds, table = rollup_bounds(filter_expr, minutes), candidate
+            if bounds is not None:
+                break
     if bounds is not None:
         bucket, step = _bucket(interval, "r.bucket")
         parts = [f"r.datastream_id = {ds}"]
         for op, value in bounds:
             parts.append(f"r.bucket {'>=' if op == 'ge' else '<'} {params.add(value, 'timestamptz')}")
         aggregates = ", ".join(f"{ROLLUP_FUNCTIONS[f]} AS {f}" for f in functions)
-        source = "observation_rollup_15min r"
+        source = f"{table} r"
+        if table == "observation_rollup_day":
+            # the daily rollups hold the days before the Datastream's rollup_day_until, the 15-minute ones the
+            # rest (see migration 0006_stadb): both, each bounded by the filter (pushed into both branches)
+            until = f"(SELECT rollup_day_until FROM datastream WHERE id = {ds})"
+            source = (
+                f"(SELECT * FROM observation_rollup_day WHERE datastream_id = {ds} AND bucket < {until} UNION ALL "
+                f"SELECT * FROM observation_rollup_15min WHERE datastream_id = {ds} "
+                f"AND bucket >= COALESCE({until}, '-infinity')) r"
+            )
     else:
         compiler = ExprCompiler(BY_NAME["Observation"], "o", params, principal)
         bucket, step = _bucket(interval, "o.phenomenon_time")
@@ -811,14 +878,14 @@ def aggregate_query(
         f"SELECT {bucket} AS bucket_start, {bucket} + {step} AS bucket_end, {aggregates} "
         f"FROM {source} WHERE {' AND '.join(parts)} GROUP BY 1 ORDER BY 1 LIMIT {limit} OFFSET {offset}"
     )
-    return Statement(sql, params.values), bounds is not None
+    return Statement(sql, params.values), (table.removeprefix("observation_") if bounds is not None else None)
 
 
 def aggregate_json(stmt: Statement, functions: list[str]) -> Statement:
     """`aggregate_query`'s rows as one JSON object each (`__json`), in the same order: built by PostgreSQL,
     as `{"phenomenonTime": "start/end", "min": 1.5, ..., "count": 96}` (numbers as float8, counts as bigint)."""
-    members = [f"'{{\"phenomenonTime\":' || {interval_json('a.bucket_start', 'a.bucket_end')}"]
+    args = ["'{\"phenomenonTime\":'", interval_json("a.bucket_start", "a.bucket_end")]
     for name in functions:
         cast = "bigint" if name == "count" else "double precision"
-        members.append(f"',\"{name}\":' || COALESCE(to_json(a.{name}::{cast})::text, 'null')")
-    return Statement(f"SELECT {' || '.join(members)} || '}}' AS __json FROM ({stmt.sql}) a", stmt.params)
+        args += [f"',\"{name}\":'", f"COALESCE(to_json(a.{name}::{cast})::text, 'null')"]
+    return Statement(f"SELECT concat({', '.join(args)}, '}}') AS __json FROM ({stmt.sql}) a", stmt.params)

@@ -243,6 +243,22 @@ async def test_aggregates_extension(sta: httpx.AsyncClient) -> None:
     )
     assert raw["source"] == "observations"
     assert raw["value"] == daily["value"]
+    assert daily["source"] == "rollup-day"
+    # day bounds read the daily rollups, quarter-hour bounds the 15-minute ones, others the observations
+    for bounds, source, counts in (
+        ("ge 2026-11-02T00:00:00Z and phenomenonTime lt 2026-11-03T00:00:00Z", "rollup-day", [2]),
+        ("ge 2026-11-02T01:00:00+01:00", "rollup-day", [2]),
+        ("ge 2026-11-01T22:45:00Z", "rollup-15min", [1, 2]),
+        ("ge 2026-11-01T22:59:00Z", "observations", [1, 2]),
+    ):
+        by_day = await get(
+            sta,
+            f"Datastreams({ds})/Aggregates",
+            interval="day",
+            aggregate="count",
+            **{"$filter": f"phenomenonTime {bounds}"},
+        )
+        assert (by_day["source"], [b["count"] for b in by_day["value"]]) == (source, counts), bounds
     bad = await sta.get(f"{BASE}/Datastreams({ds})/Aggregates", params={"interval": "week"})
     assert bad.status_code == 400
 
@@ -266,7 +282,7 @@ async def test_rollups_stay_exact_through_updates_and_deletes(sta: httpx.AsyncCl
             aggregate="min,max,avg,count,last,sum",
             **{"$filter": "result ge -1000"},
         )
-        assert fast["source"] == "rollup-15min"
+        assert fast["source"] == ("rollup-day" if interval in ("day", "month") else "rollup-15min")
         assert fast["value"] == slow["value"]
     day = (await get(sta, f"Datastreams({ds})/Aggregates", interval="day", aggregate="max,count,last"))["value"][0]
     assert day == {
@@ -341,3 +357,68 @@ async def test_restricted_dataset_entities_are_invisible(
     )
     assert moved.status_code == 200
     assert await db.fetchval("SELECT dataset_id FROM datastream WHERE id = $1", public_ds) == opened
+
+
+async def test_latest_observation_follows_every_write_and_stays_restricted(
+    sta: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """`$top=1&$orderby=phenomenonTime desc` reads the Datastream's latest phenomenonTime (0006_stadb):
+    after HTTP creates, a dataArray create, a PATCH of the time, deletes, and a batch, it answers as a plain
+    ordered read of the observations does, nextLink included; a restricted Datastream stays a 404."""
+    thing = await create(sta, "Things", thing_body(n_ds=2))
+    ds, other = [d["@iot.id"] for d in (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]]
+    newest = {"$top": "1", "$orderby": "phenomenonTime desc"}
+
+    async def latest(http: httpx.AsyncClient = sta, datastream: int = ds) -> tuple[list[str], bool]:
+        body = await get(http, f"Datastreams({datastream})/Observations", **newest)
+        # the same page without the pointer: an id tie-breaker makes it an ordinary ordered read
+        plain = await get(
+            http, f"Datastreams({datastream})/Observations", **{"$top": "1", "$orderby": "phenomenonTime desc,id"}
+        )
+        page = ([o["phenomenonTime"] for o in body["value"]], "@iot.nextLink" in body)
+        assert page == ([o["phenomenonTime"] for o in plain["value"]], "@iot.nextLink" in plain)
+        return page
+
+    assert await latest() == ([], False)
+    first = await create(
+        sta, "Observations", {"Datastream": {"@iot.id": ds}, "phenomenonTime": "2026-05-01T10:00:00Z", "result": 1}
+    )
+    assert await latest() == (["2026-05-01T10:00:00Z"], False)
+    await _observations(sta, ds, 3, "2026-04-01")  # older: the latest stays
+    assert await latest() == (["2026-05-01T10:00:00Z"], True)
+    await _observations(sta, other, 2, "2026-06-01")  # another Datastream's rows change nothing here
+    assert await latest() == (["2026-05-01T10:00:00Z"], True)
+    moved = await sta.patch(
+        f"{BASE}/Observations({first['@iot.id']})", json={"phenomenonTime": "2026-03-01T00:00:00Z"}, headers=AUTH
+    )
+    assert moved.status_code == 200, moved.text
+    assert await latest() == (["2026-04-01T02:00:00Z"], True)
+    newest_id = (await get(sta, f"Datastreams({ds})/Observations", **newest))["value"][0]["@iot.id"]
+    assert (await sta.delete(f"{BASE}/Observations({newest_id})", headers=AUTH)).status_code == 200
+    assert await latest() == (["2026-04-01T01:00:00Z"], True)
+    batch = {
+        "requests": [
+            {
+                "id": "1",
+                "atomicityGroup": "g",
+                "method": "post",
+                "url": "Observations",
+                "body": {"Datastream": {"@iot.id": ds}, "phenomenonTime": "2026-07-01T00:00:00Z", "result": 5},
+            }
+        ]
+    }
+    response = await sta.post(f"{BASE}/$batch", json=batch, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert await latest() == (["2026-07-01T00:00:00Z"], True)
+    await db.execute("DELETE FROM observation WHERE datastream_id = $1 AND phenomenon_time < '2026-07-01'", ds)
+    assert await latest() == (["2026-07-01T00:00:00Z"], False)
+    # restricted: anonymous readers get a 404, not the latest value
+    dataset = await db.fetchval(
+        "INSERT INTO dataset (slug, title, kind, access) VALUES ('hidden', 'Hidden', 'sensors', 'restricted') "
+        "RETURNING id"
+    )
+    await db.execute("UPDATE datastream SET dataset_id = $1 WHERE id = $2", dataset, ds)
+    hidden = await sta.get(f"{BASE}/Datastreams({ds})/Observations", params=newest)
+    assert hidden.status_code == 404
+    admin = await sta.get(f"{BASE}/Datastreams({ds})/Observations", params=newest, headers=AUTH)
+    assert [o["phenomenonTime"] for o in admin.json()["value"]] == ["2026-07-01T00:00:00Z"]
