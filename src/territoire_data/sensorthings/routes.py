@@ -98,6 +98,7 @@ async def _serve(request: Request, path: str, body: bytes) -> Response:
                 params,
                 body,
                 request.headers.get("authorization"),
+                prefer=request.headers.get("prefer"),
             )
         except asyncpg.PostgresError as exc:
             mapped = _database_error(exc)
