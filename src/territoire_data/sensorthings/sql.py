@@ -631,7 +631,7 @@ def collection_query(
     parts, compiler = where_parts(entity, alias, params, principal, filter_expr, scope)
     single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
     default = None
-    if scope is not None and scope.relation.link_rank:
+    if scope is not None and scope.relation.link_rank and not orderby:
         default = rank_order(scope.relation, params.add(scope.parent_id, "bigint"), alias)
     order = order_by_sql(compiler, entity, alias, orderby, single, default)
     limit = params.add(top + 1, "bigint")
