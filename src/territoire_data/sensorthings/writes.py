@@ -281,12 +281,18 @@ class Writer:
         """The table to update or delete a row of `entity` in (Observations are read from a view)."""
         return await self.observation_table(entity_id) if entity.name == "Observation" else entity.table
 
-    async def multi_result(self, multi_datastream_id: int, value: Any, where: str) -> str:
-        """The result of a MultiDatastream's Observation: an array of one value per ObservedProperty."""
+    async def multi_size(self, multi_datastream_id: int) -> int:
+        """How many values each result of the MultiDatastream's Observations holds (its ObservedProperties)."""
         size = await self.conn.fetchval(
             "SELECT jsonb_array_length(multi_observation_data_types) FROM multi_datastream WHERE id = $1",
             multi_datastream_id,
         )
+        return int(size or 0)
+
+    async def multi_result(self, multi_datastream_id: int, value: Any, where: str, size: int | None = None) -> str:
+        """The result of a MultiDatastream's Observation as JSON: an array of one value per ObservedProperty."""
+        if size is None:
+            size = await self.multi_size(multi_datastream_id)
         if not isinstance(value, list) or len(value) != size:
             raise BadRequestError(
                 f"{where}: the result of an Observation of MultiDatastream({multi_datastream_id}) must be an array "
@@ -726,6 +732,7 @@ class Writer:
         }
         default_foi: int | None = None
         now = datetime.now(UTC)
+        size = await self.multi_size(datastream_id) if multi else None  # once, not per row
         for line_no, line in enumerate(rows):
             if not isinstance(line, list) or len(line) != len(components):
                 raise BadRequestError(
@@ -742,7 +749,7 @@ class Writer:
             columns["result_time"].append(parse_time(rt, where) if rt is not None else None)
             if multi:
                 number, string, boolean = None, None, None
-                js = await self.multi_result(datastream_id, values["result"], f"{where}/result")
+                js: str | None = await self.multi_result(datastream_id, values["result"], f"{where}/result", size)
             else:
                 number, string, boolean, js = split_result(values["result"])
             columns["result_number"].append(number)
