@@ -11,8 +11,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.settings import Settings
+from tests.conftest import make_key
 from tests.integration.sensorthings.conftest import (
     ADMIN_TOKEN,
     AUTH,
@@ -448,3 +450,78 @@ async def test_mqtt_receive_and_create_on_multi_datastream_topics(
     assert [o["result"] for o in stored["value"]] == [[2.5, "N"], [3, "S"]]
     reason = await db.fetchval("SELECT reason FROM ingest_rejection WHERE source = 'sta-mqtt'")
     assert "array of 2 values" in reason
+
+
+async def test_write_grants_follow_the_things_dataset(
+    sta: httpx.AsyncClient, db: asyncpg.Connection, engine: AsyncEngine
+) -> None:
+    """A MultiDatastream joins its Thing's dataset: a publisher writes only those of the datasets it may write."""
+    for slug in ("mine", "theirs"):
+        response = await sta.post(
+            "/api/v1/datasets", json={"slug": slug, "title": slug, "kind": "sensors"}, headers=AUTH
+        )
+        assert response.status_code == 201, response.text
+    publisher = {"Authorization": f"Bearer {await make_key(engine, 'publisher', [('mine', 'write')])}"}
+    things = {}
+    for slug in ("mine", "theirs"):
+        body = {k: v for k, v in thing_body(f"mast {slug}").items() if k != "Datastreams"}
+        things[slug] = (await create(sta, "Things", {**body, "@territoire.dataset": slug}))["@iot.id"]
+    theirs = (await create(sta, "MultiDatastreams", multi_datastream_body(thing={"@iot.id": things["theirs"]})))[
+        "@iot.id"
+    ]
+    # create on its own Thing: allowed, and the MultiDatastream is filed under the Thing's dataset
+    response = await sta.post(
+        f"{BASE}/MultiDatastreams",
+        json=multi_datastream_body("Mine", thing={"@iot.id": things["mine"]}),
+        headers=publisher,
+    )
+    assert response.status_code == 201, response.text
+    mine = response.json()["@iot.id"]
+    assert (
+        await db.fetchval(
+            "SELECT d.slug FROM multi_datastream m JOIN dataset d ON d.id = m.dataset_id WHERE m.id = $1", mine
+        )
+        == "mine"
+    )
+    observed = await sta.post(
+        f"{BASE}/MultiDatastreams({mine})/Observations", json={"result": [1, 2]}, headers=publisher
+    )
+    assert observed.status_code == 201, observed.text
+    # on another dataset's Thing, or another dataset's MultiDatastream: 403
+    refused = await sta.post(
+        f"{BASE}/MultiDatastreams",
+        json=multi_datastream_body("X", thing={"@iot.id": things["theirs"]}),
+        headers=publisher,
+    )
+    assert refused.status_code == 403
+    for method, path, body in (
+        ("POST", f"MultiDatastreams({theirs})/Observations", {"result": [1, 2]}),
+        ("PATCH", f"MultiDatastreams({theirs})", {"name": "taken"}),
+        ("DELETE", f"MultiDatastreams({theirs})", None),
+        ("PATCH", f"MultiDatastreams({mine})", {"Thing": {"@iot.id": things["theirs"]}}),  # moving it there
+        (
+            "POST",
+            "CreateObservations",
+            [{"MultiDatastream": {"@iot.id": theirs}, "components": ["result"], "dataArray": [[[1, 2]]]}],
+        ),
+    ):
+        response = await sta.request(method, f"{BASE}/{path}", json=body, headers=publisher)
+        assert response.status_code == 403, (method, path, response.text)
+    patched = await sta.patch(f"{BASE}/MultiDatastreams({mine})", json={"name": "Mine too"}, headers=publisher)
+    assert patched.status_code == 200
+    obs_id = observed.json()["@iot.id"]
+    assert (
+        await sta.patch(f"{BASE}/Observations({obs_id})", json={"result": [3, 4]}, headers=publisher)
+    ).status_code == 200
+    assert (await sta.delete(f"{BASE}/MultiDatastreams({mine})", headers=publisher)).status_code == 200
+    # nobody without a key writes
+    assert (
+        await sta.post(f"{BASE}/MultiDatastreams({theirs})/Observations", json={"result": [1, 2]})
+    ).status_code == 401
+    audit = await db.fetch(
+        "SELECT action, target_type FROM audit_event WHERE target_type = 'MultiDatastream' ORDER BY id"
+    )
+    assert [(r["action"], r["target_type"]) for r in audit][-2:] == [
+        ("sta.update", "MultiDatastream"),
+        ("sta.delete", "MultiDatastream"),
+    ]
