@@ -292,4 +292,6 @@ ENTITY_TYPES: tuple[EntityType, ...] = (
     OBSERVATION,
 )
 BY_NAME: dict[str, EntityType] = {e.name: e for e in ENTITY_TYPES}
+# Link tables whose rows carry a rank (a MultiDatastream's ObservedProperties): written only with their entity.
+ORDERED_LINKS = frozenset(r.link_table for e in ENTITY_TYPES for r in e.relations if r.link_rank)
 BY_PLURAL: dict[str, EntityType] = {e.plural: e for e in ENTITY_TYPES}

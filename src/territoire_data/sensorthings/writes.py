@@ -16,7 +16,7 @@ import orjson
 
 from territoire_data.auth.policy import Principal, can_write, dataset_visible_sql
 from territoire_data.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
-from territoire_data.sensorthings.model import BY_NAME, COMPLEX_OBSERVATION, EntityType, Prop, Relation
+from territoire_data.sensorthings.model import BY_NAME, COMPLEX_OBSERVATION, ORDERED_LINKS, EntityType, Prop, Relation
 from territoire_data.sensorthings.sql import Params, visible_sql
 
 logger = logging.getLogger(__name__)
@@ -456,6 +456,10 @@ class Writer:
                     else:
                         await self.create(target, item, forced={rel.column: new_id})
                 else:
+                    if rel.link_table in ORDERED_LINKS:
+                        raise BadRequestError(
+                            f"{entity.name}/{rel.name}: create a MultiDatastream with its ObservedProperties, in order"
+                        )
                     child_id = await self.resolve(target, item, f"{entity.name}/{rel.name}")
                     if target.name in _OWNED:
                         await self.check_write(target, child_id)
@@ -640,8 +644,10 @@ class Writer:
         child = await self.existing(target, target_id)
         if rel.kind == "child_fk" or target.name in _OWNED:  # the target's row (or its dataset's) changes too
             await self.check_write(target, child)
-        if rel.link_rank:
-            raise BadRequestError(f"{entity.name}/{rel.name} is ordered and set when the {entity.name} is created")
+        if rel.link_table in ORDERED_LINKS:
+            raise BadRequestError(
+                f"{entity.name}/{rel.name}: a MultiDatastream's ObservedProperties are ordered, set when it is created"
+            )
         if rel.kind == "parent_fk":
             table = await self.write_table(entity, entity_id)
             if entity.name == "Observation" and rel.name in ("Datastream", "MultiDatastream"):
@@ -663,7 +669,7 @@ class Writer:
             )
 
     async def remove_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: int) -> None:
-        if rel.kind != "link" or rel.link_rank:
+        if rel.kind != "link" or rel.link_table in ORDERED_LINKS:
             raise BadRequestError(f"{entity.name}/{rel.name} is mandatory or owned; change it with an update instead")
         entity_id = await self.existing_writable(entity, entity_id)
         target = BY_NAME[rel.target]

@@ -220,6 +220,34 @@ async def test_query_options_over_multi_datastreams(sta: httpx.AsyncClient) -> N
     assert ordered["value"][0]["MultiDatastreams"] == [{"name": "Air"}]
 
 
+async def test_nested_in_a_thing_and_ordered_links_only_at_creation(sta: httpx.AsyncClient) -> None:
+    body = {k: v for k, v in thing_body("Mast").items() if k != "Datastreams"}
+    nested = {k: v for k, v in multi_datastream_body().items() if k != "Thing"}
+    nested["Observations"] = [{"phenomenonTime": "2026-11-01T00:00:00Z", "result": [1, 2]}]
+    thing = await create(sta, "Things", {**body, "MultiDatastreams": [nested]})
+    listed = await get(sta, f"Things({thing['@iot.id']})/MultiDatastreams", **{"$expand": "Observations"})
+    assert [m["Observations"][0]["result"] for m in listed["value"]] == [[1, 2]]
+    mid = listed["value"][0]["@iot.id"]
+    op = (await get(sta, f"MultiDatastreams({mid})/ObservedProperties"))["value"][0]["@iot.id"]
+    other = await create(sta, "ObservedProperties", {"name": "x", "definition": "x", "description": "x"})
+    for path, payload in (
+        (f"MultiDatastreams({mid})/ObservedProperties/$ref", {"@iot.id": other["@iot.id"]}),
+        (f"ObservedProperties({other['@iot.id']})/MultiDatastreams/$ref", {"@iot.id": mid}),
+        (f"MultiDatastreams({mid})/ObservedProperties", {"name": "y", "definition": "y", "description": "y"}),
+        (f"ObservedProperties({other['@iot.id']})/MultiDatastreams", multi_datastream_body("Other")),
+        (
+            "ObservedProperties",
+            {"name": "z", "definition": "z", "description": "z", "MultiDatastreams": [{"@iot.id": mid}]},
+        ),
+    ):
+        response = await _post(sta, path, payload)
+        assert response.status_code == 400, (path, response.text)
+    removed = await sta.delete(f"{BASE}/MultiDatastreams({mid})/ObservedProperties({op})/$ref", headers=AUTH)
+    assert removed.status_code == 400
+    assert len((await get(sta, f"MultiDatastreams({mid})/ObservedProperties"))["value"]) == 2
+    assert (await get(sta, "MultiDatastreams", **{"$count": "true"}))["@iot.count"] == 1
+
+
 async def test_data_array_read_and_create(sta: httpx.AsyncClient) -> None:
     mid = (await create(sta, "MultiDatastreams", multi_datastream_body()))["@iot.id"]
     body = [
