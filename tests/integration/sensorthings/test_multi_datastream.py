@@ -212,6 +212,8 @@ async def test_query_options_over_multi_datastreams(sta: httpx.AsyncClient) -> N
     back = await get(sta, "Observations", **{"$expand": "MultiDatastream($select=name),Datastream", "$orderby": "id"})
     assert [o["MultiDatastream"]["name"] for o in back["value"]] == ["Wind", "Wind", "Air"]
     assert all("Datastream" not in o for o in back["value"])
+    by_member = await get(sta, "Observations", **{"$filter": "result/1 ge 30", "$orderby": "id"})
+    assert [o["result"] for o in by_member["value"]] == [[5.5, 40]]  # [10, 20, 30]: result/1 is 20
     counted = await get(sta, f"MultiDatastreams({wind})/Observations", **{"$count": "true", "$top": "0"})
     assert counted == {"@iot.count": 2, "value": []}
     ordered = await get(
@@ -461,6 +463,13 @@ async def test_mqtt_receive_and_create_on_multi_datastream_topics(
         message = await _until(sub, lambda t, m: t.endswith("/v1.1/MultiDatastreams") and m["name"] == "Air")
         assert message["@iot.id"] == other["@iot.id"]
         assert message["ObservedProperties@iot.navigationLink"].endswith(f"({other['@iot.id']})/ObservedProperties")
+        # a changed MultiDatastream: the entity and its changed property
+        sub.client.subscribe(f"{topic_prefix}/v1.1/MultiDatastreams({mid})/name", qos=1)
+        await asyncio.sleep(0.3)
+        patched = await sta.patch(f"{BASE}/MultiDatastreams({mid})", json={"name": "Vent"}, headers=AUTH)
+        assert patched.status_code == 200
+        message = await _until(sub, lambda t, m: t.endswith(f"/v1.1/MultiDatastreams({mid})/name"))
+        assert message == {"name": "Vent"}
         # create: publishing there stores an Observation (the right size only)
         sub.publish(topic, {"result": [3, "S"], "phenomenonTime": "2026-11-01T05:00:00Z"}, f"Bearer {ADMIN_TOKEN}")
         sub.publish(topic, {"result": [3], "phenomenonTime": "2026-11-01T06:00:00Z"}, f"Bearer {ADMIN_TOKEN}")
