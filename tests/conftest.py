@@ -41,7 +41,8 @@ TEST_ADMIN_AUTH = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
 
 # Tables that tests may fill; truncated between tests (observation partitions follow their parent).
 CORE_TABLES = (
-    "ingest_rejection, audit_event, api_key_grant, api_key, observation, feature_of_interest, datastream, "
+    "ingest_rejection, audit_event, api_key_grant, api_key, observation, multi_observation, feature_of_interest, "
+    "multi_datastream_observed_property, multi_datastream, datastream, "
     "observed_property, sensor, location_historical_location, historical_location, thing_location, location, "
     "thing, dataset_import, dataset"
 )

@@ -89,3 +89,66 @@ def _scenario(url: str) -> None:
 
 async def test_frost_client_creates_queries_and_pages(sta_server: LiveServer) -> None:
     await asyncio.to_thread(_scenario, sta_server.url)
+
+
+class _Units(list[UnitOfMeasurement]):
+    """frost-sta-client 1.1.53 (the latest) writes `unit_of_measurements.__getstate__()`: on Python >= 3.11 a
+    plain list has that method and answers None, so the client would send `"unitOfMeasurements": null`. This
+    list answers what the client means (its units' JSON); everything else goes through the client unchanged."""
+
+    def __getstate__(self) -> list[dict[str, object]]:  # type: ignore[override]
+        return [unit.__getstate__() for unit in self]
+
+
+def _multi_datastream_scenario(url: str) -> None:
+    """The MultiDatastream extension through FROST's client: deep insert, Observations with array results, reads."""
+    service = fsc.SensorThingsService(f"{url}/sta/v1.1", auth_handler=fsc.AuthHandler("admin", TOKEN))
+    location = fsc.Location(
+        name="Mât", description="Lyon", encoding_type="application/geo+json", location=Point((4.83, 45.75))
+    )
+    thing = fsc.Thing(name="Mast", description="weather mast", locations=[location])
+    service.create(thing)
+    measurement = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+    multi = fsc.MultiDatastream(
+        name="wind",
+        description="speed and direction",
+        observation_type="http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation",
+        unit_of_measurements=_Units(
+            [
+                UnitOfMeasurement(name="metre per second", symbol="m/s", definition="ucum:m/s"),
+                UnitOfMeasurement(name="degree", symbol="°", definition="ucum:deg"),
+            ]
+        ),
+        multi_observation_data_types=[measurement, measurement],
+        thing=thing,
+        sensor=fsc.Sensor(name="anemometer", description="sensor", encoding_type="application/pdf", metadata="x"),
+        observed_properties=[
+            fsc.ObservedProperty(name="Wind speed", definition="http://x/speed", description="speed"),
+            fsc.ObservedProperty(name="Wind direction", definition="http://x/direction", description="direction"),
+        ],
+    )
+    service.create(multi)
+    assert isinstance(multi.id, int)
+    for hour in range(4):
+        service.create(
+            fsc.Observation(
+                result=[hour + 0.5, 90 * hour], phenomenon_time=f"2026-11-01T0{hour}:00:00Z", multi_datastream=multi
+            )
+        )
+    found = service.multi_datastreams().find(multi.id)
+    assert found.name == "wind"
+    assert [u["symbol"] for u in found.unit_of_measurements] == ["m/s", "°"]
+    assert found.multi_observation_data_types == [measurement, measurement]
+    listed = list(service.multi_datastreams().query().expand("ObservedProperties,Thing").list())
+    assert [p.name for p in listed[0].observed_properties] == ["Wind speed", "Wind direction"]
+    assert listed[0].thing.name == "Mast"
+    # the client pages through a MultiDatastream's Observations (3 a page here)
+    results = [o.result for o in found.get_observations().query().orderby("phenomenonTime", "ASC").list()]
+    assert results == [[0.5, 0], [1.5, 90], [2.5, 180], [3.5, 270]]
+    service.delete(found)
+    assert list(service.multi_datastreams().query().list()) == []
+    assert list(service.observations().query().list()) == []
+
+
+async def test_frost_client_multi_datastreams(sta_server: LiveServer) -> None:
+    await asyncio.to_thread(_multi_datastream_scenario, sta_server.url)

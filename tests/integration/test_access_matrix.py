@@ -49,6 +49,8 @@ ROW, THING, STREAM, PLACE, PROBE, RESULT, THEME = (
 )
 HIDDEN_STREAM, HIDDEN_RESULT = "flux caché", "555.125"  # a restricted Datastream on the public Thing
 CROSSED = "flux croisé"  # a Datastream filed under the public dataset, on the restricted Thing
+# A restricted MultiDatastream on the restricted Thing: the public Température and a Humidité of its own.
+MULTI, MULTI_RESULT, HUMIDITY = "multiflux confidentiel", "876.125", "Humidité secrète"
 OTHER = "autre"  # the restricted dataset that the reader of another dataset may read
 HIDDEN = ("anonymous", "reader of another dataset", "publisher without grant")
 GRANTED = ("granted reader", "admin")
@@ -162,6 +164,9 @@ DOORS: list[Door] = [
     Door("sta FeaturesOfInterest", f"{STA}/FeaturesOfInterest?$count=true", "list", (PLACE,), iot_count),
     Door("sta ObservedProperties", f"{STA}/ObservedProperties?$count=true", "list", ("Radon",), iot_count),
     Door("sta count only", f"{STA}/Observations?$count=true&$top=0", "list", (), iot_count),
+    Door("sta MultiDatastreams", f"{STA}/MultiDatastreams?$count=true", "list", (MULTI,), iot_count),
+    Door("sta Observations of both kinds", f"{STA}/Observations?$count=true", "list", (MULTI_RESULT,), iot_count),
+    Door("sta ObservedProperties multi", f"{STA}/ObservedProperties?$count=true", "list", (HUMIDITY,), iot_count),
     # by id, properties, $value, $ref
     Door("sta Thing", f"{STA}/Things({{thing}})", markers=(THING,)),
     Door("sta Datastream", f"{STA}/Datastreams({{datastream}})", markers=(STREAM,)),
@@ -171,6 +176,10 @@ DOORS: list[Door] = [
     Door("sta Sensor", f"{STA}/Sensors({{sensor}})", markers=(PROBE,)),
     Door("sta ObservedProperty", f"{STA}/ObservedProperties({{radon}})", markers=("Radon",)),
     Door("sta FeatureOfInterest", f"{STA}/FeaturesOfInterest({{foi}})", markers=(PLACE,)),
+    Door("sta MultiDatastream", f"{STA}/MultiDatastreams({{multi}})", markers=(MULTI,)),
+    Door("sta multi Observation", f"{STA}/Observations({{multi_observation}})", markers=(MULTI_RESULT,)),
+    Door("sta multi ObservedProperty", f"{STA}/ObservedProperties({{humidity}})", markers=(HUMIDITY,)),
+    Door("sta MultiDatastream property", f"{STA}/MultiDatastreams({{multi}})/unitOfMeasurements", markers=("%",)),
     Door("sta property", f"{STA}/Things({{thing}})/name", markers=(THING,)),
     Door("sta $value", f"{STA}/Things({{thing}})/name/$value", markers=(THING,)),
     Door("sta $ref", f"{STA}/Things({{thing}})/Datastreams/$ref", markers=("Datastreams",)),
@@ -181,6 +190,21 @@ DOORS: list[Door] = [
     Door("sta Location/Things", f"{STA}/Locations({{location}})/Things", markers=(THING,)),
     Door("sta Sensor/Datastreams", f"{STA}/Sensors({{sensor}})/Datastreams", markers=(STREAM,)),
     Door("sta FOI/Observations", f"{STA}/FeaturesOfInterest({{foi}})/Observations", markers=(RESULT,)),
+    Door("sta Thing/MultiDatastreams", f"{STA}/Things({{thing}})/MultiDatastreams", markers=(MULTI,)),
+    Door(
+        "sta MultiDatastream/Observations", f"{STA}/MultiDatastreams({{multi}})/Observations", markers=(MULTI_RESULT,)
+    ),
+    Door("sta MultiDatastream/ObservedProperties", f"{STA}/MultiDatastreams({{multi}})/ObservedProperties"),
+    Door("sta MultiDatastream/Sensor", f"{STA}/MultiDatastreams({{multi}})/Sensor", markers=(PROBE,)),
+    Door("sta Observation/MultiDatastream", f"{STA}/Observations({{multi_observation}})/MultiDatastream"),
+    Door("sta Sensor/MultiDatastreams", f"{STA}/Sensors({{sensor}})/MultiDatastreams", markers=(MULTI,)),
+    Door(
+        "sta shared ObservedProperty/MultiDatastreams",
+        f"{STA}/ObservedProperties({{temperature}})/MultiDatastreams?$count=true",
+        "list",
+        (MULTI,),
+        iot_count,
+    ),
     # $expand through a restricted Datastream (the shared ObservedProperty and Sensors are public)
     Door(
         "sta expand shared",
@@ -196,6 +220,18 @@ DOORS: list[Door] = [
         (RESULT,),
     ),
     Door("sta expand Sensors", f"{STA}/Sensors?$expand=Datastreams", "list", (STREAM,)),
+    Door(
+        "sta expand shared multi",
+        f"{STA}/ObservedProperties({{temperature}})?$expand=MultiDatastreams($expand=Observations,Thing)",
+        "list",
+        (MULTI, MULTI_RESULT, THING),
+    ),
+    Door(
+        "sta expand Things multi",
+        f"{STA}/Things?$expand=MultiDatastreams($expand=ObservedProperties,Observations)",
+        "list",
+        (MULTI, MULTI_RESULT, HUMIDITY),
+    ),
     Door(
         "sta expand public Thing",
         f"{STA}/Things({{public_thing}})?$expand=Datastreams($expand=Observations)",
@@ -245,7 +281,21 @@ DOORS: list[Door] = [
         (RESULT,),
         iot_count,
     ),
-    Door("sta dataArray", f"{STA}/Observations?$resultFormat=dataArray", "list", ("987.654",)),
+    Door("sta dataArray", f"{STA}/Observations?$resultFormat=dataArray", "list", ("987.654", MULTI_RESULT)),
+    Door(
+        "sta filter Observations by MultiDatastream",
+        f"{STA}/Observations?$count=true&$filter=MultiDatastream/name eq '{MULTI}'",
+        "list",
+        (MULTI_RESULT,),
+        iot_count,
+    ),
+    Door(
+        "sta filter Things by MultiDatastreams",
+        f"{STA}/Things?$count=true&$filter=MultiDatastreams/name eq '{MULTI}'",
+        "list",
+        (THING,),
+        iot_count,
+    ),
     # extensions: aggregates and the latest observation
     Door(
         "sta aggregates", f"{STA}/Datastreams({{datastream}})/Aggregates?interval=day&aggregate=max", markers=("987",)
@@ -388,7 +438,38 @@ async def build_world(http: httpx.AsyncClient, db: asyncpg.Connection, engine: A
         ids["datastream"],
     )
     ids.update(dict(row))
+    multi = await _post(
+        http,
+        f"{STA}/MultiDatastreams",
+        {
+            "name": MULTI,
+            "description": "mesures",
+            "unitOfMeasurements": [
+                {"name": "degree Celsius", "symbol": "°C", "definition": "ucum:Cel"},
+                {"name": "percent", "symbol": "%", "definition": "ucum:%"},
+            ],
+            "multiObservationDataTypes": [
+                "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+            ],
+            "Thing": {"@iot.id": ids["thing"]},
+            "Sensor": {"@iot.id": ids["sensor"]},
+            "ObservedProperties": [
+                {"@iot.id": ids["temperature"]},
+                {"name": HUMIDITY, "definition": "https://qudt.org/vocab/quantitykind/RelativeHumidity"},
+            ],
+        },
+    )
+    ids["multi"] = multi["@iot.id"]
+    created = await _post(
+        http,
+        f"{STA}/MultiDatastreams({ids['multi']})/Observations",
+        {"phenomenonTime": "2026-11-20T03:00:00Z", "result": [float(MULTI_RESULT), 55]},
+    )
+    ids["multi_observation"] = created["@iot.id"]
+    ids["humidity"] = await db.fetchval("SELECT id FROM observed_property WHERE name = $1", HUMIDITY)
     assert await db.fetchval("SELECT count(*) FROM datastream WHERE dataset_id IS NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM multi_datastream WHERE dataset_id IS NULL") == 0
     headers = {
         "anonymous": {},
         "reader of another dataset": {"X-API-Key": await make_key(engine, "reader", [(OTHER, "read")])},
@@ -536,6 +617,11 @@ async def test_mqtt_topics_never_carry_restricted_observations(
         sub = Subscriber(settings.mqtt_url, [f"{topic_prefix}/v1.1/#"])
         # The restricted one first: the bridge publishes in commit order, so by the time the public one arrives
         # the restricted one would have been published too.
+        await _post(
+            http,
+            f"{STA}/MultiDatastreams({w.ids['multi']})/Observations",
+            {"phenomenonTime": "2026-11-21T01:00:00Z", "result": [float(MULTI_RESULT), 1]},
+        )
         for ds, value in ((w.ids["datastream"], float(RESULT)), (w.ids["public_datastream"], 22.5)):
             await _post(
                 http,
@@ -559,4 +645,6 @@ async def test_mqtt_topics_never_carry_restricted_observations(
     }
     assert all(m.get("result") != float(RESULT) for _, m in received), received
     assert not any(f"Datastreams({w.ids['datastream']})" in t for t, _ in received), received
+    assert not any(MULTI_RESULT in orjson.dumps(m).decode() for _, m in received), received
+    assert not any(f"MultiDatastreams({w.ids['multi']})" in t for t, _ in received), received
     assert bridge.published == 1

@@ -97,7 +97,8 @@ def dataset_visible_sql(principal: Principal, alias: str = "dataset") -> str:
 
 
 def datastream_visible_sql(principal: Principal, alias: str) -> str:
-    """A Datastream (alias) is visible when its own dataset and its Thing's both are (as on /sta/v1.1)."""
+    """A Datastream or MultiDatastream (alias: both have dataset_id and thing_id) is visible when its own dataset and
+    its Thing's both are (as on /sta/v1.1)."""
     if principal.is_admin:
         return "TRUE"
     thing = f"{alias}_th"

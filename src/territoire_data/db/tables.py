@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Identity,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -213,6 +214,71 @@ observation = Table(
     Column("result_string", Text),
     Column("result_boolean", Boolean),
     Column("result_json", JSONB),
+    Column("result_quality", JSONB),
+    Column("valid_time_start", TZ),
+    Column("valid_time_end", TZ),
+    Column("parameters", JSONB),
+    Column(
+        "feature_of_interest_id",
+        BigInteger,
+        ForeignKey("feature_of_interest.id", ondelete="SET NULL"),
+    ),
+)
+
+# The MultiDatastream extension (migration 0007_multids): its ObservedProperties in order, its Observations apart
+# from `observation` (same id sequence; the view `observation_all` reads both).
+multi_datastream = Table(
+    "multi_datastream",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("observation_type", Text, nullable=False),
+    Column("unit_of_measurements", JSONB, nullable=False),
+    Column("multi_observation_data_types", JSONB, nullable=False),
+    Column("observed_area", _geom()),
+    Column("phenomenon_time_start", TZ),
+    Column("phenomenon_time_end", TZ),
+    Column("result_time_start", TZ),
+    Column("result_time_end", TZ),
+    Column("properties", JSONB),
+    Column("thing_id", BigInteger, ForeignKey("thing.id", ondelete="CASCADE"), nullable=False),
+    Column("sensor_id", BigInteger, ForeignKey("sensor.id", ondelete="CASCADE"), nullable=False),
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="SET NULL")),
+)
+
+multi_datastream_observed_property = Table(
+    "multi_datastream_observed_property",
+    metadata,
+    Column(
+        "multi_datastream_id",
+        BigInteger,
+        ForeignKey("multi_datastream.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "observed_property_id",
+        BigInteger,
+        ForeignKey("observed_property.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("rank", Integer, primary_key=True),
+)
+
+multi_observation = Table(
+    "multi_observation",
+    metadata,
+    Column("id", BigInteger, nullable=False),
+    Column(
+        "multi_datastream_id",
+        BigInteger,
+        ForeignKey("multi_datastream.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("phenomenon_time", TZ, primary_key=True),
+    Column("phenomenon_time_end", TZ),
+    Column("result_time", TZ),
+    Column("result_json", JSONB, nullable=False),
     Column("result_quality", JSONB),
     Column("valid_time_start", TZ),
     Column("valid_time_end", TZ),

@@ -42,6 +42,7 @@ UNSUBSCRIBE_LOG = "$SYS/broker/log/M/unsubscribe"
 LINK_COLUMNS = {
     "thing_location": ("thing_id", "location_id"),
     "location_historical_location": ("location_id", "historical_location_id"),
+    "multi_datastream_observed_property": ("multi_datastream_id", "observed_property_id"),  # 0007_multids
 }
 
 Publish = Callable[[str, bytes], None]

@@ -44,6 +44,11 @@ class Relation:
     link_self: str = ""
     link_target: str = ""
     required: bool = False  # must be given on create (Datastream needs Thing, Sensor, ObservedProperty)
+    # the table the targets are read from when it is not the target's own (a Datastream's Observations are read
+    # from `observation`, not from the view `observation_all` that also holds the MultiDatastreams' ones)
+    table: str = ""
+    # link tables whose rows are ordered (a MultiDatastream's ObservedProperties): the rank column
+    link_rank: str = ""
 
     def condition(self, parent: str, child: str) -> str:
         """SQL condition relating a parent row (alias `parent`) to a target row (alias `child`)."""
@@ -52,6 +57,11 @@ class Relation:
         if self.kind == "parent_fk":
             return f"{child}.id = {parent}.{self.column}"
         return f"{child}.id IN (SELECT {self.link_target} FROM {self.link_table} WHERE {self.link_self} = {parent}.id)"
+
+    @property
+    def target_table(self) -> str:
+        """The table (or view) the targets of this relation are read from."""
+        return self.table or BY_NAME[self.target].table
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ THING = EntityType(
         ),
         Relation("HistoricalLocations", "HistoricalLocation", True, "child_fk", column="thing_id"),
         Relation("Datastreams", "Datastream", True, "child_fk", column="thing_id"),
+        Relation("MultiDatastreams", "MultiDatastream", True, "child_fk", column="thing_id"),
     ),
 )
 
@@ -157,7 +168,10 @@ SENSOR = EntityType(
         Prop("encodingType", "encoding_type", "text", required=True),
         Prop("metadata", "metadata", "text", required=True),
     ),
-    (Relation("Datastreams", "Datastream", True, "child_fk", column="sensor_id"),),
+    (
+        Relation("Datastreams", "Datastream", True, "child_fk", column="sensor_id"),
+        Relation("MultiDatastreams", "MultiDatastream", True, "child_fk", column="sensor_id"),
+    ),
 )
 
 OBSERVED_PROPERTY = EntityType(
@@ -165,7 +179,18 @@ OBSERVED_PROPERTY = EntityType(
     "ObservedProperties",
     "observed_property",
     _common(Prop("definition", "definition", "text", required=True)),
-    (Relation("Datastreams", "Datastream", True, "child_fk", column="observed_property_id"),),
+    (
+        Relation("Datastreams", "Datastream", True, "child_fk", column="observed_property_id"),
+        Relation(
+            "MultiDatastreams",
+            "MultiDatastream",
+            True,
+            "link",
+            link_table="multi_datastream_observed_property",
+            link_self="observed_property_id",
+            link_target="multi_datastream_id",
+        ),
+    ),
 )
 
 DATASTREAM = EntityType(
@@ -185,7 +210,40 @@ DATASTREAM = EntityType(
         Relation(
             "ObservedProperty", "ObservedProperty", False, "parent_fk", column="observed_property_id", required=True
         ),
-        Relation("Observations", "Observation", True, "child_fk", column="datastream_id"),
+        Relation("Observations", "Observation", True, "child_fk", column="datastream_id", table="observation"),
+    ),
+)
+
+COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
+
+# The MultiDatastream extension (OGC 18-088 section 14.3): one result per ObservedProperty, in their order.
+MULTI_DATASTREAM = EntityType(
+    "MultiDatastream",
+    "MultiDatastreams",
+    "multi_datastream",
+    _common(
+        Prop("unitOfMeasurements", "unit_of_measurements", "json", required=True),
+        Prop("observationType", "observation_type", "text", required=True),
+        Prop("multiObservationDataTypes", "multi_observation_data_types", "json", required=True),
+        Prop("observedArea", "observed_area", "geojson", geom="observed_area", writable=False),
+        Prop("phenomenonTime", "phenomenon_time_start", "interval", end_column="phenomenon_time_end", writable=False),
+        Prop("resultTime", "result_time_start", "interval", end_column="result_time_end", writable=False),
+    ),
+    (
+        Relation("Thing", "Thing", False, "parent_fk", column="thing_id", required=True),
+        Relation("Sensor", "Sensor", False, "parent_fk", column="sensor_id", required=True),
+        Relation(
+            "ObservedProperties",
+            "ObservedProperty",
+            True,
+            "link",
+            link_table="multi_datastream_observed_property",
+            link_self="multi_datastream_id",
+            link_target="observed_property_id",
+            required=True,
+            link_rank="rank",
+        ),
+        Relation("Observations", "Observation", True, "child_fk", column="multi_datastream_id"),
     ),
 )
 
@@ -200,10 +258,12 @@ FEATURE_OF_INTEREST = EntityType(
     (Relation("Observations", "Observation", True, "child_fk", column="feature_of_interest_id"),),
 )
 
+# Read from the view `observation_all` (migration 0007_multids): the Observations of Datastreams and of
+# MultiDatastreams; exactly one of Datastream and MultiDatastream is set.
 OBSERVATION = EntityType(
     "Observation",
     "Observations",
-    "observation",
+    "observation_all",
     (
         Prop("id", "id", "id", writable=False),
         Prop("phenomenonTime", "phenomenon_time", "time", end_column="phenomenon_time_end"),
@@ -214,7 +274,8 @@ OBSERVATION = EntityType(
         Prop("parameters", "parameters", "json"),
     ),
     (
-        Relation("Datastream", "Datastream", False, "parent_fk", column="datastream_id", required=True),
+        Relation("Datastream", "Datastream", False, "parent_fk", column="datastream_id"),
+        Relation("MultiDatastream", "MultiDatastream", False, "parent_fk", column="multi_datastream_id"),
         Relation("FeatureOfInterest", "FeatureOfInterest", False, "parent_fk", column="feature_of_interest_id"),
     ),
 )
@@ -226,8 +287,11 @@ ENTITY_TYPES: tuple[EntityType, ...] = (
     SENSOR,
     OBSERVED_PROPERTY,
     DATASTREAM,
+    MULTI_DATASTREAM,
     FEATURE_OF_INTEREST,
     OBSERVATION,
 )
 BY_NAME: dict[str, EntityType] = {e.name: e for e in ENTITY_TYPES}
+# Link tables whose rows carry a rank (a MultiDatastream's ObservedProperties): written only with their entity.
+ORDERED_LINKS = frozenset(r.link_table for e in ENTITY_TYPES for r in e.relations if r.link_rank)
 BY_PLURAL: dict[str, EntityType] = {e.plural: e for e in ENTITY_TYPES}

@@ -64,7 +64,7 @@ LOCK_KEY = 0x5354_414D  # "STAM": one publisher across replicas
 MAX_RANGE = 10_000  # a bulk load notifies a range; beyond this it is not streamed message by message
 MAX_PAYLOAD = 256 * 1024
 ORIGIN = ("territoire-origin", "sta-publisher")
-_TOPIC = re.compile(r"^v1\.1/(?:(Datastreams|FeaturesOfInterest)\((\d+)\)/)?Observations$")
+_TOPIC = re.compile(r"^v1\.1/(?:(Datastreams|MultiDatastreams|FeaturesOfInterest)\((\d+)\)/)?Observations$")
 
 
 @dataclass(frozen=True)
@@ -266,8 +266,8 @@ class StaMqttBridge:
         else:
             where = f"c.id = ANY({params.add(ids, 'bigint[]')})"
         rows = await conn.fetch(
-            f"SELECT {sql.select_list(observation, 'c')} FROM observation c WHERE {where} "  # noqa: S608
-            f"AND {sql.visible_sql(observation, 'c', ANONYMOUS)} ORDER BY c.phenomenon_time, c.id",
+            f"SELECT {sql.select_list(observation, 'c', 'observation')} FROM observation c WHERE {where} "  # noqa: S608
+            f"AND {sql.visible_sql(observation, 'c', ANONYMOUS, 'observation')} ORDER BY c.phenomenon_time, c.id",
             *params.values,
         )
         for row in rows:
@@ -314,6 +314,10 @@ class StaMqttBridge:
             if match.group(1) == "Datastreams":
                 forced["datastream_id"] = await Writer(conn, principal).existing(
                     BY_NAME["Datastream"], int(match.group(2))
+                )
+            elif match.group(1) == "MultiDatastreams":
+                forced["multi_datastream_id"] = await Writer(conn, principal).existing(
+                    BY_NAME["MultiDatastream"], int(match.group(2))
                 )
             elif match.group(1) == "FeaturesOfInterest":
                 forced["feature_of_interest_id"] = await Writer(conn, principal).existing(

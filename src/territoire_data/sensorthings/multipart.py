@@ -87,6 +87,8 @@ def _request(part: bytes, where: str, group: str | None, ordinal: int) -> dict[s
     item: dict[str, Any] = {"id": content_id or "", "method": pieces[0].upper(), "url": pieces[1]}
     if group is not None:
         item["atomicityGroup"] = group
+    if "prefer" in inner:  # Prefer: return=minimal, per request (as JSON batch items carry it in "headers")
+        item["headers"] = {"prefer": inner["prefer"]}
     body = body.strip()
     if body:
         try:
@@ -129,6 +131,8 @@ def _http_part(response: dict[str, Any], content_id: str | None) -> bytes:
     payload = b""
     if "location" in response:
         lines.append(f"Location: {response['location']}")
+    if "preference-applied" in response:
+        lines.append(f"Preference-Applied: {response['preference-applied']}")
     body = response.get("body")
     if body is not None:
         if status >= 400 and isinstance(body, dict):

@@ -346,8 +346,9 @@ class _Parser:
         while self.at_punct("/"):
             self.advance()
             tok = self.current
-            if tok.kind != "name":
-                raise self.error("expected a property name after '/'")
+            # an index into a JSON array: `result/0`, the first value of a MultiDatastream's Observation
+            if tok.kind != "name" and not (tok.kind == "number" and tok.text.isdigit()):
+                raise self.error("expected a property name (or an array index) after '/'")
             self.advance()
             segments.append(tok.text)
         return Path(tuple(segments))

@@ -659,21 +659,25 @@ DATA_ARRAY_DEFAULT = ("id", "phenomenonTime", "result", "resultTime", "resultQua
 
 
 def data_array(ctx: Context, rows: list[asyncpg.Record], select: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Observations grouped by Datastream as `components` + `dataArray` (the dataArray extension)."""
+    """Observations grouped by (Multi)Datastream as `components` + `dataArray` (the dataArray extension)."""
     observation = BY_NAME["Observation"]
     components = [c for c in (select or DATA_ARRAY_DEFAULT) if c == "id" or c in observation.prop_by_wire]
-    groups: dict[int, list[list[Any]]] = {}
+    groups: dict[tuple[str, int], list[list[Any]]] = {}
     for row in rows:
         line = [row["id"] if c == "id" else prop_value(observation.prop_by_wire[c], row) for c in components]
-        groups.setdefault(int(row["datastream_id"]), []).append(line)
+        if row["datastream_id"] is not None:
+            key = ("Datastream", int(row["datastream_id"]))
+        else:
+            key = ("MultiDatastream", int(row["multi_datastream_id"]))
+        groups.setdefault(key, []).append(line)
     return [
         {
-            "Datastream@iot.navigationLink": f"{ctx.base}/Datastreams({ds})",
+            f"{kind}@iot.navigationLink": f"{ctx.base}/{kind}s({ds})",
             "components": components,
             "dataArray@iot.count": len(lines),
             "dataArray": lines,
         }
-        for ds, lines in groups.items()
+        for (kind, ds), lines in groups.items()
     ]
 
 

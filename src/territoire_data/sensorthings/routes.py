@@ -98,6 +98,7 @@ async def _serve(request: Request, path: str, body: bytes) -> Response:
                 params,
                 body,
                 request.headers.get("authorization"),
+                prefer=request.headers.get("prefer"),
             )
         except asyncpg.PostgresError as exc:
             mapped = _database_error(exc)
@@ -161,7 +162,8 @@ async def get_resource(path: str, request: Request) -> Response:
 _WRITE_DOC: dict[str, Any] = {
     "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password); "
     "a publisher changes only the entities of the datasets it may write. A new Thing joins the dataset named by "
-    '`"@territoire.dataset": "<slug>"` in its body.'
+    '`"@territoire.dataset": "<slug>"` in its body. With `Prefer: return=minimal`, a create answers 201 with its '
+    "`Location` and no body (also per request inside `$batch`)."
 }
 
 

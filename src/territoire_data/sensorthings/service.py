@@ -34,6 +34,7 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/iot_sensing/1.1/req/create-update-delete",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-array",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/batch-request/batch-request",
+    "http://www.opengis.net/spec/iot_sensing/1.1/req/multi-datastream",
     # FROST's name for the JSON form of the batch request, which its clients look for
     "https://fraunhoferiosb.github.io/FROST-Server/extensions/JsonBatchRequest.html",
 ]
@@ -168,8 +169,13 @@ async def handle(
     authorization: str | None,
     *,
     in_transaction: bool = False,
+    prefer: str | None = None,
 ) -> Reply:
-    """Serve one SensorThings request on `conn`; `body` is raw bytes, or already parsed JSON (batch)."""
+    """Serve one SensorThings request on `conn`; `body` is raw bytes, or already parsed JSON (batch).
+
+    `prefer` is the request's `Prefer` header: with `return=minimal` a create answers 201 with its Location and
+    no body (OData 4.01 section 8.2.8.7, as FROST does), and the entity is not read back.
+    """
     segments = read.parse_resource_path(path)
     method = method.upper()
     url = f"{ctx.base}/{path.strip('/')}"
@@ -185,10 +191,22 @@ async def handle(
         raise BadRequestError(f"method {method} is not supported here")
     auth.check(authorization)
     parsed = _json(bytes(body)) if isinstance(body, bytes | bytearray) and method != "DELETE" else body
+    minimal = wants_minimal(prefer)
     if in_transaction:
-        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path, minimal=minimal)
     async with conn.transaction():
-        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path)
+        return await _write(conn, ctx, segments, method, parsed, auth=auth, path=path, minimal=minimal)
+
+
+def wants_minimal(prefer: str | None) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated preferences) asks for `return=minimal`."""
+    if not prefer:
+        return False
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"').lower() == "minimal":
+            return True
+    return False
 
 
 async def _get(
@@ -236,11 +254,12 @@ async def _write(
     *,
     auth: WriteAuth | None = None,
     path: str = "",
+    minimal: bool = False,
 ) -> Reply:
     """Apply one write, then record it in the audit trail in the same transaction."""
     auth = auth or WriteAuth(ctx.principal)
     writer = Writer(conn, ctx.principal)
-    reply, target = await _apply(conn, ctx, writer, segments, method, body)
+    reply, target = await _apply(conn, ctx, writer, segments, method, body, minimal=minimal)
     await audit_write(conn, auth, writer, method, path, target)
     return reply
 
@@ -252,6 +271,8 @@ async def _apply(
     segments: list[read.Segment],
     method: str,
     body: Any,
+    *,
+    minimal: bool = False,
 ) -> tuple[Reply, tuple[str, int | None]]:
     """The write itself: the reply, and what it targeted (entity name, id) for the audit trail."""
     if len(segments) == 1 and segments[0].name == "CreateObservations" and method == "POST":
@@ -265,7 +286,7 @@ async def _apply(
             if first_id is not None:
                 raise BadRequestError("POST goes to an entity set, not to one entity")
             new_id = await writer.create(entity, body)
-            return await _created(conn, ctx, entity, new_id), (entity.name, new_id)
+            return await _created(conn, ctx, entity, new_id, minimal), (entity.name, new_id)
         if first_id is None:
             raise BadRequestError(f"{method} needs one entity, e.g. {entity.plural}(1)")
         if method == "DELETE":
@@ -299,12 +320,16 @@ async def _apply(
         else:
             new_id = await writer.create(target, body)
             await writer.add_link(entity, parent_id, rel, new_id)
-        return await _created(conn, ctx, target, new_id), (target.name, new_id)
+        return await _created(conn, ctx, target, new_id, minimal), (target.name, new_id)
     raise BadRequestError(f"{method} is not supported on this path")
 
 
-async def _created(conn: asyncpg.Connection, ctx: read.Context, entity: Any, new_id: int) -> Reply:
+async def _created(
+    conn: asyncpg.Connection, ctx: read.Context, entity: Any, new_id: int, minimal: bool = False
+) -> Reply:
     link = read.self_link(ctx, entity, new_id)
+    if minimal:
+        return Reply(201, None, {"location": link, "preference-applied": "return=minimal"})
     body = await read.read_entity(conn, ctx, entity, new_id, QueryOptions())
     return Reply(201, body, {"location": link})
 
@@ -423,13 +448,21 @@ async def _one(
         path = path.split("/v1.1/", 1)[1]
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     method = str(item["method"]).upper()
+    headers = item.get("headers")
+    prefer = None
+    if isinstance(headers, dict):
+        prefer = next((str(v) for k, v in headers.items() if str(k).lower() == "prefer"), None)
     try:
         body = _resolve_body_refs(item.get("body"), locations)
         if raise_errors:
-            reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
+            reply = await handle(
+                conn, ctx, auth, method, path, params, body, authorization, in_transaction=True, prefer=prefer
+            )
         else:
             async with conn.transaction():
-                reply = await handle(conn, ctx, auth, method, path, params, body, authorization, in_transaction=True)
+                reply = await handle(
+                    conn, ctx, auth, method, path, params, body, authorization, in_transaction=True, prefer=prefer
+                )
     except TerritoireError as exc:
         if raise_errors:
             raise
@@ -437,6 +470,8 @@ async def _one(
     out: dict[str, Any] = {"id": request_id, "status": reply.status}
     if reply.body is not None:
         out["body"] = reply.body
+    if "preference-applied" in reply.headers:
+        out["preference-applied"] = reply.headers["preference-applied"]
     if "location" in reply.headers:
         out["location"] = reply.headers["location"]
         if request_id:

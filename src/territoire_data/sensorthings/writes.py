@@ -16,7 +16,7 @@ import orjson
 
 from territoire_data.auth.policy import Principal, can_write, dataset_visible_sql
 from territoire_data.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
-from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
+from territoire_data.sensorthings.model import BY_NAME, COMPLEX_OBSERVATION, ORDERED_LINKS, EntityType, Prop, Relation
 from territoire_data.sensorthings.sql import Params, visible_sql
 
 logger = logging.getLogger(__name__)
@@ -33,24 +33,43 @@ _DATASETS_OF: dict[str, str] = {
     "Thing": "SELECT dataset_id FROM thing WHERE id = $1",
     "Datastream": "SELECT d.dataset_id FROM datastream d WHERE d.id = $1 "
     "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.id = $1",
+    "MultiDatastream": "SELECT d.dataset_id FROM multi_datastream d WHERE d.id = $1 "
+    "UNION SELECT t.dataset_id FROM multi_datastream d JOIN thing t ON t.id = d.thing_id WHERE d.id = $1",
     "Observation": "SELECT d.dataset_id FROM observation o JOIN datastream d ON d.id = o.datastream_id WHERE o.id = $1 "
     "UNION SELECT t.dataset_id FROM observation o JOIN datastream d ON d.id = o.datastream_id "
+    "JOIN thing t ON t.id = d.thing_id WHERE o.id = $1 "
+    "UNION SELECT d.dataset_id FROM multi_observation o JOIN multi_datastream d ON d.id = o.multi_datastream_id "
+    "WHERE o.id = $1 "
+    "UNION SELECT t.dataset_id FROM multi_observation o JOIN multi_datastream d ON d.id = o.multi_datastream_id "
     "JOIN thing t ON t.id = d.thing_id WHERE o.id = $1",
     "HistoricalLocation": "SELECT t.dataset_id FROM historical_location h JOIN thing t ON t.id = h.thing_id "
     "WHERE h.id = $1",
     "Location": "SELECT t.dataset_id FROM thing_location tl JOIN thing t ON t.id = tl.thing_id "
     "WHERE tl.location_id = $1",
     "Sensor": "SELECT d.dataset_id FROM datastream d WHERE d.sensor_id = $1 "
-    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.sensor_id = $1",
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.sensor_id = $1 "
+    "UNION SELECT d.dataset_id FROM multi_datastream d WHERE d.sensor_id = $1 "
+    "UNION SELECT t.dataset_id FROM multi_datastream d JOIN thing t ON t.id = d.thing_id WHERE d.sensor_id = $1",
     "ObservedProperty": "SELECT d.dataset_id FROM datastream d WHERE d.observed_property_id = $1 "
-    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.observed_property_id = $1",
+    "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id WHERE d.observed_property_id = $1 "
+    "UNION SELECT d.dataset_id FROM multi_datastream_observed_property l "
+    "JOIN multi_datastream d ON d.id = l.multi_datastream_id WHERE l.observed_property_id = $1 "
+    "UNION SELECT t.dataset_id FROM multi_datastream_observed_property l "
+    "JOIN multi_datastream d ON d.id = l.multi_datastream_id JOIN thing t ON t.id = d.thing_id "
+    "WHERE l.observed_property_id = $1",
     "FeatureOfInterest": "SELECT d.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id "
     "WHERE d.id IN (SELECT DISTINCT o.datastream_id FROM observation o WHERE o.feature_of_interest_id = $1) "
     "UNION SELECT t.dataset_id FROM datastream d JOIN thing t ON t.id = d.thing_id "
-    "WHERE d.id IN (SELECT DISTINCT o.datastream_id FROM observation o WHERE o.feature_of_interest_id = $1)",
+    "WHERE d.id IN (SELECT DISTINCT o.datastream_id FROM observation o WHERE o.feature_of_interest_id = $1) "
+    "UNION SELECT d.dataset_id FROM multi_datastream d "
+    "WHERE d.id IN (SELECT o.multi_datastream_id FROM multi_observation o WHERE o.feature_of_interest_id = $1) "
+    "UNION SELECT t.dataset_id FROM multi_datastream d JOIN thing t ON t.id = d.thing_id "
+    "WHERE d.id IN (SELECT o.multi_datastream_id FROM multi_observation o WHERE o.feature_of_interest_id = $1)",
 }
 # Entities whose row carries the dataset: linking one under another entity moves it, so it needs a write grant.
-_OWNED = ("Thing", "Datastream")
+_OWNED = ("Thing", "Datastream", "MultiDatastream")
+# The columns of an Observation of a MultiDatastream (table multi_observation): its result is one JSON array.
+_MULTI_RESULT_COLUMNS = ("result_number", "result_string", "result_boolean")
 
 
 def parse_time(value: Any, what: str) -> datetime:
@@ -211,6 +230,14 @@ class Writer:
         elif prop.kind == "json":
             if prop.wire == "unitOfMeasurement" and not isinstance(value, dict):
                 raise BadRequestError(f"{where} must be a JSON object")
+            if prop.wire == "unitOfMeasurements" and (
+                not isinstance(value, list) or not all(isinstance(u, dict) for u in value)
+            ):
+                raise BadRequestError(f"{where} must be a JSON array of unitOfMeasurement objects")
+            if prop.wire == "multiObservationDataTypes" and (
+                not isinstance(value, list) or not all(isinstance(t, str) for t in value)
+            ):
+                raise BadRequestError(f"{where} must be a JSON array of observation type URIs (strings)")
             columns[prop.column] = (orjson.dumps(value).decode() if value is not None else None, "{}::text::jsonb")
         elif prop.kind == "geojson":
             if not isinstance(value, dict):
@@ -245,6 +272,34 @@ class Writer:
             columns["result_boolean"] = (boolean, "{}::boolean")
             columns["result_json"] = (js, "{}::text::jsonb")
 
+    async def observation_table(self, observation_id: int) -> str:
+        """The table that holds an Observation: `observation`, or `multi_observation` for a MultiDatastream's."""
+        found = await self.conn.fetchval("SELECT 1 FROM multi_observation WHERE id = $1", observation_id)
+        return "observation" if found is None else "multi_observation"
+
+    async def write_table(self, entity: EntityType, entity_id: int) -> str:
+        """The table to update or delete a row of `entity` in (Observations are read from a view)."""
+        return await self.observation_table(entity_id) if entity.name == "Observation" else entity.table
+
+    async def multi_size(self, multi_datastream_id: int) -> int:
+        """How many values each result of the MultiDatastream's Observations holds (its ObservedProperties)."""
+        size = await self.conn.fetchval(
+            "SELECT jsonb_array_length(multi_observation_data_types) FROM multi_datastream WHERE id = $1",
+            multi_datastream_id,
+        )
+        return int(size or 0)
+
+    async def multi_result(self, multi_datastream_id: int, value: Any, where: str, size: int | None = None) -> str:
+        """The result of a MultiDatastream's Observation as JSON: an array of one value per ObservedProperty."""
+        if size is None:
+            size = await self.multi_size(multi_datastream_id)
+        if not isinstance(value, list) or len(value) != size:
+            raise BadRequestError(
+                f"{where}: the result of an Observation of MultiDatastream({multi_datastream_id}) must be an array "
+                f"of {size} values, one per ObservedProperty"
+            )
+        return orjson.dumps(value).decode()
+
     async def _insert(self, entity: EntityType, columns: dict[str, tuple[Any, str]]) -> int:
         params = Params()
         names: list[str] = []
@@ -253,12 +308,16 @@ class Writer:
             names.append(column)
             params.values.append(value)
             exprs.append(template.format(f"${len(params.values)}"))
-        sql = f"INSERT INTO {entity.table} ({', '.join(names)}) VALUES ({', '.join(exprs)}) RETURNING id"
+        table = entity.table
+        if entity.name == "Observation":
+            table = "multi_observation" if "multi_datastream_id" in columns else "observation"
+        sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(exprs)}) RETURNING id"
         try:
             return int(await self.conn.fetchval(sql, *params.values))
         except asyncpg.UniqueViolationError:
             if entity.name == "Observation":
-                raise ConflictError("an Observation of this Datastream already exists at this phenomenonTime") from None
+                parent = "MultiDatastream" if table == "multi_observation" else "Datastream"
+                raise ConflictError(f"an Observation of this {parent} already exists at this phenomenonTime") from None
             raise ConflictError(f"this {entity.name} conflicts with an existing one") from None
         except (asyncpg.DataError, asyncpg.InternalServerError) as exc:
             raise BadRequestError(f"invalid {entity.name}: {exc.args[0] if exc.args else exc}") from None
@@ -295,13 +354,38 @@ class Writer:
             if target.name in _OWNED:  # a new Datastream or Observation joins the dataset of its parent
                 await self.check_write(target, int(columns[rel.column][0]))
         if entity.name == "Observation":
+            await self._observation_parent(body, columns)
             if "phenomenon_time" not in columns:
                 columns["phenomenon_time"] = (datetime.now(UTC), "{}::timestamptz")
             if columns.get("feature_of_interest_id") is None:
-                columns["feature_of_interest_id"] = (
-                    await self.foi_for_datastream(int(columns["datastream_id"][0])),
-                    "{}::bigint",
-                )
+                if "multi_datastream_id" in columns:
+                    foi = await self.foi_for_datastream(int(columns["multi_datastream_id"][0]), multi=True)
+                else:
+                    foi = await self.foi_for_datastream(int(columns["datastream_id"][0]))
+                columns["feature_of_interest_id"] = (foi, "{}::bigint")
+        if entity.name == "MultiDatastream":
+            observed = self._multi_observed_properties(body, columns)
+            columns["dataset_id"] = (
+                await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
+                "{}::bigint",
+            )
+            new_id = await self._insert(entity, columns)
+            self.created[entity.name] = self.created.get(entity.name, 0) + 1
+            self._writable.add((entity.name, new_id))
+            ids = [
+                await self.resolve(BY_NAME["ObservedProperty"], item, "MultiDatastream/ObservedProperties")
+                for item in observed
+            ]
+            if len(set(ids)) != len(ids):
+                raise BadRequestError("MultiDatastream/ObservedProperties lists an ObservedProperty twice")
+            await self.conn.execute(
+                "INSERT INTO multi_datastream_observed_property (multi_datastream_id, observed_property_id, rank) "
+                "SELECT $1, op, rank - 1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(op, rank)",
+                new_id,
+                ids,
+            )
+            await self._create_children(entity, new_id, {k: v for k, v in body.items() if k != "ObservedProperties"})
+            return new_id
         if entity.name == "Datastream":
             # the Datastream joins the dataset of its Thing, so the access policy follows it
             columns["dataset_id"] = (
@@ -317,6 +401,41 @@ class Writer:
         await self._create_children(entity, new_id, body)
         return new_id
 
+    async def _observation_parent(self, body: dict[str, Any], columns: dict[str, tuple[Any, str]]) -> None:
+        """An Observation belongs to exactly one Datastream or MultiDatastream; a MultiDatastream's result is an
+        array as long as its list of ObservedProperties (and is stored whole in `result_json`)."""
+        datastream, multi = columns.get("datastream_id"), columns.get("multi_datastream_id")
+        if (datastream is None) == (multi is None):
+            raise BadRequestError("an Observation needs exactly one of Datastream and MultiDatastream")
+        if multi is None:
+            return
+        for column in _MULTI_RESULT_COLUMNS:
+            columns.pop(column, None)
+        columns["result_json"] = (
+            await self.multi_result(int(multi[0]), body.get("result"), "Observation/result"),
+            "{}::text::jsonb",
+        )
+
+    @staticmethod
+    def _multi_observed_properties(body: dict[str, Any], columns: dict[str, tuple[Any, str]]) -> list[Any]:
+        """A new MultiDatastream's ObservedProperties: as many as its units and its observation types (400 else)."""
+        observed = body.get("ObservedProperties")
+        if not isinstance(observed, list) or not observed:
+            raise BadRequestError("a MultiDatastream needs its ObservedProperties (a non-empty JSON array)")
+        units = orjson.loads(columns["unit_of_measurements"][0])
+        types = orjson.loads(columns["multi_observation_data_types"][0])
+        if not len(observed) == len(units) == len(types):
+            raise BadRequestError(
+                f"a MultiDatastream needs as many unitOfMeasurements ({len(units)}) and multiObservationDataTypes "
+                f"({len(types)}) as ObservedProperties ({len(observed)})"
+            )
+        kind = columns.get("observation_type", (None, ""))[0]
+        if kind is None:
+            columns["observation_type"] = (COMPLEX_OBSERVATION, "{}::text")
+        elif kind != COMPLEX_OBSERVATION:
+            raise BadRequestError(f"the observationType of a MultiDatastream is {COMPLEX_OBSERVATION}")
+        return observed
+
     async def _create_children(self, entity: EntityType, new_id: int, body: dict[str, Any]) -> None:
         location_ids: list[int] = []
         for rel in entity.relations:
@@ -330,12 +449,17 @@ class Writer:
                 if rel.kind == "child_fk":
                     if isinstance(item, dict) and "@iot.id" in item:
                         child_id = await self.existing_writable(target, item["@iot.id"])
-                        await self.conn.execute(
-                            f"UPDATE {target.table} SET {rel.column} = $1 WHERE id = $2", new_id, child_id
-                        )
+                        table = await self.write_table(target, child_id)
+                        if table == "multi_observation" and rel.column == "datastream_id":
+                            raise BadRequestError("an Observation of a MultiDatastream cannot move to a Datastream")
+                        await self.conn.execute(f"UPDATE {table} SET {rel.column} = $1 WHERE id = $2", new_id, child_id)
                     else:
                         await self.create(target, item, forced={rel.column: new_id})
                 else:
+                    if rel.link_table in ORDERED_LINKS:
+                        raise BadRequestError(
+                            f"{entity.name}/{rel.name}: create a MultiDatastream with its ObservedProperties, in order"
+                        )
                     child_id = await self.resolve(target, item, f"{entity.name}/{rel.name}")
                     if target.name in _OWNED:
                         await self.check_write(target, child_id)
@@ -378,11 +502,13 @@ class Writer:
             hl,
         )
 
-    async def foi_for_datastream(self, datastream_id: int) -> int:
-        """The FeatureOfInterest generated from the Location of the Datastream's Thing (made once, then reused)."""
+    async def foi_for_datastream(self, datastream_id: int, *, multi: bool = False) -> int:
+        """The FeatureOfInterest generated from the Location of the (Multi)Datastream's Thing (made once, then
+        reused)."""
         location = await self.conn.fetchrow(
             "SELECT l.id, l.name, l.description, l.encoding_type, l.location::text AS location "
-            "FROM datastream d JOIN thing_location tl ON tl.thing_id = d.thing_id "
+            f"FROM {'multi_datastream' if multi else 'datastream'} d "
+            "JOIN thing_location tl ON tl.thing_id = d.thing_id "
             "JOIN location l ON l.id = tl.location_id "
             "WHERE d.id = $1 ORDER BY l.id LIMIT 1",
             datastream_id,
@@ -424,7 +550,7 @@ class Writer:
                 )
                 if target.name in _OWNED:  # moving under another Thing or Datastream writes into its dataset
                     await self.check_write(target, int(columns[rel.column][0]))
-                if entity.name == "Datastream" and rel.name == "Thing":  # the access policy follows the Thing
+                if entity.name in ("Datastream", "MultiDatastream") and rel.name == "Thing":  # access follows the Thing
                     columns["dataset_id"] = (
                         await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
                         "{}::bigint",
@@ -437,6 +563,26 @@ class Writer:
                 await self.set_thing_locations(entity_id, ids, replace=True)
             else:
                 raise BadRequestError(f"{entity.name}/{rel.name} cannot be changed by an update; use its own entity")
+        table = await self.write_table(entity, entity_id)
+        if table == "multi_observation":
+            if "datastream_id" in columns:
+                raise BadRequestError("an Observation of a MultiDatastream cannot move to a Datastream")
+            if "result" in body:
+                multi = columns.get("multi_datastream_id", (None, ""))[0] or await self.conn.fetchval(
+                    "SELECT multi_datastream_id FROM multi_observation WHERE id = $1", entity_id
+                )
+                for column in _MULTI_RESULT_COLUMNS:
+                    columns.pop(column, None)
+                columns["result_json"] = (
+                    await self.multi_result(int(multi), body["result"], "Observation/result"),
+                    "{}::text::jsonb",
+                )
+        elif entity.name == "Observation" and "multi_datastream_id" in columns:
+            raise BadRequestError("an Observation of a Datastream cannot move to a MultiDatastream")
+        if entity.name == "MultiDatastream" and (
+            {"unit_of_measurements", "multi_observation_data_types"} & set(columns)
+        ):
+            await self._check_multi_sizes(entity_id, columns)
         if not columns:
             return
         params = Params()
@@ -447,12 +593,34 @@ class Writer:
         params.values.append(entity_id)
         try:
             await self.conn.execute(
-                f"UPDATE {entity.table} SET {', '.join(sets)} WHERE id = ${len(params.values)}", *params.values
+                f"UPDATE {table} SET {', '.join(sets)} WHERE id = ${len(params.values)}", *params.values
             )
         except asyncpg.UniqueViolationError:
             raise ConflictError(f"this change makes the {entity.name} conflict with an existing one") from None
         except (asyncpg.DataError, asyncpg.InternalServerError) as exc:
             raise BadRequestError(f"invalid {entity.name}: {exc.args[0] if exc.args else exc}") from None
+
+    async def _check_multi_sizes(self, entity_id: int, columns: dict[str, tuple[Any, str]]) -> None:
+        """After an update, a MultiDatastream still has one unit and one type per ObservedProperty."""
+        row = await self.conn.fetchrow(
+            "SELECT unit_of_measurements::text AS u, multi_observation_data_types::text AS t, "
+            "(SELECT count(*) FROM multi_datastream_observed_property l WHERE l.multi_datastream_id = m.id) AS n "
+            "FROM multi_datastream m WHERE m.id = $1",
+            entity_id,
+        )
+        units = orjson.loads(columns["unit_of_measurements"][0]) if "unit_of_measurements" in columns else None
+        types = (
+            orjson.loads(columns["multi_observation_data_types"][0])
+            if "multi_observation_data_types" in columns
+            else None
+        )
+        units = units if units is not None else orjson.loads(row["u"])
+        types = types if types is not None else orjson.loads(row["t"])
+        if not len(units) == len(types) == row["n"]:
+            raise BadRequestError(
+                f"a MultiDatastream needs as many unitOfMeasurements ({len(units)}) and multiObservationDataTypes "
+                f"({len(types)}) as ObservedProperties ({row['n']})"
+            )
 
     # --- delete ----------------------------------------------------------------------------------------
     async def delete(self, entity: EntityType, entity_id: int) -> None:
@@ -460,13 +628,14 @@ class Writer:
         entity_id = await self.existing_writable(entity, entity_id)
         if entity.name == "FeatureOfInterest":
             await self.conn.execute("DELETE FROM observation WHERE feature_of_interest_id = $1", entity_id)
+            await self.conn.execute("DELETE FROM multi_observation WHERE feature_of_interest_id = $1", entity_id)
         if entity.name == "Location":
             await self.conn.execute(
                 "DELETE FROM historical_location WHERE id IN (SELECT historical_location_id FROM "
                 "location_historical_location WHERE location_id = $1)",
                 entity_id,
             )
-        await self.conn.execute(f"DELETE FROM {entity.table} WHERE id = $1", entity_id)
+        await self.conn.execute(f"DELETE FROM {await self.write_table(entity, entity_id)} WHERE id = $1", entity_id)
 
     # --- $ref links ------------------------------------------------------------------------------------
     async def add_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: Any) -> None:
@@ -475,10 +644,20 @@ class Writer:
         child = await self.existing(target, target_id)
         if rel.kind == "child_fk" or target.name in _OWNED:  # the target's row (or its dataset's) changes too
             await self.check_write(target, child)
+        if rel.link_table in ORDERED_LINKS:
+            raise BadRequestError(
+                f"{entity.name}/{rel.name}: a MultiDatastream's ObservedProperties are ordered, set when it is created"
+            )
         if rel.kind == "parent_fk":
-            await self.conn.execute(f"UPDATE {entity.table} SET {rel.column} = $1 WHERE id = $2", child, entity_id)
+            table = await self.write_table(entity, entity_id)
+            if entity.name == "Observation" and rel.name in ("Datastream", "MultiDatastream"):
+                raise BadRequestError(f"an Observation's {rel.name} is changed by an update of the Observation")
+            await self.conn.execute(f"UPDATE {table} SET {rel.column} = $1 WHERE id = $2", child, entity_id)
         elif rel.kind == "child_fk":
-            await self.conn.execute(f"UPDATE {target.table} SET {rel.column} = $1 WHERE id = $2", entity_id, child)
+            table = await self.write_table(target, child)
+            if target.name == "Observation" and rel.name == "Observations":
+                raise BadRequestError("an Observation's (Multi)Datastream is changed by an update of the Observation")
+            await self.conn.execute(f"UPDATE {table} SET {rel.column} = $1 WHERE id = $2", entity_id, child)
         elif entity.name == "Thing" and rel.name == "Locations":
             await self.set_thing_locations(entity_id, [child], replace=False)
         else:
@@ -490,7 +669,7 @@ class Writer:
             )
 
     async def remove_link(self, entity: EntityType, entity_id: int, rel: Relation, target_id: int) -> None:
-        if rel.kind != "link":
+        if rel.kind != "link" or rel.link_table in ORDERED_LINKS:
             raise BadRequestError(f"{entity.name}/{rel.name} is mandatory or owned; change it with an update instead")
         entity_id = await self.existing_writable(entity, entity_id)
         target = BY_NAME[rel.target]
@@ -511,10 +690,11 @@ class Writer:
         for index, group in enumerate(body):
             if not isinstance(group, dict) or not isinstance(group.get("dataArray"), list):
                 raise BadRequestError(f"CreateObservations[{index}] needs components and dataArray")
-            ds = await self.resolve(
-                BY_NAME["Datastream"], group.get("Datastream"), f"CreateObservations[{index}]/Datastream"
-            )
-            await self.check_write(BY_NAME["Datastream"], ds)
+            parent = "MultiDatastream" if "MultiDatastream" in group else "Datastream"
+            if parent == "MultiDatastream" and "Datastream" in group:
+                raise BadRequestError(f"CreateObservations[{index}] names both a Datastream and a MultiDatastream")
+            ds = await self.resolve(BY_NAME[parent], group.get(parent), f"CreateObservations[{index}]/{parent}")
+            await self.check_write(BY_NAME[parent], ds)
             components = group.get("components")
             allowed = {
                 "phenomenonTime",
@@ -529,11 +709,15 @@ class Writer:
                 raise BadRequestError(
                     f"CreateObservations[{index}]/components must list result and some of {sorted(allowed)}"
                 )
-            out.extend(await self._insert_array(ds, components, group["dataArray"], base, index))
+            out.extend(
+                await self._insert_array(
+                    ds, components, group["dataArray"], base, index, multi=parent == "MultiDatastream"
+                )
+            )
         return out
 
     async def _insert_array(
-        self, datastream_id: int, components: list[str], rows: list[Any], base: str, index: int
+        self, datastream_id: int, components: list[str], rows: list[Any], base: str, index: int, *, multi: bool = False
     ) -> list[str]:
         columns: dict[str, list[Any]] = {
             c: []
@@ -554,6 +738,7 @@ class Writer:
         }
         default_foi: int | None = None
         now = datetime.now(UTC)
+        size = await self.multi_size(datastream_id) if multi else None  # once, not per row
         for line_no, line in enumerate(rows):
             if not isinstance(line, list) or len(line) != len(components):
                 raise BadRequestError(
@@ -568,7 +753,11 @@ class Writer:
             columns["phenomenon_time_end"].append(end)
             rt = values.get("resultTime")
             columns["result_time"].append(parse_time(rt, where) if rt is not None else None)
-            number, string, boolean, js = split_result(values["result"])
+            if multi:
+                number, string, boolean = None, None, None
+                js: str | None = await self.multi_result(datastream_id, values["result"], f"{where}/result", size)
+            else:
+                number, string, boolean, js = split_result(values["result"])
             columns["result_number"].append(number)
             columns["result_string"].append(string)
             columns["result_boolean"].append(boolean)
@@ -584,22 +773,27 @@ class Writer:
             foi = values.get("FeatureOfInterest/id")
             if foi is None:
                 if default_foi is None:
-                    default_foi = await self.foi_for_datastream(datastream_id)
+                    default_foi = await self.foi_for_datastream(datastream_id, multi=multi)
                 foi = default_foi
             else:
                 foi = await self.existing(BY_NAME["FeatureOfInterest"], foi)
             columns["feature_of_interest_id"].append(foi)
-        inserted = await self.conn.fetch(
-            "INSERT INTO observation (datastream_id, phenomenon_time, phenomenon_time_end, result_time, result_number, "
-            "result_string, result_boolean, result_json, result_quality, valid_time_start, valid_time_end, parameters, "
-            "feature_of_interest_id) "
-            "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::float8[], "
-            "$6::text[], $7::boolean[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::timestamptz[], "
-            "$11::timestamptz[], $12::text[]::jsonb[], $13::bigint[]) "
-            "ON CONFLICT (datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
-            datastream_id,
-            *columns.values(),
-        )
+        if multi:
+            for column in _MULTI_RESULT_COLUMNS:
+                del columns[column]
+            inserted = await self.conn.fetch(
+                "INSERT INTO multi_observation (multi_datastream_id, phenomenon_time, phenomenon_time_end, "
+                "result_time, result_json, result_quality, valid_time_start, valid_time_end, parameters, "
+                "feature_of_interest_id) "
+                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], "
+                "$5::text[]::jsonb[], $6::text[]::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[]::jsonb[], "
+                "$10::bigint[]) "
+                "ON CONFLICT (multi_datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
+                datastream_id,
+                *columns.values(),
+            )
+        else:
+            inserted = await self._insert_datastream_array(datastream_id, columns)
         by_time = {r["phenomenon_time"]: int(r["id"]) for r in inserted}
         self.created_observations.extend(by_time.values())
         self.created["Observation"] = self.created.get("Observation", 0) + len(by_time)
@@ -608,6 +802,22 @@ class Writer:
             new_id = by_time.pop(t, None)
             out.append(f"{base}/Observations({new_id})" if new_id is not None else "error")
         return out
+
+    async def _insert_datastream_array(self, datastream_id: int, columns: dict[str, list[Any]]) -> list[asyncpg.Record]:
+        """The Observations of one Datastream in one set-based insert (a redelivered one is skipped)."""
+        return list(
+            await self.conn.fetch(
+                "INSERT INTO observation (datastream_id, phenomenon_time, phenomenon_time_end, result_time, "
+                "result_number, result_string, result_boolean, result_json, result_quality, valid_time_start, "
+                "valid_time_end, parameters, feature_of_interest_id) "
+                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::float8[], "
+                "$6::text[], $7::boolean[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::timestamptz[], "
+                "$11::timestamptz[], $12::text[]::jsonb[], $13::bigint[]) "
+                "ON CONFLICT (datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
+                datastream_id,
+                *columns.values(),
+            )
+        )
 
 
 def apply_json_patch(document: dict[str, Any], operations: Any) -> dict[str, Any]:

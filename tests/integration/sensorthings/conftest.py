@@ -83,6 +83,35 @@ def thing_body(
     }
 
 
+COMPLEX = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
+MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+
+
+def multi_datastream_body(name: str = "Wind", thing: Any = None, properties: tuple[str, ...] = ("speed", "direction")):
+    """A MultiDatastream (deep insert of its Sensor and ObservedProperties) with one member per property;
+    `thing` is a Thing body or a link ({"@iot.id": n}), a new one by default."""
+    return {
+        "name": name,
+        "description": f"{name} station",
+        "observationType": COMPLEX,
+        "unitOfMeasurements": [{"name": p, "symbol": p[:1], "definition": f"ucum:{p}"} for p in properties],
+        "multiObservationDataTypes": [MEASUREMENT for _ in properties],
+        "properties": {"height": 10},
+        "Thing": thing
+        if thing is not None
+        else {k: v for k, v in thing_body(f"{name} mast").items() if k != "Datastreams"},
+        "Sensor": {
+            "name": f"{name} sensor",
+            "description": "anemometer",
+            "encodingType": "application/pdf",
+            "metadata": "https://example.org/anemometer.pdf",
+        },
+        "ObservedProperties": [
+            {"name": f"{name} {p}", "definition": f"https://example.org/{p}", "description": p} for p in properties
+        ],
+    }
+
+
 async def create(http: httpx.AsyncClient, path: str, body: Any) -> dict[str, Any]:
     response = await http.post(f"{BASE}/{path}", json=body, headers=AUTH)
     assert response.status_code == 201, response.text

@@ -17,7 +17,7 @@ from territoire_data.db.readpool import close_read_pool, pooled, use_generic_pla
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.model import BY_NAME, ENTITY_TYPES
 from territoire_data.settings import Settings
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
+from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, multi_datastream_body, thing_body
 
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T[^/]*Z(/\d{4}-\d{2}-\d{2}T[^/]*Z)?$")
 
@@ -58,8 +58,19 @@ async def test_sql_json_means_what_the_python_serializer_says(sta: httpx.AsyncCl
     thing = await create(sta, "Things", thing_body('Station "Croix-Rousse" d\'en haut', n_ds=2))
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     await _varied_observations(sta, ds)
+    multi = await create(sta, "MultiDatastreams", multi_datastream_body(thing={"@iot.id": thing["@iot.id"]}))
+    for body in (
+        {"phenomenonTime": "2026-11-01T00:00:00Z", "result": [3.5, "NNE"]},
+        {"phenomenonTime": "2026-11-01T01:00:00Z/2026-11-01T02:00:00Z", "result": [None, {"deg": 12}]},
+    ):
+        await create(sta, f"MultiDatastreams({multi['@iot.id']})/Observations", body)
     ctx = read.Context(base="http://testserver" + BASE, principal=ANONYMOUS)
-    selects: list[tuple[str, ...]] = [(), ("id", "name", "@iot.selfLink"), ("result", "Datastream"), ("description",)]
+    selects: list[tuple[str, ...]] = [
+        (),
+        ("id", "name", "@iot.selfLink"),
+        ("result", "Datastream", "MultiDatastream"),
+        ("description",),
+    ]
     for entity in ENTITY_TYPES:
         rows = await db.fetch(f"SELECT {sql.select_list(entity, 'c')} FROM {entity.table} c ORDER BY c.id")
         assert rows or entity.name == "HistoricalLocation", entity.name
@@ -100,7 +111,7 @@ async def test_python_serializer_writes_observations_in_the_same_text_as_postgre
         assert response.status_code == 201, response.text
     entity = BY_NAME["Observation"]
     ctx = read.Context(base="http://testserver" + BASE, principal=ANONYMOUS)
-    rows = await db.fetch(f"SELECT {sql.select_list(entity, 'c')} FROM observation c ORDER BY c.id")
+    rows = await db.fetch(f"SELECT {sql.select_list(entity, 'c', 'observation')} FROM observation c ORDER BY c.id")
     assert len(rows) == len(results)
     python = [read.dumps(read.serialize(ctx, entity, row, ())) for row in rows]
     response = await sta.get(f"{BASE}/Observations", params={"$orderby": "id"})

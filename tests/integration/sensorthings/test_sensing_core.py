@@ -37,9 +37,9 @@ async def _observations(http: httpx.AsyncClient, ds: int, n: int, day: str = "20
     assert all(link != "error" for link in response.json())
 
 
-async def test_service_root_lists_the_eight_sets_and_conformance(sta: httpx.AsyncClient) -> None:
+async def test_service_root_lists_the_nine_sets_and_conformance(sta: httpx.AsyncClient) -> None:
     root = await get(sta, "")
-    assert [e["name"] for e in root["value"]] == list(SETS)
+    assert [e["name"] for e in root["value"]] == [*SETS[:6], "MultiDatastreams", *SETS[6:]]
     assert all(e["url"] == f"http://testserver{BASE}/{e['name']}" for e in root["value"])
     conformance = root["serverSettings"]["conformance"]
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data" in conformance
@@ -54,6 +54,7 @@ async def test_service_root_lists_the_eight_sets_and_conformance(sta: httpx.Asyn
         "create-update-delete",  # test_create_update_delete
         "data-array/data-array",  # test_sensing_core
         "batch-request/batch-request",  # test_batch
+        "multi-datastream",  # test_multi_datastream
         "create-observations-via-mqtt/observations-creation",  # test_mqtt_create
         "receive-updates-via-mqtt/receive-updates",  # test_mqtt_receive
     }

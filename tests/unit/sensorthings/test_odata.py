@@ -186,3 +186,14 @@ def test_json_patch_changes_only_what_it_names() -> None:
         apply_json_patch(before, [{"op": "move", "path": "/name", "from": "/description"}])
     with pytest.raises(BadRequestError):
         patched_properties(thing, before, apply_json_patch(before, [{"op": "remove", "path": "/name"}]))
+
+
+def test_an_array_index_is_a_path_segment() -> None:
+    """`result/0`: the first value of a MultiDatastream's Observation (a JSON array)."""
+    from territoire_data.sensorthings.odata import Binary, Lit, ODataSyntaxError, Path, parse_filter
+
+    tree = parse_filter("result/0 gt 3")
+    assert isinstance(tree, Binary) and tree.left == Path(("result", "0")) and isinstance(tree.right, Lit)
+    for bad in ("result/-1 gt 3", "result/1.5 gt 3", "result/ gt 3"):
+        with pytest.raises(ODataSyntaxError):
+            parse_filter(bad)
