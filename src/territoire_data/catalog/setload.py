@@ -64,6 +64,11 @@ _POINT_KINDS = frozenset({"lonlat", "latlon", "lonlat_array"})
 _SQL_CRS = {"EPSG:4326": 4326, "EPSG:2154": 2154, **{f"EPSG:{code}": code for code in range(3942, 3951)}}
 
 
+def copy_encoding(encoding: str) -> str:
+    """PostgreSQL's name of a file encoding the set-based path reads."""
+    return _COPY_ENCODINGS[encoding]
+
+
 class NotVouched(Exception):
     """The set-based attempt cannot vouch for every row: roll it back and take the careful path."""
 
@@ -536,8 +541,14 @@ def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
 
 
 def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojector, table: str) -> tuple[str, list[Any]]:
-    """A query true when some loaded row breaks what COPY's type input does not check: required, enum, lengths,
-    bounds, spaces-only strings, a half point or one outside the area of use."""
+    """A query true when some loaded row breaks what COPY's type input does not check (see native_bad_row)."""
+    condition, params = native_bad_row(schema, plan, projection)
+    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", params  # noqa: S608
+
+
+def native_bad_row(schema: TableSchema, plan: FastPlan, projection: Reprojector) -> tuple[str, list[Any]]:
+    """A condition true of a loaded row that breaks what COPY's type input does not check: required, enum,
+    lengths, bounds, spaces-only strings, a half point or one outside the area of use; and its parameters."""
     sql = _Sql()
     bad: list[str] = []
     for f, column in zip(schema.fields, plan.mapping, strict=True):
@@ -566,5 +577,4 @@ def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojecto
         # The area of use is checked on the WGS84 point, as Reprojector.points does.
         lon, lat = (x, y) if plan.srid == 4326 else ("ST_X(geom)", "ST_Y(geom)")
         bad.append(f"NOT ({lon} BETWEEN {west} AND {east} AND {lat} BETWEEN {south} AND {north})")
-    condition = " OR ".join(f"coalesce({b}, false)" for b in bad) or "false"
-    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", sql.values  # noqa: S608
+    return " OR ".join(f"coalesce({b}, false)" for b in bad) or "false", sql.values
