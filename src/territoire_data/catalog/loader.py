@@ -163,6 +163,7 @@ class _Run:
     fatal: bool = False
     direct: bool = False
     rows_deleted: int = 0
+    native_refused: bool = False  # the native path could not vouch for the file: not to be tried again
     stats: Any = None  # the dataset's statistics, when computed with the rows' check (see datasets.stats_sql)
     cleanup: list[str] = field(default_factory=list)  # load tables to drop once the transaction is over
     timings: dict[str, float] = field(default_factory=dict)
@@ -533,7 +534,7 @@ async def _load_set_based(
     """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
     cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
     assert isinstance(run.source, CsvSource)
-    if direct and await _load_native(conn, run, dataset, fast, projection, lines_loaded):
+    if direct and not run.native_refused and await _load_native(conn, run, dataset, fast, projection, lines_loaded):
         return True
     lines_loaded.clear()  # the native attempt's lines, rolled back with it
     stream = setload.RawStream(run.source, lines_loaded, fast)
@@ -680,6 +681,7 @@ async def _load_parallel(
             )
         except (setload.NotVouched, asyncpg.PostgresError) as exc:
             logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])
+            run.native_refused = True  # the same COPY and check in one transaction would fail alike
             await helpers[0].execute(f"DROP TABLE IF EXISTS {loading.table}")
             return None
     finally:
