@@ -117,3 +117,13 @@ def test_times_years_durations() -> None:
 )
 def test_inference(values: list[str], expected: str) -> None:
     assert v.infer_type(values) == expected
+
+
+def test_the_set_based_paths_whitespace_is_all_of_pythons() -> None:
+    """setload scans code points below WHITESPACE_END only (a quick CLI start): none above is whitespace."""
+    import sys
+
+    from territoire_data.catalog.setload import WHITESPACE, WHITESPACE_END
+
+    assert not [c for c in range(WHITESPACE_END, sys.maxunicode + 1) if chr(c).isspace()]
+    assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == WHITESPACE

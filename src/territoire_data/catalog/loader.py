@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 import orjson
-import shapely
 
 from territoire_data.catalog import parload, setload
 from territoire_data.catalog.datasets import (
@@ -44,7 +43,7 @@ from territoire_data.catalog.schema import TableSchema, infer_table_schema, pars
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter, compile_row
 from territoire_data.db.bulk import copy_and_merge, qualified, quote_ident
-from territoire_data.db.engine import connect_raw
+from territoire_data.db.raw import connect_raw
 from territoire_data.errors import BadRequestError, ConflictError, NotFoundError, ValidationFailedError
 from territoire_data.ingest.csv.geometry import (
     GeometryError,
@@ -870,6 +869,8 @@ def _geometries(
             if refused:
                 keep = [row for row in batch if id(row) not in refused]
     elif shape_mode:
+        import shapely  # here only: a point file's import need not load it
+
         keep = []
         for row in batch:
             shape = row[-1]
