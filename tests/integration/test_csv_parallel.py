@@ -213,3 +213,27 @@ async def test_small_files_and_other_modes_keep_one_connection(
     appended = await load(db, database_url, more, "ds")  # into a table with rows: staging and one merge
     assert "parallel" not in appended["timings"]
     assert await db.fetchval("SELECT row_count FROM dataset") == 200
+
+
+@pytest.mark.parametrize("odd", ["\n", '7777;"objet, cité";voirie;1;47;1;\n', "7777;objet\r7;voirie;1;47;1;\n"])
+async def test_blank_lines_quotes_and_carriage_returns_take_the_other_paths(
+    db: asyncpg.Connection, database_url: str, tmp_path: Path, schema_file: Path, odd: str
+) -> None:
+    rows = [row(i) for i in range(1, 201)]
+    rows.insert(150, odd)
+    path = tmp_path / "odd.csv"
+    path.write_bytes((HEADER + "".join(rows)).encode())
+    outcomes = []
+    for parallel in (True, False):
+        try:
+            report = await load(db, database_url, path, f"odd-{int(parallel)}", create=True, schema=schema_file,
+                                parallel=parallel, set_based=parallel)  # fmt: skip
+        except ImportFailedError as exc:
+            report = exc.report
+        assert "parallel" not in report["timings"]
+        outcomes.append((report["errors"], report.get("rows_inserted")))
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0][1] is not None:  # loaded: the same rows (row ids aside: a rolled-back attempt used some)
+        assert outcomes[0][1] == 201 - (odd == "\n")
+        loaded = [[r[1:] for r in await rows_of(db, f"odd-{n}")] for n in (1, 0)]
+        assert loaded[0] == loaded[1]

@@ -127,3 +127,16 @@ def test_the_set_based_paths_whitespace_is_all_of_pythons() -> None:
 
     assert not [c for c in range(WHITESPACE_END, sys.maxunicode + 1) if chr(c).isspace()]
     assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == WHITESPACE
+
+
+def test_native_cell_shapes_take_no_quote_nor_carriage_return() -> None:
+    """parload.NativePart relies on it: a chunk its pattern matches has no quoted cell and no lone CR."""
+    import re
+
+    from territoire_data.catalog.setload import _NATIVE_SHAPES
+
+    for kind, shape in _NATIVE_SHAPES.items():
+        pattern = re.compile(shape)
+        for byte in (b'"', b"\r", b"\n"):
+            for cell in (byte, b"1" + byte, byte + b"1", b"a" + byte + b"b"):
+                assert pattern.fullmatch(cell) is None, (kind, cell)
