@@ -115,12 +115,16 @@ async def test_parallel_path_gives_the_careful_paths_table(
     table = await table_of(db, "fast")
     assert await db.fetchval(f"SELECT _fid FROM {table} WHERE id = $1", ROWS + 1) == ROWS + 1
 
-    # A replace swaps the whole table in.
+    # A replace swaps the whole table in; row ids go on (none reused), in file order.
     report = await load(db, database_url, path, "fast", mode="replace")
     assert report["timings"].get("parallel") == 1
     assert (report["rows_deleted"], report["rows_inserted"]) == (ROWS + 1, ROWS)
-    assert await rows_of(db, "fast") == await rows_of(db, "slow")
-    assert await db.fetchval("SELECT row_count FROM dataset WHERE slug = 'fast'") == ROWS
+    assert [r[1:] for r in await rows_of(db, "fast")] == [r[1:] for r in await rows_of(db, "slow")]
+    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE _fid <> id + {ROWS + 1}") == 0
+    assert await structure(db, "fast") == await structure(db, "slow")
+    await load(db, database_url, more, "fast", mode="upsert")
+    assert await db.fetchval(f"SELECT _fid FROM {table} WHERE id = $1", ROWS + 1) == 2 * ROWS + 2
+    assert await db.fetchval("SELECT row_count FROM dataset WHERE slug = 'fast'") == ROWS + 1
 
 
 @pytest.mark.parametrize("where", [10, ROWS - 10])
@@ -152,7 +156,7 @@ async def test_a_duplicate_in_either_half_is_reported_on_its_line_and_changes_no
     assert [r["line"] for r in await db.fetch("SELECT line FROM ingest_rejection")] == [dup + 1]
     assert await db.fetchval("SELECT row_count FROM dataset") == ROWS - 1
     table = await table_of(db, "ds")
-    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE _fid <> id AND id <> 3") == 0
+    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE _fid <> id + 10 AND id <> 3") == 0
     assert await load_tables(db) == []
 
 

@@ -658,6 +658,9 @@ async def _load_parallel(
     encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
     load_table = parload.table_name(import_id)
     await parload.guard(conn, import_id)
+    # Row ids go on from the table's (as a replace by DELETE would): never one reused.
+    sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, '_fid')", dataset.table)
+    last_fid = int(await conn.fetchval(f"SELECT last_value - (NOT is_called)::int FROM {sequence}"))  # quoted by PG
     helpers: list[asyncpg.Connection] = []
     try:
         helpers = list(await asyncio.gather(connect(), connect()))
@@ -677,6 +680,7 @@ async def _load_parallel(
                 dialect.quotechar.encode(encoding),
                 setload.copy_encoding(dialect.encoding),
                 _in_thread,
+                last_fid + 1,
             )
         except (setload.NotVouched, asyncpg.PostgresError) as exc:
             logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])
@@ -691,7 +695,7 @@ async def _load_parallel(
     run.rows_read = run.rows_staged = loaded.rows
     run.stats = loaded.stats
     run.timings.update(set_based=1, native=1, parallel=1)
-    lines_loaded.extend(source.file._line + 1, loaded.rows)  # _fid n is on line (header lines) + n
+    lines_loaded.extend(source.file._line + 1, loaded.rows)  # _fid last_fid + n is on line (header lines) + n
     if not loaded.unique_built:
         # A duplicate: the careful check finds each one with its lines (and, skipping, moves them out).
         for name in index_names(load_table, dataset.schema)[0]:
@@ -705,7 +709,8 @@ async def _load_parallel(
         return {}
     if run.options.mode == "replace":
         run.rows_deleted = int(await conn.fetchval(f"SELECT count(*) FROM {dataset.table}"))
-    await parload.publish(conn, dataset, load_table, loaded.rows, point is not None, loaded.unique_built)
+    next_fid = last_fid + loaded.rows + 1
+    await parload.publish(conn, dataset, load_table, next_fid, point is not None, loaded.unique_built)
     run.lap("publish_s")
     return {"rows_inserted": run.rows_staged, "rows_updated": 0, "rows_unchanged": 0, "rows_deleted": run.rows_deleted}
 

@@ -202,8 +202,10 @@ async def load(
     quote: bytes,
     encoding: str,
     stream: Callable[[Iterator[bytes]], AsyncIterator[bytes]],
+    first_fid: int,
 ) -> Loaded:
-    """Create the load table `dataset.table_name` (committed), COPY the two halves at once, then build the GiST
+    """Create the load table `dataset.table_name` (committed), COPY the two halves at once (row ids from
+    `first_fid` in file order), then build the GiST
     index on one helper while the other checks every row (with the statistics in the same pass) and builds the
     unique indexes and the row id's. Raises setload.NotVouched (or a PostgresError) when the native path cannot
     vouch for the file; the caller then drops the table and takes the careful path."""
@@ -220,8 +222,8 @@ async def load(
     first = NativePart(cut.path, cut.start, cut.middle, native, quote)
     second = NativePart(cut.path, cut.middle, cut.end, native, quote)
     await _gather(
-        _copy_part(one, dataset.table_name, columns, first, 1, delimiter, encoding, stream),
-        _copy_part(two, dataset.table_name, columns, second, cut.first_rows + 1, delimiter, encoding, stream),
+        _copy_part(one, dataset.table_name, columns, first, first_fid, delimiter, encoding, stream),
+        _copy_part(two, dataset.table_name, columns, second, first_fid + cut.first_rows, delimiter, encoding, stream),
     )
     if first.rows != cut.first_rows:  # the file changed under us
         raise setload.NotVouched("the file changed while it was read")
@@ -271,9 +273,10 @@ async def _gather(*work: Any) -> list[Any]:
 
 
 async def publish(
-    conn: asyncpg.Connection, dataset: Dataset, load_table: str, rows: int, point: bool, unique_built: bool
+    conn: asyncpg.Connection, dataset: Dataset, load_table: str, next_fid: int, point: bool, unique_built: bool
 ) -> None:
-    """In the import's transaction: the load table, its checks done, becomes the dataset's table."""
+    """In the import's transaction: the load table, its checks done, becomes the dataset's table (its row ids
+    going on from `next_fid`)."""
     schema = dataset.schema
     private = qualified(SCHEMA, load_table)
     unique, gist, pkey = index_names(load_table, schema)
@@ -290,7 +293,7 @@ async def publish(
     target = dataset.table
     await conn.execute(f"ALTER TABLE {target} ALTER COLUMN _fid DROP DEFAULT")
     await conn.execute(
-        f"ALTER TABLE {target} ALTER COLUMN _fid ADD GENERATED ALWAYS AS IDENTITY (START WITH {int(rows) + 1})"
+        f"ALTER TABLE {target} ALTER COLUMN _fid ADD GENERATED ALWAYS AS IDENTITY (START WITH {int(next_fid)})"
     )
     if point:
         await conn.execute(f"ALTER TABLE {target} ALTER COLUMN geom DROP EXPRESSION")
