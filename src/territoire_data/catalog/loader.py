@@ -685,7 +685,10 @@ async def _load_parallel(
         except (setload.NotVouched, asyncpg.PostgresError) as exc:
             logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])
             run.native_refused = True  # the same COPY and check in one transaction would fail alike
-            await helpers[0].execute(f"DROP TABLE IF EXISTS {loading.table}")
+            try:  # now rather than after the transaction (run.cleanup)
+                await helpers[1].execute(f"DROP TABLE IF EXISTS {loading.table}")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as drop_error:
+                logger.info("load table %s dropped later (%s)", load_table, drop_error)
             return None
     finally:
         await asyncio.gather(*(helper.close() for helper in helpers), return_exceptions=True)
