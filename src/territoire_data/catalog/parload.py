@@ -159,9 +159,11 @@ class Loaded:
 
 async def _prepare(helper: asyncpg.Connection) -> None:
     # The load table is worthless until the import's transaction commits, and that commit flushes the WAL of
-    # everything before it: the helpers need not wait for their own flushes. One core each: no parallel workers.
+    # everything before it: the helpers need not wait for their own flushes. One core each: no parallel workers
+    # (the check's scan would take the GiST build's core).
     await helper.execute(
-        "SET synchronous_commit = off; SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0"
+        "SET synchronous_commit = off; SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0; "
+        "SET max_parallel_workers_per_gather = 0"
     )
 
 
