@@ -241,3 +241,19 @@ async def test_blank_lines_quotes_and_carriage_returns_take_the_other_paths(
         assert outcomes[0][1] == 201 - (odd == "\n")
         loaded = [[r[1:] for r in await rows_of(db, f"odd-{n}")] for n in (1, 0)]
         assert loaded[0] == loaded[1]
+
+
+async def test_a_load_table_still_in_use_is_left_for_the_next_import(db: asyncpg.Connection, database_url: str) -> None:
+    """A killed import's helper can still be building an index until its server process notices: no waiting."""
+    await db.execute(f"CREATE TABLE datasets.{parload.table_name(999003)} (x int)")
+    helper = await asyncpg.connect(database_url)
+    try:
+        transaction = helper.transaction()
+        await transaction.start()
+        await helper.execute(f"LOCK TABLE datasets.{parload.table_name(999003)} IN SHARE MODE")
+        assert await parload.clean_orphans(db) == []
+        await transaction.rollback()
+    finally:
+        await helper.close()
+    assert await parload.clean_orphans(db) == ["_td_load_999003"]
+    assert await load_tables(db) == []

@@ -58,10 +58,18 @@ async def clean_orphans(conn: asyncpg.Connection) -> list[str]:
     dropped = []
     for row in rows:
         name = row["relname"]
-        async with conn.transaction():
-            if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)", LOCK_SPACE, int(name[len(PREFIX) :])):
-                await conn.execute(f"DROP TABLE IF EXISTS {qualified(SCHEMA, name)}")
-                dropped.append(name)
+        try:
+            async with conn.transaction():
+                if await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1, $2)", LOCK_SPACE, int(name[len(PREFIX) :])
+                ):
+                    # A killed import's helper may still be at work on it until its server process notices:
+                    # not waiting for it, the next import will drop it.
+                    await conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    await conn.execute(f"DROP TABLE IF EXISTS {qualified(SCHEMA, name)}")
+                    dropped.append(name)
+        except asyncpg.LockNotAvailableError:
+            logger.info("load table %s still in use by a helper of an interrupted import", name)
     if dropped:
         logger.warning("dropped %d load table(s) left by interrupted imports: %s", len(dropped), ", ".join(dropped))
     return dropped
