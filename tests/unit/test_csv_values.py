@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -140,3 +141,23 @@ def test_native_cell_shapes_take_no_quote_nor_carriage_return() -> None:
         for byte in (b'"', b"\r", b"\n"):
             for cell in (byte, b"1" + byte, byte + b"1", b"a" + byte + b"b"):
                 assert pattern.fullmatch(cell) is None, (kind, cell)
+
+
+def test_parallel_split_cuts_at_a_line_end_and_counts_the_first_parts_rows(tmp_path: Path) -> None:
+    from territoire_data.catalog.parload import split
+
+    path = tmp_path / "f.csv"
+    for data, middle in (
+        (b"h\n1;a\n2;b\n3;c\n4;d\n", 14),  # the line end after the middle byte
+        (b"h\n1;a\n2;b\n3;c\n4;d", 10),  # no final newline
+        (b"h\n1;aaaaaaaaaaaa", 16),  # one line, no newline: the first part is the whole file
+        (b"h\n", 2),
+    ):
+        path.write_bytes(data)
+        cut = split(path, 1, 0)
+        assert cut is not None
+        assert (cut.start, cut.middle, cut.end) == (2, middle, len(data))
+        assert cut.first_rows == len(data[2:middle].splitlines()), data
+    assert split(path, 1, len(data) + 1) is None
+    path.write_bytes(b"h")  # a header without its newline
+    assert split(path, 1, 0) is None

@@ -101,13 +101,16 @@ def split(path: Path, header_lines: int, min_bytes: int) -> Split | None:
         handle.readline()
         middle = min(handle.tell(), end) if end > start else start
         handle.seek(start)
-        rows, left = 0, middle - start
+        rows, left, last = 0, middle - start, b"\n"
         while left > 0:
             data = handle.read(min(_CHUNK, left))
             if not data:
                 break
             rows += data.count(b"\n")
             left -= len(data)
+            last = data[-1:]
+    if last != b"\n":  # the first part is the whole file, its last line without a newline
+        rows += 1
     return Split(path, start, middle, end, rows)
 
 
@@ -215,10 +218,10 @@ async def load(
     first_fid: int,
 ) -> Loaded:
     """Create the load table `dataset.table_name` (committed), COPY the two halves at once (row ids from
-    `first_fid` in file order), then build the GiST
-    index on one helper while the other checks every row (with the statistics in the same pass) and builds the
-    unique indexes and the row id's. Raises setload.NotVouched (or a PostgresError) when the native path cannot
-    vouch for the file; the caller then drops the table and takes the careful path."""
+    `first_fid` in file order), then build the GiST index on one helper while the other checks every row (with the
+    statistics in the same pass) and builds the unique indexes and the row id's. Raises setload.NotVouched (or a
+    PostgresError) when the native path cannot vouch for the file; the caller then drops the table and takes the
+    careful path."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
     one, two = helpers
