@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -115,15 +116,18 @@ def split(path: Path, header_lines: int, min_bytes: int) -> Split | None:
 
 
 class NativePart:
-    """The lines of bytes [start, end) as COPY input: each chunk checked against the native pattern (no quote, no
-    blank line, no carriage return alone, every cell in PostgreSQL's input form), decimal commas made points."""
+    """The lines of bytes [start, end) as COPY input, decimal commas made points (`chunks`), and the check that every
+    chunk matches the native pattern (`validate`: every cell in PostgreSQL's own input form, no carriage return
+    alone), run apart: while the server builds the indexes, rather than on the way to COPY. The load table is
+    published only once both parts are validated."""
 
     def __init__(self, path: Path, start: int, end: int, native: Any, quote: bytes) -> None:
         self.path, self.start, self.end, self.native, self.quote = path, start, end, native, quote
         self.blank_matches = native.fullmatch(b"\n") is not None
         self.rows = 0
 
-    def chunks(self) -> Iterator[bytes]:
+    def _lines(self) -> Iterator[bytes]:
+        """The range in chunks of whole lines."""
         with self.path.open("rb") as handle:
             handle.seek(self.start)
             left = self.end - self.start
@@ -142,19 +146,27 @@ class NativePart:
                 chunk, carry = block[:cut], block[cut:]
                 if not chunk:
                     return
-                # No cell shape of the pattern takes a double quote or a carriage return (setload._NATIVE_SHAPES, a
-                # unit test checks): the file's quote character, and blank lines when a line of one empty cell would
-                # match, need their own look.
-                if self.quote in chunk:
-                    raise setload.NotVouched("quotes")
-                if self.blank_matches and (
-                    chunk.startswith((b"\n", b"\r\n")) or b"\n\n" in chunk or b"\n\r\n" in chunk
-                ):
-                    raise setload.NotVouched("blank lines")
-                if self.native.fullmatch(chunk) is None:
-                    raise setload.NotVouched("a cell not in PostgreSQL's own input form")
-                self.rows += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-                yield chunk.replace(b",", b".")
+                yield chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        for chunk in self._lines():
+            # What would make COPY's rows differ from the file's lines is looked for now: the quote character, and
+            # blank lines when a line of one empty cell would match the pattern. No cell shape of the pattern takes
+            # a double quote or a carriage return (setload._NATIVE_SHAPES, a unit test checks).
+            if self.quote in chunk:
+                raise setload.NotVouched("quotes")
+            if self.blank_matches and (chunk.startswith((b"\n", b"\r\n")) or b"\n\n" in chunk or b"\n\r\n" in chunk):
+                raise setload.NotVouched("blank lines")
+            self.rows += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+            yield chunk.replace(b",", b".")
+
+    def validate(self, stop: threading.Event) -> None:
+        """Raise NotVouched unless every chunk matches the native pattern (CPU only: for a thread)."""
+        for chunk in self._lines():
+            if stop.is_set():
+                return
+            if self.native.fullmatch(chunk) is None:
+                raise setload.NotVouched("a cell not in PostgreSQL's own input form")
 
 
 @dataclass
@@ -269,16 +281,32 @@ async def load(
         timings["keys_s"] = round(time.monotonic() - clock, 3)
         return stats, built
 
-    _, (stats, built) = await _gather(gist_index(), check_and_keys())
+    stop = threading.Event()
+
+    async def check_keys_and_validate() -> tuple[Any, bool]:
+        # The pattern's check of the file's cells, in a thread of this process, on the core the GiST build leaves.
+        checked = await check_and_keys()
+        await asyncio.to_thread(_validate, (first, second), stop)
+        timings["validated_s"] = round(time.monotonic() - clock, 3)
+        return checked
+
+    _, (stats, built) = await _gather(gist_index(), check_keys_and_validate(), on_error=stop.set)
     return Loaded(rows, stats, built, timings)
 
 
-async def _gather(*work: Any) -> list[Any]:
+def _validate(parts: tuple[NativePart, ...], stop: threading.Event) -> None:
+    for part in parts:
+        part.validate(stop)
+
+
+async def _gather(*work: Any, on_error: Callable[[], None] | None = None) -> list[Any]:
     """Run concurrently; the first failure cancels the others (their server statements too) and is raised."""
     tasks = [asyncio.ensure_future(w) for w in work]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
+        if on_error is not None:
+            on_error()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
