@@ -202,10 +202,16 @@ async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: Data
 
 
 def stats_sql(
-    schema: TableSchema, table: str, *, only_points: bool = False, extra: tuple[str, str] | None = None
+    schema: TableSchema,
+    table: str,
+    *,
+    only_points: bool = False,
+    extra: tuple[str, str] | None = None,
+    lonlat: tuple[str, str] | None = None,
 ) -> str:
     """The query of a dataset table's statistics (see write_dataset_stats), over `table` (qualified, quoted);
-    `extra`: (name, aggregate) of one more value computed in the same pass (e.g. a validity check)."""
+    `extra`: (name, aggregate) of one more value computed in the same pass (e.g. a validity check); `lonlat`:
+    the (quoted) columns every point was made of, in WGS84 (the extent from them, without reading the points)."""
     temporal = schema.temporal_field()
     if temporal is not None:
         column = quote_ident(temporal.name)
@@ -220,10 +226,16 @@ def stats_sql(
         else f"min({kind}) AS k0, max({kind}) AS k1"
     )
     first, more = (f"{extra[0]}, ", f"{extra[1]} AS {extra[0]}, ") if extra else ("", "")
+    if lonlat is not None:
+        x, y = lonlat
+        extent = f"min({x}) AS xmin, min({y}) AS ymin, max({x}) AS xmax, max({y}) AS ymax"
+        bounds = "xmin, ymin, xmax, ymax"
+    else:
+        extent = "ST_Extent(geom) AS e"
+        bounds = "ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax"
     return (
-        f"SELECT {first}n, k0, k1, t0, t1, "
-        "ST_XMin(e) AS xmin, ST_YMin(e) AS ymin, ST_XMax(e) AS xmax, ST_YMax(e) AS ymax "
-        f"FROM (SELECT {more}count(*) AS n, {kinds_sql}, ST_Extent(geom) AS e, {time_sql} FROM {table}) AS s"
+        f"SELECT {first}n, k0, k1, t0, t1, {bounds} "
+        f"FROM (SELECT {more}count(*) AS n, {kinds_sql}, {extent}, {time_sql} FROM {table}) AS s"
     )
 
 

@@ -616,7 +616,14 @@ async def _load_native(
             # The check of every row and the dataset's statistics in one pass.
             condition, params = setload.native_bad_row(dataset.schema, fast, projection)
             stats = await conn.fetchrow(
-                stats_sql(dataset.schema, table, only_points=True, extra=("bad", f"bool_or({condition})")), *params
+                stats_sql(
+                    dataset.schema,
+                    table,
+                    only_points=True,
+                    extra=("bad", f"bool_or({condition})"),
+                    lonlat=setload.native_lonlat(dataset.schema, fast),
+                ),
+                *params,
             )
             if stats["bad"]:
                 raise setload.NotVouched("a row breaks a constraint")
@@ -681,6 +688,7 @@ async def _load_parallel(
                 setload.copy_encoding(dialect.encoding),
                 _in_thread,
                 last_fid + 1,
+                setload.native_lonlat(dataset.schema, fast),
             )
         except (setload.NotVouched, asyncpg.PostgresError) as exc:
             logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])

@@ -228,6 +228,7 @@ async def load(
     encoding: str,
     stream: Callable[[Iterator[bytes]], AsyncIterator[bytes]],
     first_fid: int,
+    lonlat: tuple[str, str] | None = None,
 ) -> Loaded:
     """Create the load table `dataset.table_name` (committed), COPY the two halves at once (row ids from
     `first_fid` in file order), then build the GiST index on one helper while the other checks every row (with the
@@ -263,7 +264,8 @@ async def load(
     async def check_and_keys() -> tuple[Any, bool]:
         condition, params = bad_row
         stats = await two.fetchrow(
-            stats_sql(schema, table, only_points=True, extra=("bad", f"bool_or({condition})")), *params
+            stats_sql(schema, table, only_points=True, extra=("bad", f"bool_or({condition})"), lonlat=lonlat),
+            *params,
         )
         timings["check_stats_s"] = round(time.monotonic() - clock, 3)
         if stats["bad"]:

@@ -530,6 +530,15 @@ def native_regex(schema: TableSchema, plan: FastPlan, delimiter: str) -> re.Patt
     return re.compile(b"(?:" + line + b"\\r?\\n)*(?:" + line + b")?")
 
 
+def native_lonlat(schema: TableSchema, plan: FastPlan) -> tuple[str, str] | None:
+    """The (quoted) lon and lat columns every point of a native load is made of, when in WGS84 (else None): the
+    dataset's extent is theirs. The check (native_bad_row) refuses a row with one of the two only."""
+    if plan.geometry is None or plan.reuse is None or plan.srid != 4326:
+        return None
+    x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
+    return x, y
+
+
 def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
     """The generation expression of the point from its lon/lat columns (None: no geometry)."""
     if plan.geometry is None or plan.reuse is None:
