@@ -161,3 +161,28 @@ def test_parallel_split_cuts_at_a_line_end_and_counts_the_first_parts_rows(tmp_p
     assert split(path, 1, len(data) + 1) is None
     path.write_bytes(b"h")  # a header without its newline
     assert split(path, 1, 0) is None
+
+
+def test_parallel_part_validates_the_bytes_it_sent(tmp_path: Path) -> None:
+    """The pattern is checked after the COPY: on the same bytes (by checksum), else the file is not vouched for."""
+    import re
+    import threading
+
+    from territoire_data.catalog.parload import NativePart
+    from territoire_data.catalog.setload import NotVouched
+
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"1;2,5\n3;4\n")
+    native = re.compile(rb"(?:[0-9]+;[0-9,]*\n)*")
+    part = NativePart(path, 0, path.stat().st_size, native, b'"')
+    assert b"".join(part.chunks()) == b"1;2.5\n3;4\n" and part.rows == 2
+    part.validate(threading.Event())
+    path.write_bytes(b"1;2,5\n3;5\n")  # changed after it was sent
+    with pytest.raises(NotVouched, match="changed"):
+        part.validate(threading.Event())
+    path.write_bytes(b"1;x,5\n3;4\n")  # a cell the pattern refuses
+    with pytest.raises(NotVouched, match="input form"):
+        part.validate(threading.Event())
+    path.write_bytes(b'1;"2"\n')
+    with pytest.raises(NotVouched, match="quotes"):
+        list(NativePart(path, 0, path.stat().st_size, native, b'"').chunks())

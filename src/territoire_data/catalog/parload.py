@@ -6,12 +6,13 @@ new table created and committed under a private name (`datasets._td_load_<import
 the file is split at a line boundary and its halves COPied at the same time on two connections (each half's row
 ids from its own sequence, so `_fid` follows the file's order and line = header lines + `_fid`), then the GiST
 index is built on one connection while the other checks the rows, computes the statistics and builds the unique
-indexes. The import's transaction (which holds the dataset's row lock from the start) then swaps the tables:
-drops the dataset's table (the empty one just created, or the one a replace replaces) and renames the load table
-and its indexes in its place. Until that transaction commits, readers see the dataset as it was; if it rolls
-back, the rename is undone and the load table dropped. A load table is guarded by a transaction-level advisory lock
-of the import's connection: one left by a killed import (its lock gone with its connection) is dropped by the next
-parallel load (clean_orphans).
+indexes, and a thread checks the file's cells against the native pattern (after the COPY rather than on its way,
+on the core the GiST build leaves; the same bytes, by checksum). The import's transaction (which holds the
+dataset's row lock from the start) then swaps the tables: drops the dataset's table (the empty one just created,
+or the one a replace replaces) and renames the load table and its indexes in its place. Until that transaction
+commits, readers see the dataset as it was; if it rolls back, the rename is undone and the load table dropped.
+A load table is guarded by a transaction-level advisory lock of the import's connection: one left by a killed
+import (its lock gone with its connection) is dropped by the next parallel load (clean_orphans).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,7 @@ class NativePart:
         self.path, self.start, self.end, self.native, self.quote = path, start, end, native, quote
         self.blank_matches = native.fullmatch(b"\n") is not None
         self.rows = 0
+        self.crc = 0  # of the bytes sent: validate() checks the same bytes
 
     def _lines(self) -> Iterator[bytes]:
         """The range in chunks of whole lines."""
@@ -158,15 +161,20 @@ class NativePart:
             if self.blank_matches and (chunk.startswith((b"\n", b"\r\n")) or b"\n\n" in chunk or b"\n\r\n" in chunk):
                 raise setload.NotVouched("blank lines")
             self.rows += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+            self.crc = zlib.crc32(chunk, self.crc)
             yield chunk.replace(b",", b".")
 
     def validate(self, stop: threading.Event) -> None:
         """Raise NotVouched unless every chunk matches the native pattern (CPU only: for a thread)."""
+        crc = 0
         for chunk in self._lines():
             if stop.is_set():
                 return
             if self.native.fullmatch(chunk) is None:
                 raise setload.NotVouched("a cell not in PostgreSQL's own input form")
+            crc = zlib.crc32(chunk, crc)
+        if crc != self.crc:
+            raise setload.NotVouched("the file changed while it was read")
 
 
 @dataclass
