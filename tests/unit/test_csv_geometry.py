@@ -83,3 +83,15 @@ def test_wgs84_bounds_and_bare_codes() -> None:
 def test_unknown_crs() -> None:
     with pytest.raises(BadRequestError, match="unknown CRS"):
         reprojector("EPSG:999999")
+
+
+def test_wgs84_reprojector_needs_no_pyproj_and_agrees_with_it() -> None:
+    import pyproj
+
+    from territoire_data.ingest.csv.geometry import WORLD, reprojector
+
+    assert pyproj.CRS.from_user_input("EPSG:4326").area_of_use.bounds == WORLD
+    for text in ("EPSG:4326", "4326", "epsg:4326"):
+        projection = reprojector(text)
+        assert projection.bounds == WORLD and projection.transformer is None
+    assert reprojector("EPSG:2154").transformer is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -117,3 +118,71 @@ def test_times_years_durations() -> None:
 )
 def test_inference(values: list[str], expected: str) -> None:
     assert v.infer_type(values) == expected
+
+
+def test_the_set_based_paths_whitespace_is_all_of_pythons() -> None:
+    """setload scans code points below WHITESPACE_END only (a quick CLI start): none above is whitespace."""
+    import sys
+
+    from territoire_data.catalog.setload import WHITESPACE, WHITESPACE_END
+
+    assert not [c for c in range(WHITESPACE_END, sys.maxunicode + 1) if chr(c).isspace()]
+    assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == WHITESPACE
+
+
+def test_native_cell_shapes_take_no_quote_nor_carriage_return() -> None:
+    """parload.NativePart relies on it: a chunk its pattern matches has no quoted cell and no lone CR."""
+    import re
+
+    from territoire_data.catalog.setload import _NATIVE_SHAPES
+
+    for kind, shape in _NATIVE_SHAPES.items():
+        pattern = re.compile(shape)
+        for byte in (b'"', b"\r", b"\n"):
+            for cell in (byte, b"1" + byte, byte + b"1", b"a" + byte + b"b"):
+                assert pattern.fullmatch(cell) is None, (kind, cell)
+
+
+def test_parallel_split_cuts_at_a_line_end_and_counts_the_first_parts_rows(tmp_path: Path) -> None:
+    from territoire_data.catalog.parload import split
+
+    path = tmp_path / "f.csv"
+    for data, middle in (
+        (b"h\n1;a\n2;b\n3;c\n4;d\n", 14),  # the line end after the middle byte
+        (b"h\n1;a\n2;b\n3;c\n4;d", 10),  # no final newline
+        (b"h\n1;aaaaaaaaaaaa", 16),  # one line, no newline: the first part is the whole file
+        (b"h\n", 2),
+    ):
+        path.write_bytes(data)
+        cut = split(path, 1, 0)
+        assert cut is not None
+        assert (cut.start, cut.middle, cut.end) == (2, middle, len(data))
+        assert cut.first_rows == len(data[2:middle].splitlines()), data
+    assert split(path, 1, len(data) + 1) is None
+    path.write_bytes(b"h")  # a header without its newline
+    assert split(path, 1, 0) is None
+
+
+def test_parallel_part_validates_the_bytes_it_sent(tmp_path: Path) -> None:
+    """The pattern is checked after the COPY: on the same bytes (by checksum), else the file is not vouched for."""
+    import re
+    import threading
+
+    from territoire_data.catalog.parload import NativePart
+    from territoire_data.catalog.setload import NotVouched
+
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"1;2,5\n3;4\n")
+    native = re.compile(rb"(?:[0-9]+;[0-9,]*\n)*")
+    part = NativePart(path, 0, path.stat().st_size, native, b'"')
+    assert b"".join(part.chunks()) == b"1;2.5\n3;4\n" and part.rows == 2
+    part.validate(threading.Event())
+    path.write_bytes(b"1;2,5\n3;5\n")  # changed after it was sent
+    with pytest.raises(NotVouched, match="changed"):
+        part.validate(threading.Event())
+    path.write_bytes(b"1;x,5\n3;4\n")  # a cell the pattern refuses
+    with pytest.raises(NotVouched, match="input form"):
+        part.validate(threading.Event())
+    path.write_bytes(b'1;"2"\n')
+    with pytest.raises(NotVouched, match="quotes"):
+        list(NativePart(path, 0, path.stat().st_size, native, b'"').chunks())

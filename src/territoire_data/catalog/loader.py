@@ -9,6 +9,7 @@ Memory stays bounded: one batch of rows, the inference sample and at most `max_e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import queue
@@ -16,7 +17,7 @@ import struct
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 import orjson
-import shapely
 
-from territoire_data.catalog import setload
+from territoire_data.catalog import parload, setload
 from territoire_data.catalog.datasets import (
     SCHEMA,
     Dataset,
@@ -34,13 +34,16 @@ from territoire_data.catalog.datasets import (
     create_dataset,
     get_dataset,
     index_ddl,
+    index_names,
     refresh_dataset_stats,
+    stats_sql,
+    write_dataset_stats,
 )
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
 from territoire_data.catalog.sources import CsvSource, Record, RowSource
 from territoire_data.catalog.validate import CellError, build_converter, compile_row
-from territoire_data.db.bulk import copy_and_merge, quote_ident
-from territoire_data.db.engine import connect_raw
+from territoire_data.db.bulk import copy_and_merge, qualified, quote_ident
+from territoire_data.db.raw import connect_raw
 from territoire_data.errors import BadRequestError, ConflictError, NotFoundError, ValidationFailedError
 from territoire_data.ingest.csv.geometry import (
     GeometryError,
@@ -89,6 +92,10 @@ class ImportOptions:
     extra_report: dict[str, Any] = field(default_factory=dict)  # e.g. the file's checksum, the connector
     # Table Schema foreignKeys name resources of a data package: the dataset each one is (default: its name).
     resources: dict[str, str] = field(default_factory=dict)
+    # Opens another connection to the same database: clean files of at least `parallel_min_bytes` into an empty
+    # table (new dataset, replace) then load on two connections at once (see catalog.parload).
+    connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None
+    parallel_min_bytes: int = 16 << 20
 
 
 class LineMap:
@@ -155,6 +162,9 @@ class _Run:
     fatal: bool = False
     direct: bool = False
     rows_deleted: int = 0
+    native_refused: bool = False  # the native path could not vouch for the file: not to be tried again
+    stats: Any = None  # the dataset's statistics, when computed with the rows' check (see datasets.stats_sql)
+    cleanup: list[str] = field(default_factory=list)  # load tables to drop once the transaction is over
     timings: dict[str, float] = field(default_factory=dict)
     clock: float = field(default_factory=time.monotonic)
 
@@ -309,8 +319,11 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             report.update(_summary(run))
             if run.refused:
                 raise _Refused
-            only_points = run.direct and run.timings.get("set_based") == 1 and spec is not None and spec.is_point
-            await refresh_dataset_stats(conn, dataset, only_points=only_points)
+            if run.stats is not None and run.rows_rejected == 0:
+                await write_dataset_stats(conn, dataset, run.stats)
+            else:
+                only_points = run.direct and run.timings.get("set_based") == 1 and spec is not None and spec.is_point
+                await refresh_dataset_stats(conn, dataset, only_points=only_points)
             run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
             report["timings"] = run.timings
@@ -336,6 +349,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
         pass
     finally:
         source.close()
+        await _drop_load_tables(conn, run)
     # Refused: the transaction rolled back; record the attempt where a dataset remains to attach it to.
     report.update(_summary(run), status="failed", duration_s=round(time.monotonic() - started, 3))
     report["timings"] = run.timings
@@ -345,6 +359,16 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     first = run.errors[0] if run.errors else None
     where = f" (first: line {first['line']}, {first['column'] or 'row'}: {first['reason']})" if first else ""
     raise ImportFailedError(f"{run.error_count} error(s) in {source.label}; nothing was loaded{where}", report)
+
+
+async def _drop_load_tables(conn: asyncpg.Connection, run: _Run) -> None:
+    """After the import's transaction: a load table not published (refused, failed) is dropped; a published one
+    was renamed, so nothing is left under its name."""
+    for name in run.cleanup:
+        try:
+            await conn.execute(f"DROP TABLE IF EXISTS {qualified(SCHEMA, name)}")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:  # the next parallel load drops it
+            logger.warning("could not drop the load table %s: %s", name, exc)
 
 
 def _warn_unseen(run: _Run, unseen: dict[str, int]) -> None:
@@ -405,6 +429,15 @@ async def _load(
         and (run.options.mode == "replace" or not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {dataset.table})"))
     )
     lines_loaded = LineMap()
+    fast = (
+        setload.plan(run.source, schema, mapping, spec, projection, sample)
+        if run.options.set_based and run.error_count == 0
+        else None
+    )
+    if direct and fast is not None:
+        counts = await _load_parallel(conn, run, dataset, fast, projection, lines_loaded, import_id)
+        if counts is not None:
+            return counts
     if direct:
         run.direct = True
         if run.options.mode == "replace":
@@ -428,11 +461,6 @@ async def _load(
         await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
         await conn.execute(f"CREATE TEMP TABLE {STAGE} ({', '.join(definition)}) ON COMMIT DROP")
 
-    fast = (
-        setload.plan(run.source, schema, mapping, spec, projection, sample)
-        if run.options.set_based and run.error_count == 0
-        else None
-    )
     done = False
     try:
         if fast is not None:
@@ -505,7 +533,7 @@ async def _load_set_based(
     """The file COPied as text, then checked and converted by one INSERT … SELECT (see setload); False when SQL
     cannot vouch for every row, after rolling the attempt back (the caller then takes the per-row path)."""
     assert isinstance(run.source, CsvSource)
-    if direct and await _load_native(conn, run, dataset, fast, projection, lines_loaded):
+    if direct and not run.native_refused and await _load_native(conn, run, dataset, fast, projection, lines_loaded):
         return True
     lines_loaded.clear()  # the native attempt's lines, rolled back with it
     stream = setload.RawStream(run.source, lines_loaded, fast)
@@ -585,16 +613,117 @@ async def _load_native(
             if point is not None:
                 await conn.execute(f"ALTER TABLE {table} ALTER COLUMN geom DROP EXPRESSION")
             run.lap("copy_native_s")
-            check, params = setload.native_check_sql(dataset.schema, fast, projection, table)
-            if await conn.fetchval(check, *params):
+            # The check of every row and the dataset's statistics in one pass.
+            condition, params = setload.native_bad_row(dataset.schema, fast, projection)
+            stats = await conn.fetchrow(
+                stats_sql(
+                    dataset.schema,
+                    table,
+                    only_points=True,
+                    extra=("bad", f"bool_or({condition})"),
+                    lonlat=setload.native_lonlat(dataset.schema, fast),
+                ),
+                *params,
+            )
+            if stats["bad"]:
                 raise setload.NotVouched("a row breaks a constraint")
+            run.lap("check_stats_s")
     except (setload.NotVouched, asyncpg.PostgresError) as exc:
         logger.info("%s: not the native path (%s)", run.source.label, str(exc)[:200])
         return False
     run.rows_read = run.rows_staged = stream.rows
+    run.stats = stats
     run.timings["set_based"] = 1
     run.timings["native"] = 1
     return True
+
+
+async def _load_parallel(
+    conn: asyncpg.Connection,
+    run: _Run,
+    dataset: Dataset,
+    fast: setload.FastPlan,
+    projection: Reprojector,
+    lines_loaded: LineMap,
+    import_id: int,
+) -> dict[str, int] | None:
+    """A big clean file into an empty table on two connections (see catalog.parload): the counts, {} when
+    refused (duplicates, foreign keys: reported with their lines), None when the native path cannot vouch for the
+    file (nothing changed: the other paths then run)."""
+    connect = run.options.connect
+    source = run.source
+    if connect is None or not isinstance(source, CsvSource):
+        return None
+    dialect = source.file.dialect
+    native = setload.native_regex(dataset.schema, fast, dialect.delimiter)
+    if native is None:
+        return None
+    cut = parload.split(source.file.path, source.file._line, run.options.parallel_min_bytes)
+    if cut is None:
+        return None
+    point = setload.native_geometry(dataset.schema, fast)
+    encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
+    load_table = parload.table_name(import_id)
+    await parload.guard(conn, import_id)
+    # Row ids go on from the table's (as a replace by DELETE would): never one reused.
+    sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, '_fid')", dataset.table)
+    last_fid = int(await conn.fetchval(f"SELECT last_value - (NOT is_called)::int FROM {sequence}"))  # quoted by PG
+    helpers: list[asyncpg.Connection] = []
+    try:
+        helpers = list(await asyncio.gather(connect(), connect()))
+        await parload.clean_orphans(helpers[0])
+        run.cleanup.append(load_table)  # until it is published
+        loading = dataclasses.replace(dataset, table_name=load_table)
+        try:
+            loaded = await parload.load(
+                (helpers[0], helpers[1]),
+                loading,
+                fast,
+                native,
+                point,
+                setload.native_bad_row(dataset.schema, fast, projection),
+                cut,
+                dialect.delimiter,
+                dialect.quotechar.encode(encoding),
+                setload.copy_encoding(dialect.encoding),
+                _in_thread,
+                last_fid + 1,
+                setload.native_lonlat(dataset.schema, fast),
+            )
+        except (setload.NotVouched, asyncpg.PostgresError) as exc:
+            logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])
+            run.native_refused = True  # the same COPY and check in one transaction would fail alike
+            try:  # now rather than after the transaction (run.cleanup)
+                await helpers[1].execute(f"DROP TABLE IF EXISTS {loading.table}")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as drop_error:
+                logger.info("load table %s dropped later (%s)", load_table, drop_error)
+            return None
+    finally:
+        await asyncio.gather(*(helper.close() for helper in helpers), return_exceptions=True)
+    run.timings.update(loaded.timings)
+    run.lap("parallel_load_s")
+    run.direct = True
+    run.rows_read = run.rows_staged = loaded.rows
+    run.stats = loaded.stats
+    run.timings.update(set_based=1, native=1, parallel=1)
+    lines_loaded.extend(source.file._line + 1, loaded.rows)  # _fid last_fid + n is on line (header lines) + n
+    if not loaded.unique_built:
+        # A duplicate: the careful check finds each one with its lines (and, skipping, moves them out).
+        for name in index_names(load_table, dataset.schema)[0]:
+            await conn.execute(f"DROP INDEX IF EXISTS {qualified(SCHEMA, name)}")
+        await _check_unique_direct(conn, run, loading, import_id, lines_loaded)
+    run.lap("unique_checks_s")
+    if dataset.schema.foreign_keys and not run.fatal:
+        await _check_foreign_keys(conn, run, loading, import_id, True, lines_loaded)
+        run.lap("foreign_key_checks_s")
+    if run.refused:
+        return {}
+    if run.options.mode == "replace":
+        run.rows_deleted = int(await conn.fetchval(f"SELECT count(*) FROM {dataset.table}"))
+    next_fid = last_fid + loaded.rows + 1
+    await parload.publish(conn, dataset, load_table, next_fid, point is not None, loaded.unique_built)
+    run.lap("publish_s")
+    return {"rows_inserted": run.rows_staged, "rows_updated": 0, "rows_unchanged": 0, "rows_deleted": run.rows_deleted}
 
 
 def _pipeline(
@@ -756,6 +885,8 @@ def _geometries(
             if refused:
                 keep = [row for row in batch if id(row) not in refused]
     elif shape_mode:
+        import shapely  # here only: a point file's import need not load it
+
         keep = []
         for row in batch:
             shape = row[-1]
@@ -1175,8 +1306,11 @@ async def import_geojson(
 
 async def import_with_settings(settings: Settings, source_factory: Callable[[], RowSource], slug: str,
                                options: ImportOptions) -> dict[str, Any]:  # fmt: skip
-    """Open a dedicated connection (no pool statement timeout: big files take time) and run one import."""
+    """Open a dedicated connection (no pool statement timeout: big files take time) and run one import (big clean
+    files on two more connections, see catalog.parload)."""
     conn = await connect_raw(settings, application_name="import")
+    if options.connect is None:
+        options = dataclasses.replace(options, connect=lambda: connect_raw(settings, application_name="import-helper"))
     try:
         return await run_import(conn, source_factory(), slug, options)
     finally:

@@ -15,7 +15,6 @@ import csv
 import io
 import itertools
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +32,10 @@ RAW = "_td_import_raw"
 SEQ = "__td_n"
 _CHUNK = 1 << 20
 _RECORDS_PER_CHUNK = 20_000
-# Every character Python's str.isspace() accepts: a cell of only these is empty for the careful path too.
-WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+# Every character Python's str.isspace() accepts: a cell of only these is empty for the careful path too. All are
+# below U+3001 (a unit test checks the whole of Unicode): scanning that far only keeps the CLI's start quick.
+WHITESPACE_END = 0x3001
+WHITESPACE = "".join(chr(c) for c in range(WHITESPACE_END) if chr(c).isspace())
 _COPY_ENCODINGS = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "cp1252": "WIN1252", "latin-1": "LATIN1"}
 _PLAIN_STRING = frozenset({"required", "unique", "enum", "minLength", "maxLength"})
 _KEYS_ONLY = frozenset({"required", "unique"})
@@ -62,6 +63,11 @@ _BYTE_SHAPES = {
 _POINT_KINDS = frozenset({"lonlat", "latlon", "lonlat_array"})
 # Projected CRSs on RGF93, whose datum is WGS84 for PROJ: PostGIS and pyproj agree on them without grids.
 _SQL_CRS = {"EPSG:4326": 4326, "EPSG:2154": 2154, **{f"EPSG:{code}": code for code in range(3942, 3951)}}
+
+
+def copy_encoding(encoding: str) -> str:
+    """PostgreSQL's name of a file encoding the set-based path reads."""
+    return _COPY_ENCODINGS[encoding]
 
 
 class NotVouched(Exception):
@@ -524,6 +530,15 @@ def native_regex(schema: TableSchema, plan: FastPlan, delimiter: str) -> re.Patt
     return re.compile(b"(?:" + line + b"\\r?\\n)*(?:" + line + b")?")
 
 
+def native_lonlat(schema: TableSchema, plan: FastPlan) -> tuple[str, str] | None:
+    """The (quoted) lon and lat columns every point of a native load is made of, when in WGS84 (else None): the
+    dataset's extent is theirs. The check (native_bad_row) refuses a row with one of the two only."""
+    if plan.geometry is None or plan.reuse is None or plan.srid != 4326:
+        return None
+    x, y = (quote_ident(schema.fields[i].name) for i in plan.reuse)
+    return x, y
+
+
 def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
     """The generation expression of the point from its lon/lat columns (None: no geometry)."""
     if plan.geometry is None or plan.reuse is None:
@@ -536,8 +551,14 @@ def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
 
 
 def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojector, table: str) -> tuple[str, list[Any]]:
-    """A query true when some loaded row breaks what COPY's type input does not check: required, enum, lengths,
-    bounds, spaces-only strings, a half point or one outside the area of use."""
+    """A query true when some loaded row breaks what COPY's type input does not check (see native_bad_row)."""
+    condition, params = native_bad_row(schema, plan, projection)
+    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", params  # noqa: S608
+
+
+def native_bad_row(schema: TableSchema, plan: FastPlan, projection: Reprojector) -> tuple[str, list[Any]]:
+    """A condition true of a loaded row that breaks what COPY's type input does not check: required, enum,
+    lengths, bounds, spaces-only strings, a half point or one outside the area of use; and its parameters."""
     sql = _Sql()
     bad: list[str] = []
     for f, column in zip(schema.fields, plan.mapping, strict=True):
@@ -566,5 +587,4 @@ def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojecto
         # The area of use is checked on the WGS84 point, as Reprojector.points does.
         lon, lat = (x, y) if plan.srid == 4326 else ("ST_X(geom)", "ST_Y(geom)")
         bad.append(f"NOT ({lon} BETWEEN {west} AND {east} AND {lat} BETWEEN {south} AND {north})")
-    condition = " OR ".join(f"coalesce({b}, false)" for b in bad) or "false"
-    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", sql.values  # noqa: S608
+    return " OR ".join(f"coalesce({b}, false)" for b in bad) or "false", sql.values

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from territoire_data.db.raw import connect_raw, json_dumps
 from territoire_data.settings import Settings
 
-
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+__all__ = ["connect_raw", "create_engine", "raw_connection"]
 
 
 def create_engine(settings: Settings, *, pool_size: int | None = None, application_name: str = "api") -> AsyncEngine:
@@ -29,7 +26,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None, applicati
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
-        json_serializer=_json_dumps,
+        json_serializer=json_dumps,
         json_deserializer=orjson.loads,
         connect_args={"server_settings": server_settings, "timeout": 10},
     )
@@ -40,13 +37,3 @@ async def raw_connection(conn: AsyncConnection) -> AsyncIterator[asyncpg.Connect
     """The asyncpg connection under a SQLAlchemy connection, for COPY and other driver-level work."""
     fairy = await conn.get_raw_connection()
     yield fairy.driver_connection
-
-
-async def connect_raw(settings: Settings, *, application_name: str = "cli") -> asyncpg.Connection:
-    """A plain asyncpg connection with JSON codecs, for tools and bulk paths that do not need the pool."""
-    connection = await asyncpg.connect(
-        settings.asyncpg_dsn, server_settings={"application_name": f"territoire-data-{application_name}"}
-    )
-    await connection.set_type_codec("jsonb", encoder=_json_dumps, decoder=json.loads, schema="pg_catalog")
-    await connection.set_type_codec("json", encoder=_json_dumps, decoder=json.loads, schema="pg_catalog")
-    return connection

@@ -210,6 +210,7 @@ async def run_connector(settings: Settings, path: str | Path, *, override: str |
                 skip_invalid=connector.skip_invalid,
                 timezone=connector.timezone,
                 extra_report={"sha256": digest, "connector": connector.name},
+                connect=lambda: connect_raw(settings, application_name=f"connector-{connector.name}-helper"),
             )
             try:
                 results.append(await run_import(conn, _open(connector, file), connector.dataset.slug, options))

@@ -10,15 +10,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-import pyproj
-import shapely
-from pyproj.exceptions import CRSError
 
 from territoire_data.errors import BadRequestError
 from territoire_data.ingest.csv.values import parse_number
+
+if TYPE_CHECKING:  # imported where used: a plain WGS84 point file needs neither (a quicker CLI start)
+    import pyproj
+    import shapely
 
 GeometryKind = Literal["lonlat", "latlon", "lonlat_text", "lonlat_array", "wkt", "geojson"]
 
@@ -169,6 +170,8 @@ def read_point(kind: GeometryKind, cells: Sequence[str]) -> tuple[float, float] 
 
 def read_shape(kind: GeometryKind, cell: str) -> shapely.Geometry | None:
     """A shapely geometry from a WKT or GeoJSON cell; None when empty."""
+    import shapely
+
     text = cell.strip()
     if not text:
         return None
@@ -194,6 +197,8 @@ _GEOJSON_TYPES = {
 
 def geojson_geometry(value: Any) -> shapely.Geometry | None:
     """A shapely geometry from a parsed GeoJSON geometry object (RFC 7946), with a clear error otherwise."""
+    import shapely
+
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -259,6 +264,8 @@ class Reprojector:
 
     def shape(self, geometry: shapely.Geometry) -> tuple[shapely.Geometry, str | None]:
         """Reproject one geometry; the reason it is refused, or None."""
+        import shapely
+
         if self.transformer is not None:
             transformer = self.transformer
             geometry = shapely.transform(geometry, lambda c: _transform_coords(transformer, c), include_z=False)
@@ -281,18 +288,26 @@ def _transform_coords(transformer: pyproj.Transformer, coords: Any) -> Any:
     return np.column_stack([xs, ys])
 
 
+WORLD = (-180.0, -90.0, 180.0, 90.0)
+
+
 @lru_cache(maxsize=32)
 def reprojector(crs: str) -> Reprojector:
     """The reprojector of a source CRS given as `EPSG:2154`, `2154` or a PROJ/WKT string."""
     text = crs.strip()
     if text.isdigit():
         text = f"EPSG:{text}"
+    if text.upper() == "EPSG:4326":  # the default: its area of use is the world (a unit test checks pyproj agrees)
+        return Reprojector(text, WORLD, None)
+    import pyproj
+    from pyproj.exceptions import CRSError
+
     try:
         source = pyproj.CRS.from_user_input(text)
     except CRSError:
         raise BadRequestError(f"unknown CRS {crs!r} (use an EPSG code such as EPSG:2154)") from None
     area = source.area_of_use
-    bounds = area.bounds if area is not None else (-180.0, -90.0, 180.0, 90.0)
+    bounds = area.bounds if area is not None else WORLD
     target = pyproj.CRS.from_epsg(4326)
     if source == target or source.equals(target, ignore_axis_order=True):
         return Reprojector(text, bounds, None)
