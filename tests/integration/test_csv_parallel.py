@@ -220,6 +220,41 @@ async def test_small_files_and_other_modes_keep_one_connection(
 
 
 @pytest.mark.parametrize(
+    "own",
+    [
+        "CREATE VIEW public.city_view AS SELECT id, name FROM {table}",
+        "GRANT SELECT ON {table} TO PUBLIC",
+        "COMMENT ON TABLE {table} IS 'used by the GIS team'",
+    ],
+)
+async def test_a_replace_keeps_what_the_city_built_on_the_table(
+    db: asyncpg.Connection, database_url: str, tmp_path: Path, schema_file: Path, own: str
+) -> None:
+    """A view, grants or a comment of the city's own on a dataset's table survive a replace: such a table is not
+    swapped for a load table (a DROP would lose them, or fail for a view), it is loaded in place."""
+    first = write(tmp_path / "first.csv", [row(i) for i in range(1, 301)])
+    await load(db, database_url, first, "ds", create=True, schema=schema_file)
+    table = await table_of(db, "ds")
+    await db.execute(own.format(table=table))
+    second = write(tmp_path / "second.csv", [row(i) for i in range(1, 401)])
+    report = await load(db, database_url, second, "ds", mode="replace")
+    assert report["status"] == "succeeded" and "parallel" not in report["timings"]
+    assert await db.fetchval(f"SELECT count(*) FROM {table}") == 400
+    assert await db.fetchval(
+        """SELECT (SELECT count(*) FROM pg_views WHERE viewname = 'city_view') = 1
+               OR (SELECT relacl IS NOT NULL FROM pg_class WHERE oid = $1::regclass)
+               OR obj_description($1::regclass, 'pg_class') = 'used by the GIS team'""",
+        table,
+    )
+    if "VIEW" in own:
+        assert await db.fetchval("SELECT count(*) FROM public.city_view") == 400
+    plain = write(tmp_path / "plain.csv", [row(i) for i in range(1, 201)])
+    await load(db, database_url, plain, "other", create=True, schema=schema_file)
+    swapped = await load(db, database_url, plain, "other", mode="replace")
+    assert swapped["timings"].get("parallel") == 1  # without such objects the two-core path still applies
+
+
+@pytest.mark.parametrize(
     "odd",
     [
         "\n",

@@ -661,6 +661,9 @@ async def _load_parallel(
     cut = parload.split(source.file.path, source.file._line, run.options.parallel_min_bytes)
     if cut is None:
         return None
+    if not await parload.replaceable(conn, dataset.table):
+        logger.info("%s: loaded in place (objects of their own depend on %s)", source.label, dataset.table)
+        return None
     point = setload.native_geometry(dataset.schema, fast)
     encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
     load_table = parload.table_name(import_id)

@@ -78,6 +78,25 @@ async def clean_orphans(conn: asyncpg.Connection) -> list[str]:
     return dropped
 
 
+async def replaceable(conn: asyncpg.Connection, table: str) -> bool:
+    """May the dataset's table be dropped and replaced by a load table? Not when something of the city's own hangs
+    on it: a view, a rule, a foreign key from another table, a trigger, a row security policy, privileges granted
+    on it, or a comment. Those would be lost with it (or stop the DROP): such a table is loaded in place."""
+    return bool(
+        await conn.fetchval(
+            """SELECT NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                                  WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1::regclass
+                                    AND r.ev_class <> $1::regclass)
+                  AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = $1::regclass)
+                  AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal)
+                  AND NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1::regclass)
+                  AND (SELECT relacl IS NULL FROM pg_class WHERE oid = $1::regclass)
+                  AND obj_description($1::regclass, 'pg_class') IS NULL""",
+            table,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Split:
     """The file's data as two byte ranges ending at line ends; `first_rows` lines in the first."""
