@@ -450,6 +450,7 @@ async def main() -> None:
         "--client", choices=("raw", "httpx"), default="raw", help="HTTP client of the bench (see RawClient)"
     )
     parser.add_argument("--only", default="", help="measure only the queries whose name contains this text")
+    parser.add_argument("--port", type=int, default=0, help="the server's port (default: 18000 + pid % 1000)")
     args = parser.parse_args()
     began = time.perf_counter()
     stages = [int(s) for s in args.stages.split(",")]
@@ -457,7 +458,7 @@ async def main() -> None:
     names = [f"{args.db}_{target}" for target in stages]
     results: dict[tuple[int, int], dict[str, tuple[float, float, float]]] = {}
     counts: list[int] = []
-    port = 18000 + os.getpid() % 1000
+    port = args.port or 18000 + os.getpid() % 1000
     try:
         for index, (target, name) in enumerate(zip(stages, names, strict=True)):
             start, _ = await prepare_stage(name, index, target, names[index - 1] if index else None, args.reuse)
