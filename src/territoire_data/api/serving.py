@@ -15,6 +15,7 @@ with one worker, uvicorn runs as it always did.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -57,10 +58,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def _worker(config: Config, sock: socket.socket) -> None:  # pragma: no cover - runs in the child process
     config.configure_logging()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C reaches the whole process group: exit quietly
         uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
 
 
 class ReusePortSupervisor:
