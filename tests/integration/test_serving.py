@@ -113,8 +113,46 @@ def test_keep_alive_connections_spread_over_the_workers_and_a_dead_worker_is_rep
         assert len(replaced & workers) == 1
         for _ in range(10):  # whichever socket the kernel picks, a worker answers
             keep_alive_get(server.port).close()
+
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)  # as uvicorn's supervisor: replace every worker, one by one
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            renewed = workers_of(server, 2)
+            if not renewed & replaced:
+                break
+            time.sleep(0.2)
+        assert not renewed & replaced, (renewed, replaced)
+        for _ in range(10):
+            keep_alive_get(server.port).close()
+        replaced = renewed
     finally:
         server.stop()
     assert server.process is None  # the supervisor exited on SIGTERM (stop() waits for it)...
     for pid in replaced:  # ...after stopping and reaping its workers
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_workers_exit_when_the_supervisor_is_killed(settings: Settings) -> None:
+    server = LiveServer(settings, workers=2)
+    server.start()
+    assert server.process is not None
+    workers = workers_of(server, 2)
+    server.process.kill()  # SIGKILL: no chance to stop its workers itself
+    server.process.wait(10)
+    server.process = None
+    deadline = time.monotonic() + 15
+    while any(_state(pid) != "Z" for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [pid for pid in workers if _state(pid) != "Z"]
+    for pid in orphans:  # leave nothing running when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans  # gone (or a zombie awaiting its new parent's wait)
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc; "Z" when it is gone too."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -16,6 +16,8 @@ with one worker, uvicorn runs as it always did.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -32,6 +34,7 @@ from uvicorn.config import Config
 
 logger = logging.getLogger("uvicorn.error")
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start (the app, or its socket)
 _spawn = multiprocessing.get_context("spawn")
 
@@ -56,14 +59,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this process when the supervisor dies, even by SIGKILL (no orphaned workers)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(config: Config, sock: socket.socket) -> None:  # pragma: no cover - runs in the child process
+    _exit_with_parent()
     config.configure_logging()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C reaches the whole process group: exit quietly
         uvicorn.Server(config).run(sockets=[sock])
 
 
 class ReusePortSupervisor:
-    """Starts one worker process per socket, restarts those that die, stops them all on SIGINT/SIGTERM."""
+    """Starts one worker process per socket, restarts those that die, replaces them one by one on SIGHUP, stops
+    them all on SIGINT, SIGTERM or SIGQUIT (as uvicorn's own supervisor does; SIGUSR1/2 are ignored)."""
 
     def __init__(self, config: Config, workers: int) -> None:
         self.config = config
@@ -76,15 +92,30 @@ class ReusePortSupervisor:
             sys.exit(STARTUP_FAILURE)
         self.processes: list[SpawnProcess | None] = [None] * workers
         self.should_exit = threading.Event()
+        self.should_restart = False
 
     def _start(self, index: int) -> None:
         process = _spawn.Process(target=_worker, args=(self.config, self.sockets[index]), daemon=False)
         process.start()
         self.processes[index] = process
 
+    def _restart(self, _signum: int, _frame: object) -> None:
+        self.should_restart = True  # seen by the loop within half a second
+
+    def _replace_all(self) -> None:
+        """Each worker in turn: stopped gracefully (it finishes its requests), then started again."""
+        for index, process in enumerate(self.processes):
+            if process is not None and process.exitcode is None and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+                process.join()
+            self._start(index)
+
     def run(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, lambda *_: self.should_exit.set())
+        signal.signal(signal.SIGHUP, self._restart)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
         logger.info(
             "Uvicorn running on http://%s:%d with %d workers (SO_REUSEPORT), parent process [%d]",
             self.config.host,
@@ -95,6 +126,11 @@ class ReusePortSupervisor:
         for index in range(len(self.sockets)):
             self._start(index)
         while not self.should_exit.wait(0.5):
+            if self.should_restart:
+                self.should_restart = False
+                logger.info("Received SIGHUP, replacing the workers one by one")
+                self._replace_all()
+                continue
             for index, process in enumerate(self.processes):
                 if process is None or process.is_alive():
                     continue
