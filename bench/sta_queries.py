@@ -365,8 +365,9 @@ async def measure(
     concurrency: int,
     meter: CpuMeter,
     client: str = "raw",
-) -> tuple[list[float], float, float]:
-    """Latencies (ms) of the requests, and the server's and the database's CPU ms per request."""
+) -> tuple[list[float], float, float, float]:
+    """Latencies (ms) of the requests, and the server's, the database's and this client's CPU ms per request
+    (the client runs on the same cores: on a 2-core machine its share shows in the latencies too)."""
     latencies: list[float] = []
     jobs = [make() for _ in range(requests)]
     queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue()
@@ -398,12 +399,19 @@ async def measure(
                 latencies.append((time.perf_counter() - began) * 1000)
 
         server_before, db_before = await meter.sample()
+        client_before = time.process_time()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        client_after = time.process_time()
         server_after, db_after = await meter.sample()
     for raw in raws:
         await raw.close()
     per_request = 1000 / len(latencies)
-    return latencies, (server_after - server_before) * per_request, (db_after - db_before) * per_request
+    return (
+        latencies,
+        (server_after - server_before) * per_request,
+        (db_after - db_before) * per_request,
+        (client_after - client_before) * per_request,
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -451,6 +459,7 @@ async def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="server port (default: 18000 + pid % 1000)")
     parser.add_argument("--only", default="", help="measure only the queries whose name contains this text")
+    parser.add_argument("--port", type=int, default=0, help="the server's port (default: 18000 + pid % 1000)")
     args = parser.parse_args()
     began = time.perf_counter()
     stages = [int(s) for s in args.stages.split(",")]
@@ -488,12 +497,15 @@ async def main() -> None:
                         if args.only and args.only not in qname:
                             continue
                         base = f"http://127.0.0.1:{port}/sta/v1.1"
-                        lat, server_ms, db_ms = await measure(base, make, args.requests, clients, meter, args.client)
+                        lat, server_ms, db_ms, client_ms = await measure(
+                            base, make, args.requests, clients, meter, args.client
+                        )
                         results[(count, clients)][qname] = (statistics.median(lat), pct(lat, 95), pct(lat, 99))
                         p50, p95, p99 = results[(count, clients)][qname]
                         print(
                             f"    {qname:<53} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms   CPU per "
-                            f"request: server {server_ms:5.1f} ms, database {db_ms:5.1f} ms",
+                            f"request: server {server_ms:5.1f} ms, database {db_ms:5.1f} ms, bench client "
+                            f"{client_ms:4.1f} ms",
                             flush=True,
                         )
             finally:

@@ -257,8 +257,9 @@ def topic_prefix() -> str:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.port = free_port()
+        self.workers = workers
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -273,7 +274,10 @@ class LiveServer:
     def start(self) -> None:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "territoire_data.cli", "serve", "--port", str(self.port)],
+                [
+                    *(sys.executable, "-m", "territoire_data.cli", "serve"),
+                    *("--port", str(self.port), "--workers", str(self.workers)),
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

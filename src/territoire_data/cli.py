@@ -99,12 +99,11 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
 ) -> None:
     """Run the HTTP API and the portal."""
-    import uvicorn
+    from territoire_data.api import serving
 
     settings = settings_for_command()  # fail fast, with one clear line, before forking workers
-    uvicorn.run(
+    serving.run(
         "territoire_data.api.main:app_factory",
-        factory=True,
         host=host,
         port=port,
         workers=workers,

@@ -177,10 +177,15 @@ async def test_metrics_count_requests_by_route_and_status_and_show_the_pool(
 ) -> None:
     await client.get("/health")
     await client.get("/no/such/path")
+    # SensorThings reads take a shortcut past FastAPI's routing: still counted under their documented route
+    assert (await client.get("/sta/v1.1/Things")).status_code == 200
+    assert (await client.get("/sta/v1.1/Things(999999)")).status_code == 404
     response = await client.get("/metrics")
     assert response.status_code == 200
     body = response.text
     assert re.search(r'territoire_http_requests_total\{method="GET",route="/health",status="200"\} [1-9]', body)
+    for status in (200, 404):
+        assert f'{{method="GET",route="/sta/v1.1/{{path:path}}",status="{status}"}} 1.0' in body
     assert 'route="unmatched",status="404"' in body
     assert "territoire_http_request_duration_seconds_bucket" in body
     assert "territoire_db_pool_size" in body

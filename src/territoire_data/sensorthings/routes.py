@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -157,6 +158,30 @@ async def batch(request: Request) -> Response:
 )
 async def get_resource(path: str, request: Request) -> Response:
     return await _serve(request, path, b"")
+
+
+_GET_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is get_resource)
+
+
+async def _get_resource_fast(request: Request) -> Response:
+    """`get_resource` as a plain Starlette endpoint: no route search through every door, no dependency
+    resolution (about a fifth of a latest-value read's CPU time in the server). Same handler, same answers;
+    the request is labelled with the documented route (metrics, telemetry)."""
+    path: str = request.path_params["path"]
+    if not path:  # /sta/v1.1/ is the service root
+        return await root(request)
+    request.scope["route"] = _GET_ROUTE
+    return await _serve(request, path, b"")
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    path: str
+    endpoint: Callable[[Request], Awaitable[Response]]
+
+
+# GET (and so HEAD) under the prefix, registered by the app ahead of every router.
+fast_get = FastRoute(PREFIX + "/{path:path}", _get_resource_fast)
 
 
 _WRITE_DOC: dict[str, Any] = {
