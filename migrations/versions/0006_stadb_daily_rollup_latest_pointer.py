@@ -336,7 +336,7 @@ CREATE TRIGGER observation_sta_truncated
 SELECT sta_close_days(array_agg(datastream_id), array_agg(until))
 FROM (SELECT datastream_id, sta_day(max(bucket)) AS until FROM observation_rollup_15min GROUP BY 1) x;
 SELECT sta_recompute_latest(array_agg(id)) FROM datastream;
-"""
+"""  # noqa: S608 - interpolates this module's constants only, never an outside value
 
 DOWNGRADE = rf"""
 DROP TRIGGER IF EXISTS observation_sta_truncated ON observation;
@@ -415,7 +415,7 @@ CREATE TRIGGER datastream_sta_entity_updated AFTER UPDATE ON datastream
     FOR EACH STATEMENT EXECUTE FUNCTION sta_entity_updated('Datastream', {_COMPUTED});
 ALTER TABLE datastream DROP COLUMN rollup_day_until, DROP COLUMN latest_phenomenon_time,
     DROP COLUMN previous_phenomenon_time;
-"""
+"""  # noqa: S608 - interpolates this module's constants only, never an outside value
 
 
 def upgrade() -> None:
