@@ -459,7 +459,6 @@ async def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="server port (default: 18000 + pid % 1000)")
     parser.add_argument("--only", default="", help="measure only the queries whose name contains this text")
-    parser.add_argument("--port", type=int, default=0, help="the server's port (default: 18000 + pid % 1000)")
     args = parser.parse_args()
     began = time.perf_counter()
     stages = [int(s) for s in args.stages.split(",")]
