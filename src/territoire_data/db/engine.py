@@ -17,7 +17,10 @@ __all__ = ["connect_raw", "create_engine", "raw_connection"]
 
 def create_engine(settings: Settings, *, pool_size: int | None = None, application_name: str = "api") -> AsyncEngine:
     """An async engine with a bounded pool, a statement timeout and orjson for JSON columns."""
-    server_settings = {"application_name": f"territoire-data-{application_name}"}
+    server_settings = {
+        "application_name": f"territoire-data-{application_name}",
+        "jit": "on" if settings.db_jit else "off",
+    }
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
     return create_async_engine(

@@ -36,7 +36,7 @@ async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
     async with _LOCK:
         pool = _POOLS.get(engine)
         if pool is None:
-            server_settings = {"application_name": "territoire-data-read"}
+            server_settings = {"application_name": "territoire-data-read", "jit": "on" if settings.db_jit else "off"}
             if settings.db_statement_timeout_ms:
                 server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
             pool = await asyncpg.create_pool(

@@ -82,3 +82,27 @@ async def test_unscoped_time_order_reads_few_index_entries(
     assert not any(n["Node Type"] == "Sort" for n in nodes)
     rows = await db.fetch(stmt.sql, *stmt.params)
     assert len(rows) == 101
+
+
+async def test_api_connections_plan_without_jit(engine: Any, settings: Any) -> None:
+    """The API's connections (the asyncpg read pool and SQLAlchemy's) run with JIT off: with the visibility
+    anti-joins, the estimated cost of the latest 100 of 10 M Observations crosses jit_above_cost, and compiling
+    113 expressions then took 84 ms of a 2 ms query (bench/sta_queries.py). TERRITOIRE_DB_JIT turns it back on."""
+    from sqlalchemy import text
+
+    from territoire_data.db.engine import create_engine
+    from territoire_data.db.readpool import close_read_pool, pooled
+
+    try:
+        async with pooled(engine, settings) as conn:
+            assert await conn.fetchval("SHOW jit") == "off"
+    finally:
+        await close_read_pool(engine)
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SHOW jit"))).scalar() == "off"
+    jit_engine = create_engine(settings.model_copy(update={"db_jit": True}))
+    try:
+        async with jit_engine.connect() as conn:
+            assert (await conn.execute(text("SHOW jit"))).scalar() == "on"
+    finally:
+        await jit_engine.dispose()
