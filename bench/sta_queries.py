@@ -7,7 +7,7 @@ processes and of the database backends (read from /proc: on a busy shared machin
 the other tenants, the CPU time much less so; 16 clients on N cores cannot do better than about
 16 x CPU per request / N). Run:
 
-    .venv/bin/python bench/sta_queries.py [--stages 1000000,10000000] [--concurrency 1,16] [--requests 320]
+    .venv/bin/python bench/sta_queries.py [--stages 1000000,10000000] [--concurrency 1,16] [--requests 1000] [--warmup 200]
         [--db td_bench_sta] [--reuse]
 
 Each stage loads into a database of its own, `<db>_<observations>` (stage 2 starts as a copy of stage 1, made
@@ -365,14 +365,18 @@ async def measure(
     concurrency: int,
     meter: CpuMeter,
     client: str = "raw",
-) -> tuple[list[float], float, float, float]:
-    """Latencies (ms) of the requests, and the server's, the database's and this client's CPU ms per request
-    (the client runs on the same cores: on a 2-core machine its share shows in the latencies too)."""
+    warmup: int = 0,
+) -> tuple[list[float], float, float, float, list[float]]:
+    """Latencies (ms) of the requests, the server's, the database's and this client's CPU ms per request (the
+    client runs on the same cores: on a 2-core machine its share shows in the latencies too), and the latencies of
+    the `warmup` requests sent first, with the same concurrency, and not counted: a server just started has cold
+    caches (each pooled connection prepares each statement, and its PostgreSQL backend loads the partitions'
+    catalog entries, on first use), which a few hundred requests of a 320-request run would otherwise weigh in."""
     latencies: list[float] = []
+    cold: list[float] = []
     jobs = [make() for _ in range(requests)]
+    warm_jobs = [make() for _ in range(warmup)]
     queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
     parts = urlsplit(base)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     raws = [RawClient(parts.hostname or "127.0.0.1", parts.port or 80) for _ in range(concurrency)]
@@ -388,19 +392,24 @@ async def measure(
                 raise SystemExit(f"{status} on {path} {params}: {body[:300]!r}")
             return body
 
-        for index, job in enumerate(jobs[:concurrency]):  # warm the connections, pools and caches
+        for index, job in enumerate(jobs[:concurrency]):  # open the connections
             await fetch(index, *job)
 
-        async def worker(index: int) -> None:
+        async def worker(index: int, into: list[float]) -> None:
             while not queue.empty():
                 path, params = queue.get_nowait()
                 began = time.perf_counter()
                 orjson.loads(await fetch(index, path, params))
-                latencies.append((time.perf_counter() - began) * 1000)
+                into.append((time.perf_counter() - began) * 1000)
 
+        for job in warm_jobs:
+            queue.put_nowait(job)
+        await asyncio.gather(*(worker(i, cold) for i in range(concurrency)))
+        for job in jobs:
+            queue.put_nowait(job)
         server_before, db_before = await meter.sample()
         client_before = time.process_time()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        await asyncio.gather(*(worker(i, latencies) for i in range(concurrency)))
         client_after = time.process_time()
         server_after, db_after = await meter.sample()
     for raw in raws:
@@ -411,6 +420,7 @@ async def measure(
         (server_after - server_before) * per_request,
         (db_after - db_before) * per_request,
         (client_after - client_before) * per_request,
+        cold,
     )
 
 
@@ -448,7 +458,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="1000000,10000000", help="observation counts to measure at")
     parser.add_argument("--concurrency", default="1,16", help="concurrent clients (a list measures each)")
-    parser.add_argument("--requests", type=int, default=320, help="requests per query kind")
+    parser.add_argument("--requests", type=int, default=1000, help="measured requests per query kind")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="requests per query kind sent first and not counted (see measure)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--db", default=DEFAULT_DB, help="prefix of the stage databases (env TERRITOIRE_BENCH_DB)")
     parser.add_argument("--reuse", action="store_true", help="measure on complete stage databases without loading")
@@ -496,15 +509,15 @@ async def main() -> None:
                         if args.only and args.only not in qname:
                             continue
                         base = f"http://127.0.0.1:{port}/sta/v1.1"
-                        lat, server_ms, db_ms, client_ms = await measure(
-                            base, make, args.requests, clients, meter, args.client
+                        lat, server_ms, db_ms, client_ms, cold = await measure(
+                            base, make, args.requests, clients, meter, args.client, args.warmup
                         )
                         results[(count, clients)][qname] = (statistics.median(lat), pct(lat, 95), pct(lat, 99))
                         p50, p95, p99 = results[(count, clients)][qname]
                         print(
                             f"    {qname:<53} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms   CPU per "
                             f"request: server {server_ms:5.1f} ms, database {db_ms:5.1f} ms, bench client "
-                            f"{client_ms:4.1f} ms",
+                            f"{client_ms:4.1f} ms" + (f"; warm-up p99 {pct(cold, 99):7.1f} ms" if cold else ""),
                             flush=True,
                         )
             finally:
@@ -515,7 +528,7 @@ async def main() -> None:
             for name in names:
                 await drop_database(name)
     print(
-        f"\n{args.requests} requests per query, {args.workers} server workers, {os.cpu_count()} CPU cores "
+        f"\n{args.requests} requests per query after {args.warmup} not counted, {args.workers} server workers, {os.cpu_count()} CPU cores "
         f"(bench client `{args.client}` on the same machine); run time {time.perf_counter() - began:.0f} s"
     )
     for clients in concurrencies:
