@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import swagger_ui_bundle
 from asgi_correlation_id import CorrelationIdMiddleware
 from brotli_asgi import BrotliMiddleware
@@ -35,7 +38,7 @@ from territoire_data.catalog import api as catalog_api
 from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
-from territoire_data.db.readpool import close_read_pool
+from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.querylimits import QueryLimits
@@ -48,6 +51,9 @@ DESCRIPTION = """
 Open, sovereign urban data for French local governments: datasets, sensors and their observations,
 served through open standards (OGC SensorThings API 1.1, OGC API – Features, DCAT-AP) and open formats.
 """
+
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> FastAPI:
@@ -63,6 +69,11 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
         # 10,000 a worker serving thousands of SensorThings reads ran no collection at all, where the default
         # ran one every 30 requests (about 9 µs a request, up to 0.7 ms each for the older generations).
         gc.set_threshold(10_000, 10, 10)
+        if owns_engine:  # the read pool's connections opened (and warmed) now, not by the first requests
+            try:
+                await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
+            except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
+                logger.warning("read pool not opened at startup: %s", exc)
         yield
         await close_read_pool(app.state.engine)
         if owns_engine:
