@@ -23,15 +23,18 @@ async def test_the_read_pool_opens_at_startup_and_keeps_its_connections(settings
         assert pool is not None  # opened by the startup, before any request
         assert pool.get_size() == settings.db_pool_size
         assert pool._max_inactive_connection_lifetime == 0  # asyncpg's default would close them after 5 min idle
+        pids = {holder._con.get_server_pid() for holder in pool._holders if holder._con is not None}
+        assert len(pids) == settings.db_pool_size  # every connection open already
         admin = await asyncpg.connect(settings.asyncpg_dsn)
         try:
-            backends = await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'territoire-data-read' "
-                "AND datname = current_database()"
+            live = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                "AND application_name = 'territoire-data-read'",
+                list(pids),
             )
         finally:
             await admin.close()
-        assert backends == settings.db_pool_size
+        assert live == settings.db_pool_size
         async with readpool.pooled(app.state.engine, settings) as conn:  # and it serves as before
             assert await conn.fetchval("SELECT 1") == 1
     assert readpool._POOLS.get(app.state.engine) is None

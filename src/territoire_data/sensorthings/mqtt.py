@@ -174,12 +174,18 @@ class StaMqttBridge:
         self._client = self._make_client()
         self._client.loop_start()
         try:
-            try:
-                await asyncio.wait_for(self._connected.wait(), timeout=30)
-            except TimeoutError:
+            # Waiting for the broker, a stop request (SIGTERM) still ends the bridge at once.
+            connected = asyncio.create_task(self._connected.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({connected, stopping}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            stopping.cancel()
+            if stop.is_set():
+                return
+            if not self._connected.is_set():
                 raise ServiceUnavailableError(
                     f"no MQTT broker answered at {parse_mqtt_url(self.settings.mqtt_url)!r} within 30 s"
-                ) from None
+                )
             writes = await asyncpg.connect(
                 self.settings.asyncpg_dsn, server_settings={"application_name": "territoire-data-sta-mqtt"}
             )

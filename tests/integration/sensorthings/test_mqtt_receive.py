@@ -123,7 +123,8 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
     env = {**os.environ, "TERRITOIRE_DATABASE_URL": settings.database_url, "TERRITOIRE_MQTT_URL": settings.mqtt_url}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "territoire_data.cli", "sta-mqtt", env=env)
     try:
-        for _ in range(100):  # until the process holds the publisher lock
+        held = 0
+        for _ in range(300):  # until the process holds the publisher lock (30 s at most on a loaded machine)
             await asyncio.sleep(0.1)
             conn = await asyncpg.connect(settings.database_url)
             try:
@@ -138,6 +139,7 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
                 await conn.close()
             if held:
                 break
+        assert held, "the sta-mqtt process did not take the publisher lock and LISTEN within 30 s"
         await create(sta, f"Datastreams({ds})/Observations", {"result": 3, "phenomenonTime": "2026-11-01T00:00:00Z"})
         topic, body = await _next(sub)
         assert topic == f"v1.1/Datastreams({ds})/Observations"
@@ -146,6 +148,34 @@ async def test_sta_mqtt_command_publishes(sta: httpx.AsyncClient, sta_settings: 
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
         sub.close()
+
+
+async def test_sta_mqtt_command_stops_at_once_while_waiting_for_its_broker(settings: Settings) -> None:
+    """SIGTERM while the bridge still waits for an unreachable broker ends it at once (it waited 30 s before)."""
+    import os
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    env = {
+        **os.environ,
+        "TERRITOIRE_DATABASE_URL": settings.database_url,
+        "TERRITOIRE_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "territoire_data.cli", "sta-mqtt", env=env)
+    try:
+        await asyncio.sleep(4)  # started, and trying to connect
+        assert process.returncode is None
+        process.terminate()
+        began = time.monotonic()
+        await asyncio.wait_for(process.wait(), 10)
+        assert time.monotonic() - began < 3
+        assert process.returncode == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # --- every entity type, entity and property topics, $select topics (section 14.2) --------------------------------
