@@ -36,7 +36,6 @@ from territoire_data.catalog.datasets import (
     index_ddl,
     index_names,
     refresh_dataset_stats,
-    stats_sql,
     write_dataset_stats,
 )
 from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
@@ -593,7 +592,6 @@ async def _load_native(
     point = setload.native_geometry(dataset.schema, fast)
     if point is not None and dropped:
         return False
-    by_column = {c: f.name for f, c in zip(dataset.schema.fields, fast.mapping, strict=True) if c >= 0}
     try:
         async with conn.transaction():
             if point is not None:
@@ -605,7 +603,7 @@ async def _load_native(
                 dataset.table_name,
                 schema_name=SCHEMA,
                 source=_in_thread(stream.chunks()),
-                columns=[by_column[i] for i in range(fast.ncols)],
+                columns=setload.native_columns(dataset.schema, fast),
                 format="csv",
                 delimiter=stream.delimiter,
                 encoding=stream.copy_encoding,
@@ -614,17 +612,8 @@ async def _load_native(
                 await conn.execute(f"ALTER TABLE {table} ALTER COLUMN geom DROP EXPRESSION")
             run.lap("copy_native_s")
             # The check of every row and the dataset's statistics in one pass.
-            condition, params = setload.native_bad_row(dataset.schema, fast, projection)
-            stats = await conn.fetchrow(
-                stats_sql(
-                    dataset.schema,
-                    table,
-                    only_points=True,
-                    extra=("bad", f"bool_or({condition})"),
-                    lonlat=setload.native_lonlat(dataset.schema, fast),
-                ),
-                *params,
-            )
+            check, params = setload.native_check_sql(dataset.schema, fast, projection, table)
+            stats = await conn.fetchrow(check, *params)
             if stats["bad"]:
                 raise setload.NotVouched("a row breaks a constraint")
             run.lap("check_stats_s")
@@ -684,14 +673,13 @@ async def _load_parallel(
                 fast,
                 native,
                 point,
-                setload.native_bad_row(dataset.schema, fast, projection),
+                setload.native_check_sql(dataset.schema, fast, projection, loading.table),
                 cut,
                 dialect.delimiter,
                 dialect.quotechar.encode(encoding),
                 setload.copy_encoding(dialect.encoding),
                 _in_thread,
                 last_fid + 1,
-                setload.native_lonlat(dataset.schema, fast),
             )
         except (setload.NotVouched, asyncpg.PostgresError) as exc:
             logger.info("%s: not the parallel native path (%s)", source.label, str(exc)[:200])

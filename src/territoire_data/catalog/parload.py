@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from territoire_data.catalog import setload
-from territoire_data.catalog.datasets import SCHEMA, Dataset, index_names, load_table_ddl, stats_sql
+from territoire_data.catalog.datasets import SCHEMA, Dataset, index_names, load_table_ddl
 from territoire_data.db.bulk import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
@@ -248,20 +248,19 @@ async def load(
     plan: setload.FastPlan,
     native: Any,
     point: str | None,
-    bad_row: tuple[str, list[Any]],
+    check: tuple[str, list[Any]],
     cut: Split,
     delimiter: str,
     quote: bytes,
     encoding: str,
     stream: Callable[[Iterator[bytes]], AsyncIterator[bytes]],
     first_fid: int,
-    lonlat: tuple[str, str] | None = None,
 ) -> Loaded:
     """Create the load table `dataset.table_name` (committed), COPY the two halves at once (row ids from
-    `first_fid` in file order), then build the GiST index on one helper while the other checks every row (with the
-    statistics in the same pass) and builds the unique indexes and the row id's. Raises setload.NotVouched (or a
-    PostgresError) when the native path cannot vouch for the file; the caller then drops the table and takes the
-    careful path."""
+    `first_fid` in file order), then build the GiST index on one helper while the other checks every row (`check`:
+    setload.native_check_sql over the load table, the statistics in the same pass) and builds the unique indexes
+    and the row id's. Raises setload.NotVouched (or a PostgresError) when the native path cannot vouch for the
+    file; the caller then drops the table and takes the careful path."""
     timings: dict[str, float] = {}
     clock = time.monotonic()
     one, two = helpers
@@ -270,8 +269,7 @@ async def load(
     table = dataset.table
     fid = f"nextval(current_setting('{FID_SETTING}')::oid::regclass)"
     await one.execute(load_table_ddl(dataset.table_name, schema, fid, point))
-    by_column = {c: f.name for f, c in zip(schema.fields, plan.mapping, strict=True) if c >= 0}
-    columns = [by_column[i] for i in range(plan.ncols)]
+    columns = setload.native_columns(schema, plan)
     first = NativePart(cut.path, cut.start, cut.middle, native, quote)
     second = NativePart(cut.path, cut.middle, cut.end, native, quote)
     await _gather(
@@ -289,11 +287,8 @@ async def load(
         timings["gist_s"] = round(time.monotonic() - clock, 3)
 
     async def check_and_keys() -> tuple[Any, bool]:
-        condition, params = bad_row
-        stats = await two.fetchrow(
-            stats_sql(schema, table, only_points=True, extra=("bad", f"bool_or({condition})"), lonlat=lonlat),
-            *params,
-        )
+        query, params = check
+        stats = await two.fetchrow(query, *params)
         timings["check_stats_s"] = round(time.monotonic() - clock, 3)
         if stats["bad"]:
             raise setload.NotVouched("a row breaks a constraint")

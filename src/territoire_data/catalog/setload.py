@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from territoire_data.catalog.datasets import stats_sql
 from territoire_data.catalog.schema import FieldDef, TableSchema
 from territoire_data.catalog.sources import CsvSource, Record
 from territoire_data.db.bulk import quote_ident
@@ -550,10 +551,18 @@ def native_geometry(schema: TableSchema, plan: FastPlan) -> str | None:
     return f"CASE WHEN {x} IS NULL OR {y} IS NULL THEN NULL ELSE {point} END"
 
 
+def native_columns(schema: TableSchema, plan: FastPlan) -> list[str]:
+    """The fields in the file's column order: COPY's column list (native_regex vouches for one field a column)."""
+    by_column = {c: f.name for f, c in zip(schema.fields, plan.mapping, strict=True) if c >= 0}
+    return [by_column[i] for i in range(plan.ncols)]
+
+
 def native_check_sql(schema: TableSchema, plan: FastPlan, projection: Reprojector, table: str) -> tuple[str, list[Any]]:
-    """A query true when some loaded row breaks what COPY's type input does not check (see native_bad_row)."""
+    """The one pass over a native load's `table`: the dataset's statistics (datasets.stats_sql) and `bad`, true when
+    some row breaks what COPY's type input does not check (see native_bad_row); and its parameters."""
     condition, params = native_bad_row(schema, plan, projection)
-    return f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {condition})", params  # noqa: S608
+    lonlat = native_lonlat(schema, plan)
+    return stats_sql(schema, table, only_points=True, extra=("bad", f"bool_or({condition})"), lonlat=lonlat), params
 
 
 def native_bad_row(schema: TableSchema, plan: FastPlan, projection: Reprojector) -> tuple[str, list[Any]]:
