@@ -186,3 +186,20 @@ def test_parallel_part_validates_the_bytes_it_sent(tmp_path: Path) -> None:
     path.write_bytes(b'1;"2"\n')
     with pytest.raises(NotVouched, match="quotes"):
         list(NativePart(path, 0, path.stat().st_size, native, b'"').chunks())
+
+
+@pytest.mark.parametrize("chunk", [4, 1 << 20])
+def test_line_chunks_cut_at_line_ends_and_stop_at_the_size(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """setload.line_chunks (the set-based, native and parallel paths' reader): whole lines, nothing lost."""
+    import io
+
+    from territoire_data.catalog import setload
+
+    monkeypatch.setattr(setload, "_CHUNK", chunk)
+    for data in (b"", b"1;a\n", b"1;a\n22;bb\n333;ccc", b"a-line-longer-than-a-chunk\nb\n"):
+        got = list(setload.line_chunks(io.BytesIO(data)))
+        assert b"".join(got) == data
+        assert all(c.endswith(b"\n") for c in got[:-1]) and all(got)
+        handle = io.BytesIO(b"h\n" + data + b"tail\n")
+        handle.seek(2)
+        assert b"".join(setload.line_chunks(handle, len(data))) == data

@@ -152,23 +152,7 @@ class NativePart:
         """The range in chunks of whole lines."""
         with self.path.open("rb") as handle:
             handle.seek(self.start)
-            left = self.end - self.start
-            carry = b""
-            while True:
-                data = handle.read(min(_CHUNK, left)) if left > 0 else b""
-                left -= len(data)
-                block = carry + data
-                if data:
-                    cut = block.rfind(b"\n") + 1
-                    if cut == 0:
-                        carry = block
-                        continue
-                else:
-                    cut = len(block)
-                chunk, carry = block[:cut], block[cut:]
-                if not chunk:
-                    return
-                yield chunk
+            yield from setload.line_chunks(handle, self.end - self.start)
 
     def chunks(self) -> Iterator[bytes]:
         for chunk in self._lines():

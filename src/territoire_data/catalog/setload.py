@@ -17,7 +17,7 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import asyncpg
 
@@ -168,6 +168,29 @@ def _supported(f: FieldDef) -> bool:
 # --- the file into the raw table -------------------------------------------------------------------------
 
 
+def line_chunks(handle: BinaryIO, size: int | None = None) -> Iterator[bytes]:
+    """The next `size` bytes of `handle` (None: up to the end) in chunks of whole lines, the last one perhaps
+    without its newline."""
+    carry = b""
+    while True:
+        want = _CHUNK if size is None else min(_CHUNK, size)
+        data = handle.read(want) if want > 0 else b""
+        if size is not None:
+            size -= len(data)
+        block = carry + data
+        if data:
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                carry = block
+                continue
+        else:
+            cut = len(block)
+        chunk, carry = block[:cut], block[cut:]
+        if not chunk:
+            return
+        yield chunk
+
+
 class RawStream:
     """The file's data lines as COPY CSV input, with the file line of each row kept in a LineMap.
 
@@ -214,26 +237,15 @@ class RawStream:
                 if not line.endswith(b"\n"):
                     raise NotVouched("header not ended by a newline")
             line_no = self.header_lines
-            carry = b""
-            while True:
-                data = handle.read(_CHUNK)
-                block = carry + data
-                if not data:
-                    cut = len(block)
-                else:
-                    cut = block.rfind(b"\n") + 1
-                    if cut == 0:
-                        carry = block
-                        continue
-                chunk, carry = block[:cut], block[cut:]
-                if not chunk:
-                    return
+            at = handle.tell()  # where the chunk starts
+            for chunk in line_chunks(handle):
                 if self.quote in chunk or chunk.startswith((b"\n", b"\r\n")) or b"\n\n" in chunk or b"\n\r\n" in chunk:
                     if self.native is not None:
                         raise NotVouched("quotes or blank lines")
-                    handle.seek(handle.tell() - len(block))
+                    handle.seek(at)
                     yield from self._parsed(handle, line_no)
                     return
+                at += len(chunk)
                 count = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
                 if b"\r" in chunk.replace(b"\r\n", b""):
                     raise NotVouched("a carriage return alone")
