@@ -643,7 +643,7 @@ async def _load_parallel(
     source = run.source
     if connect is None or not isinstance(source, CsvSource):
         return None
-    dialect = source.file.dialect
+    dialect = setload.copy_dialect(source)
     native = setload.native_regex(dataset.schema, fast, dialect.delimiter)
     if native is None:
         return None
@@ -654,7 +654,6 @@ async def _load_parallel(
         logger.info("%s: loaded in place (objects of their own depend on %s)", source.label, dataset.table)
         return None
     point = setload.native_geometry(dataset.schema, fast)
-    encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
     load_table = parload.table_name(import_id)
     await parload.guard(conn, import_id)
     # Row ids go on from the table's (as a replace by DELETE would): never one reused.
@@ -675,9 +674,7 @@ async def _load_parallel(
                 point,
                 setload.native_check_sql(dataset.schema, fast, projection, loading.table),
                 cut,
-                dialect.delimiter,
-                dialect.quotechar.encode(encoding),
-                setload.copy_encoding(dialect.encoding),
+                dialect,
                 _in_thread,
                 last_fid + 1,
             )

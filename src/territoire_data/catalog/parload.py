@@ -207,8 +207,7 @@ async def _copy_part(
     columns: list[str],
     part: NativePart,
     first_fid: int,
-    delimiter: str,
-    encoding: str,
+    dialect: setload.CopyDialect,
     stream: Callable[[Iterator[bytes]], AsyncIterator[bytes]],
 ) -> None:
     """COPY one part, its rows numbered from `first_fid` by a sequence of this session."""
@@ -221,8 +220,8 @@ async def _copy_part(
         source=stream(part.chunks()),
         columns=columns,
         format="csv",
-        delimiter=delimiter,
-        encoding=encoding,
+        delimiter=dialect.delimiter,
+        encoding=dialect.copy_encoding,
     )
 
 
@@ -234,9 +233,7 @@ async def load(
     point: str | None,
     check: tuple[str, list[Any]],
     cut: Split,
-    delimiter: str,
-    quote: bytes,
-    encoding: str,
+    dialect: setload.CopyDialect,
     stream: Callable[[Iterator[bytes]], AsyncIterator[bytes]],
     first_fid: int,
 ) -> Loaded:
@@ -254,11 +251,11 @@ async def load(
     fid = f"nextval(current_setting('{FID_SETTING}')::oid::regclass)"
     await one.execute(load_table_ddl(dataset.table_name, schema, fid, point))
     columns = setload.native_columns(schema, plan)
-    first = NativePart(cut.path, cut.start, cut.middle, native, quote)
-    second = NativePart(cut.path, cut.middle, cut.end, native, quote)
+    first = NativePart(cut.path, cut.start, cut.middle, native, dialect.quote)
+    second = NativePart(cut.path, cut.middle, cut.end, native, dialect.quote)
     await _gather(
-        _copy_part(one, dataset.table_name, columns, first, first_fid, delimiter, encoding, stream),
-        _copy_part(two, dataset.table_name, columns, second, first_fid + cut.first_rows, delimiter, encoding, stream),
+        _copy_part(one, dataset.table_name, columns, first, first_fid, dialect, stream),
+        _copy_part(two, dataset.table_name, columns, second, first_fid + cut.first_rows, dialect, stream),
     )
     if first.rows != cut.first_rows:  # the file changed under us
         raise setload.NotVouched("the file changed while it was read")

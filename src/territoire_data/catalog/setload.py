@@ -66,9 +66,22 @@ _POINT_KINDS = frozenset({"lonlat", "latlon", "lonlat_array"})
 _SQL_CRS = {"EPSG:4326": 4326, "EPSG:2154": 2154, **{f"EPSG:{code}": code for code in range(3942, 3951)}}
 
 
-def copy_encoding(encoding: str) -> str:
-    """PostgreSQL's name of a file encoding the set-based path reads."""
-    return _COPY_ENCODINGS[encoding]
+@dataclass(frozen=True)
+class CopyDialect:
+    """A CSV file's dialect as the set-based paths send it: COPY's delimiter and encoding name, the quote
+    character's bytes and the Python codec of the text (a BOM already skipped with the header)."""
+
+    delimiter: str
+    quote: bytes
+    copy_encoding: str
+    encoding: str
+
+
+def copy_dialect(source: CsvSource) -> CopyDialect:
+    dialect = source.file.dialect
+    encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
+    quote = dialect.quotechar.encode(encoding)
+    return CopyDialect(dialect.delimiter, quote, _COPY_ENCODINGS[dialect.encoding], encoding)
 
 
 class NotVouched(Exception):
@@ -202,11 +215,9 @@ class RawStream:
     def __init__(self, source: CsvSource, lines: Any, plan: FastPlan) -> None:
         self.source = source
         self.lines = lines
-        dialect = source.file.dialect
-        self.encoding = "utf-8" if dialect.encoding == "utf-8-sig" else dialect.encoding
-        self.copy_encoding = _COPY_ENCODINGS[dialect.encoding]
-        self.delimiter = dialect.delimiter
-        self.quote = dialect.quotechar.encode(self.encoding)
+        dialect = copy_dialect(source)
+        self.encoding, self.copy_encoding = dialect.encoding, dialect.copy_encoding
+        self.delimiter, self.quote = dialect.delimiter, dialect.quote
         self.header_lines = source.file._line
         self.rows = 0
         # Whether every chunk's typed cells had the shapes SQL would otherwise check (empty allowed), and whether
