@@ -27,10 +27,9 @@ from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
-    PrivateCacheMiddleware,
     QueryLimitMiddleware,
     RateLimitMiddleware,
-    SecurityHeadersMiddleware,
+    ResponseHeadersMiddleware,
 )
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
@@ -100,11 +99,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: HEAD (GET without the body), headers, private caching, body limit, URL length and
+    # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
     # query limits, rate limit, CORS, metrics, then the request id outermost.
     app.add_middleware(HeadMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(PrivateCacheMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(
         QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)
