@@ -97,7 +97,8 @@ class QueryLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        url = (scope.get("raw_path") or scope["path"].encode()) + scope.get("query_string", b"")
+        length = len(url)
         if length > self.max_url_length:
             response = problem(
                 414,
@@ -110,7 +111,6 @@ class QueryLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        url = (scope.get("raw_path") or b"") + scope.get("query_string", b"")
         if b"%00" in url or b"\x00" in url:
             # No text column can hold a NUL character: refused here, once, for every door.
             response = problem(
@@ -258,7 +258,7 @@ class RateLimitMiddleware:
 def _key_prefix(scope: Scope) -> str | None:
     """Whose limit a request counts against: the key's public prefix, or a digest of an access token (JWT)."""
     for name, value in scope.get("headers", []):
-        if name in (b"authorization", b"x-api-key"):
+        if name in CREDENTIAL_HEADERS:
             token: str = value.decode("latin-1").split(" ")[-1]
             if token.startswith("td_") and len(token) > 12:
                 return token[3:11]
