@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import swagger_ui_bundle
@@ -147,7 +148,15 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     _mount_docs(app)
     install_portal(app)
     generate_openapi = app.openapi
-    app.openapi = lambda: document_problems(generate_openapi())  # type: ignore[method-assign]
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI keeps the document it generated (app.openapi_schema): the problems are declared in it once.
+        if app.openapi_schema is None:
+            document_problems(generate_openapi())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
