@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
+from territoire_data.ingest.mqtt.config import ConnectorConfig
 from territoire_data.mqtt_url import configure_client, parse_mqtt_url
 from territoire_data.settings import Settings
 from tests.conftest import ROOT, TEST_ADMIN_AUTH, BrokerTls, MosquittoProcess, make_settings
@@ -43,6 +44,13 @@ pytestmark = [
 USER = "ingest"
 PASSWORD = "Tls-Secr3t-Pw-4b1e9"
 WRONG = "Wrong-Pw-77c0d2"
+
+
+def launched(settings: Settings, connector: ConnectorConfig) -> RunningWorker:
+    """A worker running without waiting for its subscription (one the broker refuses never subscribes)."""
+    worker = RunningWorker(settings, connector)
+    worker.task = asyncio.create_task(worker.worker.run(worker.stop_event))
+    return worker
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +130,7 @@ async def test_wrong_password_is_a_clear_error_retried_with_backoff_and_stores_n
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     bad = make_settings(settings.database_url, mqtt_url=url_with(tls_broker, WRONG), mqtt_ca_file=pki.ca_file)
-    worker = RunningWorker(bad, connector_for(topic_prefix))
-    worker.task = asyncio.create_task(worker.worker.run(worker.stop_event))
+    worker = launched(bad, connector_for(topic_prefix))
     publisher = Publisher(url_with(tls_broker), ca_file=pki.ca_file)
 
     def refusals() -> list[str]:
@@ -155,8 +162,7 @@ async def test_a_broker_certificate_from_an_untrusted_ca_is_refused(
     logs: pytest.LogCaptureFixture,
 ) -> None:
     rogue = make_settings(settings.database_url, mqtt_url=url_with(tls_broker), mqtt_ca_file=pki.rogue_ca_file)
-    worker = RunningWorker(rogue, connector_for(topic_prefix))
-    worker.task = asyncio.create_task(worker.worker.run(worker.stop_event))
+    worker = launched(rogue, connector_for(topic_prefix))
     try:
         await until(lambda: "certificate verify failed" in logs.text, what="the TLS failure logged")
         assert not worker.worker.source.connected.is_set()
@@ -191,8 +197,7 @@ async def test_client_certificate_from_the_connector_yaml_authenticates_the_work
 
     # The same worker without a client certificate never gets in.
     without = {key: value for key, value in broker.items() if key not in ("cert_file", "key_file")}
-    refused = RunningWorker(settings, connector_for(topic_prefix, broker=without))
-    refused.task = asyncio.create_task(refused.worker.run(refused.stop_event))
+    refused = launched(settings, connector_for(topic_prefix, broker=without))
     try:
         await asyncio.sleep(3)
         assert not refused.worker.source.subscribed.is_set()

@@ -1,4 +1,4 @@
-"""Keyed responses never reach a shared cache: the header rewrite of api.security.PrivateCacheMiddleware."""
+"""Keyed responses never reach a shared cache: the header rewrite of api.security.ResponseHeadersMiddleware."""
 
 from __future__ import annotations
 

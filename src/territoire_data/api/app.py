@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import swagger_ui_bundle
@@ -27,10 +28,9 @@ from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
-    PrivateCacheMiddleware,
     QueryLimitMiddleware,
     RateLimitMiddleware,
-    SecurityHeadersMiddleware,
+    ResponseHeadersMiddleware,
 )
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
@@ -100,11 +100,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: HEAD (GET without the body), headers, private caching, body limit, URL length and
+    # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
     # query limits, rate limit, CORS, metrics, then the request id outermost.
     app.add_middleware(HeadMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(PrivateCacheMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(
         QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)
@@ -149,7 +148,15 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     _mount_docs(app)
     install_portal(app)
     generate_openapi = app.openapi
-    app.openapi = lambda: document_problems(generate_openapi())  # type: ignore[method-assign]
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI keeps the document it generated (app.openapi_schema): the problems are declared in it once.
+        if app.openapi_schema is None:
+            document_problems(generate_openapi())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -27,28 +27,6 @@ SECURITY_HEADERS = [
 ]
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name for name, _ in message.get("headers", [])}
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    *((name, value) for name, value in SECURITY_HEADERS if name not in present),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
 _VARY_CREDENTIALS = ("Authorization", "X-API-Key")
 
@@ -57,8 +35,9 @@ def carries_credentials(scope: Scope) -> bool:
     return any(name in CREDENTIAL_HEADERS and value.strip() for name, value in scope.get("headers", []))
 
 
-class PrivateCacheMiddleware:
-    """What a key reads stays out of shared caches, on every door at once.
+class ResponseHeadersMiddleware:
+    """The headers every response gets: the security headers (unless the app set its own), and the cache rules
+    that keep what a key reads out of shared caches, on every door at once.
 
     A response to a request that carries credentials (Authorization, X-API-Key) is `private`: a proxy or CDN never
     stores it, so it cannot serve a restricted dataset to someone else (X-API-Key, unlike Authorization, does not
@@ -75,12 +54,15 @@ class PrivateCacheMiddleware:
             return
         keyed = carries_credentials(scope)
 
-        async def send_private(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = _cache_headers(list(message.get("headers", [])), keyed)
+                headers = _cache_headers(list(message.get("headers", [])), keyed)
+                present = {name for name, _ in headers}
+                headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
+                message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_private)
+        await self.app(scope, receive, send_with_headers)
 
 
 def _cache_headers(headers: list[tuple[bytes, bytes]], keyed: bool) -> list[tuple[bytes, bytes]]:
@@ -115,7 +97,8 @@ class QueryLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        url = (scope.get("raw_path") or scope["path"].encode()) + scope.get("query_string", b"")
+        length = len(url)
         if length > self.max_url_length:
             response = problem(
                 414,
@@ -128,7 +111,6 @@ class QueryLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        url = (scope.get("raw_path") or b"") + scope.get("query_string", b"")
         if b"%00" in url or b"\x00" in url:
             # No text column can hold a NUL character: refused here, once, for every door.
             response = problem(
@@ -276,7 +258,7 @@ class RateLimitMiddleware:
 def _key_prefix(scope: Scope) -> str | None:
     """Whose limit a request counts against: the key's public prefix, or a digest of an access token (JWT)."""
     for name, value in scope.get("headers", []):
-        if name in (b"authorization", b"x-api-key"):
+        if name in CREDENTIAL_HEADERS:
             token: str = value.decode("latin-1").split(" ")[-1]
             if token.startswith("td_") and len(token) > 12:
                 return token[3:11]

@@ -12,17 +12,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from territoire_data.db.raw import connect_raw, json_dumps
 from territoire_data.settings import Settings
 
-__all__ = ["connect_raw", "create_engine", "raw_connection"]
+__all__ = ["connect_raw", "create_engine", "raw_connection", "session_settings"]
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None, application_name: str = "api") -> AsyncEngine:
-    """An async engine with a bounded pool, a statement timeout and orjson for JSON columns."""
+def session_settings(settings: Settings, application_name: str) -> dict[str, str]:
+    """The server settings of the API's sessions (the engine's and the read pool's): their name in
+    pg_stat_activity, JIT as configured, and the statement timeout."""
     server_settings = {
         "application_name": f"territoire-data-{application_name}",
         "jit": "on" if settings.db_jit else "off",
     }
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+    return server_settings
+
+
+def create_engine(settings: Settings, *, pool_size: int | None = None, application_name: str = "api") -> AsyncEngine:
+    """An async engine with a bounded pool, a statement timeout and orjson for JSON columns."""
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=pool_size or settings.db_pool_size,
@@ -31,7 +37,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None, applicati
         pool_recycle=1800,
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
-        connect_args={"server_settings": server_settings, "timeout": 10},
+        connect_args={"server_settings": session_settings(settings, application_name), "timeout": 10},
     )
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from territoire_data.db.engine import session_settings
 from territoire_data.settings import Settings
 
 _POOLS: weakref.WeakKeyDictionary[AsyncEngine, asyncpg.Pool] = weakref.WeakKeyDictionary()
@@ -37,14 +38,11 @@ async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
     async with _LOCK:
         pool = _POOLS.get(engine)
         if pool is None:
-            server_settings = {"application_name": "territoire-data-read", "jit": "on" if settings.db_jit else "off"}
-            if settings.db_statement_timeout_ms:
-                server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
             pool = await asyncpg.create_pool(
                 settings.asyncpg_dsn,
                 min_size=settings.db_pool_size,  # opened up front: no connect under load
                 max_size=settings.db_pool_size,
-                server_settings=server_settings,
+                server_settings=session_settings(settings, "read"),
                 init=_init_connection,
                 reset=_keep_session,
                 # Kept open however long they idle (asyncpg closes them after 5 min by default): on a city's

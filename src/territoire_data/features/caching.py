@@ -13,7 +13,7 @@ from territoire_data import __version__
 
 CACHE_CONTROL = "public, max-age=60, must-revalidate"
 # What a response may differ by: the format, and who asks (a key may see restricted datasets). Requests that
-# carry credentials get `private` instead of `public` (api.security.PrivateCacheMiddleware, for every door).
+# carry credentials get `private` instead of `public` (api.security.ResponseHeadersMiddleware, for every door).
 VARY = "Accept, Accept-Encoding, Authorization, X-API-Key"
 
 
