@@ -70,6 +70,21 @@ _DATASETS_OF: dict[str, str] = {
 _OWNED = ("Thing", "Datastream", "MultiDatastream")
 # The columns of an Observation of a MultiDatastream (table multi_observation): its result is one JSON array.
 _MULTI_RESULT_COLUMNS = ("result_number", "result_string", "result_boolean")
+# The array type each column of a dataArray is bound as (`_insert_observation_rows`).
+_ARRAY_CASTS = {
+    "phenomenon_time": "timestamptz[]",
+    "phenomenon_time_end": "timestamptz[]",
+    "result_time": "timestamptz[]",
+    "result_number": "float8[]",
+    "result_string": "text[]",
+    "result_boolean": "boolean[]",
+    "result_json": "text[]::jsonb[]",
+    "result_quality": "text[]::jsonb[]",
+    "valid_time_start": "timestamptz[]",
+    "valid_time_end": "timestamptz[]",
+    "parameters": "text[]::jsonb[]",
+    "feature_of_interest_id": "bigint[]",
+}
 
 
 def parse_time(value: Any, what: str) -> datetime:
@@ -719,23 +734,7 @@ class Writer:
     async def _insert_array(
         self, datastream_id: int, components: list[str], rows: list[Any], base: str, index: int, *, multi: bool = False
     ) -> list[str]:
-        columns: dict[str, list[Any]] = {
-            c: []
-            for c in (
-                "phenomenon_time",
-                "phenomenon_time_end",
-                "result_time",
-                "result_number",
-                "result_string",
-                "result_boolean",
-                "result_json",
-                "result_quality",
-                "valid_time_start",
-                "valid_time_end",
-                "parameters",
-                "feature_of_interest_id",
-            )
-        }
+        columns: dict[str, list[Any]] = {c: [] for c in _ARRAY_CASTS}
         default_foi: int | None = None
         now = datetime.now(UTC)
         size = await self.multi_size(datastream_id) if multi else None  # once, not per row
@@ -781,19 +780,12 @@ class Writer:
         if multi:
             for column in _MULTI_RESULT_COLUMNS:
                 del columns[column]
-            inserted = await self.conn.fetch(
-                "INSERT INTO multi_observation (multi_datastream_id, phenomenon_time, phenomenon_time_end, "
-                "result_time, result_json, result_quality, valid_time_start, valid_time_end, parameters, "
-                "feature_of_interest_id) "
-                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], "
-                "$5::text[]::jsonb[], $6::text[]::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[]::jsonb[], "
-                "$10::bigint[]) "
-                "ON CONFLICT (multi_datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
-                datastream_id,
-                *columns.values(),
-            )
-        else:
-            inserted = await self._insert_datastream_array(datastream_id, columns)
+        inserted = await self._insert_observation_rows(
+            "multi_observation" if multi else "observation",
+            "multi_datastream_id" if multi else "datastream_id",
+            datastream_id,
+            columns,
+        )
         by_time = {r["phenomenon_time"]: int(r["id"]) for r in inserted}
         self.created_observations.extend(by_time.values())
         self.created["Observation"] = self.created.get("Observation", 0) + len(by_time)
@@ -803,18 +795,16 @@ class Writer:
             out.append(f"{base}/Observations({new_id})" if new_id is not None else "error")
         return out
 
-    async def _insert_datastream_array(self, datastream_id: int, columns: dict[str, list[Any]]) -> list[asyncpg.Record]:
-        """The Observations of one Datastream in one set-based insert (a redelivered one is skipped)."""
+    async def _insert_observation_rows(
+        self, table: str, parent_column: str, parent_id: int, columns: dict[str, list[Any]]
+    ) -> list[asyncpg.Record]:
+        """The Observations of one (Multi)Datastream in one set-based insert (a redelivered one is skipped)."""
+        arrays = ", ".join(f"${n}::{_ARRAY_CASTS[c]}" for n, c in enumerate(columns, start=2))
         return list(
             await self.conn.fetch(
-                "INSERT INTO observation (datastream_id, phenomenon_time, phenomenon_time_end, result_time, "
-                "result_number, result_string, result_boolean, result_json, result_quality, valid_time_start, "
-                "valid_time_end, parameters, feature_of_interest_id) "
-                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::float8[], "
-                "$6::text[], $7::boolean[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::timestamptz[], "
-                "$11::timestamptz[], $12::text[]::jsonb[], $13::bigint[]) "
-                "ON CONFLICT (datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
-                datastream_id,
+                f"INSERT INTO {table} ({parent_column}, {', '.join(columns)}) SELECT $1, * FROM unnest({arrays}) "
+                f"ON CONFLICT ({parent_column}, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
+                parent_id,
                 *columns.values(),
             )
         )
