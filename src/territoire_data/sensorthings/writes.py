@@ -736,6 +736,7 @@ class Writer:
     ) -> list[str]:
         columns: dict[str, list[Any]] = {c: [] for c in _ARRAY_CASTS}
         default_foi: int | None = None
+        known_foi: dict[tuple[type, Any], int] = {}
         now = datetime.now(UTC)
         size = await self.multi_size(datastream_id) if multi else None  # once, not per row
         for line_no, line in enumerate(rows):
@@ -774,8 +775,11 @@ class Writer:
                 if default_foi is None:
                     default_foi = await self.foi_for_datastream(datastream_id, multi=multi)
                 foi = default_foi
+            elif isinstance(foi, int | str) and (type(foi), foi) in known_foi:
+                foi = known_foi[(type(foi), foi)]
             else:
-                foi = await self.existing(BY_NAME["FeatureOfInterest"], foi)
+                raw, foi = foi, await self.existing(BY_NAME["FeatureOfInterest"], foi)
+                known_foi[(type(raw), raw)] = foi  # rows mostly repeat a few: one visibility check each
             columns["feature_of_interest_id"].append(foi)
         if multi:
             for column in _MULTI_RESULT_COLUMNS:
