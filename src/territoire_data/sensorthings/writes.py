@@ -373,36 +373,15 @@ class Writer:
             if "phenomenon_time" not in columns:
                 columns["phenomenon_time"] = (datetime.now(UTC), "{}::timestamptz")
             if columns.get("feature_of_interest_id") is None:
-                if "multi_datastream_id" in columns:
-                    foi = await self.foi_for_datastream(int(columns["multi_datastream_id"][0]), multi=True)
-                else:
-                    foi = await self.foi_for_datastream(int(columns["datastream_id"][0]))
-                columns["feature_of_interest_id"] = (foi, "{}::bigint")
-        if entity.name == "MultiDatastream":
-            observed = self._multi_observed_properties(body, columns)
-            columns["dataset_id"] = (
-                await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
-                "{}::bigint",
-            )
-            new_id = await self._insert(entity, columns)
-            self.created[entity.name] = self.created.get(entity.name, 0) + 1
-            self._writable.add((entity.name, new_id))
-            ids = [
-                await self.resolve(BY_NAME["ObservedProperty"], item, "MultiDatastream/ObservedProperties")
-                for item in observed
-            ]
-            if len(set(ids)) != len(ids):
-                raise BadRequestError("MultiDatastream/ObservedProperties lists an ObservedProperty twice")
-            await self.conn.execute(
-                "INSERT INTO multi_datastream_observed_property (multi_datastream_id, observed_property_id, rank) "
-                "SELECT $1, op, rank - 1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(op, rank)",
-                new_id,
-                ids,
-            )
-            await self._create_children(entity, new_id, {k: v for k, v in body.items() if k != "ObservedProperties"})
-            return new_id
-        if entity.name == "Datastream":
-            # the Datastream joins the dataset of its Thing, so the access policy follows it
+                multi = "multi_datastream_id" in columns
+                parent = columns["multi_datastream_id" if multi else "datastream_id"][0]
+                columns["feature_of_interest_id"] = (
+                    await self.foi_for_datastream(int(parent), multi=multi),
+                    "{}::bigint",
+                )
+        observed = self._multi_observed_properties(body, columns) if entity.name == "MultiDatastream" else None
+        if entity.name in ("Datastream", "MultiDatastream"):
+            # it joins the dataset of its Thing, so the access policy follows it
             columns["dataset_id"] = (
                 await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
                 "{}::bigint",
@@ -413,8 +392,26 @@ class Writer:
             self._writable.add((entity.name, new_id))  # checked through its parent or its dataset above
         if entity.name == "Observation":
             self.created_observations.append(new_id)
+        if observed is not None:
+            await self._link_observed_properties(new_id, observed)
+            body = {k: v for k, v in body.items() if k != "ObservedProperties"}
         await self._create_children(entity, new_id, body)
         return new_id
+
+    async def _link_observed_properties(self, multi_datastream_id: int, observed: list[Any]) -> None:
+        """A new MultiDatastream's ObservedProperties, in order (`rank`: result[i] is the i-th)."""
+        ids = [
+            await self.resolve(BY_NAME["ObservedProperty"], item, "MultiDatastream/ObservedProperties")
+            for item in observed
+        ]
+        if len(set(ids)) != len(ids):
+            raise BadRequestError("MultiDatastream/ObservedProperties lists an ObservedProperty twice")
+        await self.conn.execute(
+            "INSERT INTO multi_datastream_observed_property (multi_datastream_id, observed_property_id, rank) "
+            "SELECT $1, op, rank - 1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(op, rank)",
+            multi_datastream_id,
+            ids,
+        )
 
     async def _observation_parent(self, body: dict[str, Any], columns: dict[str, tuple[Any, str]]) -> None:
         """An Observation belongs to exactly one Datastream or MultiDatastream; a MultiDatastream's result is an
