@@ -517,11 +517,13 @@ class Writer:
     async def foi_for_datastream(self, datastream_id: int, *, multi: bool = False) -> int:
         """The FeatureOfInterest generated from the Location of the (Multi)Datastream's Thing (made once, then
         reused)."""
+        # the Location and the FeatureOfInterest already made from it, in one round trip (the common case)
         location = await self.conn.fetchrow(
-            "SELECT l.id, l.name, l.description, l.encoding_type, l.location::text AS location "
+            "SELECT l.id, f.id AS feature_of_interest_id "
             f"FROM {'multi_datastream' if multi else 'datastream'} d "
             "JOIN thing_location tl ON tl.thing_id = d.thing_id "
             "JOIN location l ON l.id = tl.location_id "
+            "LEFT JOIN feature_of_interest f ON f.external_key = 'sta:location:' || l.id "
             "WHERE d.id = $1 ORDER BY l.id LIMIT 1",
             datastream_id,
         )
@@ -529,10 +531,9 @@ class Writer:
             raise BadRequestError(
                 "the Observation has no FeatureOfInterest and its Datastream's Thing has no Location to make one from"
             )
+        if location["feature_of_interest_id"] is not None:
+            return int(location["feature_of_interest_id"])
         key = f"sta:location:{location['id']}"
-        found = await self.conn.fetchval("SELECT id FROM feature_of_interest WHERE external_key = $1", key)
-        if found is not None:
-            return int(found)
         return int(
             await self.conn.fetchval(
                 "INSERT INTO feature_of_interest (name, description, encoding_type, feature, geom, external_key) "
