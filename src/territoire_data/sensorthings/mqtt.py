@@ -52,7 +52,7 @@ from territoire_data.sensorthings.events import (
     collection_paths,
     parse_entity_notification,
 )
-from territoire_data.sensorthings.model import BY_NAME
+from territoire_data.sensorthings.model import BY_NAME, BY_PLURAL
 from territoire_data.sensorthings.service import WriteAuth, audit_write
 from territoire_data.sensorthings.writes import Writer
 from territoire_data.settings import Settings
@@ -65,6 +65,8 @@ MAX_RANGE = 10_000  # a bulk load notifies a range; beyond this it is not stream
 MAX_PAYLOAD = 256 * 1024
 ORIGIN = ("territoire-origin", "sta-publisher")
 _TOPIC = re.compile(r"^v1\.1/(?:(Datastreams|MultiDatastreams|FeaturesOfInterest)\((\d+)\)/)?Observations$")
+# the foreign key of an Observation to each parent `_TOPIC` names
+_PARENT_COLUMNS = {r.target: r.column for r in BY_NAME["Observation"].relations if r.kind == "parent_fk"}
 
 
 @dataclass(frozen=True)
@@ -317,18 +319,10 @@ class StaMqttBridge:
             principal = (await principal_of(key, conn, self.oidc) if key else None) or ANONYMOUS
             WriteAuth(principal).check()
             forced: dict[str, int] = {}
-            if match.group(1) == "Datastreams":
-                forced["datastream_id"] = await Writer(conn, principal).existing(
-                    BY_NAME["Datastream"], int(match.group(2))
-                )
-            elif match.group(1) == "MultiDatastreams":
-                forced["multi_datastream_id"] = await Writer(conn, principal).existing(
-                    BY_NAME["MultiDatastream"], int(match.group(2))
-                )
-            elif match.group(1) == "FeaturesOfInterest":
-                forced["feature_of_interest_id"] = await Writer(conn, principal).existing(
-                    BY_NAME["FeatureOfInterest"], int(match.group(2))
-                )
+            if match.group(1):  # v1.1/<parents>(<id>)/Observations: the Observation's to-one link to it
+                parent = BY_PLURAL[match.group(1)]
+                column = _PARENT_COLUMNS[parent.name]
+                forced[column] = await Writer(conn, principal).existing(parent, int(match.group(2)))
             async with conn.transaction():
                 writer = Writer(conn, principal)
                 new_id = await writer.create(BY_NAME["Observation"], body, forced=forced)

@@ -70,6 +70,21 @@ _DATASETS_OF: dict[str, str] = {
 _OWNED = ("Thing", "Datastream", "MultiDatastream")
 # The columns of an Observation of a MultiDatastream (table multi_observation): its result is one JSON array.
 _MULTI_RESULT_COLUMNS = ("result_number", "result_string", "result_boolean")
+# The array type each column of a dataArray is bound as (`_insert_observation_rows`).
+_ARRAY_CASTS = {
+    "phenomenon_time": "timestamptz[]",
+    "phenomenon_time_end": "timestamptz[]",
+    "result_time": "timestamptz[]",
+    "result_number": "float8[]",
+    "result_string": "text[]",
+    "result_boolean": "boolean[]",
+    "result_json": "text[]::jsonb[]",
+    "result_quality": "text[]::jsonb[]",
+    "valid_time_start": "timestamptz[]",
+    "valid_time_end": "timestamptz[]",
+    "parameters": "text[]::jsonb[]",
+    "feature_of_interest_id": "bigint[]",
+}
 
 
 def parse_time(value: Any, what: str) -> datetime:
@@ -358,36 +373,15 @@ class Writer:
             if "phenomenon_time" not in columns:
                 columns["phenomenon_time"] = (datetime.now(UTC), "{}::timestamptz")
             if columns.get("feature_of_interest_id") is None:
-                if "multi_datastream_id" in columns:
-                    foi = await self.foi_for_datastream(int(columns["multi_datastream_id"][0]), multi=True)
-                else:
-                    foi = await self.foi_for_datastream(int(columns["datastream_id"][0]))
-                columns["feature_of_interest_id"] = (foi, "{}::bigint")
-        if entity.name == "MultiDatastream":
-            observed = self._multi_observed_properties(body, columns)
-            columns["dataset_id"] = (
-                await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
-                "{}::bigint",
-            )
-            new_id = await self._insert(entity, columns)
-            self.created[entity.name] = self.created.get(entity.name, 0) + 1
-            self._writable.add((entity.name, new_id))
-            ids = [
-                await self.resolve(BY_NAME["ObservedProperty"], item, "MultiDatastream/ObservedProperties")
-                for item in observed
-            ]
-            if len(set(ids)) != len(ids):
-                raise BadRequestError("MultiDatastream/ObservedProperties lists an ObservedProperty twice")
-            await self.conn.execute(
-                "INSERT INTO multi_datastream_observed_property (multi_datastream_id, observed_property_id, rank) "
-                "SELECT $1, op, rank - 1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(op, rank)",
-                new_id,
-                ids,
-            )
-            await self._create_children(entity, new_id, {k: v for k, v in body.items() if k != "ObservedProperties"})
-            return new_id
-        if entity.name == "Datastream":
-            # the Datastream joins the dataset of its Thing, so the access policy follows it
+                multi = "multi_datastream_id" in columns
+                parent = columns["multi_datastream_id" if multi else "datastream_id"][0]
+                columns["feature_of_interest_id"] = (
+                    await self.foi_for_datastream(int(parent), multi=multi),
+                    "{}::bigint",
+                )
+        observed = self._multi_observed_properties(body, columns) if entity.name == "MultiDatastream" else None
+        if entity.name in ("Datastream", "MultiDatastream"):
+            # it joins the dataset of its Thing, so the access policy follows it
             columns["dataset_id"] = (
                 await self.conn.fetchval("SELECT dataset_id FROM thing WHERE id = $1", columns["thing_id"][0]),
                 "{}::bigint",
@@ -398,8 +392,26 @@ class Writer:
             self._writable.add((entity.name, new_id))  # checked through its parent or its dataset above
         if entity.name == "Observation":
             self.created_observations.append(new_id)
+        if observed is not None:
+            await self._link_observed_properties(new_id, observed)
+            body = {k: v for k, v in body.items() if k != "ObservedProperties"}
         await self._create_children(entity, new_id, body)
         return new_id
+
+    async def _link_observed_properties(self, multi_datastream_id: int, observed: list[Any]) -> None:
+        """A new MultiDatastream's ObservedProperties, in order (`rank`: result[i] is the i-th)."""
+        ids = [
+            await self.resolve(BY_NAME["ObservedProperty"], item, "MultiDatastream/ObservedProperties")
+            for item in observed
+        ]
+        if len(set(ids)) != len(ids):
+            raise BadRequestError("MultiDatastream/ObservedProperties lists an ObservedProperty twice")
+        await self.conn.execute(
+            "INSERT INTO multi_datastream_observed_property (multi_datastream_id, observed_property_id, rank) "
+            "SELECT $1, op, rank - 1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(op, rank)",
+            multi_datastream_id,
+            ids,
+        )
 
     async def _observation_parent(self, body: dict[str, Any], columns: dict[str, tuple[Any, str]]) -> None:
         """An Observation belongs to exactly one Datastream or MultiDatastream; a MultiDatastream's result is an
@@ -505,11 +517,13 @@ class Writer:
     async def foi_for_datastream(self, datastream_id: int, *, multi: bool = False) -> int:
         """The FeatureOfInterest generated from the Location of the (Multi)Datastream's Thing (made once, then
         reused)."""
+        # the Location and the FeatureOfInterest already made from it, in one round trip (the common case)
         location = await self.conn.fetchrow(
-            "SELECT l.id, l.name, l.description, l.encoding_type, l.location::text AS location "
+            "SELECT l.id, f.id AS feature_of_interest_id "
             f"FROM {'multi_datastream' if multi else 'datastream'} d "
             "JOIN thing_location tl ON tl.thing_id = d.thing_id "
             "JOIN location l ON l.id = tl.location_id "
+            "LEFT JOIN feature_of_interest f ON f.external_key = 'sta:location:' || l.id "
             "WHERE d.id = $1 ORDER BY l.id LIMIT 1",
             datastream_id,
         )
@@ -517,10 +531,9 @@ class Writer:
             raise BadRequestError(
                 "the Observation has no FeatureOfInterest and its Datastream's Thing has no Location to make one from"
             )
+        if location["feature_of_interest_id"] is not None:
+            return int(location["feature_of_interest_id"])
         key = f"sta:location:{location['id']}"
-        found = await self.conn.fetchval("SELECT id FROM feature_of_interest WHERE external_key = $1", key)
-        if found is not None:
-            return int(found)
         return int(
             await self.conn.fetchval(
                 "INSERT INTO feature_of_interest (name, description, encoding_type, feature, geom, external_key) "
@@ -719,24 +732,9 @@ class Writer:
     async def _insert_array(
         self, datastream_id: int, components: list[str], rows: list[Any], base: str, index: int, *, multi: bool = False
     ) -> list[str]:
-        columns: dict[str, list[Any]] = {
-            c: []
-            for c in (
-                "phenomenon_time",
-                "phenomenon_time_end",
-                "result_time",
-                "result_number",
-                "result_string",
-                "result_boolean",
-                "result_json",
-                "result_quality",
-                "valid_time_start",
-                "valid_time_end",
-                "parameters",
-                "feature_of_interest_id",
-            )
-        }
+        columns: dict[str, list[Any]] = {c: [] for c in _ARRAY_CASTS}
         default_foi: int | None = None
+        known_foi: dict[tuple[type, Any], int] = {}
         now = datetime.now(UTC)
         size = await self.multi_size(datastream_id) if multi else None  # once, not per row
         for line_no, line in enumerate(rows):
@@ -775,25 +773,21 @@ class Writer:
                 if default_foi is None:
                     default_foi = await self.foi_for_datastream(datastream_id, multi=multi)
                 foi = default_foi
+            elif isinstance(foi, int | str) and (type(foi), foi) in known_foi:
+                foi = known_foi[(type(foi), foi)]
             else:
-                foi = await self.existing(BY_NAME["FeatureOfInterest"], foi)
+                raw, foi = foi, await self.existing(BY_NAME["FeatureOfInterest"], foi)
+                known_foi[(type(raw), raw)] = foi  # rows mostly repeat a few: one visibility check each
             columns["feature_of_interest_id"].append(foi)
         if multi:
             for column in _MULTI_RESULT_COLUMNS:
                 del columns[column]
-            inserted = await self.conn.fetch(
-                "INSERT INTO multi_observation (multi_datastream_id, phenomenon_time, phenomenon_time_end, "
-                "result_time, result_json, result_quality, valid_time_start, valid_time_end, parameters, "
-                "feature_of_interest_id) "
-                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], "
-                "$5::text[]::jsonb[], $6::text[]::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::text[]::jsonb[], "
-                "$10::bigint[]) "
-                "ON CONFLICT (multi_datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
-                datastream_id,
-                *columns.values(),
-            )
-        else:
-            inserted = await self._insert_datastream_array(datastream_id, columns)
+        inserted = await self._insert_observation_rows(
+            "multi_observation" if multi else "observation",
+            "multi_datastream_id" if multi else "datastream_id",
+            datastream_id,
+            columns,
+        )
         by_time = {r["phenomenon_time"]: int(r["id"]) for r in inserted}
         self.created_observations.extend(by_time.values())
         self.created["Observation"] = self.created.get("Observation", 0) + len(by_time)
@@ -803,18 +797,16 @@ class Writer:
             out.append(f"{base}/Observations({new_id})" if new_id is not None else "error")
         return out
 
-    async def _insert_datastream_array(self, datastream_id: int, columns: dict[str, list[Any]]) -> list[asyncpg.Record]:
-        """The Observations of one Datastream in one set-based insert (a redelivered one is skipped)."""
+    async def _insert_observation_rows(
+        self, table: str, parent_column: str, parent_id: int, columns: dict[str, list[Any]]
+    ) -> list[asyncpg.Record]:
+        """The Observations of one (Multi)Datastream in one set-based insert (a redelivered one is skipped)."""
+        arrays = ", ".join(f"${n}::{_ARRAY_CASTS[c]}" for n, c in enumerate(columns, start=2))
         return list(
             await self.conn.fetch(
-                "INSERT INTO observation (datastream_id, phenomenon_time, phenomenon_time_end, result_time, "
-                "result_number, result_string, result_boolean, result_json, result_quality, valid_time_start, "
-                "valid_time_end, parameters, feature_of_interest_id) "
-                "SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::float8[], "
-                "$6::text[], $7::boolean[], $8::text[]::jsonb[], $9::text[]::jsonb[], $10::timestamptz[], "
-                "$11::timestamptz[], $12::text[]::jsonb[], $13::bigint[]) "
-                "ON CONFLICT (datastream_id, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
-                datastream_id,
+                f"INSERT INTO {table} ({parent_column}, {', '.join(columns)}) SELECT $1, * FROM unnest({arrays}) "
+                f"ON CONFLICT ({parent_column}, phenomenon_time) DO NOTHING RETURNING id, phenomenon_time",
+                parent_id,
                 *columns.values(),
             )
         )

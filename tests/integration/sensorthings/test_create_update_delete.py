@@ -232,3 +232,53 @@ async def test_create_observations_data_array(sta: httpx.AsyncClient) -> None:
         headers=AUTH,
     )
     assert bad.status_code == 400
+
+
+async def test_create_observations_data_array_with_features_of_interest(sta: httpx.AsyncClient) -> None:
+    thing = await create(sta, "Things", thing_body())
+    ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
+    foi = await create(
+        sta,
+        "FeaturesOfInterest",
+        {
+            "name": "f",
+            "description": "",
+            "encodingType": "application/geo+json",
+            "feature": {"type": "Point", "coordinates": [1, 2]},
+        },
+    )
+    fid = foi["@iot.id"]
+    rows = [[f"2026-11-01T00:0{m}:00Z", m, fid if m % 2 else str(fid)] for m in range(4)]
+    body = [{"Datastream": {"@iot.id": ds}, "components": ["phenomenonTime", "result", "FeatureOfInterest/id"]}]
+    response = await sta.post(f"{BASE}/CreateObservations", json=[{**body[0], "dataArray": rows}], headers=AUTH)
+    assert response.status_code == 201
+    assert "error" not in response.json()
+    observations = (await get(sta, f"FeaturesOfInterest({fid})/Observations"))["value"]
+    assert sorted(o["result"] for o in observations) == [0, 1, 2, 3]
+    for bad_foi, status in ((fid + 1000, 404), (True, 400), ({"@iot.id": fid}, 400)):
+        rows = [["2026-11-02T00:00:00Z", 1, fid], ["2026-11-02T00:01:00Z", 2, bad_foi]]
+        response = await sta.post(f"{BASE}/CreateObservations", json=[{**body[0], "dataArray": rows}], headers=AUTH)
+        assert response.status_code == status, bad_foi
+
+
+async def test_observations_without_feature_of_interest_share_the_one_made_from_the_location(
+    sta: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    thing = await create(sta, "Things", thing_body(n_ds=2))
+    streams = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]
+    features = set()
+    for minute, stream in enumerate([*streams, *streams]):
+        observation = await create(
+            sta,
+            "Observations",
+            {
+                "Datastream": {"@iot.id": stream["@iot.id"]},
+                "phenomenonTime": f"2026-11-01T00:0{minute}:00Z",
+                "result": 1,
+            },
+        )
+        feature = await get(sta, f"Observations({observation['@iot.id']})/FeatureOfInterest")
+        features.add(feature["@iot.id"])
+        assert feature["feature"] == {"type": "Point", "coordinates": [4.832, 45.757]}
+    assert len(features) == 1
+    assert await db.fetchval("SELECT count(*) FROM feature_of_interest") == 1
