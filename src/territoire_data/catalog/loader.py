@@ -161,6 +161,7 @@ class _Run:
     fatal: bool = False
     direct: bool = False
     rows_deleted: int = 0
+    set_based: bool = False  # the rows went in by one set-based statement (or COPY), checked in SQL
     native_refused: bool = False  # the native path could not vouch for the file: not to be tried again
     stats: Any = None  # the dataset's statistics, when computed with the rows' check (see datasets.stats_sql)
     cleanup: list[str] = field(default_factory=list)  # load tables to drop once the transaction is over
@@ -321,7 +322,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
             if run.stats is not None and run.rows_rejected == 0:
                 await write_dataset_stats(conn, dataset, run.stats)
             else:
-                only_points = run.direct and run.timings.get("set_based") == 1 and spec is not None and spec.is_point
+                only_points = run.direct and run.set_based and spec is not None and spec.is_point
                 await refresh_dataset_stats(conn, dataset, only_points=only_points)
             run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
@@ -563,6 +564,7 @@ async def _load_set_based(
         run.timings["set_based"] = 0
         return False
     run.rows_read = run.rows_staged = inserted
+    run.set_based = True
     run.timings["set_based"] = 1
     return True
 
@@ -622,6 +624,7 @@ async def _load_native(
         return False
     run.rows_read = run.rows_staged = stream.rows
     run.stats = stats
+    run.set_based = True
     run.timings["set_based"] = 1
     run.timings["native"] = 1
     return True
@@ -693,6 +696,7 @@ async def _load_parallel(
     run.direct = True
     run.rows_read = run.rows_staged = loaded.rows
     run.stats = loaded.stats
+    run.set_based = True
     run.timings.update(set_based=1, native=1, parallel=1)
     lines_loaded.extend(source.file._line + 1, loaded.rows)  # _fid last_fid + n is on line (header lines) + n
     if not loaded.unique_built:

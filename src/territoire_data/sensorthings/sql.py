@@ -589,6 +589,12 @@ def implied_visible(parent: EntityType, relation: Relation) -> bool:
     return parent.name in ("Datastream", "MultiDatastream") and relation.name == "Observations"
 
 
+def datastream_observations(parent: EntityType, relation: Relation) -> bool:
+    """The Observations of one Datastream: one partitioned table keyed by (datastream_id, phenomenon_time), where
+    time orders come straight from the index and the latest pointer and window apply."""
+    return parent.name == "Datastream" and relation.name == "Observations"
+
+
 def rank_order(relation: Relation, parent_id_sql: str, alias: str) -> str | None:
     """The order of an ordered link (a MultiDatastream's ObservedProperties: result[i] is the i-th)."""
     if not relation.link_rank:
@@ -642,7 +648,7 @@ def collection_query(
     if latest:
         assert scope is not None
         parts.append(f"{alias}.phenomenon_time = ({latest_pointer_sql('latest_phenomenon_time', scope, params)})")
-    single = scope is not None and scope.relation.name == "Observations" and scope.parent.name == "Datastream"
+    single = scope is not None and datastream_observations(scope.parent, scope.relation)
     default = None
     if scope is not None and scope.relation.link_rank and not orderby:
         default = rank_order(scope.relation, params.add(scope.parent_id, "bigint"), alias)
@@ -668,7 +674,6 @@ def latest_pointer_applies(
     """
     return (
         scope is not None
-        and implied_visible(scope.parent, scope.relation)
         and top == 1
         and latest_window_applies(scope.parent, scope.relation, filter_expr, orderby, skip)
     )
@@ -755,7 +760,7 @@ def expand_many_query(
         parts.append(visible_sql(entity, alias, principal))
     if filter_expr is not None:
         parts.append(compiler.condition(filter_expr))
-    single = parent.name == "Datastream" and relation.name == "Observations"
+    single = datastream_observations(parent, relation)
     order = order_by_sql(compiler, entity, alias, orderby, single, rank_order(relation, "p.id", alias))
     limit = params.add(top + 1, "bigint")
     offset = params.add(skip, "bigint")
@@ -785,8 +790,7 @@ def latest_window_applies(
 ) -> bool:
     """Is this expansion "the latest Observations of each Datastream" (no filter, newest first, first page)?"""
     return (
-        parent.name == "Datastream"
-        and relation.name == "Observations"
+        datastream_observations(parent, relation)
         and filter_expr is None
         and skip == 0
         and len(orderby) == 1
