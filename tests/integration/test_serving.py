@@ -19,6 +19,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def socket_targets(pid: int) -> list[str]:
+    """What the process's file descriptors point at; none when it has exited meanwhile (a replaced worker, a
+    multiprocessing helper): /proc/<pid>/fd vanishes with it."""
+    targets = []
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return []
+    for fd in fds:
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    return targets
+
+
 def children(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
@@ -39,15 +55,7 @@ def established_on(pid: int, port: int) -> int:
         fields = line.split()
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
             inodes.add(fields[9])
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            count += 1
-    return count
+    return sum(1 for target in socket_targets(pid) if target.startswith("socket:[") and target[8:-1] in inodes)
 
 
 def keep_alive_get(port: int) -> socket.socket:
@@ -81,15 +89,7 @@ def _listening_fds(pid: int, port: int) -> list[str]:
         for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A"
     }
-    out = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            out.append(target)
-    return out
+    return [target for target in socket_targets(pid) if target.startswith("socket:[") and target[8:-1] in inodes]
 
 
 def test_keep_alive_connections_spread_over_the_workers_and_a_dead_worker_is_replaced(settings: Settings) -> None:
