@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 import swagger_ui_bundle
 from asgi_correlation_id import CorrelationIdMiddleware
-from brotli_asgi import BrotliMiddleware
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data import __version__
 from territoire_data.api import health
+from territoire_data.api.compression import CompressionMiddleware
 from territoire_data.api.errors import document_problems, install_error_handlers
 from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
@@ -122,15 +122,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
             expose_headers=["X-Request-ID", "ETag", "Content-Crs", "Link"],
         )
-    # Compression negotiated by Accept-Encoding (brotli, else gzip); streamed exports are compressed chunk by
-    # chunk. GeoParquet is compressed already: sending it through again would only cost CPU. Quality 2: on
-    # SensorThings pages (37 kB to 650 kB of JSON) it compresses as well as 3 (from 5 % smaller to 5 % larger)
-    # in 20-25 % less CPU time (0.93 instead of 1.18 ms for a day of one Datastream, 536 kB), and 3 already took
-    # a third of the time of 4; 1 would halve that again but send 20-40 % more bytes. Compression was the
-    # largest single cost of those requests.
-    app.add_middleware(
-        BrotliMiddleware, quality=2, minimum_size=1024, gzip_fallback=True, excluded_handlers=[r"/exports/parquet$"]
-    )
+    # Compression negotiated by Accept-Encoding (zstd, brotli, gzip: see api.compression); streamed exports are
+    # compressed chunk by chunk. GeoParquet is compressed already: sending it through again would only cost CPU.
+    app.add_middleware(CompressionMiddleware, minimum_size=1024, excluded_paths=[r"/exports/parquet$"])
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 

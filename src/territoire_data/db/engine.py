@@ -17,10 +17,13 @@ __all__ = ["connect_raw", "create_engine", "raw_connection", "session_settings"]
 
 def session_settings(settings: Settings, application_name: str) -> dict[str, str]:
     """The server settings of the API's sessions (the engine's and the read pool's): their name in
-    pg_stat_activity, JIT as configured, and the statement timeout."""
+    pg_stat_activity, JIT as configured, the statement timeout, and DateStyle ISO, whatever the server's or the
+    database's default: the SensorThings JSON built by PostgreSQL writes instants from their text form
+    (`sensorthings.jsonsql`)."""
     server_settings = {
         "application_name": f"territoire-data-{application_name}",
         "jit": "on" if settings.db_jit else "off",
+        "DateStyle": "ISO",  # the output format only: the order of day, month and year in input is kept
     }
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)

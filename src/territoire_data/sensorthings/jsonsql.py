@@ -4,8 +4,14 @@ Building a page of 1,440 Observations as Python dicts (then JSON) cost more CPU 
 request; PostgreSQL concatenates the same members in C. The expression gives the JSON object *without its
 closing brace*, so that the reader can append expanded relations (`,"Datastreams":[...]`) before closing it.
 The output means the same as `read.serialize` (which the MQTT bridge still uses on single rows): the same
-members in the same order, selfLinks and navigationLinks from the bound base URL, instants in UTC with `Z`,
-the same members left out when null, the same `$select` rules.
+members in the same order, selfLinks and navigationLinks, instants in UTC with `Z`, the same members left out
+when null, the same `$select` rules.
+
+Links leave PostgreSQL as `"\x01Observations(12)/Datastream"`: `with_base` puts the public base URL in the place
+of the mark once the page is whole. The base is a third of an Observation's JSON (three links each); writing it
+1,440 times in the database, sending it and reading it cost more than one `str.replace` over the page. The mark,
+a control character, cannot occur anywhere else in JSON text: JSON escapes control characters in strings and
+allows none outside them, and PostgreSQL's json and jsonb types refuse what is not JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from typing import Any
 
 import orjson
 
-from territoire_data.sensorthings.model import EntityType, Prop
+from territoire_data.sensorthings.model import EntityType, Prop, Relation
 
 # Left out of a full entity when null (as `read.serialize` does); with `$select` they are always written.
 OMITTED_WHEN_NULL = frozenset({"properties", "resultQuality", "parameters", "observedArea", "validTime"})
+
+
+BASE_MARK = "\x01"  # stands for the JSON-escaped `<base>/` in links (see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -42,14 +51,17 @@ def key(name: str) -> str:
     return orjson.dumps(name).decode() + ":"
 
 
+def _bare_instant(column: str) -> str:
+    """ISO 8601 text of a timestamptz in UTC (`2026-01-01T00:00:00Z`, fractions of a second when there are), NULL
+    when the column is. The text form of a timestamp under DateStyle ISO with its space made a `T`: half the
+    database CPU time of the JSON form (`to_json`, then cutting its quotes, whose functions count characters), on
+    every instant of every Observation. The API's sessions set DateStyle (`db.engine.session_settings`)."""
+    return f"(replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z')"
+
+
 def _instant(column: str) -> str:
     """JSON string of a timestamptz in UTC (`"2026-01-01T00:00:00Z"`), NULL when the column is."""
-    return f"(left(to_json({column} AT TIME ZONE 'UTC')::text, -1) || 'Z\"')"
-
-
-def _bare_instant(column: str) -> str:
-    """The same instant without quotes, to build intervals."""
-    return f"(btrim(to_json({column} AT TIME ZONE 'UTC')::text, '\"') || 'Z')"
+    return f"('\"' || replace(({column} AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z\"')"
 
 
 def interval_json(start: str, end: str) -> str:
@@ -118,36 +130,82 @@ def _subset(column: str, tree: PathTree, bind: Bind, prefix: tuple[str, ...] = (
     )
 
 
-def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: str, bind: Bind | None = None) -> str:
-    """SQL text giving `{"@iot.id":1,...` (no closing brace) for a row of `entity` under `alias`.
+class _Concat:
+    """The arguments of one concat(): SQL expressions, and text of our own that is merged with the text next to
+    it into one literal (`')","phenomenonTime":'` is one argument, not two: each argument costs a call per row)."""
 
-    `link_param` is the placeholder of the bound JSON-escaped prefix of the entity's links, `"<base>/<plural>(`
-    with its opening quote (see `link_prefix`): the id, `)` and the relation's name complete each link.
+    def __init__(self) -> None:
+        self.args: list[str] = []
+        self._text: list[str] = []
+
+    def text(self, value: str) -> None:
+        self._text.append(value)
+
+    def sql(self, *expressions: str) -> None:
+        self._flush()
+        self.args.extend(expressions)
+
+    def _flush(self) -> None:
+        if self._text:
+            self.args.append(_literal("".join(self._text)))
+            self._text = []
+
+    def build(self) -> str:
+        self._flush()
+        return f"concat({', '.join(self.args)})"
+
+
+def link_written(rel: Relation, alias: str, table: str | None) -> str | None:
+    """When a to-one relation's navigationLink is written: always (None), never (''), or the SQL condition.
+
+    A link leads to an entity; an Observation of a Datastream has no MultiDatastream (and one of a
+    MultiDatastream no Datastream), so that link is left out, as FROST does, instead of leading to nothing.
+    Rows of the table `observation` always have a Datastream and never a MultiDatastream (`table`: as in
+    `sql.visible_sql`); rows of the view `observation_all` have one or the other."""
+    if not rel.optional:
+        return None
+    if table == "observation":
+        return None if rel.column == "datastream_id" else ""
+    return f"{alias}.{rel.column} IS NOT NULL"
+
+
+def members_sql(
+    entity: EntityType, alias: str, shape: JsonShape, bind: Bind | None = None, table: str | None = None
+) -> str:
+    """SQL text giving `{"@iot.id":1,...` (no closing brace) for a row of `entity` under `alias`, its links
+    with the base URL left to `with_base`.
+
     `bind` binds the member names of `$select=properties/owner` (user input, so never written into the SQL).
+    `table` is what `alias` reads (as in `sql.visible_sql`).
     """
     # One concat() of many arguments instead of a chain of `||`: one result string built per row instead of one
     # per operator (1,440 Observations: 3.0 ms of database CPU instead of 3.6). concat() writes a NULL argument
     # as nothing, which is what the members left out when null need; the others are COALESCEd to 'null'.
-    link = [link_param, f"{alias}.id"]  # then `)`, or `)/<relation>"`, completes a link
-    args: list[str] = []
+    out = _Concat()
     select = shape.select
+    link = '"' + BASE_MARK + entity.plural + "("  # then the id, and `)` or `)/<relation>"`
     if not select:
-        args += [_literal('{"@iot.id":'), f"{alias}.id", _literal(',"@iot.selfLink":'), *link, _literal(')"')]
+        out.text('{"@iot.id":')
+        out.sql(f"{alias}.id")
+        out.text(',"@iot.selfLink":' + link)
+        out.sql(f"{alias}.id")
+        out.text(')"')
         for prop in entity.props[1:]:
             value = _value(prop, alias)
             if prop.wire in OMITTED_WHEN_NULL:
-                args.append(f"({_literal(',' + key(prop.wire))} || {value})")
+                out.sql(f"({_literal(',' + key(prop.wire))} || {value})")
             else:
-                args += [_literal("," + key(prop.wire)), f"COALESCE({value}, 'null')"]
+                out.text("," + key(prop.wire))
+                out.sql(f"COALESCE({value}, 'null')")
         for rel in entity.relations:
-            args += [_literal("," + key(rel.name + "@iot.navigationLink")), *link, _literal(f')/{rel.name}"')]
-        return f"concat({', '.join(args)})"
+            _nav_link(out, rel, alias, link, table)
+        return out.build()
     chosen = set(select)
     members: list[list[str]] = []  # (each the concat() arguments giving one `"key":value`)
     if chosen & {"id", "@iot.id"}:
         members.append([_literal(key("@iot.id")), f"{alias}.id"])
     if "@iot.selfLink" in chosen:
-        members.append([_literal(key("@iot.selfLink")), *link, _literal(')"')])
+        members.append([_literal(key("@iot.selfLink") + link), f"{alias}.id", _literal(')"')])
     trees = _json_paths(select) if bind is not None else {}
     for prop in entity.props:
         if prop.wire != "id" and prop.wire in chosen:
@@ -157,7 +215,8 @@ def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: st
             members.append([_literal(key(prop.wire)), _subset(column, trees[prop.wire], bind)])
     for rel in entity.relations:
         if rel.name in chosen:
-            members.append([_literal(key(rel.name + "@iot.navigationLink")), *link, _literal(f')/{rel.name}"')])
+            name = key(rel.name + "@iot.navigationLink")
+            members.append([_literal(name + link), f"{alias}.id", _literal(f')/{rel.name}"')])
     if not members:
         return "'{'"
     args = ["'{'"]
@@ -166,17 +225,29 @@ def members_sql(entity: EntityType, alias: str, shape: JsonShape, link_param: st
     return f"concat({', '.join(args)})"
 
 
-def uses_links(entity: EntityType, shape: JsonShape) -> bool:
-    """Whether `members_sql` writes a link (else its `link_param` must not be bound: nothing would use it)."""
-    if not shape.select:
-        return True
-    chosen = set(shape.select)
-    return "@iot.selfLink" in chosen or any(rel.name in chosen for rel in entity.relations)
+def _nav_link(out: _Concat, rel: Relation, alias: str, link: str, table: str | None) -> None:
+    when = link_written(rel, alias, table)
+    if when == "":
+        return
+    name = key(rel.name + "@iot.navigationLink")
+    if when is None:
+        out.text("," + name + link)
+        out.sql(f"{alias}.id")
+        out.text(f')/{rel.name}"')
+        return
+    head, tail = _literal("," + name + link), _literal(f')/{rel.name}"')
+    out.sql(f"CASE WHEN {when} THEN {head} || {alias}.id || {tail} END")
 
 
-def link_prefix(shape: JsonShape, entity: EntityType) -> str:
-    """The value bound for `members_sql`'s `link_param`: `"<base>/<plural>(` JSON-escaped, quote opened."""
-    return orjson.dumps(f"{shape.base}/{entity.plural}(").decode()[:-1]
+@lru_cache(maxsize=16)
+def _base_text(base: str) -> str:
+    return orjson.dumps(base + "/").decode()[1:-1]
+
+
+def with_base(text: str, base: str) -> str:
+    """JSON text from `members_sql` (a page, an entity, with their expansions) with its links made whole:
+    `base` (`.../sta/v1.1`, JSON-escaped) in the place of each `BASE_MARK`."""
+    return text.replace(BASE_MARK, _base_text(base))
 
 
 def close(members: str) -> str:

@@ -49,6 +49,9 @@ class Relation:
     table: str = ""
     # link tables whose rows are ordered (a MultiDatastream's ObservedProperties): the rank column
     link_rank: str = ""
+    # a to-one relation that may be unset (an Observation has a Datastream or a MultiDatastream): its
+    # navigationLink is written only when it leads to an entity
+    optional: bool = False
 
     def condition(self, parent: str, child: str) -> str:
         """SQL condition relating a parent row (alias `parent`) to a target row (alias `child`)."""
@@ -274,8 +277,8 @@ OBSERVATION = EntityType(
         Prop("parameters", "parameters", "json"),
     ),
     (
-        Relation("Datastream", "Datastream", False, "parent_fk", column="datastream_id"),
-        Relation("MultiDatastream", "MultiDatastream", False, "parent_fk", column="multi_datastream_id"),
+        Relation("Datastream", "Datastream", False, "parent_fk", column="datastream_id", optional=True),
+        Relation("MultiDatastream", "MultiDatastream", False, "parent_fk", column="multi_datastream_id", optional=True),
         Relation("FeatureOfInterest", "FeatureOfInterest", False, "parent_fk", column="feature_of_interest_id"),
     ),
 )

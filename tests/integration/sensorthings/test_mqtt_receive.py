@@ -50,6 +50,8 @@ async def test_observations_stored_by_http_sql_and_copy_are_published(
         assert body["phenomenonTime"] == "2026-11-01T11:00:00Z"
         assert body["result"] == 1.0
         assert body["@iot.selfLink"].endswith(f"/Observations({body['@iot.id']})")
+        assert body["Datastream@iot.navigationLink"].endswith("/Datastream")
+        assert "MultiDatastream@iot.navigationLink" not in body  # an Observation of a Datastream has none
         assert body["@iot.id"] != created["@iot.id"]
         # 3. COPY, as the CSV connector does
         await db.copy_records_to_table(

@@ -159,6 +159,18 @@ async def test_observations_have_one_result_per_observed_property(
     every = await get(sta, "Observations", **{"$orderby": "phenomenonTime desc", "$count": "true"})
     assert every["@iot.count"] == 3
     assert [o["result"] for o in every["value"]] == [7, [4, None], [3.5, "NNE"]]
+    # a navigationLink leads to an entity: an Observation has the one of its Datastream or MultiDatastream only
+    links = [{k for k in o if k.endswith("@iot.navigationLink")} for o in every["value"]]
+    assert links == [
+        {"Datastream@iot.navigationLink", "FeatureOfInterest@iot.navigationLink"},
+        {"MultiDatastream@iot.navigationLink", "FeatureOfInterest@iot.navigationLink"},
+        {"MultiDatastream@iot.navigationLink", "FeatureOfInterest@iot.navigationLink"},
+    ]
+    in_datastream = (await get(sta, f"Datastreams({ds})/Observations"))["value"][0]
+    assert "MultiDatastream@iot.navigationLink" not in in_datastream
+    assert in_datastream["Datastream@iot.navigationLink"].endswith(
+        f"Observations({in_datastream['@iot.id']})/Datastream"
+    )
     assert await db.fetchval("SELECT count(*) FROM observation") == 1
     assert await db.fetchval("SELECT count(*) FROM multi_observation") == 2
     # ids are one sequence: no Observation id names two rows

@@ -17,7 +17,15 @@ from territoire_data.db.readpool import close_read_pool, pooled, use_generic_pla
 from territoire_data.sensorthings import read, sql
 from territoire_data.sensorthings.model import BY_NAME, ENTITY_TYPES
 from territoire_data.settings import Settings
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, multi_datastream_body, thing_body
+from tests.integration.sensorthings.conftest import (
+    AUTH,
+    BASE,
+    app_client,
+    create,
+    get,
+    multi_datastream_body,
+    thing_body,
+)
 
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T[^/]*Z(/\d{4}-\d{2}-\d{2}T[^/]*Z)?$")
 
@@ -187,3 +195,44 @@ async def test_plan_modes_only_where_asked(settings: Settings, engine: AsyncEngi
                 assert await mode(conn) == "auto"
     finally:
         await close_read_pool(engine)
+
+
+async def test_instants_and_links_whatever_the_database_date_style(
+    sta_settings: Settings, engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """PostgreSQL writes instants from their text form (`jsonsql`), which DateStyle changes: the API's sessions
+    set it, so a city's database defaulting to another style changes nothing. Links leave PostgreSQL with a mark
+    for the base URL (`jsonsql.with_base`): none is left in any answer."""
+    name = await db.fetchval("SELECT current_database()")
+    await db.execute(f"ALTER DATABASE \"{name}\" SET DateStyle = 'SQL, DMY'")
+    try:
+        async with app_client(sta_settings, engine) as sta:  # a new read pool: sessions opened after the change
+            thing = await create(sta, "Things", thing_body())
+            ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
+            await _varied_observations(sta, ds)
+            responses = [
+                await sta.get(f"{BASE}/Datastreams({ds})/Observations", params={"$orderby": "id"}),
+                await sta.get(f"{BASE}/Observations", params={"$orderby": "id", "$expand": "Datastream($select=id)"}),
+                await sta.get(f"{BASE}/Things", params={"$expand": "Datastreams($expand=Observations($top=1))"}),
+                await sta.get(f"{BASE}/Datastreams({ds})"),
+            ]
+    finally:
+        await db.execute(f'ALTER DATABASE "{name}" RESET DateStyle')
+    for response in responses:
+        assert response.status_code == 200
+        assert b"\x01" not in response.content and b"\\u0001" not in response.content
+    page = responses[0].json()["value"]
+    assert [o["phenomenonTime"] for o in page[:3]] == [
+        "2026-11-01T00:00:00Z",
+        "2026-11-01T01:00:00.25Z",
+        "2026-11-01T02:00:00Z/2026-11-01T03:00:00Z",
+    ]
+    assert page[1]["resultTime"] == "2026-11-01T01:00:01Z"
+    assert page[4]["validTime"] == "2026-11-01T05:00:00Z/2026-11-02T05:00:00Z"
+    assert page[0]["@iot.selfLink"] == f"http://testserver{BASE}/Observations({page[0]['@iot.id']})"
+    expanded = responses[1].json()["value"][0]
+    assert expanded["Datastream"] == {"@iot.id": ds}
+    assert expanded["FeatureOfInterest@iot.navigationLink"].startswith(f"http://testserver{BASE}/Observations(")
+    nested = responses[2].json()["value"][0]["Datastreams"][0]
+    assert nested["Observations"][0]["Datastream@iot.navigationLink"].startswith(f"http://testserver{BASE}/")
+    assert responses[3].json()["phenomenonTime"] == "2026-11-01T00:00:00Z/2026-11-01T06:00:00Z"
