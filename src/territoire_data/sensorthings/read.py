@@ -386,7 +386,7 @@ async def read_collection(
         return body
     values = [r["__json"] for r in rows]
     await attach_expansions(conn, ctx, entity, rows, values, opts.expand)
-    body["value"] = orjson.Fragment(jsonsql.with_base(jsonsql.array(values), ctx.base))
+    body["value"] = orjson.Fragment(jsonsql.array(values))
     return body
 
 
@@ -464,7 +464,7 @@ async def _checked_page(
     if row["n"] > top > 0 or row["more"]:
         body["@iot.nextLink"] = _next_link(url, params, top, opts.skip)
     page_text: str | None = row["page"]
-    body["value"] = orjson.Fragment(jsonsql.with_base(f"[{page_text}}}]", ctx.base) if page_text else "[]")
+    body["value"] = orjson.Fragment(f"[{page_text}}}]" if page_text else "[]")
     return body
 
 
@@ -478,7 +478,7 @@ async def read_entity_json(
         raise NotFoundError(f"no {entity.name} with id {entity_id}")
     values = [row["__json"]]
     await attach_expansions(conn, ctx, entity, [row], values, opts.expand)
-    return orjson.Fragment(jsonsql.with_base(jsonsql.close(values[0]), ctx.base))
+    return orjson.Fragment(jsonsql.close(values[0]))
 
 
 async def read_entity(

@@ -15,7 +15,7 @@ from typing import Any
 from territoire_data.auth.policy import Principal, datastream_visible_sql, member_visible_sql
 from territoire_data.db.params import Params as Params  # re-exported: the doors build statements with it
 from territoire_data.errors import BadRequestError
-from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, members_sql
+from territoire_data.sensorthings.jsonsql import JsonShape, interval_json, link_prefix, members_sql, uses_links
 from territoire_data.sensorthings.model import BY_NAME, EntityType, Prop, Relation
 from territoire_data.sensorthings.odata import (
     ARITHMETIC,
@@ -174,8 +174,9 @@ def columns_sql(
     `$expand`) and the entity's JSON members built by PostgreSQL as `__json` (see `jsonsql`)."""
     if shape is None:
         return select_list(entity, alias, table)
+    link = params.add(link_prefix(shape, entity), "text") if uses_links(entity, shape) else ""
     keys = [_foreign_key(alias, rel, table) for rel in entity.relations if rel.kind == "parent_fk"]
-    return ", ".join([f"{alias}.id", *keys, f"{members_sql(entity, alias, shape, params.add, table)} AS __json"])
+    return ", ".join([f"{alias}.id", *keys, f"{members_sql(entity, alias, shape, link, params.add, table)} AS __json"])
 
 
 # --- expressions ---------------------------------------------------------------------------------------
