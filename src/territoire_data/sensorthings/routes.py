@@ -188,7 +188,7 @@ _WRITE_DOC: dict[str, Any] = {
     "description": "Needs a publisher or admin API key: `Authorization: Bearer <key>` (or Basic, key as password); "
     "a publisher changes only the entities of the datasets it may write. A new Thing joins the dataset named by "
     '`"@territoire.dataset": "<slug>"` in its body. With `Prefer: return=minimal`, a create answers 201 with its '
-    "`Location` and no body (also per request inside `$batch`)."
+    "`Location` and no body, an update 204 (also per request inside `$batch`)."
 }
 
 

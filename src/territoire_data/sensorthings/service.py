@@ -174,7 +174,7 @@ async def handle(
     """Serve one SensorThings request on `conn`; `body` is raw bytes, or already parsed JSON (batch).
 
     `prefer` is the request's `Prefer` header: with `return=minimal` a create answers 201 with its Location and
-    no body (OData 4.01 section 8.2.8.7, as FROST does), and the entity is not read back.
+    no body (OData 4.01 section 8.2.8.7, as FROST does), an update 204, and the entity is not read back.
     """
     segments = read.parse_resource_path(path)
     method = method.upper()
@@ -296,6 +296,8 @@ async def _apply(
             before = orjson.loads(read.dumps(await read.read_entity(conn, ctx, entity, first_id, QueryOptions())))
             body = patched_properties(entity, before, apply_json_patch(before, body))
         await writer.update(entity, first_id, body)
+        if minimal:  # 204 No Content, which the standard allows for an update (OGC 18-088, 10.3)
+            return Reply(204, None, {"preference-applied": "return=minimal"}), (entity.name, first_id)
         return Reply(200, await read.read_entity(conn, ctx, entity, first_id, QueryOptions())), (entity.name, first_id)
     if first_id is None:
         raise NotFoundError("no such SensorThings resource")

@@ -385,7 +385,8 @@ async def test_json_and_multipart_batch(sta: httpx.AsyncClient) -> None:
 
 
 async def test_prefer_return_minimal(sta: httpx.AsyncClient) -> None:
-    """`Prefer: return=minimal`: 201 with Location and no body (as FROST), over HTTP and in both batch forms."""
+    """`Prefer: return=minimal`: 201 with Location and no body on a create (as FROST), 204 on an update, over HTTP
+    and in both batch forms."""
     response = await _post(sta, "MultiDatastreams", multi_datastream_body(), prefer="return=minimal")
     assert response.status_code == 201
     assert response.content == b""
@@ -408,6 +409,22 @@ async def test_prefer_return_minimal(sta: httpx.AsyncClient) -> None:
         prefer="return=representation",
     )
     assert full.status_code == 201 and full.json()["name"] == "s" and "preference-applied" not in full.headers
+    # an update: 204 No Content (the standard allows it), the change made; JSON Patch too
+    sensor = full.json()["@iot.selfLink"]
+    patched = await sta.patch(sensor, json={"name": "s2"}, headers={**AUTH, "Prefer": "return=minimal"})
+    assert patched.status_code == 204 and patched.content == b""
+    assert patched.headers["preference-applied"] == "return=minimal"
+    json_patch = await sta.patch(
+        sensor,
+        content=b'[{"op": "replace", "path": "/description", "value": "d2"}]',
+        headers={**AUTH, "Prefer": "return=minimal", "Content-Type": "application/json-patch+json"},
+    )
+    assert json_patch.status_code == 204 and json_patch.content == b""
+    assert {k: (await sta.get(sensor)).json()[k] for k in ("name", "description")} == {
+        "name": "s2",
+        "description": "d2",
+    }
+    assert (await sta.patch(sensor, json={"name": "s3"}, headers=AUTH)).json()["name"] == "s3"  # default: the entity
     batch = await sta.post(
         f"{BASE}/$batch",
         json={
@@ -425,13 +442,22 @@ async def test_prefer_return_minimal(sta: httpx.AsyncClient) -> None:
                     "url": "Sensors",
                     "body": {"name": "b", "description": "d", "encodingType": "text/html", "metadata": "m"},
                 },
+                {
+                    "id": "c",
+                    "method": "patch",
+                    "url": sensor.removeprefix(f"http://testserver{BASE}/"),
+                    "headers": {"Prefer": "return=minimal"},
+                    "body": {"name": "s4"},
+                },
             ]
         },
         headers=AUTH,
     )
-    a, b = batch.json()["responses"]
+    a, b, c = batch.json()["responses"]
     assert a["status"] == 201 and "body" not in a and a["location"].endswith(")")
     assert b["status"] == 201 and b["body"]["name"] == "b"
+    assert c["status"] == 204 and "body" not in c
+    assert (await sta.get(sensor)).json()["name"] == "s4"
     boundary = "batch_1"
     sensor = '{"name": "c", "description": "d", "encodingType": "text/html", "metadata": "m"}'
     multipart = (
