@@ -369,3 +369,19 @@ observation_rollup_day = Table(
     Column("last_time", TZ, nullable=False),
     Column("last_value", Float(precision=53), nullable=False),
 )
+
+# The distinct (Datastream, FeatureOfInterest) pairs of the observations (migration 0008_obsarea), kept by
+# triggers, from which the database computes datastream.observed_area; the same for MultiDatastreams.
+datastream_feature = Table(
+    "datastream_feature",
+    metadata,
+    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("feature_of_interest_id", BigInteger, primary_key=True),
+)
+
+multi_datastream_feature = Table(
+    "multi_datastream_feature",
+    metadata,
+    Column("multi_datastream_id", BigInteger, ForeignKey("multi_datastream.id", ondelete="CASCADE"), primary_key=True),
+    Column("feature_of_interest_id", BigInteger, primary_key=True),
+)
