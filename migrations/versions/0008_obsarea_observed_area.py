@@ -1,8 +1,9 @@
 """SensorThings observedArea of Datastreams and MultiDatastreams, kept by the database.
 
 OGC 18-088 (Table 10): "the spatial bounding box of the spatial extent of all FeaturesOfInterest that belong to
-the Observations associated with this Datastream". It is the convex hull of those features (as FROST computes
-it): a Point for a fixed station, a polygon for a mobile sensor.
+the Observations associated with this Datastream", of type GM_Envelope: the bounding box of those features, always
+a GeoJSON Polygon, a degenerate one (its corners on one point, or on a line) for a fixed station. (frost-sta-client
+reads a MultiDatastream's observedArea as a Polygon only: a Point there stops it.)
 
 Reading it from the observations would mean a scan of all of a Datastream's observations. Instead, a link table
 holds the distinct (Datastream, FeatureOfInterest) pairs of the observations, kept by statement triggers:
@@ -51,9 +52,10 @@ BEGIN
     PERFORM 1 FROM {parent} WHERE id = ANY (ids) ORDER BY id FOR NO KEY UPDATE;
     UPDATE {parent} d SET observed_area = a.area
     FROM (SELECT x.id,
-                 (SELECT ST_ConvexHull(ST_Collect(f.geom ORDER BY f.id))
-                  FROM {link} l JOIN feature_of_interest f ON f.id = l.feature_of_interest_id
-                  WHERE l.{col} = x.id) AS area
+                 (SELECT ST_MakeEnvelope(ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e), 4326)
+                  FROM (SELECT ST_Extent(f.geom) AS e
+                        FROM {link} l JOIN feature_of_interest f ON f.id = l.feature_of_interest_id
+                        WHERE l.{col} = x.id) b) AS area
           FROM unnest(ids) AS x(id) ORDER BY x.id) a
     WHERE d.id = a.id AND d.observed_area IS DISTINCT FROM a.area;
 END
