@@ -34,4 +34,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=4s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=3)"]
 ENTRYPOINT ["territoire-data"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -45,6 +45,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from territoire_data.api.serving import default_workers  # noqa: E402
 from territoire_data.db import migrate  # noqa: E402
 from territoire_data.settings import Settings  # noqa: E402
 
@@ -477,7 +478,9 @@ async def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=200, help="requests per query kind sent first and not counted (see measure)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="server processes (0: the server's default, half the cores)"
+    )
     parser.add_argument("--db", default=DEFAULT_DB, help="prefix of the stage databases (env TERRITOIRE_BENCH_DB)")
     parser.add_argument("--reuse", action="store_true", help="measure on complete stage databases without loading")
     parser.add_argument("--drop", action="store_true", help="drop the stage databases at the end")
@@ -548,7 +551,8 @@ async def main() -> None:
             for name in names:
                 await drop_database(name)
     print(
-        f"\n{args.requests} requests per query after {args.warmup} not counted, {args.workers} server workers, {os.cpu_count()} CPU cores "
+        f"\n{args.requests} requests per query after {args.warmup} not counted, "
+        f"{args.workers or default_workers()} server worker(s), {os.cpu_count()} CPU cores "
         f"(bench client `{args.client}` on the same machine); run time {time.perf_counter() - began:.0f} s"
     )
     for clients in concurrencies:

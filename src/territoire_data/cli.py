@@ -96,7 +96,15 @@ def migrate(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Worker processes; 0 (the default): half the cores this process may use, at least one "
+            "(PostgreSQL usually runs on the same machine and needs the other half)",
+        ),
+    ] = 0,
 ) -> None:
     """Run the HTTP API and the portal."""
     from territoire_data.api import serving
@@ -106,7 +114,7 @@ def serve(
         "territoire_data.api.main:app_factory",
         host=host,
         port=port,
-        workers=workers,
+        workers=workers or serving.default_workers(),
         log_config=None,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
