@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -424,7 +425,15 @@ async def measure(
                 orjson.loads(await fetch(index, path, params))
                 (cold if warm else latencies).append((time.perf_counter() - began) * 1000)
 
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        # The parsed pages are freed by reference counting; a cyclic collection of this process (its third
+        # generation walks every object alive) would stall all the clients at once and add to their latencies
+        # what is not the server's.
+        gc.collect()
+        gc.disable()
+        try:
+            await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        finally:
+            gc.enable()
         client_after = time.process_time()
         server_after, db_after = await meter.sample()
         server_before, db_before, client_before = marks["server"], marks["db"], marks["client"]
