@@ -65,6 +65,7 @@ def batch(ids: list[int], start: int, rows: int, t0: datetime) -> list[tuple[obj
                 None,
                 None,
                 f'{{"fCnt": {n}, "deduplicationId": "d1e2c3b4-0000-0000-0000-{n:012d}"}}',
+                None,  # feature_of_interest_id
             )
         )
     return out

@@ -65,10 +65,15 @@ CREATE FUNCTION sta_{obs}_area_inserted() RETURNS trigger LANGUAGE plpgsql AS $f
 DECLARE
     ids bigint[];
 BEGIN
+    -- (the pairs already known are left out before the INSERT: a key probe each, cheaper than its conflict path)
     WITH added AS (
         INSERT INTO {link} ({col}, feature_of_interest_id)
-        SELECT DISTINCT {col}, feature_of_interest_id FROM sta_area_new
-        WHERE feature_of_interest_id IS NOT NULL ORDER BY 1, 2
+        SELECT p.{col}, p.feature_of_interest_id
+        FROM (SELECT DISTINCT {col}, feature_of_interest_id FROM sta_area_new
+              WHERE feature_of_interest_id IS NOT NULL) p
+        WHERE NOT EXISTS (SELECT 1 FROM {link} l
+                          WHERE l.{col} = p.{col} AND l.feature_of_interest_id = p.feature_of_interest_id)
+        ORDER BY 1, 2
         ON CONFLICT DO NOTHING
         RETURNING {col})
     SELECT array_agg(DISTINCT {col}) INTO ids FROM added;

@@ -43,6 +43,21 @@ async def test_uplinks_become_things_datastreams_and_observations_once(
     assert await count(db, "SELECT count(*) FROM sensor") == 1
     assert await count(db, "SELECT count(*) FROM location l JOIN thing_location tl ON tl.location_id = l.id") == 5
     assert await count(db, "SELECT count(*) FROM observation_default") == 0
+    # each device reports a position: its observations have its FeatureOfInterest (one per device here), and
+    # its Datastreams an observedArea (migration 0008_obsarea)
+    assert await count(db, "SELECT count(*) FROM observation WHERE feature_of_interest_id IS NULL") == 0
+    assert await count(db, "SELECT count(*) FROM feature_of_interest") == 5
+    assert await count(db, "SELECT count(DISTINCT feature_of_interest_id) FROM observation") == 5
+    assert await count(db, "SELECT count(*) FROM datastream WHERE observed_area IS NULL") == 0
+    assert (
+        await count(
+            db,
+            "SELECT count(*) FROM observation o JOIN datastream d ON d.id = o.datastream_id "
+            "JOIN thing_location tl ON tl.thing_id = d.thing_id JOIN location l ON l.id = tl.location_id "
+            "JOIN feature_of_interest f ON f.id = o.feature_of_interest_id WHERE NOT ST_Equals(f.geom, l.geom)",
+        )
+        == 0
+    )
     dataset = await db.fetchrow("SELECT kind, access, title FROM dataset WHERE slug = 'capteurs-test'")
     assert dict(dataset) == {"kind": "sensors", "access": "public", "title": "Capteurs de test"}
     stream = await db.fetchrow(
@@ -132,6 +147,8 @@ async def test_unknown_devices_are_rejected_when_auto_registration_is_off(
     assert await count(db, "SELECT count(*) FROM thing") == 1
     reasons = [r["reason"] for r in await db.fetch("SELECT reason FROM ingest_rejection ORDER BY id")]
     assert [r.split(":", 1)[0] for r in reasons] == ["unknown_device", "unknown_datastream"]
+    # the refused device's position is not published as a FeatureOfInterest (one with no Observation is public)
+    assert await count(db, "SELECT count(*) FROM feature_of_interest") == 1
 
 
 async def test_clean_stop_acknowledges_everything_stored_so_nothing_is_redelivered(
@@ -218,6 +235,15 @@ async def test_a_device_that_moves_keeps_one_location_and_a_history(
     )
     assert len(history) == 2  # first position, then the move; the repeated position is not history
     assert all(row["linked"] for row in history)
+    # a FeatureOfInterest per place it reported from: its observations before the move keep the first one
+    features = await db.fetch(
+        "SELECT o.phenomenon_time, ST_Y(f.geom) AS lat FROM observation o "
+        "JOIN feature_of_interest f ON f.id = o.feature_of_interest_id ORDER BY 1, 2"
+    )
+    assert [round(r["lat"], 4) for r in features] == [47.2184] * 4 + [47.23] * 2  # two quantities a message
+    assert await count(db, "SELECT count(*) FROM feature_of_interest") == 2
+    area = await db.fetchval("SELECT ST_AsText(observed_area) FROM datastream LIMIT 1")
+    assert "47.2184" in area and "47.23" in area  # the box spans both places
 
 
 async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_its_batch_is_stored(

@@ -1,7 +1,13 @@
-"""SensorThings entities for incoming readings: Things, Locations, Sensors, ObservedProperties, Datastreams.
+"""SensorThings entities for incoming readings: Things, Locations, Sensors, ObservedProperties, Datastreams,
+and the FeaturesOfInterest of their Observations.
 
 Resolved set-wise per batch by their unique `external_key` (INSERT ... ON CONFLICT, then one SELECT), cached in
 memory by key, so a batch of known devices costs no query at all. The cache is only filled after commit.
+
+A reading from a device that reports its position gets the FeatureOfInterest of that position (one per device and
+position: a fixed station has one, a mobile device one per place it reported from), as the SensorThings write path
+makes one from a Thing's Location; the device's later readings without a position keep its last one. A device
+that never reported a position leaves its observations without a FeatureOfInterest.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Resolution:
     datastreams: dict[tuple[str, str], int] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
     unresolved: dict[tuple[str, str], str] = field(default_factory=dict)
+    features: dict[str, int] = field(default_factory=dict)  # feature key -> FeatureOfInterest id
+    device_features: dict[str, str] = field(default_factory=dict)  # device key -> its latest feature key
 
 
 @dataclass
@@ -68,6 +76,8 @@ class Pending:
     sensors: dict[str, str] = field(default_factory=dict)  # sensor key -> name
     properties: dict[str, str] = field(default_factory=dict)  # quantity -> quantity
     datastreams: dict[tuple[str, str], Reading] = field(default_factory=dict)
+    features: dict[str, tuple[Device, Position]] = field(default_factory=dict)  # feature key -> where
+    device_features: dict[str, str] = field(default_factory=dict)  # device key -> its latest feature key
 
 
 class EntityRegistry:
@@ -87,6 +97,9 @@ class EntityRegistry:
         self.quantities = quantities or {}
         self.datastreams: dict[tuple[str, str], int] = {}
         self.positions: dict[str, Position] = {}
+        self.features: dict[str, int] = {}
+        self.device_features: dict[str, str] = {}
+        self._feature_keys: dict[tuple[str, Position], str] = {}
 
     def thing_key(self, device_key: str) -> str:
         return f"{self.source}:{device_key}"
@@ -96,6 +109,31 @@ class EntityRegistry:
 
     def datastream_key(self, device_key: str, quantity: str) -> str:
         return f"{self.source}:{device_key}/{quantity}"
+
+    def feature_key(self, device_key: str, position: Position) -> str:
+        """`<thing key>@<lon>,<lat>[,<alt>]`; memoized (every reading asks, and formatting floats costs more
+        than the lookup), the memo emptied when it grows past 100,000 places."""
+        memo = self._feature_keys.get((device_key, position))
+        if memo is not None:
+            return memo
+        coordinates = [position.longitude, position.latitude]
+        if position.altitude is not None:
+            coordinates.append(position.altitude)
+        key = f"{self.thing_key(device_key)}@{','.join(repr(c) for c in coordinates)}"
+        if len(self._feature_keys) >= 100_000:
+            self._feature_keys.clear()
+        self._feature_keys[(device_key, position)] = key
+        return key
+
+    def feature_id(self, reading: Reading, resolution: Resolution) -> int | None:
+        """The FeatureOfInterest of a reading: of its position, else of its device's latest one (see above)."""
+        device_key = reading.device.key
+        position = reading.device.position
+        if position is not None:
+            key = self.feature_key(device_key, position)
+        else:
+            key = resolution.device_features.get(device_key) or self.device_features.get(device_key, "")
+        return resolution.features.get(key) or self.features.get(key)
 
     def missing(self, readings: Iterable[Reading]) -> Pending:
         """What this batch needs that the cache does not know (new devices, quantities, moved devices)."""
@@ -108,6 +146,11 @@ class EntityRegistry:
                 pending.positions[device.key] = position
                 pending.position_times[device.key] = reading.time
                 pending.things.setdefault(device.key, device)
+            if position is not None:
+                feature = self.feature_key(device.key, position)
+                if feature not in self.features:
+                    pending.features[feature] = (device, position)
+                pending.device_features[device.key] = feature
             if pair in self.datastreams or pair in pending.datastreams:
                 continue
             pending.datastreams[pair] = reading
@@ -118,11 +161,51 @@ class EntityRegistry:
 
     async def resolve(self, conn: asyncpg.Connection, pending: Pending) -> Resolution:
         """Create or find what `pending` lists, in the caller's transaction (`remember` it after commit)."""
-        if not pending.things and not pending.datastreams:
-            return Resolution()
+        if not pending.things and not pending.datastreams and not pending.features:
+            return Resolution(device_features=dict(pending.device_features))
         if self.auto_register:
-            return await self._register(conn, pending)
-        return await self._lookup(conn, pending)
+            resolution = await self._register(conn, pending)
+        else:
+            resolution = await self._lookup(conn, pending)
+        # Only for devices whose readings are stored: a refused device's position must not become a public
+        # FeatureOfInterest (one with no Observation is visible to all).
+        stored = {d for d, _ in resolution.datastreams} | {d for d, _ in self.datastreams}
+        wanted = {k: v for k, v in pending.features.items() if v[0].key in stored}
+        if wanted:
+            resolution.features = await self._features(conn, wanted)
+        resolution.device_features = dict(pending.device_features)
+        return resolution
+
+    async def _features(self, conn: asyncpg.Connection, wanted: dict[str, tuple[Device, Position]]) -> dict[str, int]:
+        """The FeaturesOfInterest of these positions (feature key -> where), made once per (device, position)."""
+        keys = sorted(wanted)  # one lock order for every worker
+        names, geojson, lons, lats = [], [], [], []
+        for key in keys:
+            device, position = wanted[key]
+            coordinates = [position.longitude, position.latitude]
+            if position.altitude is not None:
+                coordinates.append(position.altitude)
+            names.append(device.name)
+            geojson.append(orjson.dumps({"type": "Point", "coordinates": coordinates}).decode())
+            lons.append(position.longitude)
+            lats.append(position.latitude)
+        await conn.execute(
+            "INSERT INTO feature_of_interest (name, description, encoding_type, feature, geom, external_key)"
+            " SELECT u.name, 'Position du capteur ' || u.name, 'application/geo+json', u.loc::jsonb,"
+            " ST_SetSRID(ST_MakePoint(u.lon, u.lat), 4326), u.ext"
+            " FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[])"
+            " AS u(name, loc, lon, lat, ext)"
+            " ON CONFLICT (external_key) DO NOTHING",
+            names,
+            geojson,
+            lons,
+            lats,
+            keys,
+        )
+        rows = await conn.fetch(
+            "SELECT id, external_key FROM feature_of_interest WHERE external_key = ANY($1::text[])", keys
+        )
+        return {row["external_key"]: row["id"] for row in rows}
 
     async def _lookup(self, conn: asyncpg.Connection, pending: Pending) -> Resolution:
         pairs = sorted(pending.datastreams)
@@ -300,3 +383,5 @@ class EntityRegistry:
         """Fill the cache with what a registration found, once its transaction has committed."""
         self.datastreams.update(resolution.datastreams)
         self.positions.update(resolution.positions)
+        self.features.update(resolution.features)
+        self.device_features.update(resolution.device_features)

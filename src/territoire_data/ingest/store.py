@@ -32,6 +32,7 @@ OBSERVATION_COLUMNS = (
     "result_boolean",
     "result_json",
     "parameters",
+    "feature_of_interest_id",
 )
 REJECTION_COLUMNS = ("source", "topic", "reason", "payload", "payload_bytes", "dataset_id")
 
@@ -213,7 +214,7 @@ class ObservationStore:
         resolution = Resolution()
         async with conn.transaction():
             pending = registry.missing(just_readings)
-            if pending.things or pending.datastreams:
+            if pending.things or pending.datastreams or pending.features or pending.device_features:
                 resolution = await registry.resolve(conn, pending)
             ids = registry.datastreams
             built: list[tuple[int, tuple[object, ...]]] = []
@@ -236,6 +237,7 @@ class ObservationStore:
                             value if isinstance(value, bool) else None,
                             orjson.dumps(value).decode() if isinstance(value, dict | list) else None,
                             orjson.dumps(reading.parameters).decode() if reading.parameters else None,
+                            registry.feature_id(reading, resolution),
                         ),
                     )
                 )
