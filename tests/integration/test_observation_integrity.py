@@ -1,4 +1,5 @@
-"""Observation -> Datastream integrity without a per-row foreign key (migration 0004_mqtt): same guarantees."""
+"""Observation -> Datastream and -> FeatureOfInterest integrity without per-row foreign keys (migrations 0004_mqtt,
+0009_foicheck): the same guarantees."""
 
 from __future__ import annotations
 
@@ -116,3 +117,88 @@ async def test_observations_of_an_existing_datastream_are_stored_in_bulk(db: asy
             on_conflict="ignore",
         )
     assert written == 2000
+
+
+# --- Observation -> FeatureOfInterest (migration 0009_foicheck): the same, and ON DELETE SET NULL ----------------
+
+
+async def _features(db: asyncpg.Connection, count: int = 2) -> list[int]:
+    rows = await db.fetch(
+        "INSERT INTO feature_of_interest (name, feature, geom) "
+        'SELECT \'f\' || g, \'{"type": "Point", "coordinates": [4.8, 45.7]}\', '
+        "ST_SetSRID(ST_MakePoint(4.8 + g / 100.0, 45.7), 4326) FROM generate_series(1, $1) g RETURNING id",
+        count,
+    )
+    return [row["id"] for row in rows]
+
+
+async def test_an_observation_of_a_missing_feature_is_refused_like_a_foreign_key(db: asyncpg.Connection) -> None:
+    await _datastreams(db)
+    first, second = await _features(db)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="observation_feature_of_interest_id_fkey") as refused:
+        await db.execute(
+            "INSERT INTO observation (datastream_id, phenomenon_time, feature_of_interest_id) "
+            "VALUES (1, $1, $2), (2, $1, $3)",
+            T0,
+            first,
+            second + 100,
+        )
+    assert refused.value.detail == (
+        f'Key (feature_of_interest_id)=({second + 100}) is not present in table "feature_of_interest".'
+    )
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with db.transaction():
+            await copy_and_merge(
+                db,
+                schema="public",
+                table="observation",
+                columns=("datastream_id", "phenomenon_time", "feature_of_interest_id"),
+                records=[(1, T0, first), (2, T0, 999_999)],
+                conflict_columns=("datastream_id", "phenomenon_time"),
+                on_conflict="ignore",
+            )
+    await db.execute(
+        "INSERT INTO observation (datastream_id, phenomenon_time, feature_of_interest_id) VALUES (1, $1, $2)",
+        T0,
+        first,
+    )
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await db.execute("UPDATE observation SET feature_of_interest_id = $1", second + 100)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="still referenced"):
+        await db.execute("UPDATE feature_of_interest SET id = $1 WHERE id = $2", second + 200, first)
+    await db.execute("UPDATE feature_of_interest SET id = $1 WHERE id = $2", second + 300, second)  # unreferenced
+    assert await db.fetchval("SELECT feature_of_interest_id FROM observation") == first
+
+
+async def test_deleting_or_truncating_features_unsets_them_and_a_feature_in_use_cannot_go_meanwhile(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    await _datastreams(db)
+    first, second = await _features(db)
+    for datastream_id, feature in ((1, first), (2, second)):
+        await db.execute(
+            "INSERT INTO observation (datastream_id, phenomenon_time, feature_of_interest_id) VALUES ($1, $2, $3)",
+            datastream_id,
+            T0,
+            feature,
+        )
+    await db.execute("DELETE FROM feature_of_interest WHERE id = $1", first)
+    by_datastream = dict(await db.fetch("SELECT datastream_id, feature_of_interest_id FROM observation"))
+    assert by_datastream == {1: None, 2: second}
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await writer.execute(
+                "INSERT INTO observation (datastream_id, phenomenon_time, feature_of_interest_id) VALUES (1, $1, $2)",
+                T0 + timedelta(minutes=1),
+                second,
+            )
+            await db.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):  # held FOR KEY SHARE, as a foreign key does
+                await db.execute("DELETE FROM feature_of_interest WHERE id = $1", second)
+            await db.execute("RESET lock_timeout")
+    finally:
+        await writer.close()
+    await db.execute("TRUNCATE feature_of_interest CASCADE")  # (multi_observation keeps its foreign key)
+    assert await db.fetchval("SELECT count(*) FROM observation WHERE feature_of_interest_id IS NOT NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM observation") == 3
