@@ -153,7 +153,7 @@ def link_written(rel: Relation, alias: str, table: str | None) -> str | None:
     """When a to-one relation's navigationLink is written: always (None), never (''), or the SQL condition.
 
     A link leads to an entity; an Observation of a Datastream has no MultiDatastream (and one of a
-    MultiDatastream no Datastream), so that link is left out, as FROST does, instead of leading to nothing.
+    MultiDatastream no Datastream), so that link is left out instead of leading to nothing.
     Rows of the table `observation` always have a Datastream and never a MultiDatastream (`table`: as in
     `sql.visible_sql`); rows of the view `observation_all` have one or the other."""
     if not rel.optional:
