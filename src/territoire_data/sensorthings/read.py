@@ -447,8 +447,8 @@ async def _checked_page(
     page = _page_query(ctx, entity, opts, top, scope, shape, bound, latest)
     more = sql.latest_more_sql(scope, bound) if latest else "false"
     # The page comes as one text, the members of its entities joined by `},`: a day of one Datastream is 1,440
-    # entities, and one string instead of an array of them saves the server a third of its CPU time on that
-    # request (decoding 1,440 strings, then joining them again). The subquery's ORDER BY ... LIMIT orders the
+    # entities, and one string instead of an array of them saves the server decoding 1,440 strings, then joining
+    # them again (0.1 of its 1.3 ms on that request, measured). The subquery's ORDER BY ... LIMIT orders the
     # aggregate (a plain scan over it keeps that order); it reads one row more than the page to tell whether a
     # next page exists, which the aggregate leaves out.
     top_param = bound.add(top, "bigint")
