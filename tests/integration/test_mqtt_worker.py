@@ -244,6 +244,23 @@ async def test_a_device_that_moves_keeps_one_location_and_a_history(
     assert await count(db, "SELECT count(*) FROM feature_of_interest") == 2
     area = await db.fetchval("SELECT ST_AsText(observed_area) FROM datastream LIMIT 1")
     assert "47.2184" in area and "47.23" in area  # the box spans both places
+    # a new worker (nothing cached) and a message with no position: the place the device was last seen at
+    again = await RunningWorker(settings, connector_for(topic_prefix)).start()
+    publisher = Publisher(mqtt_url)
+    topic, event = chirpstack_up(topic_prefix, eui, 4)
+    event["deviceInfo"]["tags"] = {}  # type: ignore[index]
+    try:
+        publisher.publish_all([(topic, event)])
+        await until(lambda: again.worker.source.acknowledged >= 1, what="stored")
+    finally:
+        publisher.close()
+        await again.stop()
+    last = await db.fetch(
+        "SELECT DISTINCT ST_Y(f.geom) AS lat FROM observation o JOIN feature_of_interest f "
+        "ON f.id = o.feature_of_interest_id WHERE o.phenomenon_time = (SELECT max(phenomenon_time) FROM observation)"
+    )
+    assert [round(r["lat"], 4) for r in last] == [47.23]
+    assert await count(db, "SELECT count(*) FROM feature_of_interest") == 2  # the same feature, not a new one
 
 
 async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_its_batch_is_stored(

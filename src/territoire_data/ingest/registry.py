@@ -6,8 +6,9 @@ memory by key, so a batch of known devices costs no query at all. The cache is o
 
 A reading from a device that reports its position gets the FeatureOfInterest of that position (one per device and
 position: a fixed station has one, a mobile device one per place it reported from), as the SensorThings write path
-makes one from a Thing's Location; the device's later readings without a position keep its last one. A device
-that never reported a position leaves its observations without a FeatureOfInterest.
+makes one from a Thing's Location; the device's later readings without a position keep its last one (after a
+restart too: read back from its Thing's Location). A device that never reported a position leaves its
+observations without a FeatureOfInterest.
 """
 
 from __future__ import annotations
@@ -171,10 +172,39 @@ class EntityRegistry:
         # FeatureOfInterest (one with no Observation is visible to all).
         stored = {d for d, _ in resolution.datastreams} | {d for d, _ in self.datastreams}
         wanted = {k: v for k, v in pending.features.items() if v[0].key in stored}
+        resolution.device_features = dict(pending.device_features)
+        # Devices met for the first time since this worker started, with no position in this batch: the place
+        # their Thing was last seen at (a restart forgets it; so does an upgrade from before features)
+        unplaced = sorted(d for d in pending.things if d in stored and d not in pending.device_features)
+        if unplaced:
+            for device_key, position in (await self._last_positions(conn, unplaced)).items():
+                feature = self.feature_key(device_key, position)
+                wanted.setdefault(feature, (pending.things[device_key], position))
+                resolution.device_features[device_key] = feature
         if wanted:
             resolution.features = await self._features(conn, wanted)
-        resolution.device_features = dict(pending.device_features)
         return resolution
+
+    async def _last_positions(self, conn: asyncpg.Connection, device_keys: list[str]) -> dict[str, Position]:
+        """Where these devices' Things are (their Location, which the worker keeps at the last reported place)."""
+        rows = await conn.fetch(
+            "SELECT t.external_key, l.location FROM thing t "
+            "JOIN thing_location tl ON tl.thing_id = t.id JOIN location l ON l.id = tl.location_id "
+            "WHERE t.external_key = ANY($1::text[]) AND l.external_key = t.external_key",
+            [self.thing_key(d) for d in device_keys],
+        )
+        by_thing = {self.thing_key(d): d for d in device_keys}
+        found: dict[str, Position] = {}
+        for row in rows:
+            point = orjson.loads(row["location"]) if isinstance(row["location"], str) else row["location"]
+            if not isinstance(point, dict) or point.get("type") != "Point":
+                continue
+            coordinates = point.get("coordinates")
+            if not isinstance(coordinates, list) or len(coordinates) < 2:
+                continue
+            altitude = float(coordinates[2]) if len(coordinates) > 2 else None
+            found[by_thing[row["external_key"]]] = Position(float(coordinates[0]), float(coordinates[1]), altitude)
+        return found
 
     async def _features(self, conn: asyncpg.Connection, wanted: dict[str, tuple[Device, Position]]) -> dict[str, int]:
         """The FeaturesOfInterest of these positions (feature key -> where), made once per (device, position)."""
