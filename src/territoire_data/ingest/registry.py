@@ -36,6 +36,18 @@ OBSERVATION_TYPES = {
 UCUM = "http://unitsofmeasure.org/ucum.html"
 
 
+def _coordinates(position: Position) -> list[float]:
+    """GeoJSON's order: longitude, latitude, and the altitude when known."""
+    coordinates = [position.longitude, position.latitude]
+    if position.altitude is not None:
+        coordinates.append(position.altitude)
+    return coordinates
+
+
+def _point(position: Position) -> str:
+    return orjson.dumps({"type": "Point", "coordinates": _coordinates(position)}).decode()
+
+
 def value_kind(value: object) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -117,10 +129,7 @@ class EntityRegistry:
         memo = self._feature_keys.get((device_key, position))
         if memo is not None:
             return memo
-        coordinates = [position.longitude, position.latitude]
-        if position.altitude is not None:
-            coordinates.append(position.altitude)
-        key = f"{self.thing_key(device_key)}@{','.join(repr(c) for c in coordinates)}"
+        key = f"{self.thing_key(device_key)}@{','.join(repr(c) for c in _coordinates(position))}"
         if len(self._feature_keys) >= 100_000:
             self._feature_keys.clear()
         self._feature_keys[(device_key, position)] = key
@@ -212,11 +221,8 @@ class EntityRegistry:
         names, geojson, lons, lats = [], [], [], []
         for key in keys:
             device, position = wanted[key]
-            coordinates = [position.longitude, position.latitude]
-            if position.altitude is not None:
-                coordinates.append(position.altitude)
             names.append(device.name)
-            geojson.append(orjson.dumps({"type": "Point", "coordinates": coordinates}).decode())
+            geojson.append(_point(position))
             lons.append(position.longitude)
             lats.append(position.latitude)
         await conn.execute(
@@ -368,11 +374,8 @@ class EntityRegistry:
         names, geojson, lons, lats, ext, times = [], [], [], [], [], []
         for key in keys:
             position = pending.positions[key]
-            coordinates = [position.longitude, position.latitude]
-            if position.altitude is not None:
-                coordinates.append(position.altitude)
             names.append(pending.things[key].name)
-            geojson.append(orjson.dumps({"type": "Point", "coordinates": coordinates}).decode())
+            geojson.append(_point(position))
             lons.append(position.longitude)
             lats.append(position.latitude)
             ext.append(self.thing_key(key))
