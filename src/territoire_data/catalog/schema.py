@@ -29,10 +29,6 @@ SQL_TYPES: dict[str, str] = {
 }
 RESERVED = frozenset({"_fid", "geom"})
 INTERNAL_PREFIX = "__td_"
-CONSTRAINT_KEYS = frozenset(
-    {"required", "unique", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-     "minLength", "maxLength", "jsonSchema"}
-)  # fmt: skip
 
 
 class SchemaError(BadRequestError):

@@ -98,38 +98,6 @@ def detect_geometry(
     return None
 
 
-def spec_from_options(
-    header: Sequence[str],
-    *,
-    lon: str | None = None,
-    lat: str | None = None,
-    latlon: str | None = None,
-    lonlat_array: str | None = None,
-    wkt: str | None = None,
-    geojson: str | None = None,
-    crs: str = "EPSG:4326",
-) -> GeometrySpec | None:
-    """A spec named by the user (CLI options, connector YAML); the columns must exist."""
-    spec: GeometrySpec | None = None
-    if lon or lat:
-        if not (lon and lat):
-            raise BadRequestError("give both the longitude and the latitude column")
-        spec = GeometrySpec("lonlat", (lon, lat), crs)
-    elif latlon:
-        spec = GeometrySpec("latlon", (latlon,), crs)
-    elif lonlat_array:
-        spec = GeometrySpec("lonlat_array", (lonlat_array,), crs)
-    elif wkt:
-        spec = GeometrySpec("wkt", (wkt,), crs)
-    elif geojson:
-        spec = GeometrySpec("geojson", (geojson,), crs)
-    if spec:
-        missing = [c for c in spec.columns if c not in header]
-        if missing:
-            raise BadRequestError(f"geometry column(s) not in the file: {', '.join(missing)}")
-    return spec
-
-
 # --- reading one cell --------------------------------------------------------------------------------------
 
 
