@@ -342,33 +342,26 @@ ingest_rejection = Table(
 )
 
 
-# SensorThings aggregation rollups (migration 0002_sta), kept exact by statement triggers on observation.
-observation_rollup_15min = Table(
-    "observation_rollup_15min",
-    metadata,
-    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
-    Column("bucket", TZ, primary_key=True),
-    Column("n", BigInteger, nullable=False),
-    Column("total", Float(precision=53), nullable=False),
-    Column("min_value", Float(precision=53), nullable=False),
-    Column("max_value", Float(precision=53), nullable=False),
-    Column("last_time", TZ, nullable=False),
-    Column("last_value", Float(precision=53), nullable=False),
-)
+def _rollup(name: str) -> Table:
+    """A table of SensorThings aggregation rollups: one row per Datastream and time bucket."""
+    return Table(
+        name,
+        metadata,
+        Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
+        Column("bucket", TZ, primary_key=True),
+        Column("n", BigInteger, nullable=False),
+        Column("total", Float(precision=53), nullable=False),
+        Column("min_value", Float(precision=53), nullable=False),
+        Column("max_value", Float(precision=53), nullable=False),
+        Column("last_time", TZ, nullable=False),
+        Column("last_value", Float(precision=53), nullable=False),
+    )
 
-# Daily rollups (migration 0006_stadb) of the days before datastream.rollup_day_until (UTC days).
-observation_rollup_day = Table(
-    "observation_rollup_day",
-    metadata,
-    Column("datastream_id", BigInteger, ForeignKey("datastream.id", ondelete="CASCADE"), primary_key=True),
-    Column("bucket", TZ, primary_key=True),
-    Column("n", BigInteger, nullable=False),
-    Column("total", Float(precision=53), nullable=False),
-    Column("min_value", Float(precision=53), nullable=False),
-    Column("max_value", Float(precision=53), nullable=False),
-    Column("last_time", TZ, nullable=False),
-    Column("last_value", Float(precision=53), nullable=False),
-)
+
+# Rollups kept exact by statement triggers on observation: 15-minute ones (migration 0002_sta), and daily ones
+# (0006_stadb) of the days before datastream.rollup_day_until (UTC days).
+observation_rollup_15min = _rollup("observation_rollup_15min")
+observation_rollup_day = _rollup("observation_rollup_day")
 
 # The distinct (Datastream, FeatureOfInterest) pairs of the observations (migration 0008_obsarea), kept by
 # triggers, from which the database computes datastream.observed_area; the same for MultiDatastreams.
