@@ -325,24 +325,28 @@ async def publish(
     going on from `next_fid`)."""
     schema = dataset.schema
     private = qualified(SCHEMA, load_table)
-    unique, gist, pkey = index_names(load_table, schema)
-    if unique_built:  # else the careful check built them as constraints already
-        for name in unique:
-            await conn.execute(
-                f"ALTER TABLE {private} ADD CONSTRAINT {quote_ident(name)} UNIQUE USING INDEX {quote_ident(name)}"
-            )
-    await conn.execute(
-        f"ALTER TABLE {private} ADD CONSTRAINT {quote_ident(pkey)} PRIMARY KEY USING INDEX {quote_ident(pkey)}"
-    )
-    await conn.execute(f"DROP TABLE {dataset.table}")
-    await conn.execute(f"ALTER TABLE {private} RENAME TO {quote_ident(dataset.table_name)}")
     target = dataset.table
-    await conn.execute(f"ALTER TABLE {target} ALTER COLUMN _fid DROP DEFAULT")
-    await conn.execute(
-        f"ALTER TABLE {target} ALTER COLUMN _fid ADD GENERATED ALWAYS AS IDENTITY (START WITH {int(next_fid)})"
-    )
+    unique, gist, pkey = index_names(load_table, schema)
+    statements = []
+    if unique_built:  # else the careful check built them as constraints already
+        statements += [
+            f"ALTER TABLE {private} ADD CONSTRAINT {quote_ident(name)} UNIQUE USING INDEX {quote_ident(name)}"
+            for name in unique
+        ]
+    statements += [
+        f"ALTER TABLE {private} ADD CONSTRAINT {quote_ident(pkey)} PRIMARY KEY USING INDEX {quote_ident(pkey)}",
+        f"DROP TABLE {target}",
+        f"ALTER TABLE {private} RENAME TO {quote_ident(dataset.table_name)}",
+        f"ALTER TABLE {target} ALTER COLUMN _fid DROP DEFAULT",
+        f"ALTER TABLE {target} ALTER COLUMN _fid ADD GENERATED ALWAYS AS IDENTITY (START WITH {int(next_fid)})",
+    ]
     if point:
-        await conn.execute(f"ALTER TABLE {target} ALTER COLUMN geom DROP EXPRESSION")
+        statements.append(f"ALTER TABLE {target} ALTER COLUMN geom DROP EXPRESSION")
     final_unique, final_gist, final_pkey = index_names(dataset.table_name, schema)
-    for old, new in [*zip(unique, final_unique, strict=True), (gist, final_gist), (pkey, final_pkey)]:
-        await conn.execute(f"ALTER INDEX {qualified(SCHEMA, old)} RENAME TO {quote_ident(new)}")
+    statements += [
+        f"ALTER INDEX {qualified(SCHEMA, old)} RENAME TO {quote_ident(new)}"
+        for old, new in [*zip(unique, final_unique, strict=True), (gist, final_gist), (pkey, final_pkey)]
+    ]
+    # One round trip (a script without parameters: every value above is our own or an int), in the import's
+    # transaction like each statement was.
+    await conn.execute(";\n".join(statements))
