@@ -168,6 +168,13 @@ class _Run:
     timings: dict[str, float] = field(default_factory=dict)
     clock: float = field(default_factory=time.monotonic)
 
+    def went_in_set_based(self, rows: int, *paths: str) -> None:
+        """The `rows` went in by a set-based path (`paths`: "native", "parallel" as well), said in the timings
+        report as 1s."""
+        self.rows_read = self.rows_staged = rows
+        self.set_based = True
+        self.timings.update(set_based=1, **dict.fromkeys(paths, 1))
+
     def lap(self, phase: str) -> None:
         now = time.monotonic()
         self.timings[phase] = round(now - self.clock, 3)
@@ -563,9 +570,7 @@ async def _load_set_based(
         logger.info("%s: per-row path (%s)", run.source.label, str(exc)[:200])
         run.timings["set_based"] = 0
         return False
-    run.rows_read = run.rows_staged = inserted
-    run.set_based = True
-    run.timings["set_based"] = 1
+    run.went_in_set_based(inserted)
     return True
 
 
@@ -622,11 +627,8 @@ async def _load_native(
     except (setload.NotVouched, asyncpg.PostgresError) as exc:
         logger.info("%s: not the native path (%s)", run.source.label, str(exc)[:200])
         return False
-    run.rows_read = run.rows_staged = stream.rows
+    run.went_in_set_based(stream.rows, "native")
     run.stats = stats
-    run.set_based = True
-    run.timings["set_based"] = 1
-    run.timings["native"] = 1
     return True
 
 
@@ -694,10 +696,8 @@ async def _load_parallel(
     run.timings.update(loaded.timings)
     run.lap("parallel_load_s")
     run.direct = True
-    run.rows_read = run.rows_staged = loaded.rows
+    run.went_in_set_based(loaded.rows, "native", "parallel")
     run.stats = loaded.stats
-    run.set_based = True
-    run.timings.update(set_based=1, native=1, parallel=1)
     lines_loaded.extend(source.file._line + 1, loaded.rows)  # _fid last_fid + n is on line (header lines) + n
     if not loaded.unique_built:
         # A duplicate: the careful check finds each one with its lines (and, skipping, moves them out).

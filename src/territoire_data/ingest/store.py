@@ -18,7 +18,7 @@ import orjson
 from territoire_data.catalog.datasets import DatasetMeta, ensure_sensors_dataset
 from territoire_data.db.bulk import copy_and_merge
 from territoire_data.ingest.model import RawMessage, Reading
-from territoire_data.ingest.registry import EntityRegistry, Resolution
+from territoire_data.ingest.registry import EntityRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +211,9 @@ class ObservationStore:
             async with conn.transaction():
                 result.months_created = await self._ensure_months(conn, needed_months)
             self.months |= needed_months
-        resolution = Resolution()
         async with conn.transaction():
-            pending = registry.missing(just_readings)
-            if pending.things or pending.datastreams or pending.features or pending.device_features:
-                resolution = await registry.resolve(conn, pending)
+            # nothing to create or look up (known devices): no query, the positions just read
+            resolution = await registry.resolve(conn, registry.missing(just_readings))
             ids = registry.datastreams
             built: list[tuple[int, tuple[object, ...]]] = []
             refused: dict[int, str] = {}
