@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from territoire_data.db.bulk import copy_and_merge
+from tests.observation_helpers import create_datastreams
 
 pytestmark = pytest.mark.db
 
@@ -62,21 +63,9 @@ async def _check(db: asyncpg.Connection, step: str) -> None:
     assert [tuple(r) for r in latest] == [tuple(r) for r in await db.fetch(EXPECTED_LATEST)], f"latest after {step}"
 
 
-async def _datastreams(db: asyncpg.Connection, count: int) -> None:
-    await db.execute(
-        "INSERT INTO thing (name) VALUES ('t'); INSERT INTO sensor (name) VALUES ('s');"
-        "INSERT INTO observed_property (name) VALUES ('p')"
-    )
-    await db.execute(
-        "INSERT INTO datastream (name, thing_id, sensor_id, observed_property_id) "
-        "SELECT 'd' || g, 1, 1, 1 FROM generate_series(1, $1) g",
-        count,
-    )
-
-
 async def test_rollups_and_latest_times_stay_exact_through_every_write(db: asyncpg.Connection) -> None:
     rng = random.Random(5)
-    await _datastreams(db, 3)
+    await create_datastreams(db, 3)
     insert = (
         "INSERT INTO observation (datastream_id, phenomenon_time, result_number) "
         "SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::float8[]) ON CONFLICT DO NOTHING"
@@ -178,7 +167,7 @@ async def test_a_day_is_not_closed_while_another_transaction_writes_to_its_datas
     db: asyncpg.Connection, database_url: str
 ) -> None:
     """Closing a day reads its 15-minute rollups: not while a concurrent writer's increments are uncommitted."""
-    await _datastreams(db, 1)
+    await create_datastreams(db, 1)
     insert = "INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES (1, $1, $2)"
     for minutes in (0, 10, 20):
         await db.execute(insert, T0 + timedelta(minutes=minutes), 1.0)  # day D (T0's) is the newest: none closed

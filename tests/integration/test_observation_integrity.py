@@ -9,22 +9,11 @@ import asyncpg
 import pytest
 
 from territoire_data.db.bulk import copy_and_merge
+from tests.observation_helpers import create_datastreams
 
 pytestmark = pytest.mark.db
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
-
-
-async def _datastreams(db: asyncpg.Connection, count: int = 2) -> None:
-    await db.execute(
-        "INSERT INTO thing (name) VALUES ('t'); INSERT INTO sensor (name) VALUES ('s');"
-        "INSERT INTO observed_property (name) VALUES ('p')"
-    )
-    await db.execute(
-        "INSERT INTO datastream (name, thing_id, sensor_id, observed_property_id) "
-        "SELECT 'd' || g, 1, 1, 1 FROM generate_series(1, $1) g",
-        count,
-    )
 
 
 async def _observe(db: asyncpg.Connection, datastream_id: int, minutes: int = 1) -> None:
@@ -38,7 +27,7 @@ async def _observe(db: asyncpg.Connection, datastream_id: int, minutes: int = 1)
 
 
 async def test_an_observation_of_a_missing_datastream_is_refused_like_a_foreign_key(db: asyncpg.Connection) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="observation_datastream_id_fkey") as refused:
         await db.execute("INSERT INTO observation (datastream_id, phenomenon_time) VALUES (1, $1), (99, $1)", T0)
     assert refused.value.detail == 'Key (datastream_id)=(99) is not present in table "datastream".'
@@ -60,7 +49,7 @@ async def test_an_observation_of_a_missing_datastream_is_refused_like_a_foreign_
 
 
 async def test_deleting_a_datastream_or_its_thing_deletes_its_observations(db: asyncpg.Connection) -> None:
-    await _datastreams(db, 3)
+    await create_datastreams(db, 3)
     for datastream_id in (1, 2, 3):
         await _observe(db, datastream_id, 30)
     await db.execute("DELETE FROM datastream WHERE id = 1")
@@ -75,7 +64,7 @@ async def test_deleting_a_datastream_or_its_thing_deletes_its_observations(db: a
 async def test_a_referenced_datastream_keeps_its_id_and_truncating_datastreams_empties_observations(
     db: asyncpg.Connection,
 ) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     await _observe(db, 1)
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="still referenced"):
         await db.execute("UPDATE datastream SET id = 50 WHERE id = 1")
@@ -87,7 +76,7 @@ async def test_a_referenced_datastream_keeps_its_id_and_truncating_datastreams_e
 async def test_a_datastream_being_written_to_cannot_be_deleted_before_the_writer_commits(
     db: asyncpg.Connection, database_url: str
 ) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     writer = await asyncpg.connect(database_url)
     try:
         async with writer.transaction():
@@ -104,7 +93,7 @@ async def test_a_datastream_being_written_to_cannot_be_deleted_before_the_writer
 
 
 async def test_observations_of_an_existing_datastream_are_stored_in_bulk(db: asyncpg.Connection) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     records = [(1 + i % 2, T0 + timedelta(seconds=i)) for i in range(2000)]
     async with db.transaction():
         written = await copy_and_merge(
@@ -133,7 +122,7 @@ async def _features(db: asyncpg.Connection, count: int = 2) -> list[int]:
 
 
 async def test_an_observation_of_a_missing_feature_is_refused_like_a_foreign_key(db: asyncpg.Connection) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     first, second = await _features(db)
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="observation_feature_of_interest_id_fkey") as refused:
         await db.execute(
@@ -173,7 +162,7 @@ async def test_an_observation_of_a_missing_feature_is_refused_like_a_foreign_key
 async def test_deleting_or_truncating_features_unsets_them_and_a_feature_in_use_cannot_go_meanwhile(
     db: asyncpg.Connection, database_url: str
 ) -> None:
-    await _datastreams(db)
+    await create_datastreams(db)
     first, second = await _features(db)
     for datastream_id, feature in ((1, first), (2, second)):
         await db.execute(
