@@ -200,28 +200,35 @@ def members_sql(
             _nav_link(out, rel, alias, link_param, table)
         return out.build()
     chosen = set(select)
-    members: list[list[str]] = []  # (each the concat() arguments giving one `"key":value`)
+    out.text("{")
+    written = 0  # members so far: a comma before each one after the first
+
+    def member(name: str) -> None:
+        nonlocal written
+        out.text(("," if written else "") + key(name))
+        written += 1
+
     if chosen & {"id", "@iot.id"}:
-        members.append([_literal(key("@iot.id")), f"{alias}.id"])
+        member("@iot.id")
+        out.sql(f"{alias}.id")
     if "@iot.selfLink" in chosen:
-        members.append([_literal(key("@iot.selfLink")), link_param, f"{alias}.id", _literal(')"')])
+        member("@iot.selfLink")
+        out.sql(link_param, f"{alias}.id")
+        out.text(')"')
     trees = _json_paths(select) if bind is not None else {}
     for prop in entity.props:
         if prop.wire != "id" and prop.wire in chosen:
-            members.append([_literal(key(prop.wire)), f"COALESCE({_value(prop, alias)}, 'null')"])
+            member(prop.wire)
+            out.sql(f"COALESCE({_value(prop, alias)}, 'null')")
         elif prop.kind == "json" and prop.wire in trees and bind is not None:
-            column = f"{alias}.{prop.column}::jsonb"
-            members.append([_literal(key(prop.wire)), _subset(column, trees[prop.wire], bind)])
+            member(prop.wire)
+            out.sql(_subset(f"{alias}.{prop.column}::jsonb", trees[prop.wire], bind))
     for rel in entity.relations:
         if rel.name in chosen:
-            name = key(rel.name + "@iot.navigationLink")
-            members.append([_literal(name), link_param, f"{alias}.id", _literal(f')/{rel.name}"')])
-    if not members:
-        return "'{'"
-    args = ["'{'"]
-    for index, member in enumerate(members):
-        args += ([] if index == 0 else ["','"]) + member
-    return f"concat({', '.join(args)})"
+            member(rel.name + "@iot.navigationLink")
+            out.sql(link_param, f"{alias}.id")
+            out.text(f')/{rel.name}"')
+    return out.build()
 
 
 def _nav_link(out: _Concat, rel: Relation, alias: str, link_param: str, table: str | None) -> None:
