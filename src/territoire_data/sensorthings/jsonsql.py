@@ -154,13 +154,11 @@ def link_written(rel: Relation, alias: str, table: str | None) -> str | None:
 
     A link leads to an entity; an Observation of a Datastream has no MultiDatastream (and one of a
     MultiDatastream no Datastream), so that link is left out instead of leading to nothing.
-    Rows of the table `observation` always have a Datastream and never a MultiDatastream (`table`: as in
-    `sql.visible_sql`); rows of the view `observation_all` have one or the other."""
-    if not rel.optional:
-        return None
-    if table == "observation":
-        return None if rel.column == "datastream_id" else ""
-    return f"{alias}.{rel.column} IS NOT NULL"
+    (`table`: as in `sql.visible_sql`; see `Relation.set_in`.)"""
+    always = rel.set_in(table)
+    if always is None:
+        return f"{alias}.{rel.column} IS NOT NULL"
+    return None if always else ""
 
 
 def members_sql(

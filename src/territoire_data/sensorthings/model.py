@@ -53,6 +53,16 @@ class Relation:
     # navigationLink is written only when it leads to an entity
     optional: bool = False
 
+    def set_in(self, table: str | None) -> bool | None:
+        """Whether the rows of `table` always (True) or never (False) have this to-one relation, or None when
+        it depends on the row: the table `observation` holds the Observations of Datastreams only, the view
+        `observation_all` those of MultiDatastreams too (exactly one of the two set)."""
+        if not self.optional:
+            return True
+        if table == "observation":
+            return self.column == "datastream_id"
+        return None
+
     def condition(self, parent: str, child: str) -> str:
         """SQL condition relating a parent row (alias `parent`) to a target row (alias `child`)."""
         if self.kind == "child_fk":

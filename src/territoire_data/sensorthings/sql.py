@@ -136,9 +136,9 @@ def visible_sql(entity: EntityType, alias: str, principal: Principal, table: str
 
 
 def _foreign_key(alias: str, rel: Relation, table: str | None) -> str:
-    """A to-one foreign key of the select list; rows of the table `observation` have no MultiDatastream."""
-    if table == "observation" and rel.column == "multi_datastream_id":
-        return "NULL::bigint AS multi_datastream_id"
+    """A to-one foreign key of the select list (NULL where the table never has it: `Relation.set_in`)."""
+    if rel.set_in(table) is False:
+        return f"NULL::bigint AS {rel.column}"
     return f"{alias}.{rel.column}"
 
 
