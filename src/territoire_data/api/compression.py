@@ -108,6 +108,11 @@ class _Gzip:
         return self._obj.flush(zlib.Z_FINISH)
 
 
+def _whole_gzip(body: bytes) -> bytes:
+    obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return obj.compress(body) + obj.flush()
+
+
 # A single compressor for whole bodies (one call, never interleaved on the event loop): no context set up per
 # response. It writes the content size into the frame, which lets the client allocate once.
 _ZSTD_WHOLE = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
@@ -115,14 +120,9 @@ _ZSTD_WHOLE = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 WHOLE: dict[str, Callable[[bytes], bytes]] = {
     "zstd": _ZSTD_WHOLE.compress,
     "br": lambda body: bytes(brotli.compress(body, quality=BROTLI_QUALITY)),
-    "gzip": lambda body: _whole_gzip(body),
+    "gzip": _whole_gzip,
 }
 STREAMING: dict[str, Callable[[], Encoder]] = {"zstd": _Zstd, "br": _Brotli, "gzip": _Gzip}
-
-
-def _whole_gzip(body: bytes) -> bytes:
-    obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    return obj.compress(body) + obj.flush()
 
 
 class CompressionMiddleware:
