@@ -169,9 +169,9 @@ def _file_options(
     no_geometry: bool = False,
 ) -> Any:
     from territoire_data.catalog.datasets import DatasetMeta
-    from territoire_data.catalog.loader import MODES, ImportOptions, load_schema_file
     from territoire_data.errors import BadRequestError
-    from territoire_data.ingest.csv.geometry import GeometrySpec
+    from territoire_data.ingest.files.geometry import GeometrySpec
+    from territoire_data.ingest.files.loader import MODES, ImportOptions, load_schema_file
 
     if mode not in MODES:
         raise BadRequestError(f"--mode must be one of {', '.join(MODES)}")
@@ -203,7 +203,7 @@ def _file_options(
 
 
 def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, options: Any) -> None:
-    from territoire_data.catalog.loader import ImportFailedError, import_with_settings
+    from territoire_data.ingest.files.loader import ImportFailedError, import_with_settings
 
     try:
         report = asyncio.run(import_with_settings(settings, factory, slug, options))
@@ -236,7 +236,7 @@ def ingest_csv(
     encoding: Annotated[str | None, typer.Option(help="Force the encoding")] = None,
 ) -> None:
     """Load a CSV file into a dataset: validated, geolocated, all-or-nothing unless --skip-invalid."""
-    from territoire_data.catalog.sources import CsvSource
+    from territoire_data.ingest.files.sources import CsvSource
 
     settings = settings_for_command()
     options = _file_options(
@@ -274,7 +274,7 @@ def ingest_geojson(
     ] = "reject",
 ) -> None:
     """Load a GeoJSON file into a dataset, with the same validation, report and all-or-nothing rule as CSV."""
-    from territoire_data.ingest.geojson import GeoJsonSource
+    from territoire_data.ingest.files.geojson import GeoJsonSource
 
     settings = settings_for_command()
     options = _file_options(
@@ -297,7 +297,7 @@ def ingest_run(
     path: Annotated[str | None, typer.Option(help="Load this file or folder instead of the connector's source")] = None,
 ) -> None:
     """Run a recurring file source: import each file of its folder not yet loaded unchanged."""
-    from territoire_data.ingest.file_connector import run_connector, summary
+    from territoire_data.ingest.files.connector import run_connector, summary
 
     settings = settings_for_command()
     results = asyncio.run(run_connector(settings, connector, override=path))

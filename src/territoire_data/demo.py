@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from territoire_data.catalog.demo import load_demo_datasets
+from territoire_data.ingest.files.demo import load_demo_datasets
 from territoire_data.ingest.model import RawMessage
 from territoire_data.ingest.mqtt.config import ConnectorConfig, load_connector
 from territoire_data.ingest.mqtt.process import make_sink, prepare_store

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from territoire_data.catalog.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
 from territoire_data.errors import BadRequestError, NotFoundError
+from territoire_data.ingest.files.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
 
 pytestmark = pytest.mark.db
 

@@ -1,4 +1,4 @@
-"""The native CSV path on two connections (catalog.parload): same end state as the careful path, exact lines in
+"""The native CSV path on two connections (ingest.files.parload): same end state as the careful path, exact lines in
 reports whichever half a bad row is in, all-or-nothing, and load tables never left behind."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from territoire_data.catalog import parload
-from territoire_data.catalog.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
+from territoire_data.ingest.files import parload
+from territoire_data.ingest.files.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
 
 pytestmark = pytest.mark.db
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from territoire_data.catalog.demo import load_demo_datasets
+from territoire_data.ingest.files.demo import load_demo_datasets
 from territoire_data.settings import Settings
 
 pytestmark = pytest.mark.db

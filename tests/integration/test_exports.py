@@ -18,8 +18,8 @@ import pytest
 import shapely
 
 from territoire_data.exports import stream
-from territoire_data.features.collections import get_collection
-from territoire_data.features.query import ItemsQuery
+from territoire_data.query.collections import get_collection
+from territoire_data.query.items import ItemsQuery
 from tests.features_data import MESURES_COUNT, MESURES_SCHEMA, load_features_data, mesures_rows
 from tests.fixtures.typed_tables import create_dataset
 

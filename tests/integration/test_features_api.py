@@ -11,10 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from territoire_data.features.collections import get_collection
-from territoire_data.features.cql2sql import parse
-from territoire_data.features.crs import parse_crs
-from territoire_data.features.query import ItemsQuery, items_sql
+from territoire_data.query.collections import get_collection
+from territoire_data.query.cql2sql import parse
+from territoire_data.query.crs import parse_crs
+from territoire_data.query.items import ItemsQuery, items_sql
 from tests.features_data import MESURES_COUNT, load_features_data, load_sensor_network
 
 pytestmark = pytest.mark.db

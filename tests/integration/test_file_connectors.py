@@ -7,9 +7,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from territoire_data.catalog.loader import load_schema_file
 from territoire_data.errors import ConfigurationError
-from territoire_data.ingest.file_connector import load_connector, run_connector
+from territoire_data.ingest.files.connector import load_connector, run_connector
+from territoire_data.ingest.files.loader import load_schema_file
 from territoire_data.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

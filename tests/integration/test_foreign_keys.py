@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from territoire_data.catalog.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
 from territoire_data.catalog.schema import SchemaError, parse_table_schema
+from territoire_data.ingest.files.loader import ImportFailedError, ImportOptions, import_csv, load_schema_file
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fixtures" / "schemas" / "comptage-mobilites"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from territoire_data.catalog.loader import ImportFailedError, ImportOptions, import_geojson
 from territoire_data.catalog.schema import parse_table_schema
-from territoire_data.ingest.geojson import GeoJsonFormatError, GeoJsonSource
+from territoire_data.ingest.files.geojson import GeoJsonFormatError, GeoJsonSource
+from territoire_data.ingest.files.loader import ImportFailedError, ImportOptions, import_geojson
 
 pytestmark = pytest.mark.db
 
@@ -127,7 +127,7 @@ def test_not_geojson(tmp_path: Path) -> None:
 
 
 def test_streaming_reads_features_across_small_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import territoire_data.ingest.geojson as module
+    import territoire_data.ingest.files.geojson as module
 
     monkeypatch.setattr(module, "_CHUNK", 64)
     path = tmp_path / "many.geojson"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from territoire_data.ingest.csv.dialect import detect_delimiter, detect_encoding, sniff
-from territoire_data.ingest.csv.reader import CsvFormatError, open_csv
+from territoire_data.ingest.files.dialect import detect_delimiter, detect_encoding, sniff
+from territoire_data.ingest.files.reader import CsvFormatError, open_csv
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "csv"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from territoire_data.errors import BadRequestError
-from territoire_data.ingest.csv.geometry import (
+from territoire_data.ingest.files.geometry import (
     GeometryError,
     detect_geometry,
     read_point,
@@ -88,7 +88,7 @@ def test_unknown_crs() -> None:
 def test_wgs84_reprojector_needs_no_pyproj_and_agrees_with_it() -> None:
     import pyproj
 
-    from territoire_data.ingest.csv.geometry import WORLD, reprojector
+    from territoire_data.ingest.files.geometry import WORLD, reprojector
 
     assert pyproj.CRS.from_user_input("EPSG:4326").area_of_use.bounds == WORLD
     for text in ("EPSG:4326", "4326", "epsg:4326"):

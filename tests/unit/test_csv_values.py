@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from territoire_data.ingest.csv import values as v
+from territoire_data.ingest.files import values as v
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_the_set_based_paths_whitespace_is_all_of_pythons() -> None:
     """setload scans code points below WHITESPACE_END only (a quick CLI start): none above is whitespace."""
     import sys
 
-    from territoire_data.catalog.setload import WHITESPACE, WHITESPACE_END
+    from territoire_data.ingest.files.setload import WHITESPACE, WHITESPACE_END
 
     assert not [c for c in range(WHITESPACE_END, sys.maxunicode + 1) if chr(c).isspace()]
     assert "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()) == WHITESPACE
@@ -134,7 +134,7 @@ def test_native_cell_shapes_take_no_quote_nor_carriage_return() -> None:
     """parload.NativePart relies on it: a chunk its pattern matches has no quoted cell and no lone CR."""
     import re
 
-    from territoire_data.catalog.setload import _NATIVE_SHAPES
+    from territoire_data.ingest.files.setload import _NATIVE_SHAPES
 
     for kind, shape in _NATIVE_SHAPES.items():
         pattern = re.compile(shape)
@@ -144,7 +144,7 @@ def test_native_cell_shapes_take_no_quote_nor_carriage_return() -> None:
 
 
 def test_parallel_split_cuts_at_a_line_end_and_counts_the_first_parts_rows(tmp_path: Path) -> None:
-    from territoire_data.catalog.parload import split
+    from territoire_data.ingest.files.parload import split
 
     path = tmp_path / "f.csv"
     for data, middle in (
@@ -168,8 +168,8 @@ def test_parallel_part_validates_the_bytes_it_sent(tmp_path: Path) -> None:
     import re
     import threading
 
-    from territoire_data.catalog.parload import NativePart
-    from territoire_data.catalog.setload import NotVouched
+    from territoire_data.ingest.files.parload import NativePart
+    from territoire_data.ingest.files.setload import NotVouched
 
     path = tmp_path / "f.csv"
     path.write_bytes(b"1;2,5\n3;4\n")
@@ -193,7 +193,7 @@ def test_line_chunks_cut_at_line_ends_and_stop_at_the_size(monkeypatch: pytest.M
     """setload.line_chunks (the set-based, native and parallel paths' reader): whole lines, nothing lost."""
     import io
 
-    from territoire_data.catalog import setload
+    from territoire_data.ingest.files import setload
 
     monkeypatch.setattr(setload, "_CHUNK", chunk)
     for data in (b"", b"1;a\n", b"1;a\n22;bb\n333;ccc", b"a-line-longer-than-a-chunk\nb\n"):

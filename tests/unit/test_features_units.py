@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
 from territoire_data.exports.stream import unhex
-from territoire_data.features.collections import Collection, Field
-from territoire_data.features.cql2sql import parse, to_sql
-from territoire_data.features.crs import CRS84, parse_crs
-from territoire_data.features.params import (
+from territoire_data.features.routes import openapi_30
+from territoire_data.query.collections import Collection, Field
+from territoire_data.query.cql2sql import parse, to_sql
+from territoire_data.query.crs import CRS84, parse_crs
+from territoire_data.query.params import (
     parse_bbox,
     parse_datetime,
     parse_limit,
@@ -25,7 +26,6 @@ from territoire_data.features.params import (
     parse_sortby,
     property_filters,
 )
-from territoire_data.features.routes import openapi_30
 
 COLLECTION = Collection(
     id="c",

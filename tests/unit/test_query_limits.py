@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from territoire_data.errors import BadRequestError
-from territoire_data.features import cql2sql
+from territoire_data.query import cql2sql
 from territoire_data.querylimits import QueryLimitError, QueryLimits, check_json_tree, use_limits
 from territoire_data.sensorthings.odata import count_nodes, parse_filter, parse_options
 from territoire_data.settings import Settings

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from territoire_data.catalog.datasets import table_ddl
-from territoire_data.catalog.schema import SchemaError, infer_table_schema, parse_table_schema
-from territoire_data.catalog.validate import CellError, build_converter, compile_row
+from territoire_data.catalog.schema import SchemaError, parse_table_schema
+from territoire_data.ingest.files.infer import infer_table_schema
+from territoire_data.ingest.files.validate import CellError, build_converter, compile_row
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
 
@@ -162,7 +163,7 @@ def test_compiled_rows_agree_with_the_careful_path(cells: list[str]) -> None:
 
 
 def test_line_map_keeps_breakpoints_only() -> None:
-    from territoire_data.catalog.loader import LineMap
+    from territoire_data.ingest.files.loader import LineMap
 
     lines = LineMap()
     expected = [2, 3, 4, 6, 7, 9, 10, 11]  # line 5 rejected, a cell of line 7 ran onto line 8

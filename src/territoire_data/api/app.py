@@ -35,12 +35,12 @@ from territoire_data.api.security import (
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
 from territoire_data.catalog import api as catalog_api
-from territoire_data.catalog import routes as imports
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
+from territoire_data.ingest.files import routes as imports
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router

@@ -1,14 +1,12 @@
-"""Frictionless Table Schemas (the schema.data.gouv.fr format): checking a descriptor, inferring one, SQL types."""
+"""Frictionless Table Schemas (the schema.data.gouv.fr format): checking a descriptor, naming fields, SQL types."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from territoire_data.errors import BadRequestError
-from territoire_data.ingest.csv.values import infer_type
 
 SQL_TYPES: dict[str, str] = {
     "string": "text",
@@ -240,17 +238,3 @@ def sanitize_name(name: str, index: int, used: set[str]) -> str:
         suffix += 1
     used.add(candidate)
     return candidate
-
-
-def infer_table_schema(header: Sequence[str], sample: Sequence[Sequence[str]]) -> TableSchema:
-    """A Table Schema from a header and sample rows: the narrowest type each column's values all fit."""
-    used: set[str] = set()
-    fields: list[dict[str, Any]] = []
-    for index, raw_name in enumerate(header):
-        values = [row[index] for row in sample if index < len(row) and row[index].strip() != ""]
-        name = sanitize_name(raw_name, index + 1, used)
-        entry: dict[str, Any] = {"name": name, "type": infer_type(values)}
-        if name != raw_name:
-            entry["title"] = raw_name
-        fields.append(entry)
-    return parse_table_schema({"fields": fields, "missingValues": [""]})

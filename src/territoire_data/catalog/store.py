@@ -8,7 +8,6 @@ kept by the loader, or for sensor datasets the locations of their things and the
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from territoire_data.auth.policy import Principal, dataset_visible_sql
+from territoire_data.catalog.datasets import typed_table
 from territoire_data.catalog.metadata import (
     FORMATS,
     FREQUENCIES,
@@ -25,13 +25,11 @@ from territoire_data.catalog.metadata import (
     DatasetCreate,
     DatasetUpdate,
 )
-from territoire_data.db.bulk import qualified
 from territoire_data.errors import ConflictError, NotFoundError, ValidationFailedError
 
 logger = logging.getLogger(__name__)
 
 SEARCH_CONFIG = "french_unaccent"
-TYPED_TABLE_NAME = re.compile(r"^ds_[0-9]+$")
 
 # Extra metadata kept in dataset.extra (the core table has no column for them).
 EXTRA_FIELDS = ("conforms_to", "spatial_coverage")
@@ -193,6 +191,12 @@ async def get_dataset(conn: AsyncConnection, principal: Principal, slug: str) ->
     return dict(row)
 
 
+async def dataset_access(conn: AsyncConnection, slug: str) -> tuple[int, str] | None:
+    """The id and access level of dataset `slug` (None when there is none), for the doors' own access checks."""
+    row = (await conn.execute(text("SELECT id, access FROM dataset WHERE slug = :slug"), {"slug": slug})).first()
+    return None if row is None else (int(row.id), str(row.access))
+
+
 async def list_public_datasets(conn: AsyncConnection, principal: Principal, *, limit: int, offset: int) -> SearchResult:
     """A page of visible datasets in stable order (for DCAT and SCDL exports)."""
     return await search_datasets(conn, principal, SearchQuery(limit=limit, offset=offset))
@@ -259,9 +263,10 @@ async def delete_dataset(conn: AsyncConnection, slug: str, *, actor: str) -> Non
         raise NotFoundError(f"no dataset {slug!r}")
     await conn.execute(text("DELETE FROM dataset WHERE id = :id"), {"id": row.id})
     if row.table_name:
-        if not TYPED_TABLE_NAME.match(row.table_name):
+        table = typed_table(row.table_name)
+        if table is None:
             raise ValidationFailedError(f"dataset {slug!r} names an unexpected table; not dropping it")
-        await conn.execute(text(f"DROP TABLE IF EXISTS {qualified('datasets', row.table_name)}"))
+        await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     await _audit(conn, actor, "dataset.delete", slug, {"table": row.table_name})
     logger.info("dataset %s deleted by %s", slug, actor)
 

@@ -15,32 +15,23 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.deps import get_principal
-from territoire_data.auth.policy import datastream_visible_sql
 from territoire_data.db.params import Params
 from territoire_data.db.readpool import pooled, read_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
-from territoire_data.features import cql2sql
-from territoire_data.features.caching import etag_for, not_modified, validators
-from territoire_data.features.collections import Collection, get_collection
-from territoire_data.features.crs import parse_crs
-from territoire_data.features.dbaccess import fetch_checked
-from territoire_data.features.params import (
+from territoire_data.query import cql2sql
+from territoire_data.query.caching import etag_for, not_modified, validators
+from territoire_data.query.collections import Collection, get_collection
+from territoire_data.query.crs import parse_crs
+from territoire_data.query.dbaccess import fetch_checked
+from territoire_data.query.items import ItemsQuery, count_sql, records_sql
+from territoire_data.query.params import (
     parse_bbox,
     parse_datetime,
     parse_limit,
     parse_offset,
     parse_properties,
     parse_sortby,
-)
-from territoire_data.features.query import (
-    ItemsQuery,
-    count_sql,
-    geometry_json_sql,
-    object_sql,
-    order_sql,
-    selected_fields,
-    where_sql,
 )
 from territoire_data.settings import Settings
 from territoire_data.streaming import StreamedResponse
@@ -90,17 +81,7 @@ async def records(
         query = _query(collection, where, select, order_by, bbox, bbox_crs, datetime_, crs)
         query.limit = parse_limit(limit, maximum=RECORDS_MAX)
         query.offset = parse_offset(offset)
-        params = Params()
-        condition = where_sql(collection, query, params)
-        pairs = [("_id", "t._fid")] + [(f.name, f.sql) for f in selected_fields(collection, query.properties)]
-        if collection.has_geometry:
-            pairs.append(("geometry", geometry_json_sql(query.crs)))
-        sql = (
-            f"SELECT {object_sql(pairs)}::text FROM {collection.source} t WHERE {condition} "
-            f"ORDER BY {order_sql(query)} LIMIT {params.add(query.limit + 1, 'bigint')} "
-            f"OFFSET {params.add(query.offset, 'bigint')}"
-        )
-        rows = await fetch_checked(conn, sql, params.values)
+        rows = await fetch_checked(conn, *records_sql(collection, query))
         has_next = len(rows) > query.limit
         results = [r[0] for r in rows[: query.limit]]
         if not query.filtered and collection.row_count is not None:
@@ -195,10 +176,9 @@ async def export_observations(
             except ValueError:
                 raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
     principal = await get_principal(request)
-    visible = datastream_visible_sql(principal, "ds")
     async with pooled(request.app.state.engine, request.app.state.settings) as conn:
-        found = await conn.fetchval(f"SELECT ds.name FROM datastream ds WHERE ds.id = $1 AND {visible}", datastream_id)
-    if found is None:
+        found = await stream.visible_datastream(conn, principal, datastream_id)
+    if not found:
         raise NotFoundError(f"no datastream {datastream_id}")
 
     def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:

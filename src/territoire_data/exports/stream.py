@@ -21,10 +21,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyproj import CRS as ProjCRS
 
+from territoire_data.auth.policy import Principal, datastream_visible_sql
 from territoire_data.db.params import Params
-from territoire_data.features.collections import Collection, Field
-from territoire_data.features.crs import DEFAULT, Crs, output_geometry_sql
-from territoire_data.features.query import ItemsQuery, feature_sql, order_sql, where_sql
+from territoire_data.query.collections import Collection, Field
+from territoire_data.query.crs import DEFAULT, Crs, output_geometry_sql
+from territoire_data.query.items import ItemsQuery, feature_sql, order_sql, where_sql
 
 BOM = "\ufeff".encode()
 # About 40,000 rows of a few columns per row group; parsing takes about 12 times this in memory.
@@ -395,6 +396,13 @@ def observations_sql(params: Params, datastream_id: int, start: str | None, end:
             sql = f"CASE WHEN left({sql}, 1) IN {_FORMULA_START} THEN '''' || {sql} ELSE {sql} END"
         columns.append(f"{sql} AS {name}")
     return f"SELECT {', '.join(columns)} FROM observation o WHERE {' AND '.join(conditions)} ORDER BY o.phenomenon_time"
+
+
+async def visible_datastream(conn: asyncpg.Connection, principal: Principal, datastream_id: int) -> bool:
+    """Whether `principal` may read Datastream `datastream_id` (a hidden one is as absent as a missing one)."""
+    visible = datastream_visible_sql(principal, "ds")
+    sql = f"SELECT EXISTS (SELECT 1 FROM datastream ds WHERE ds.id = $1 AND {visible})"
+    return bool(await conn.fetchval(sql, datastream_id))
 
 
 async def stream_observations_csv(

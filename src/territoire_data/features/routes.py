@@ -17,12 +17,14 @@ from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import Principal
 from territoire_data.db.readpool import pooled
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
-from territoire_data.features import cql2sql, html, tiles
-from territoire_data.features.caching import etag_for, not_modified, validators
-from territoire_data.features.collections import FIELD_TYPES, Collection, get_collection, list_collections, recall
-from territoire_data.features.crs import CRS84, parse_crs, supported_uris
-from territoire_data.features.dbaccess import fetch_checked
-from territoire_data.features.params import (
+from territoire_data.features import html, tiles
+from territoire_data.query import cql2sql
+from territoire_data.query.caching import etag_for, not_modified, validators
+from territoire_data.query.collections import FIELD_TYPES, Collection, get_collection, list_collections, recall
+from territoire_data.query.crs import CRS84, parse_crs, supported_uris
+from territoire_data.query.dbaccess import fetch_checked
+from territoire_data.query.items import ItemsQuery, count_sql, item_sql, items_sql
+from territoire_data.query.params import (
     RESERVED,
     parse_after_id,
     parse_bbox,
@@ -34,7 +36,6 @@ from territoire_data.features.params import (
     parse_sortby,
     property_filters,
 )
-from territoire_data.features.query import ItemsQuery, count_sql, item_sql, items_sql
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from territoire_data.db.params import Params
 from territoire_data.errors import NotFoundError
-from territoire_data.features.collections import Collection
-from territoire_data.features.query import ItemsQuery, where_sql
+from territoire_data.query.collections import Collection
+from territoire_data.query.items import ItemsQuery, where_sql
 
 TMS_ID = "WebMercatorQuad"
 TMS_URI = "http://www.opengis.net/def/tilematrixset/OGC/1.0/WebMercatorQuad"

@@ -6,7 +6,6 @@ Callers pass a row already allowed by the access policy; identifiers come from t
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -14,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from territoire_data.auth.policy import ANONYMOUS, datastream_visible_sql, member_visible_sql
-from territoire_data.db.bulk import qualified, quote_ident
+from territoire_data.catalog.datasets import typed_table
+from territoire_data.db.bulk import quote_ident
 
-TYPED_TABLE_NAME = re.compile(r"^ds_[0-9]+$")
 PREVIEW_ROWS = 20
 MAP_FEATURES = 5000
 CHART_POINTS = 2000
@@ -32,8 +31,7 @@ SENSOR_THINGS = f"""
 
 
 def _table(row: dict[str, Any]) -> str | None:
-    name = row.get("table_name")
-    return qualified("datasets", name) if name and TYPED_TABLE_NAME.match(name) else None
+    return typed_table(row.get("table_name"))
 
 
 def schema_fields(row: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from territoire_data.errors import BadRequestError
-from territoire_data.ingest.csv.values import parse_number
+from territoire_data.ingest.files.values import parse_number
 
 if TYPE_CHECKING:  # imported where used: a plain WGS84 point file needs neither (a quicker CLI start)
     import pyproj

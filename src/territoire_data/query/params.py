@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from territoire_data.errors import BadRequestError
-from territoire_data.features.collections import Collection
-from territoire_data.features.cql2sql import ID_NAMES
+from territoire_data.query.collections import Collection
+from territoire_data.query.cql2sql import ID_NAMES
 from territoire_data.querylimits import QueryLimits, current_limits
 
 DEFAULT_LIMIT = 10

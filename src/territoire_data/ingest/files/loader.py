@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import orjson
 
-from territoire_data.catalog import parload, setload
 from territoire_data.catalog.datasets import (
     SCHEMA,
     Dataset,
@@ -38,13 +37,13 @@ from territoire_data.catalog.datasets import (
     refresh_dataset_stats,
     write_dataset_stats,
 )
-from territoire_data.catalog.schema import TableSchema, infer_table_schema, parse_table_schema
-from territoire_data.catalog.sources import CsvSource, Record, RowSource
-from territoire_data.catalog.validate import CellError, build_converter, compile_row
+from territoire_data.catalog.schema import TableSchema, parse_table_schema
 from territoire_data.db.bulk import copy_and_merge, qualified, quote_ident
 from territoire_data.db.raw import connect_raw
 from territoire_data.errors import BadRequestError, ConflictError, NotFoundError, ValidationFailedError
-from territoire_data.ingest.csv.geometry import (
+from territoire_data.ingest.files import parload, setload
+from territoire_data.ingest.files.geojson import SAMPLE_FEATURES, GeoJsonSource
+from territoire_data.ingest.files.geometry import (
     GeometryError,
     GeometrySpec,
     Reprojector,
@@ -54,7 +53,9 @@ from territoire_data.ingest.csv.geometry import (
     read_shape,
     reprojector,
 )
-from territoire_data.ingest.geojson import SAMPLE_FEATURES, GeoJsonSource
+from territoire_data.ingest.files.infer import infer_table_schema
+from territoire_data.ingest.files.sources import CsvSource, Record, RowSource
+from territoire_data.ingest.files.validate import CellError, build_converter, compile_row
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class ImportOptions:
     # Table Schema foreignKeys name resources of a data package: the dataset each one is (default: its name).
     resources: dict[str, str] = field(default_factory=dict)
     # Opens another connection to the same database: clean files of at least `parallel_min_bytes` into an empty
-    # table (new dataset, replace) then load on two connections at once (see catalog.parload).
+    # table (new dataset, replace) then load on two connections at once (see ingest.files.parload).
     connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None
     parallel_min_bytes: int = 16 << 20
 
@@ -641,7 +642,7 @@ async def _load_parallel(
     lines_loaded: LineMap,
     import_id: int,
 ) -> dict[str, int] | None:
-    """A big clean file into an empty table on two connections (see catalog.parload): the counts, {} when
+    """A big clean file into an empty table on two connections (see ingest.files.parload): the counts, {} when
     refused (duplicates, foreign keys: reported with their lines), None when the native path cannot vouch for the
     file (nothing changed: the other paths then run)."""
     connect = run.options.connect
@@ -1299,7 +1300,7 @@ async def import_geojson(
 async def import_with_settings(settings: Settings, source_factory: Callable[[], RowSource], slug: str,
                                options: ImportOptions) -> dict[str, Any]:  # fmt: skip
     """Open a dedicated connection (no pool statement timeout: big files take time) and run one import (big clean
-    files on two more connections, see catalog.parload)."""
+    files on two more connections, see ingest.files.parload)."""
     conn = await connect_raw(settings, application_name="import")
     if options.connect is None:
         options = dataclasses.replace(options, connect=lambda: connect_raw(settings, application_name="import-helper"))

@@ -15,20 +15,21 @@ import anyio
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from territoire_data.auth.audit import record
 from territoire_data.auth.deps import check_dataset_write, check_publisher, client_address, get_principal
 from territoire_data.auth.keys import grant_to_key
-from territoire_data.auth.policy import Principal, can_read, dataset_visible_sql
+from territoire_data.auth.policy import Principal, can_read
 from territoire_data.catalog.datasets import DatasetMeta, check_slug
-from territoire_data.catalog.loader import MODES, ImportOptions, import_with_settings
 from territoire_data.catalog.schema import parse_table_schema
-from territoire_data.catalog.sources import CsvSource, RowSource
+from territoire_data.catalog.store import dataset_access
 from territoire_data.deps import ConnDep, SettingsDep
 from territoire_data.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from territoire_data.ingest.geojson import GeoJsonSource
+from territoire_data.ingest.files import history
+from territoire_data.ingest.files.geojson import GeoJsonSource
+from territoire_data.ingest.files.loader import MODES, ImportOptions, import_with_settings
+from territoire_data.ingest.files.sources import CsvSource, RowSource
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,12 @@ async def _check_import_writer(request: Request, slug: str) -> Principal:
     exists but is hidden from it, 403 when it may see but not write it. A new dataset needs a publisher key."""
     principal = check_publisher(await get_principal(request))
     async with request.app.state.engine.connect() as conn:
-        row = (await conn.execute(text("SELECT id, access FROM dataset WHERE slug = :slug"), {"slug": slug})).first()
-    if row is not None:
-        if not can_read(principal, int(row.id), row.access):
+        found = await dataset_access(conn, slug)
+    if found is not None:
+        dataset_id, access = found
+        if not can_read(principal, dataset_id, access):
             raise NotFoundError(f"no dataset {slug!r}")
-        check_dataset_write(principal, int(row.id))
+        check_dataset_write(principal, dataset_id)
     return principal
 
 
@@ -167,9 +169,9 @@ async def create_import(
     finally:
         await anyio.Path(path).unlink(missing_ok=True)
     async with request.app.state.engine.begin() as conn:
-        dataset_id = await conn.scalar(text("SELECT id FROM dataset WHERE slug = :slug"), {"slug": slug})
-        if dataset_id is not None and principal.role == "publisher" and principal.key_id is not None:
-            await grant_to_key(conn, principal.key_id, int(dataset_id), "write")  # it created the dataset
+        found = await dataset_access(conn, slug)
+        if found is not None and principal.role == "publisher" and principal.key_id is not None:
+            await grant_to_key(conn, principal.key_id, found[0], "write")  # it created the dataset
         await record(
             conn,
             principal,
@@ -197,16 +199,7 @@ async def get_import(
     limit_errors: Annotated[int, Query(ge=0, le=10_000, description="errors listed at most")] = 1000,
 ) -> dict[str, Any]:
     principal = await get_principal(request)
-    result = await conn.execute(
-        text(
-            f"""SELECT i.id, i.status, i.source, i.mode, i.rows_read, i.rows_loaded, i.rows_rejected,
-                       i.report::text AS report, i.started_at, i.finished_at
-                FROM dataset_import i JOIN dataset d ON d.id = i.dataset_id
-                WHERE d.slug = :slug AND i.id = :import_id AND {dataset_visible_sql(principal, "d")}"""  # noqa: S608
-        ),
-        {"slug": slug, "import_id": import_id},
-    )
-    row = result.mappings().first()
+    row = await history.get_import(conn, principal, slug, import_id)
     if row is None:
         raise NotFoundError(f"no import {import_id} for dataset {slug!r}")
     report = orjson.loads(row["report"])

@@ -1,4 +1,4 @@
-"""Row sources the loader reads: a CSV file, and (in ingest.geojson) GeoJSON features, behind one small protocol."""
+"""Row sources the loader reads: a CSV file, and (in geojson.py) GeoJSON features, behind one small protocol."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from territoire_data.ingest.csv.reader import CsvFile, open_csv
+from territoire_data.ingest.files.reader import CsvFile, open_csv
 
 # (first line of the record, cells as text, geometry object of the record or None)
 Record = tuple[int, list[str], Any]

@@ -16,12 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from territoire_data.catalog.datasets import DatasetMeta
-from territoire_data.catalog.loader import ImportFailedError, ImportOptions, load_schema_file, run_import
-from territoire_data.catalog.sources import CsvSource, RowSource
 from territoire_data.db.engine import connect_raw
 from territoire_data.errors import BadRequestError, ConfigurationError
-from territoire_data.ingest.csv.geometry import GeometrySpec
-from territoire_data.ingest.geojson import GeoJsonSource
+from territoire_data.ingest.files.geojson import GeoJsonSource
+from territoire_data.ingest.files.geometry import GeometrySpec
+from territoire_data.ingest.files.loader import ImportFailedError, ImportOptions, load_schema_file, run_import
+from territoire_data.ingest.files.sources import CsvSource, RowSource
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)

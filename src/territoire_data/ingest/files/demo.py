@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from territoire_data.catalog.datasets import DatasetMeta
-from territoire_data.catalog.loader import ImportOptions, load_schema_file, run_import
-from territoire_data.catalog.sources import CsvSource
 from territoire_data.db.engine import connect_raw
+from territoire_data.ingest.files.loader import ImportOptions, load_schema_file, run_import
+from territoire_data.ingest.files.sources import CsvSource
 from territoire_data.paths import shipped
 from territoire_data.settings import Settings
 

@@ -23,11 +23,11 @@ import asyncpg
 
 from territoire_data.catalog.datasets import stats_sql
 from territoire_data.catalog.schema import FieldDef, TableSchema
-from territoire_data.catalog.sources import CsvSource, Record
 from territoire_data.db.bulk import quote_ident
 from territoire_data.db.params import Params
-from territoire_data.ingest.csv.geometry import GeometrySpec, Reprojector
-from territoire_data.ingest.csv.values import FALSE_WORDS, TRUE_WORDS
+from territoire_data.ingest.files.geometry import GeometrySpec, Reprojector
+from territoire_data.ingest.files.sources import CsvSource, Record
+from territoire_data.ingest.files.values import FALSE_WORDS, TRUE_WORDS
 
 RAW = "_td_import_raw"
 SEQ = "__td_n"

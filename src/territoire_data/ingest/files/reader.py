@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from territoire_data.errors import ValidationFailedError
-from territoire_data.ingest.csv.dialect import SAMPLE_BYTES, Dialect, detect_delimiter, sniff
+from territoire_data.ingest.files.dialect import SAMPLE_BYTES, Dialect, detect_delimiter, sniff
 
 # GeoJSON or WKT cells of real files go well past the csv module's 128 KiB default.
 MAX_FIELD_CHARS = 16 * 1024 * 1024

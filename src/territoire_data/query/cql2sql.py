@@ -16,8 +16,8 @@ import orjson
 
 from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
-from territoire_data.features.collections import Collection, Field
-from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql
+from territoire_data.query.collections import Collection, Field
+from territoire_data.query.crs import DEFAULT, Crs, input_geometry_sql
 from territoire_data.querylimits import QueryLimits, check_json_tree, current_limits
 
 GEOMETRY_NAMES = ("geometry", "geom")

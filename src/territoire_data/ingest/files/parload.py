@@ -29,9 +29,9 @@ from typing import Any
 
 import asyncpg
 
-from territoire_data.catalog import setload
 from territoire_data.catalog.datasets import SCHEMA, Dataset, index_names, load_table_ddl
 from territoire_data.db.bulk import qualified, quote_ident
+from territoire_data.ingest.files import setload
 
 logger = logging.getLogger(__name__)
 

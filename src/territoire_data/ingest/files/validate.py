@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from territoire_data.catalog.schema import FieldDef
-from territoire_data.ingest.csv import values as v
+from territoire_data.ingest.files import values as v
 
 Converter = Callable[[str], Any]
 

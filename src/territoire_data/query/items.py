@@ -9,10 +9,10 @@ from typing import Any
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.db.params import Params
 from territoire_data.errors import BadRequestError
-from territoire_data.features.collections import Collection, Field, guard_sql
-from territoire_data.features.cql2sql import to_sql
-from territoire_data.features.crs import DEFAULT, Crs, input_geometry_sql, output_geometry_sql
-from territoire_data.features.params import DatetimeFilter
+from territoire_data.query.collections import Collection, Field, guard_sql
+from territoire_data.query.cql2sql import to_sql
+from territoire_data.query.crs import DEFAULT, Crs, input_geometry_sql, output_geometry_sql
+from territoire_data.query.params import DatetimeFilter
 
 # json_build_object takes at most 100 arguments: wider tables are built in chunks and merged.
 _PAIRS_PER_OBJECT = 50
@@ -156,6 +156,21 @@ def items_sql(
     sql = (
         f"SELECT {feature_sql(collection, query)}, t._fid FROM {collection.source} t WHERE {where} "
         f"ORDER BY {order_sql(query)} LIMIT {limit}{skip}"
+    )
+    return sql, params.values
+
+
+def records_sql(collection: Collection, query: ItemsQuery) -> tuple[str, list[Any]]:
+    """A page of records (JSON text: `_id`, the selected fields, the geometry), one more than `limit`."""
+    params = Params()
+    condition = where_sql(collection, query, params)
+    pairs = [("_id", "t._fid")] + [(f.name, f.sql) for f in selected_fields(collection, query.properties)]
+    if collection.has_geometry:
+        pairs.append(("geometry", geometry_json_sql(query.crs)))
+    sql = (
+        f"SELECT {object_sql(pairs)}::text FROM {collection.source} t WHERE {condition} "
+        f"ORDER BY {order_sql(query)} LIMIT {params.add(query.limit + 1, 'bigint')} "
+        f"OFFSET {params.add(query.offset, 'bigint')}"
     )
     return sql, params.values
 
