@@ -23,15 +23,15 @@ import asyncpg
 import orjson
 
 from territoire_data.ingest.model import Device, Position, Reading
+from territoire_data.observation_types import CATEGORY, MEASUREMENT, OBSERVATION, TRUTH
 
 logger = logging.getLogger(__name__)
 
-OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
-OBSERVATION_TYPES = {
-    "number": OM + "OM_Measurement",
-    "boolean": OM + "OM_TruthObservation",
-    "string": OM + "OM_CategoryObservation",
-    "json": OM + "OM_Observation",
+OBSERVATION_TYPES = {  # a new Datastream's type, from its first value (later values must fit it)
+    "number": MEASUREMENT,
+    "boolean": TRUTH,
+    "string": CATEGORY,
+    "json": OBSERVATION,
 }
 UCUM = "http://unitsofmeasure.org/ucum.html"
 
@@ -77,6 +77,7 @@ class Resolution:
     unresolved: dict[tuple[str, str], str] = field(default_factory=dict)
     features: dict[str, int] = field(default_factory=dict)  # feature key -> FeatureOfInterest id
     device_features: dict[str, str] = field(default_factory=dict)  # device key -> its latest feature key
+    kinds: dict[int, str] = field(default_factory=dict)  # datastream id -> its observationType
 
 
 @dataclass
@@ -109,6 +110,7 @@ class EntityRegistry:
         self.auto_register = auto_register
         self.quantities = quantities or {}
         self.datastreams: dict[tuple[str, str], int] = {}
+        self.kinds: dict[int, str] = {}  # datastream id -> its observationType (results are checked against it)
         self.positions: dict[str, Position] = {}
         self.features: dict[str, int] = {}
         self.device_features: dict[str, str] = {}
@@ -192,7 +194,17 @@ class EntityRegistry:
                 resolution.device_features[device_key] = feature
         if wanted:
             resolution.features = await self._features(conn, wanted)
+        unknown_kinds = [i for i in resolution.datastreams.values() if i not in self.kinds]
+        if unknown_kinds:  # only when Datastreams are met for the first time: a known device costs no query
+            rows = await conn.fetch(
+                "SELECT id, observation_type FROM datastream WHERE id = ANY($1::bigint[])", unknown_kinds
+            )
+            resolution.kinds = {row["id"]: row["observation_type"] for row in rows}
         return resolution
+
+    def kind_of(self, datastream_id: int, resolution: Resolution) -> str | None:
+        """The observationType a reading's result must fit (None when unknown: nothing to check against)."""
+        return self.kinds.get(datastream_id) or resolution.kinds.get(datastream_id)
 
     async def _last_positions(self, conn: asyncpg.Connection, device_keys: list[str]) -> dict[str, Position]:
         """Where these devices' Things are (their Location, which the worker keeps at the last reported place)."""
@@ -415,6 +427,7 @@ class EntityRegistry:
     def remember(self, resolution: Resolution) -> None:
         """Fill the cache with what a registration found, once its transaction has committed."""
         self.datastreams.update(resolution.datastreams)
+        self.kinds.update(resolution.kinds)
         self.positions.update(resolution.positions)
         self.features.update(resolution.features)
         self.device_features.update(resolution.device_features)

@@ -19,6 +19,7 @@ from territoire_data.catalog.datasets import DatasetMeta, ensure_sensors_dataset
 from territoire_data.db.bulk import copy_and_merge
 from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry
+from territoire_data.observation_types import result_problem
 
 logger = logging.getLogger(__name__)
 
@@ -216,14 +217,20 @@ class ObservationStore:
             resolution = await registry.resolve(conn, registry.missing(just_readings))
             ids = registry.datastreams
             built: list[tuple[int, tuple[object, ...]]] = []
-            refused: dict[int, str] = {}
+            refused: dict[int, tuple[str, str]] = {}
             for index, reading in readings:
                 pair = (reading.device.key, reading.quantity)
                 ds_id = ids.get(pair) or resolution.datastreams.get(pair)
                 if ds_id is None:
-                    refused.setdefault(index, resolution.unresolved.get(pair, "unknown_datastream"))
+                    reason = resolution.unresolved.get(pair, "unknown_datastream")
+                    refused.setdefault(index, (reason, _refusal_detail(reason)))
                     continue
                 value = reading.value
+                kind = registry.kind_of(ds_id, resolution)
+                problem = result_problem(kind, value) if kind else None
+                if problem:  # e.g. "n/a" from a device whose Datastream holds numbers
+                    refused.setdefault(index, ("wrong_type", f"{reading.quantity}: {problem}"))
+                    continue
                 built.append(
                     (
                         index,
@@ -242,9 +249,9 @@ class ObservationStore:
             # A message is stored whole or not at all: drop the records of refused messages.
             records = [record for index, record in built if index not in refused]
             if refused:
-                for index, reason in refused.items():
+                for index, (reason, detail) in refused.items():
                     message = messages[index]
-                    result.rejected.append(DeadLetter(message.topic, reason, _refusal_detail(reason), message.payload))
+                    result.rejected.append(DeadLetter(message.topic, reason, detail, message.payload))
             if records:
                 written = await merge_observations(conn, records)
                 result.stored = written

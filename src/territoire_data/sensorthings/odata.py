@@ -118,6 +118,10 @@ FUNCTIONS: dict[str, tuple[int, ...]] = {
     "st_relate": (3,),
 }
 
+# The standard's wire names that stand for a property in a path: `@iot.id` is `id` (FROST and the published
+# clients send both, `$filter=Datastream/@iot.id eq 12`, `$orderby=@iot.id`); the compiler maps it.
+IOT_NAMES = frozenset({"@iot.id"})
+
 # --- tokenizer ----------------------------------------------------------------------------------------
 
 _DATETIME = r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
@@ -340,7 +344,7 @@ class _Parser:
         return Call(name, tuple(args))
 
     def parse_path(self, first: Token) -> Path:
-        if "." in first.text:
+        if "." in first.text and first.text not in IOT_NAMES:
             raise self.error(f"unknown property {first.text!r}", first)
         segments = [first.text]
         while self.at_punct("/"):

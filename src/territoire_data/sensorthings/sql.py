@@ -291,9 +291,8 @@ class ExprCompiler:
 
     def path(self, path: Path, ctx: JoinContext) -> Typed:
         entity, alias = self.entity, self.alias
-        segments = list(path.segments)
-        if segments and segments[0] == "@iot.id":
-            segments[0] = "id"
+        # `@iot.id` is the wire name of `id` at any step of a path (`Datastream/@iot.id`), as FROST accepts it
+        segments = ["id" if seg == "@iot.id" else seg for seg in path.segments]
         index = 0
         while index < len(segments):
             seg = segments[index]
@@ -377,7 +376,12 @@ class ExprCompiler:
                 value = parse_datetime(typed.variants["raw"])
             except ValueError:
                 raise InvalidQueryError(f"$filter: not a date-time: {typed.variants['raw']!r}") from None
-            return self.params.add(value, "timestamptz")
+            # the literal's own slot takes the instant (a second one would leave `$n::text` unused, untyped)
+            slot = re.fullmatch(r"\$(\d+)::text", typed.sql)
+            if slot is None:
+                return self.params.add(value, "timestamptz")
+            self.params.values[int(slot.group(1)) - 1] = value
+            return f"${slot.group(1)}::timestamptz"
         if kind == "text" and typed.kind in ("number", "time", "bool"):
             return f"({typed.sql})::text"
         raise InvalidQueryError(f"$filter: expected a {kind}, found a {typed.kind}")

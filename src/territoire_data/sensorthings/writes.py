@@ -16,6 +16,7 @@ import orjson
 
 from territoire_data.auth.policy import Principal, can_write, dataset_visible_sql
 from territoire_data.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from territoire_data.observation_types import check_declared, result_problem, short_name, stored_predicate
 from territoire_data.sensorthings.model import BY_NAME, COMPLEX_OBSERVATION, ORDERED_LINKS, EntityType, Prop, Relation
 from territoire_data.sensorthings.sql import Params, visible_sql
 
@@ -134,6 +135,39 @@ class Writer:
         self.created: dict[str, int] = {}  # entity name -> how many this request created (for the audit trail)
         self.datasets: set[int] = set()  # the datasets this request wrote into (for the audit trail)
         self._writable: set[tuple[str, int]] = set()
+        self._types: dict[tuple[str, int], list[str]] = {}  # (parent table, id) -> its declared result types
+
+    # --- result types ----------------------------------------------------------------------------------
+    async def result_types(self, table: str, parent_id: int) -> list[str]:
+        """A Datastream's observationType (one) or a MultiDatastream's multiObservationDataTypes, cached."""
+        key = (table, parent_id)
+        if key not in self._types:
+            if table == "datastream":
+                found = await self.conn.fetchval("SELECT observation_type FROM datastream WHERE id = $1", parent_id)
+                self._types[key] = [found] if found is not None else []
+            else:
+                found = await self.conn.fetchval(
+                    "SELECT multi_observation_data_types::text FROM multi_datastream WHERE id = $1", parent_id
+                )
+                self._types[key] = orjson.loads(found) if found is not None else []
+        return self._types[key]
+
+    async def check_result(self, table: str, parent_id: int, value: Any, where: str) -> None:
+        """400 when a result does not fit its (Multi)Datastream's declared type(s)."""
+        types = await self.result_types(table, parent_id)
+        if table == "datastream":
+            problems = [result_problem(t, value) for t in types]
+        else:  # the array's length is checked by multi_result; each member against its own type
+            members = value if isinstance(value, list) else []
+            problems = [  # a null member is a property not observed this time
+                f"member {i}: {problem}"
+                for i, (t, member) in enumerate(zip(types, members, strict=False))
+                if member is not None and (problem := result_problem(t, member))
+            ]
+        found = next((p for p in problems if p), None)
+        if found:
+            parent = "Datastream" if table == "datastream" else "MultiDatastream"
+            raise BadRequestError(f"{where}: {found} (the observationType of {parent}({parent_id}))")
 
     # --- lookups ---------------------------------------------------------------------------------------
     async def existing(self, entity: EntityType, entity_id: Any) -> int:
@@ -218,6 +252,15 @@ class Writer:
                 if key == "id":
                     continue
                 raise BadRequestError(f"{entity.name}/{key} is computed by the server and cannot be written")
+        if entity.name == "Datastream" and "observationType" in body:
+            problem = check_declared(body["observationType"], "Datastream/observationType")
+            if problem:
+                raise BadRequestError(problem)
+        if entity.name == "MultiDatastream" and isinstance(body.get("multiObservationDataTypes"), list):
+            for i, declared in enumerate(body["multiObservationDataTypes"]):
+                problem = check_declared(declared, f"MultiDatastream/multiObservationDataTypes[{i}]")
+                if problem:
+                    raise BadRequestError(problem)
         for prop in entity.props:
             if not prop.writable:
                 continue
@@ -420,6 +463,8 @@ class Writer:
         if (datastream is None) == (multi is None):
             raise BadRequestError("an Observation needs exactly one of Datastream and MultiDatastream")
         if multi is None:
+            assert datastream is not None
+            await self.check_result("datastream", int(datastream[0]), body.get("result"), "Observation/result")
             return
         for column in _MULTI_RESULT_COLUMNS:
             columns.pop(column, None)
@@ -427,6 +472,7 @@ class Writer:
             await self.multi_result(int(multi[0]), body.get("result"), "Observation/result"),
             "{}::text::jsonb",
         )
+        await self.check_result("multi_datastream", int(multi[0]), body.get("result"), "Observation/result")
 
     @staticmethod
     def _multi_observed_properties(body: dict[str, Any], columns: dict[str, tuple[Any, str]]) -> list[Any]:
@@ -590,8 +636,13 @@ class Writer:
                     await self.multi_result(int(multi), body["result"], "Observation/result"),
                     "{}::text::jsonb",
                 )
+                await self.check_result("multi_datastream", int(multi), body["result"], "Observation/result")
         elif entity.name == "Observation" and "multi_datastream_id" in columns:
             raise BadRequestError("an Observation of a Datastream cannot move to a MultiDatastream")
+        elif entity.name == "Observation" and ("result" in body or "datastream_id" in columns):
+            await self._check_updated_result(entity_id, body, columns)
+        if entity.name == "Datastream" and "observation_type" in columns:
+            await self._check_stored_results(entity_id, str(columns["observation_type"][0]))
         if entity.name == "MultiDatastream" and (
             {"unit_of_measurements", "multi_observation_data_types"} & set(columns)
         ):
@@ -612,6 +663,36 @@ class Writer:
             raise ConflictError(f"this change makes the {entity.name} conflict with an existing one") from None
         except (asyncpg.DataError, asyncpg.InternalServerError) as exc:
             raise BadRequestError(f"invalid {entity.name}: {exc.args[0] if exc.args else exc}") from None
+
+    async def _check_updated_result(
+        self, entity_id: int, body: dict[str, Any], columns: dict[str, tuple[Any, str]]
+    ) -> None:
+        """An Observation's new result, or its result under its new Datastream, fits that Datastream's type."""
+        datastream = columns.get("datastream_id", (None, ""))[0] or await self.conn.fetchval(
+            "SELECT datastream_id FROM observation WHERE id = $1", entity_id
+        )
+        if "result" in body:
+            await self.check_result("datastream", int(datastream), body["result"], "Observation/result")
+            return
+        (kind,) = await self.result_types("datastream", int(datastream))
+        fits = await self.conn.fetchval(f"SELECT {stored_predicate(kind)} FROM observation WHERE id = $1", entity_id)
+        if not fits:
+            raise BadRequestError(
+                f"Observation({entity_id}): its result does not fit the {short_name(kind)} of Datastream({datastream})"
+            )
+
+    async def _check_stored_results(self, datastream_id: int, kind: str) -> None:
+        """A Datastream's observationType changes only if every Observation it already has fits the new type."""
+        misfits = await self.conn.fetchval(
+            f"SELECT count(*) FROM observation WHERE datastream_id = $1 AND NOT ({stored_predicate(kind)})",
+            datastream_id,
+        )
+        if misfits:
+            raise BadRequestError(
+                f"Datastream({datastream_id})/observationType: {misfits} of its Observations have results that are "
+                f"not {short_name(kind)} results; change or delete them first"
+            )
+        self._types.pop(("datastream", datastream_id), None)
 
     async def _check_multi_sizes(self, entity_id: int, columns: dict[str, tuple[Any, str]]) -> None:
         """After an update, a MultiDatastream still has one unit and one type per ObservedProperty."""
@@ -737,6 +818,7 @@ class Writer:
         known_foi: dict[tuple[type, Any], int] = {}
         now = datetime.now(UTC)
         size = await self.multi_size(datastream_id) if multi else None  # once, not per row
+        parent_table = "multi_datastream" if multi else "datastream"
         for line_no, line in enumerate(rows):
             if not isinstance(line, list) or len(line) != len(components):
                 raise BadRequestError(
@@ -751,6 +833,7 @@ class Writer:
             columns["phenomenon_time_end"].append(end)
             rt = values.get("resultTime")
             columns["result_time"].append(parse_time(rt, where) if rt is not None else None)
+            await self.check_result(parent_table, datastream_id, values["result"], f"{where}/result")
             if multi:
                 number, string, boolean = None, None, None
                 js: str | None = await self.multi_result(datastream_id, values["result"], f"{where}/result", size)

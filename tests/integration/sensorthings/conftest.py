@@ -45,9 +45,14 @@ async def app_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[h
 
 
 def thing_body(
-    name: str = "Station Bellecour", lon: float = 4.832, lat: float = 45.757, n_ds: int = 1
+    name: str = "Station Bellecour",
+    lon: float = 4.832,
+    lat: float = 45.757,
+    n_ds: int = 1,
+    observation_type: str = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
 ) -> dict[str, Any]:
-    """A Thing with its Location and Datastreams (Sensor and ObservedProperty nested): one deep insert."""
+    """A Thing with its Location and Datastreams (Sensor and ObservedProperty nested): one deep insert; results
+    of mixed kinds need `observation_type=OBSERVATION` (any JSON), as the standard says."""
     return {
         "name": name,
         "description": "Air quality station",
@@ -64,7 +69,7 @@ def thing_body(
             {
                 "name": f"{name} temperature {i}",
                 "description": "air temperature",
-                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                "observationType": observation_type,
                 "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C", "definition": "ucum:Cel"},
                 "Sensor": {
                     "name": f"DHT22 {name} {i}",
@@ -83,8 +88,10 @@ def thing_body(
     }
 
 
+CATEGORY = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_CategoryObservation"
 COMPLEX = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
 MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Observation"
 
 
 def multi_datastream_body(name: str = "Wind", thing: Any = None, properties: tuple[str, ...] = ("speed", "direction")):
@@ -95,7 +102,8 @@ def multi_datastream_body(name: str = "Wind", thing: Any = None, properties: tup
         "description": f"{name} station",
         "observationType": COMPLEX,
         "unitOfMeasurements": [{"name": p, "symbol": p[:1], "definition": f"ucum:{p}"} for p in properties],
-        "multiObservationDataTypes": [MEASUREMENT for _ in properties],
+        # a direction comes as degrees or as a word ("NNE"): any JSON value, an OM_Observation
+        "multiObservationDataTypes": [OBSERVATION if p == "direction" else MEASUREMENT for p in properties],
         "properties": {"height": 10},
         "Thing": thing
         if thing is not None

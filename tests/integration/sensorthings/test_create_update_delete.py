@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import make_key
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
+from tests.integration.sensorthings.conftest import AUTH, BASE, OBSERVATION, create, get, thing_body
 
 pytestmark = pytest.mark.db
 
@@ -72,7 +72,7 @@ async def test_link_by_id_and_validation(sta: httpx.AsyncClient) -> None:
             {
                 "name": "x",
                 "unitOfMeasurement": {},
-                "observationType": "x",
+                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
                 "Thing": {"@iot.id": 999},
                 "Sensor": {"@iot.id": 1},
                 "ObservedProperty": {"@iot.id": 1},
@@ -89,7 +89,7 @@ async def test_link_by_id_and_validation(sta: httpx.AsyncClient) -> None:
 
 
 async def test_observation_gets_a_feature_of_interest_from_the_location(sta: httpx.AsyncClient) -> None:
-    thing = await create(sta, "Things", thing_body())
+    thing = await create(sta, "Things", thing_body(observation_type=OBSERVATION))
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     first = await create(
         sta, "Observations", {"result": 1, "phenomenonTime": "2026-11-01T00:00:00Z", "Datastream": {"@iot.id": ds}}

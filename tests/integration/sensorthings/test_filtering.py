@@ -5,14 +5,15 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.sensorthings.conftest import AUTH, BASE, create, get, thing_body
+from tests.integration.sensorthings.conftest import AUTH, BASE, OBSERVATION, create, get, thing_body
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
 async def data(sta: httpx.AsyncClient) -> dict[str, int]:
-    lyon = await create(sta, "Things", thing_body("Lyon Bellecour", 4.832, 45.757))
+    # Lyon's Datastream takes any result (a number, a word, a boolean): an OM_Observation
+    lyon = await create(sta, "Things", thing_body("Lyon Bellecour", 4.832, 45.757, observation_type=OBSERVATION))
     paris = await create(sta, "Things", thing_body("Paris Louvre", 2.336, 48.861))
     ids: dict[str, int] = {}
     for name, thing in (("lyon", lyon), ("paris", paris)):

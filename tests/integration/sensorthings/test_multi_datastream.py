@@ -21,6 +21,7 @@ from tests.integration.sensorthings.conftest import (
     BASE,
     COMPLEX,
     MEASUREMENT,
+    OBSERVATION,
     Subscriber,
     create,
     get,
@@ -47,7 +48,7 @@ async def test_deep_insert_and_navigation_both_ways(sta: httpx.AsyncClient) -> N
     mds = await create(sta, "MultiDatastreams", multi_datastream_body())
     mid = mds["@iot.id"]
     assert mds["observationType"] == COMPLEX
-    assert mds["multiObservationDataTypes"] == [MEASUREMENT, MEASUREMENT]
+    assert mds["multiObservationDataTypes"] == [MEASUREMENT, OBSERVATION]
     assert [u["name"] for u in mds["unitOfMeasurements"]] == ["speed", "direction"]
     assert mds["properties"] == {"height": 10}
     assert mds["phenomenonTime"] is None

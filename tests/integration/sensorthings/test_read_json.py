@@ -20,6 +20,7 @@ from territoire_data.settings import Settings
 from tests.integration.sensorthings.conftest import (
     AUTH,
     BASE,
+    OBSERVATION,
     app_client,
     create,
     get,
@@ -63,7 +64,9 @@ async def _varied_observations(sta: httpx.AsyncClient, ds: int) -> None:
 
 
 async def test_sql_json_means_what_the_python_serializer_says(sta: httpx.AsyncClient, db: asyncpg.Connection) -> None:
-    thing = await create(sta, "Things", thing_body('Station "Croix-Rousse" d\'en haut', n_ds=2))
+    thing = await create(
+        sta, "Things", thing_body('Station "Croix-Rousse" d\'en haut', n_ds=2, observation_type=OBSERVATION)
+    )
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     await _varied_observations(sta, ds)
     multi = await create(sta, "MultiDatastreams", multi_datastream_body(thing={"@iot.id": thing["@iot.id"]}))
@@ -103,7 +106,7 @@ async def test_python_serializer_writes_observations_in_the_same_text_as_postgre
 ) -> None:
     """The MQTT bridge (`read.serialize`) and HTTP (jsonsql) agree to the byte on Observations: instants with
     fractional seconds trimmed as PostgreSQL's to_json trims them, integral doubles without `.0`, exponents."""
-    thing = await create(sta, "Things", thing_body())
+    thing = await create(sta, "Things", thing_body(observation_type=OBSERVATION))
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     results: list[Any] = [6.0, 21.5, -0.0, 0.1, 1e-4, 2.5e-7, 1e15, 1e20, 123456789.125, -7, 98858174109921408.0]
     for n, result in enumerate(results):
@@ -136,7 +139,7 @@ async def test_python_serializer_writes_observations_in_the_same_text_as_postgre
 
 
 async def test_expanded_json_nests_pages_counts_and_next_links(sta: httpx.AsyncClient) -> None:
-    thing = await create(sta, "Things", thing_body(n_ds=2))
+    thing = await create(sta, "Things", thing_body(n_ds=2, observation_type=OBSERVATION))
     ds = [d["@iot.id"] for d in (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"]]
     await _varied_observations(sta, ds[0])
     expand = (
@@ -160,7 +163,7 @@ async def test_expanded_json_nests_pages_counts_and_next_links(sta: httpx.AsyncC
 
 
 async def test_latest_value_path_checks_its_datastream_in_the_same_statement(sta: httpx.AsyncClient) -> None:
-    thing = await create(sta, "Things", thing_body())
+    thing = await create(sta, "Things", thing_body(observation_type=OBSERVATION))
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     latest = {"$top": "1", "$orderby": "phenomenonTime desc"}
     assert (await get(sta, f"Datastreams({ds})/Observations", **latest)) == {"value": []}
@@ -206,7 +209,7 @@ async def test_instants_and_links_whatever_the_database_date_style(
     await db.execute(f"ALTER DATABASE \"{name}\" SET DateStyle = 'SQL, DMY'")
     try:
         async with app_client(sta_settings, engine) as sta:  # a new read pool: sessions opened after the change
-            thing = await create(sta, "Things", thing_body())
+            thing = await create(sta, "Things", thing_body(observation_type=OBSERVATION))
             ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
             await _varied_observations(sta, ds)
             responses = [

@@ -197,3 +197,22 @@ def test_an_array_index_is_a_path_segment() -> None:
     for bad in ("result/-1 gt 3", "result/1.5 gt 3", "result/ gt 3"):
         with pytest.raises(ODataSyntaxError):
             parse_filter(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "segments"),
+    [
+        ("@iot.id eq 1", ("@iot.id",)),
+        ("Datastream/@iot.id eq 12", ("Datastream", "@iot.id")),
+        ("Datastreams/Thing/@iot.id eq 3", ("Datastreams", "Thing", "@iot.id")),
+    ],
+)
+def test_iot_id_is_a_property_name_at_any_step_of_a_path(text: str, segments: tuple[str, ...]) -> None:
+    expr = parse_filter(text)
+    assert isinstance(expr, Binary) and expr.left == Path(segments)
+    assert parse_orderby(text.split(" ")[0] + " desc")[0].expr == Path(segments)
+
+
+def test_other_dotted_names_are_still_refused() -> None:
+    with pytest.raises(ODataSyntaxError, match=re.escape("unknown property '@iot.selfLinks'")):
+        parse_filter("@iot.selfLinks eq 1")
