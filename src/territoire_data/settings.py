@@ -49,7 +49,17 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=1200, ge=0, description="per IP without a key; 0 disables")
     rate_limit_key_per_minute: int = Field(default=6000, ge=1, description="per API key")
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
-    catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
+    territory_name: str = Field(
+        default="Territoire de démonstration",
+        min_length=1,
+        max_length=140,
+        description="the territory (commune, métropole…) this platform serves; names the publisher by default",
+    )
+    catalog_publisher: str = Field(
+        default="",
+        max_length=140,
+        description="the local government publishing (DCAT-AP requires one); empty: the territory's name",
+    )
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")
     portal_refresh_seconds: int = Field(
         default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
@@ -163,6 +173,13 @@ class Settings(BaseSettings):
         if wrong:
             raise ValueError(f"maps to unknown roles {wrong}: use {', '.join(PLATFORM_ROLES)}")
         return value
+
+    @model_validator(mode="after")
+    def _default_publisher(self) -> Settings:
+        # DCAT-AP's catalog needs a dct:publisher: never left empty, the territory publishes by default
+        if not self.catalog_publisher.strip():
+            self.catalog_publisher = self.territory_name.strip()
+        return self
 
     @model_validator(mode="after")
     def _check_oidc(self) -> Settings:

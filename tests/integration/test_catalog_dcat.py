@@ -59,14 +59,19 @@ async def test_every_public_dataset_has_every_field_udata_reads(
     await fill_catalog(api, db)
     graph = await parse(api, extension)
     datasets = set(graph.subjects(rns.RDF.type, rns.DCAT.Dataset))
-    assert datasets == {URIRef("http://testserver/datasets/sanisettes"), URIRef("http://testserver/datasets/air")}
+    # the dataset is a thing (#dataset), its portal page the landing page (a foaf:Document, DCAT-AP)
+    assert datasets == {
+        URIRef("http://testserver/datasets/sanisettes#dataset"),
+        URIRef("http://testserver/datasets/air#dataset"),
+    }
 
     catalog = URIRef("http://testserver/dcat/catalog")
     assert (catalog, rns.RDF.type, rns.DCAT.Catalog) in graph
     assert set(graph.objects(catalog, rns.DCAT.dataset)) == datasets
 
     for node in datasets:
-        slug = str(node).rsplit("/", 1)[-1]
+        slug = str(node).rsplit("/", 1)[-1].removesuffix("#dataset")
+        assert graph.value(node, rns.DCAT.landingPage) == URIRef(f"http://testserver/datasets/{slug}")
         api_view = (await api.get(f"/api/v1/datasets/{slug}")).json()
         one = lambda p, n=node: list(graph.objects(n, p))  # noqa: E731
         assert one(rns.DCTERMS.identifier) == [Literal(api_view["identifier"])]
@@ -131,9 +136,9 @@ async def test_every_public_dataset_has_every_field_udata_reads(
     assert {URIRef("http://testserver/sta/v1.1"), URIRef("http://testserver/ogcapi")} <= services
     sta = URIRef("http://testserver/sta/v1.1")
     assert graph.value(sta, rns.DCAT.endpointURL) == sta
-    assert set(graph.objects(sta, rns.DCAT.servesDataset)) == {URIRef("http://testserver/datasets/air")}
+    assert set(graph.objects(sta, rns.DCAT.servesDataset)) == {URIRef("http://testserver/datasets/air#dataset")}
     assert set(graph.objects(URIRef("http://testserver/ogcapi"), rns.DCAT.servesDataset)) == {
-        URIRef("http://testserver/datasets/sanisettes")
+        URIRef("http://testserver/datasets/sanisettes#dataset")
     }
 
 
@@ -165,7 +170,7 @@ async def test_hydra_paging_walks_the_whole_catalog(api: httpx.AsyncClient) -> N
         url = str(next_page) if next_page else None
         pages += 1
     assert pages == 3
-    assert seen == [f"http://testserver/datasets/jeu-{i}" for i in range(5)]
+    assert seen == [f"http://testserver/datasets/jeu-{i}#dataset" for i in range(5)]
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,16 @@ def test_cli_prints_one_clear_line_not_a_traceback(tmp_path: object) -> None:
         "error: TERRITOIRE_MQTT_URL is invalid: must start with mqtt:// or mqtts://"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_the_catalog_always_has_a_publisher(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """DCAT-AP requires dct:publisher on the catalog: empty, it is the territory's name; .env as quickstart writes."""
+    monkeypatch.setenv("TERRITOIRE_DATABASE_URL", "postgresql://u@127.0.0.1/db")
+    assert load_settings().catalog_publisher == "Territoire de démonstration"
+    monkeypatch.setenv("TERRITOIRE_TERRITORY_NAME", "Nantes Métropole")
+    monkeypatch.setenv("TERRITOIRE_CATALOG_PUBLISHER", "  ")
+    assert load_settings().catalog_publisher == "Nantes Métropole"
+    monkeypatch.delenv("TERRITOIRE_CATALOG_PUBLISHER")
+    with open(".env", "w", encoding="utf-8") as env:  # the line scripts/quickstart appends
+        env.write('TERRITOIRE_CATALOG_PUBLISHER="Ville d\'Avray"\n')
+    assert load_settings().catalog_publisher == "Ville d'Avray"

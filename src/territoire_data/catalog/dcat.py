@@ -34,9 +34,44 @@ VCARD = Namespace("http://www.w3.org/2006/vcard/ns#")
 LOCN = Namespace("http://www.w3.org/ns/locn#")
 HYDRA = Namespace("http://www.w3.org/ns/hydra/core#")
 ADMS = Namespace("http://www.w3.org/ns/adms#")
+DCATAP = Namespace("http://data.europa.eu/r5r/")
 GEOJSON_LITERAL = URIRef("https://www.iana.org/assignments/media-types/application/vnd.geo+json")
 WKT_LITERAL = URIRef("http://www.opengis.net/ont/geosparql#wktLiteral")
 LANGUAGE_FRA = URIRef("http://publications.europa.eu/resource/authority/language/FRA")
+EU_THEMES = URIRef("http://publications.europa.eu/resource/authority/data-theme")
+# Our exports and APIs answer from the live tables as long as the dataset is published: a stable availability.
+AVAILABILITY_STABLE = URIRef("http://publications.europa.eu/resource/authority/planned-availability/STABLE")
+# The ADMS publisher type of a local government (DCAT-AP recommends dct:type on agents).
+LOCAL_AUTHORITY = URIRef("http://purl.org/adms/publishertype/LocalAuthority")
+# What each licence lets users do, as ADMS licence types (DCAT-AP recommends dct:type on licence documents).
+# Labels of the concepts we name from outside vocabularies (DCAT-AP 3 wants a skos:prefLabel on each).
+CONCEPT_LABELS: dict[str, tuple[str, str]] = {
+    "LocalAuthority": ("Autorité locale", "Local Authority"),
+    "Attribution": ("Attribution", "Attribution"),
+    "ShareAlike": ("Partage dans les mêmes conditions", "Share Alike"),
+    "CommercialUse": ("Usage commercial", "Commercial Use"),
+    "Derivative": ("Œuvres dérivées", "Derivative Works"),
+    "STABLE": ("Stable", "Stable"),
+}
+LICENCE_TYPES: dict[str, tuple[str, ...]] = {
+    "etalab-2.0": ("Attribution", "CommercialUse", "Derivative"),
+    "odbl-1.0": ("Attribution", "ShareAlike", "CommercialUse", "Derivative"),
+    "cc-by-4.0": ("Attribution", "CommercialUse", "Derivative"),
+    "cc-by-sa-4.0": ("Attribution", "ShareAlike", "CommercialUse", "Derivative"),
+}
+ADMS_LICENCE_TYPE_BASE = "http://purl.org/adms/licencetype/"
+# What a distribution is, in words, per format (DCAT-AP recommends a dct:description on each).
+DISTRIBUTION_DESCRIPTIONS: dict[str, str] = {
+    "csv": "Export complet au format CSV (UTF-8, séparateur virgule), produit à la demande depuis la base.",
+    "geojson": "Export complet au format GeoJSON (WGS 84), produit à la demande depuis la base.",
+    "parquet": "Export complet au format GeoParquet (géométries WKB, WGS 84), pour les outils d'analyse.",
+    "gpkg": "Export complet au format GeoPackage (OGC), pour QGIS et les SIG.",
+    "fgb": "Export complet au format FlatGeobuf, lisible en flux par les SIG et le web.",
+    "shapefile": "Export complet en Shapefile zippé (.shp, .shx, .dbf, .prj, .cpg), pour les SIG plus anciens.",
+    "records": "API JSON des enregistrements : filtres, tri et pagination.",
+    "ogcapi-features": "Collection OGC API – Features : entités GeoJSON, filtres CQL2, emprise, pagination.",
+    "sensorthings": "Flux de capteur (Datastream) de l'API OGC SensorThings 1.1 : observations et métadonnées.",
+}
 
 SERIALISATIONS: dict[str, tuple[str, str]] = {
     "jsonld": ("json-ld", "application/ld+json"),
@@ -130,16 +165,38 @@ def _bbox_geometries(bbox: Sequence[float]) -> tuple[str, str]:
     return geojson, wkt
 
 
+def dataset_iri(base_url: str, slug: str) -> str:
+    """The dataset as a thing (`…/datasets/<slug>#dataset`), apart from its portal page, the landing page."""
+    return f"{base_url}/datasets/{slug}#dataset"
+
+
+def _typed(graph: Graph, value: URIRef, kind: URIRef) -> URIRef:
+    """A code-list value or document with the class DCAT-AP's range asks for (concepts with their labels)."""
+    graph.add((value, RDF.type, kind))
+    if kind == SKOS.Concept:
+        french, english = CONCEPT_LABELS[str(value).rsplit("/", 1)[-1]]
+        graph.add((value, SKOS.prefLabel, Literal(french, lang="fr")))
+        graph.add((value, SKOS.prefLabel, Literal(english, lang="en")))
+    elif kind == SKOS.ConceptScheme:
+        graph.add((value, DCTERMS.title, Literal("Thèmes des données (UE)", lang="fr")))
+        graph.add((value, DCTERMS.title, Literal("Data Theme (EU)", lang="en")))
+    return value
+
+
 def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: dict[str, URIRef]) -> URIRef:
     landing = f"{info.base_url}/datasets/{ds.slug}"
-    node = URIRef(landing)
+    node = URIRef(dataset_iri(info.base_url, ds.slug))
     graph.add((node, RDF.type, DCAT.Dataset))
     graph.add((node, DCTERMS.identifier, Literal(str(ds.identifier))))
     graph.add((node, DCTERMS.title, Literal(ds.title, lang="fr")))
-    graph.add((node, DCTERMS.description, Literal(ds.description, lang="fr")))
-    graph.add((node, DCAT.landingPage, node))
-    graph.add((node, DCTERMS.language, LANGUAGE_FRA))
-    graph.add((node, DCTERMS.accessRights, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC")))
+    graph.add((node, DCTERMS.description, Literal(ds.description.strip() or ds.title, lang="fr")))
+    page = _typed(graph, URIRef(landing), FOAF.Document)
+    graph.add((node, DCAT.landingPage, page))
+    graph.add((page, DCTERMS.title, Literal(f"{ds.title} — portail", lang="fr")))
+    graph.add((node, DCTERMS.language, _typed(graph, LANGUAGE_FRA, DCTERMS.LinguisticSystem)))
+    graph.add(
+        (node, DCTERMS.accessRights, _typed(graph, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC"), DCTERMS.RightsStatement))
+    )
     graph.add((node, DCTERMS.issued, _dt(ds.created)))
     graph.add((node, DCTERMS.modified, _dt(ds.modified)))
     for keyword in ds.keywords:
@@ -155,8 +212,13 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((node, DCTERMS.license, URIRef(licence.url)))
         graph.add((URIRef(licence.url), RDF.type, DCTERMS.LicenseDocument))
         graph.add((URIRef(licence.url), DCTERMS.title, Literal(licence.title)))
+        for kind in LICENCE_TYPES.get(licence.id, ()):
+            graph.add(
+                (URIRef(licence.url), DCTERMS.type, _typed(graph, URIRef(ADMS_LICENCE_TYPE_BASE + kind), SKOS.Concept))
+            )
     if ds.update_frequency:
-        graph.add((node, DCTERMS.accrualPeriodicity, URIRef(EU_FREQUENCY_BASE + ds.update_frequency)))
+        frequency = _typed(graph, URIRef(EU_FREQUENCY_BASE + ds.update_frequency), DCTERMS.Frequency)
+        graph.add((node, DCTERMS.accrualPeriodicity, frequency))
     if ds.temporal.start or ds.temporal.end:
         period = _bnode(node, "temporal")
         graph.add((node, DCTERMS.temporal, period))
@@ -173,6 +235,9 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
             geojson, wkt = _bbox_geometries(ds.bbox)
             graph.add((location, LOCN.geometry, Literal(geojson, datatype=GEOJSON_LITERAL)))
             graph.add((location, DCAT.bbox, Literal(wkt, datatype=WKT_LITERAL)))
+            west, south, east, north = ds.bbox
+            centroid = f"POINT({(west + east) / 2} {(south + north) / 2})"
+            graph.add((location, DCAT.centroid, Literal(centroid, datatype=WKT_LITERAL)))
         if ds.spatial_coverage:
             graph.add((location, SKOS.prefLabel, Literal(ds.spatial_coverage, lang="fr")))
     if ds.contact.email or ds.contact.name:
@@ -182,14 +247,16 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((contact, VCARD.fn, Literal(ds.contact.name or ds.publisher or info.publisher or ds.contact.email)))
         if ds.contact.email:
             graph.add((contact, VCARD.hasEmail, _uri(f"mailto:{ds.contact.email}")))
-    publisher_name = ds.publisher or info.publisher
-    if publisher_name:
+    if ds.publisher and ds.publisher != info.publisher:
         agent = _bnode(node, "publisher")
         graph.add((node, DCTERMS.publisher, agent))
         graph.add((agent, RDF.type, FOAF.Agent))
-        graph.add((agent, FOAF.name, Literal(publisher_name)))
-    if ds.conforms_to:
-        graph.add((node, DCTERMS.conformsTo, _uri(ds.conforms_to)))
+        graph.add((agent, FOAF.name, Literal(ds.publisher)))
+    else:
+        graph.add((node, DCTERMS.publisher, _catalog_publisher(graph, info)))
+    standard = _typed(graph, _uri(ds.conforms_to), DCTERMS.Standard) if ds.conforms_to else None
+    if standard is not None:
+        graph.add((node, DCTERMS.conformsTo, standard))
 
     for distribution in ds.distributions:
         fmt = FORMATS[distribution.format]
@@ -199,13 +266,24 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((node, DCAT.distribution, dist))
         graph.add((dist, RDF.type, DCAT.Distribution))
         graph.add((dist, DCTERMS.title, Literal(distribution.title, lang="fr")))
+        description = DISTRIBUTION_DESCRIPTIONS.get(distribution.format, distribution.title)
+        graph.add((dist, DCTERMS.description, Literal(description, lang="fr")))
         graph.add((dist, DCAT.accessURL, URIRef(distribution.url)))
-        graph.add((dist, DCAT.mediaType, URIRef(IANA_MEDIA_TYPE_BASE + fmt.media_type)))
-        graph.add((dist, DCTERMS.format, URIRef(EU_FILE_TYPE_BASE + fmt.eu_file_type)))
+        graph.add(
+            (dist, DCAT.mediaType, _typed(graph, URIRef(IANA_MEDIA_TYPE_BASE + fmt.media_type), DCTERMS.MediaType))
+        )
+        graph.add(
+            (
+                dist,
+                DCTERMS.format,
+                _typed(graph, URIRef(EU_FILE_TYPE_BASE + fmt.eu_file_type), DCTERMS.MediaTypeOrExtent),
+            )
+        )
+        graph.add((dist, DCATAP.availability, _typed(graph, AVAILABILITY_STABLE, SKOS.Concept)))
         if licence:
             graph.add((dist, DCTERMS.license, URIRef(licence.url)))
-        if ds.conforms_to and distribution.kind == "download":
-            graph.add((dist, DCTERMS.conformsTo, _uri(ds.conforms_to)))
+        if standard is not None and distribution.kind == "download":
+            graph.add((dist, DCTERMS.conformsTo, standard))
         if distribution.kind == "download":
             # Exports are streamed from the live table, so their size is not known in advance: no dcat:byteSize.
             graph.add((dist, DCAT.downloadURL, URIRef(distribution.url)))
@@ -216,39 +294,67 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
     return node
 
 
-def _add_services(graph: Graph, info: CatalogInfo) -> dict[str, URIRef]:
-    """Our APIs as dcat:DataService entries (SensorThings, OGC API – Features, the records API)."""
-    specs = {
-        "sta": (
-            f"{info.base_url}/sta/v1.1",
-            "OGC SensorThings API 1.1 — capteurs et observations",
-            STA_CONFORMS_TO,
-            f"{info.base_url}/sta/v1.1",
-        ),
-        "ogcapi": (
-            f"{info.base_url}/ogcapi",
-            "OGC API – Features — données géographiques",
-            OGCAPI_FEATURES_CONFORMS_TO,
-            f"{info.base_url}/ogcapi/api",
-        ),
-        "api": (
-            f"{info.base_url}/api/v1/datasets",
-            "API du catalogue et des enregistrements (JSON)",
-            None,
-            f"{info.base_url}/openapi.json",
-        ),
-    }
+def _catalog_publisher(graph: Graph, info: CatalogInfo) -> BNode:
+    """The local government publishing the catalog (settings: never empty), one agent for all it publishes."""
+    agent = _bnode(URIRef(f"{info.base_url}/dcat/catalog"), "publisher")
+    graph.add((agent, RDF.type, FOAF.Agent))
+    graph.add((agent, FOAF.name, Literal(info.publisher)))
+    graph.add((agent, DCTERMS.type, _typed(graph, LOCAL_AUTHORITY, SKOS.Concept)))
+    return agent
+
+
+# Our APIs: endpoint path, title, standard, description path, keywords (DCAT-AP recommends them on services).
+_SERVICES: dict[str, tuple[str, str, str | None, str, tuple[str, ...]]] = {
+    "sta": (
+        "/sta/v1.1",
+        "OGC SensorThings API 1.1 — capteurs et observations",
+        STA_CONFORMS_TO,
+        "/sta/v1.1",
+        ("capteurs", "observations", "SensorThings", "API"),
+    ),
+    "ogcapi": (
+        "/ogcapi",
+        "OGC API – Features — données géographiques",
+        OGCAPI_FEATURES_CONFORMS_TO,
+        "/ogcapi/api",
+        ("données géographiques", "OGC API", "API"),
+    ),
+    "api": (
+        "/api/v1/datasets",
+        "API du catalogue et des enregistrements (JSON)",
+        "https://spec.openapis.org/oas/v3.1.0",
+        "/openapi.json",
+        ("catalogue", "enregistrements", "API"),
+    ),
+}
+
+
+def _add_services(graph: Graph, info: CatalogInfo, used: set[str]) -> dict[str, URIRef]:
+    """Our APIs as dcat:DataService entries (SensorThings, OGC API – Features, the records API): those that
+    serve a dataset of this page (a service must say which datasets it serves, dcat:servesDataset)."""
     services: dict[str, URIRef] = {}
-    for key, (endpoint, title, conforms_to, description) in specs.items():
-        node = URIRef(endpoint)
+    for key, (path, title, conforms_to, description, keywords) in _SERVICES.items():
+        node = URIRef(info.base_url + path)
         services[key] = node
+        if key not in used:
+            continue
         graph.add((node, RDF.type, DCAT.DataService))
         graph.add((node, DCTERMS.title, Literal(title, lang="fr")))
-        graph.add((node, DCAT.endpointURL, URIRef(endpoint)))
-        graph.add((node, DCAT.endpointDescription, URIRef(description)))
+        graph.add((node, DCTERMS.description, Literal(title, lang="fr")))
+        graph.add((node, DCAT.endpointURL, URIRef(info.base_url + path)))
+        graph.add((node, DCAT.endpointDescription, URIRef(info.base_url + description)))
         if conforms_to:
-            graph.add((node, DCTERMS.conformsTo, URIRef(conforms_to)))
-        graph.add((node, DCTERMS.accessRights, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC")))
+            graph.add((node, DCTERMS.conformsTo, _typed(graph, URIRef(conforms_to), DCTERMS.Standard)))
+        graph.add(
+            (
+                node,
+                DCTERMS.accessRights,
+                _typed(graph, URIRef(EU_ACCESS_RIGHT_BASE + "PUBLIC"), DCTERMS.RightsStatement),
+            )
+        )
+        graph.add((node, DCTERMS.publisher, _catalog_publisher(graph, info)))
+        for keyword in keywords:
+            graph.add((node, DCAT.keyword, Literal(keyword, lang="fr")))
     return services
 
 
@@ -270,20 +376,26 @@ def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Pa
     graph.add((catalog, RDF.type, DCAT.Catalog))
     graph.add((catalog, DCTERMS.title, Literal(info.title, lang="fr")))
     graph.add((catalog, DCTERMS.description, Literal(f"Catalogue des données ouvertes : {info.title}", lang="fr")))
-    graph.add((catalog, FOAF.homepage, URIRef(f"{info.base_url}/")))
-    graph.add((catalog, DCTERMS.language, LANGUAGE_FRA))
-    if info.publisher:
-        agent = _bnode(catalog, "publisher")
-        graph.add((catalog, DCTERMS.publisher, agent))
-        graph.add((agent, RDF.type, FOAF.Agent))
-        graph.add((agent, FOAF.name, Literal(info.publisher)))
+    graph.add((catalog, FOAF.homepage, _typed(graph, URIRef(f"{info.base_url}/"), FOAF.Document)))
+    graph.add((catalog, DCTERMS.language, _typed(graph, LANGUAGE_FRA, DCTERMS.LinguisticSystem)))
+    graph.add((catalog, DCTERMS.publisher, _catalog_publisher(graph, info)))
+    graph.add((catalog, DCAT.themeTaxonomy, _typed(graph, EU_THEMES, SKOS.ConceptScheme)))
     if datasets:
+        graph.add((catalog, DCTERMS.issued, _dt(min(ds.created for ds in datasets))))
         graph.add((catalog, DCTERMS.modified, _dt(max(ds.modified for ds in datasets))))
-    services = _add_services(graph, info)
-    for service in services.values():
-        graph.add((catalog, DCAT.service, service))
+    # The records API serves every dataset; SensorThings and OGC API – Features those with a distribution there.
+    used = {"api"} if datasets else set()
     for ds in datasets:
-        graph.add((catalog, DCAT.dataset, _add_dataset(graph, ds, info, services)))
+        for distribution in ds.distributions:
+            if distribution.kind != "download":
+                used.add({"sensorthings": "sta", "ogcapi-features": "ogcapi"}.get(distribution.format, "api"))
+    services = _add_services(graph, info, used)
+    for key in sorted(used):
+        graph.add((catalog, DCAT.service, services[key]))
+    for ds in datasets:
+        node = _add_dataset(graph, ds, info, services)
+        graph.add((catalog, DCAT.dataset, node))
+        graph.add((services["api"], DCAT.servesDataset, node))
 
     view = URIRef(page_url(info, page, page.number))
     for kind in (HYDRA.PartialCollectionView, HYDRA.PagedCollection):
