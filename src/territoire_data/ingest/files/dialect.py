@@ -7,6 +7,8 @@ import io
 from dataclasses import dataclass
 
 BOM = b"\xef\xbb\xbf"
+# Excel's "Texte Unicode" and many Windows tools write UTF-16 with a byte order mark.
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SAMPLE_BYTES = 1 << 20
 DELIMITERS = (";", ",", "\t", "|")
 _SAMPLE_ROWS = 50
@@ -21,14 +23,38 @@ class Dialect:
     quotechar: str = '"'
 
 
+class NotTextError(ValueError):
+    """The bytes are not text in any encoding we read (an image, an archive, a spreadsheet)."""
+
+
+# What binary files that people upload by mistake start with, to name them in the error.
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (or an .xlsx/.ods spreadsheet: export it as CSV)",
+    b"\xd0\xcf\x11\xe0": "an old Office document (.xls: export it as CSV)",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+
 def detect_encoding(sample: bytes, *, complete: bool = False) -> str:
-    """UTF-8 with BOM, UTF-8, else cp1252 (latin-1 when cp1252 leaves a byte undefined).
+    """A byte order mark first (UTF-8 or UTF-16), then UTF-8, else cp1252 (latin-1 when cp1252 leaves a byte
+    undefined); NotTextError for binary content.
 
     `sample` is the first bytes of the file; unless `complete`, a multi-byte character cut at its end is
     not held against UTF-8.
     """
     if sample.startswith(BOM):
         return "utf-8-sig"
+    if sample.startswith(UTF16_BOMS):
+        return "utf-16"  # Python's utf-16 reads the BOM, picks the byte order and drops the mark
+    for magic, what in _MAGIC.items():
+        if sample.startswith(magic):
+            raise NotTextError(f"the file is {what}, not a text file")
+    if b"\x00" in sample:
+        raise NotTextError("the file holds NUL bytes: it is binary, or UTF-16 without a byte order mark")
     try:
         sample.decode("utf-8")
         return "utf-8"
@@ -83,7 +109,9 @@ def detect_delimiter(text: str, *, complete: bool = False) -> str:
 def sniff(sample: bytes, *, complete: bool = False) -> Dialect:
     """Detect encoding then delimiter from the first bytes of a file."""
     encoding = detect_encoding(sample, complete=complete)
+    if encoding == "utf-16" and not complete:
+        sample = sample[: len(sample) - len(sample) % 2]  # a sample cut inside a code unit
     text = sample.decode(encoding, errors="replace")
-    if encoding == "utf-8-sig":
+    if encoding in ("utf-8-sig", "utf-16"):
         text = text.removeprefix("\ufeff")
     return Dialect(encoding=encoding, delimiter=detect_delimiter(text, complete=complete))

@@ -7,8 +7,9 @@ shapely and leave as WKB. A coordinate outside the source CRS's area of use is r
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,6 +40,8 @@ LONLAT_PAIRS: tuple[tuple[str, str], ...] = (
     ("coord_x", "coord_y"),
     ("coordx", "coordy"),
 )
+# Opendatasoft exports name them `geo_point_2d`/`geo_shape` (API names) or `Geo Point`/`Geo Shape` (labels):
+# names are compared lower-cased with spaces and hyphens as underscores.
 LATLON_COLUMNS = ("geo_point_2d", "geo_point", "geopoint", "geolocalisation", "coordonnees_gps")
 LONLAT_ARRAY_COLUMNS = ("coordonneesxy",)
 SHAPE_COLUMNS = ("geometry", "geom", "the_geom", "wkt", "geo_shape", "geojson", "shape", "geometrie")
@@ -50,15 +53,22 @@ class GeometryError(ValueError):
 
 @dataclass(frozen=True)
 class GeometrySpec:
-    """The geometry source of a file: its kind, the column(s) (as indexes in the header) and source CRS."""
+    """The geometry source of a file: its kind, the column(s) (as indexes in the header) and source CRS;
+    `reason` says why these columns became the geometry, `notes` what the import should warn about."""
 
     kind: GeometryKind
     columns: tuple[str, ...]
     crs: str = "EPSG:4326"
+    reason: str = field(default="", compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def is_point(self) -> bool:
         return self.kind in ("lonlat", "latlon", "lonlat_text", "lonlat_array")
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 
 def detect_geometry(
@@ -67,34 +77,182 @@ def detect_geometry(
     crs: str = "EPSG:4326",
     geopoint_fields: dict[str, str] | None = None,
     sample_values: dict[str, list[str]] | None = None,
+    crs_given: bool = True,
 ) -> GeometrySpec | None:
-    """Recognise the common geometry columns of French open data; None when the file has none.
+    """Recognise the geometry of a file by its column names (those of French open data), else by the content
+    of a column (every sampled value a `lat,lon` pair, a GeoJSON geometry, WKT or a `[lon,lat]` array); None
+    when the file has none.
 
-    `geopoint_fields` maps Table Schema geopoint fields to their format; `sample_values` lets WKT be told
-    from GeoJSON by content.
+    `geopoint_fields` maps Table Schema geopoint fields to their format; `sample_values` (column -> first
+    values) lets content speak; `crs_given` False lets Lambert-93-looking coordinates produce a hint.
     """
-    lowered = {name.lower(): name for name in header}
+    samples = {name: [v for v in values if v.strip()] for name, values in (sample_values or {}).items()}
+    spec = _by_name(header, crs, geopoint_fields or {}, samples) or _by_content(header, crs, samples)
+    if spec is not None and not crs_given:
+        hint = _projected_hint(spec, samples)
+        if hint:
+            spec = replace(spec, notes=(*spec.notes, hint))
+    return spec
+
+
+def _by_name(
+    header: Sequence[str], crs: str, geopoint_fields: dict[str, str], samples: dict[str, list[str]]
+) -> GeometrySpec | None:
+    lowered: dict[str, str] = {}
+    for name in header:
+        lowered.setdefault(_normal(name), name)
     for lon, lat in LONLAT_PAIRS:
         if lon in lowered and lat in lowered:
-            return GeometrySpec("lonlat", (lowered[lon], lowered[lat]), crs)
-    for name, fmt in (geopoint_fields or {}).items():
+            return GeometrySpec(
+                "lonlat", (lowered[lon], lowered[lat]), crs, f"columns named {lowered[lon]!r} and {lowered[lat]!r}"
+            )
+    for name, fmt in geopoint_fields.items():
         if name in header:
             kind: GeometryKind = "lonlat_array" if fmt == "array" else "lonlat_text"
-            if name.lower() in LATLON_COLUMNS:
+            if _normal(name) in LATLON_COLUMNS:
                 kind = "latlon"
-            return GeometrySpec(kind, (name,), crs)
-    for name in LATLON_COLUMNS:
-        if name in lowered:
-            return GeometrySpec("latlon", (lowered[name],), crs)
+            return GeometrySpec(kind, (name,), crs, f"the Table Schema's geopoint field {name!r}")
+    point = next((lowered[n] for n in LATLON_COLUMNS if n in lowered), None)
+    shape = next((lowered[n] for n in SHAPE_COLUMNS if n in lowered), None)
+    if shape is not None:
+        values = samples.get(shape, [])
+        kind = "geojson" if values and values[0].lstrip().startswith("{") else "wkt"
+        if point is None:
+            return GeometrySpec(kind, (shape,), crs, f"a column named {shape!r}")
+        # Opendatasoft's pair: the shape is the geometry (points, lines, areas), the point its centre; both must
+        # tell the same place, or the file's columns are not what their names say.
+        if not values or not _parses(kind, values):
+            return GeometrySpec("latlon", (point,), crs, f"a column named {point!r} ({shape!r} is empty or unreadable)")
+        notes = _disagreements(kind, samples.get(shape, []), samples.get(point, []), shape, point)
+        if not notes and _single_points(kind, values):
+            # shapes that hold one point each say no more than the point column: a Point layer is simpler
+            return GeometrySpec(
+                "latlon", (point,), crs, f"a column named {point!r} (its {shape!r} holds the same single points)"
+            )
+        reason = f"the {shape!r} column (preferred to {point!r}, its centre" + (
+            ", which agrees with it on the sampled rows)" if not notes else ")"
+        )
+        return GeometrySpec(kind, (shape,), crs, reason, notes)
+    if point is not None:
+        return GeometrySpec("latlon", (point,), crs, f"a column named {point!r}")
     for name in LONLAT_ARRAY_COLUMNS:
         if name in lowered:
-            return GeometrySpec("lonlat_array", (lowered[name],), crs)
-    for name in SHAPE_COLUMNS:
-        if name in lowered:
-            column = lowered[name]
-            values = [v for v in (sample_values or {}).get(column, []) if v.strip()]
-            kind = "geojson" if values and values[0].lstrip().startswith("{") else "wkt"
-            return GeometrySpec(kind, (column,), crs)
+            return GeometrySpec("lonlat_array", (lowered[name],), crs, f"a column named {lowered[name]!r}")
+    return None
+
+
+# A `lat,lon` (or `lon,lat`) pair: two decimals with a point each (so a French decimal such as "48,85" is no pair).
+_PAIR = re.compile(r"^\s*(-?\d{1,3}\.\d+)\s*,\s*(-?\d{1,3}\.\d+)\s*$")
+_ARRAY = re.compile(r"^\s*\[\s*(-?\d{1,3}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*\]\s*$")
+_WKT = re.compile(r"^\s*(?:SRID=\d+;)?\s*(?:MULTI)?(?:POINT|LINESTRING|POLYGON)|^\s*GEOMETRYCOLLECTION", re.IGNORECASE)
+SAMPLE_MIN = 1  # a column speaks by content when every one of its sampled non-empty values fits
+
+
+def _by_content(header: Sequence[str], crs: str, samples: dict[str, list[str]]) -> GeometrySpec | None:
+    for name in header:
+        values = samples.get(name, [])
+        if len(values) < SAMPLE_MIN:
+            continue
+        pairs = [_PAIR.match(v) for v in values]
+        if all(pairs):
+            firsts = [float(m.group(1)) for m in pairs if m]
+            seconds = [float(m.group(2)) for m in pairs if m]
+            if all(abs(a) <= 90 for a in firsts) and all(abs(b) <= 180 for b in seconds):
+                # lat,lon (Opendatasoft's order) unless the values read as France's lon,lat and not its lat,lon
+                if all(-6 <= a <= 10 for a in firsts) and all(41 <= b <= 52 for b in seconds):
+                    return GeometrySpec(
+                        "lonlat_text", (name,), crs, f"every sampled value of {name!r} is a 'lon,lat' pair"
+                    )
+                return GeometrySpec("latlon", (name,), crs, f"every sampled value of {name!r} is a 'lat,lon' pair")
+            if all(abs(a) <= 180 for a in firsts) and all(abs(b) <= 90 for b in seconds):
+                return GeometrySpec("lonlat_text", (name,), crs, f"every sampled value of {name!r} is a 'lon,lat' pair")
+        arrays = [_ARRAY.match(v) for v in values]
+        if all(arrays) and all(abs(float(m.group(2))) <= 90 for m in arrays if m):
+            return GeometrySpec("lonlat_array", (name,), crs, f"every sampled value of {name!r} is a [lon,lat] array")
+        if all(v.lstrip().startswith("{") for v in values) and _parses("geojson", values):
+            return GeometrySpec("geojson", (name,), crs, f"every sampled value of {name!r} is a GeoJSON geometry")
+        if all(_WKT.match(v) for v in values) and _parses("wkt", values):
+            return GeometrySpec("wkt", (name,), crs, f"every sampled value of {name!r} is a WKT geometry")
+    return None
+
+
+def _parses(kind: GeometryKind, values: Sequence[str]) -> bool:
+    try:
+        return all(read_shape(kind, v) is not None for v in values)
+    except GeometryError:
+        return False
+
+
+def _single_points(kind: GeometryKind, values: Sequence[str]) -> bool:
+    import shapely
+
+    for value in values:
+        shape = read_shape(kind, value)
+        if shape is None or shapely.get_type_id(shape) not in (0, 4) or shapely.get_num_coordinates(shape) != 1:
+            return False
+    return True
+
+
+def _disagreements(
+    kind: GeometryKind, shapes: Sequence[str], points: Sequence[str], shape_column: str, point_column: str
+) -> tuple[str, ...]:
+    """Sampled rows where the point lies away from its shape (more than 0.001° past its bounding box)."""
+    import shapely
+
+    far = 0
+    for shape_text, point_text in zip(shapes, points, strict=False):
+        try:
+            shape = read_shape(kind, shape_text)
+            lon_lat = read_point("latlon", [point_text])
+        except GeometryError:
+            far += 1
+            continue
+        if shape is None or lon_lat is None:
+            continue
+        xmin, ymin, xmax, ymax = shapely.bounds(shape).tolist()
+        lon, lat = lon_lat
+        if not (xmin - 1e-3 <= lon <= xmax + 1e-3 and ymin - 1e-3 <= lat <= ymax + 1e-3):
+            far += 1
+    if not far:
+        return ()
+    return (
+        f"{far} sampled row(s) have a {point_column!r} away from their {shape_column!r}: the geometry is taken "
+        f"from {shape_column!r}; check the two columns",
+    )
+
+
+# Lambert-93 (EPSG:2154) coordinates of metropolitan France, in metres.
+_L93_X = (99_000.0, 1_300_000.0)
+_L93_Y = (6_000_000.0, 7_200_000.0)
+
+
+def _projected_hint(spec: GeometrySpec, samples: dict[str, list[str]]) -> str | None:
+    """A hint naming EPSG:2154 when WGS84 was assumed and the coordinates look like Lambert-93 metres."""
+    if spec.crs.upper() not in ("EPSG:4326", "4326"):
+        return None
+    xs: list[float] = []
+    ys: list[float] = []
+    for index in range(len(samples.get(spec.columns[0], [])) if spec.columns else 0):
+        try:
+            if spec.kind == "lonlat":
+                x = parse_number(samples[spec.columns[0]][index])
+                y = parse_number(samples[spec.columns[1]][index])
+            elif spec.is_point:
+                point = read_point(spec.kind, [samples[spec.columns[0]][index]])
+                if point is None:
+                    continue
+                x, y = point
+            else:
+                return None
+        except (ValueError, GeometryError, IndexError):
+            continue
+        xs.append(x)
+        ys.append(y)
+    if xs and all(_L93_X[0] <= x <= _L93_X[1] for x in xs) and all(_L93_Y[0] <= y <= _L93_Y[1] for y in ys):
+        return (
+            f"the coordinates of {', '.join(repr(c) for c in spec.columns)} look like Lambert-93 metres, not degrees: "
+            "import again with --crs EPSG:2154 (or the crs form field)"
+        )
     return None
 
 

@@ -244,7 +244,27 @@ def _geometry_spec(
     sample_values: dict[str, list[str]] = {}
     for index, name in enumerate(source.header):
         sample_values[name] = [cells[index] for _, cells, _ in sample[:20] if index < len(cells)]
-    return detect_geometry(source.header, crs=crs, geopoint_fields=geopoints, sample_values=sample_values)
+    return detect_geometry(
+        source.header,
+        crs=crs,
+        geopoint_fields=geopoints,
+        sample_values=sample_values,
+        crs_given=options.crs is not None or getattr(source, "legacy_crs", None) is not None,
+    )
+
+
+def _geometry_report(spec: GeometrySpec | None, crs: str, options: ImportOptions) -> dict[str, Any] | None:
+    """Which columns became the geometry, in which CRS, and why (named by the importer, found by name or by
+    content); None with no geometry."""
+    if spec is None:
+        return None
+    reason = spec.reason or ("the GeoJSON features" if not spec.columns else "given by the importer")
+    if options.geometry is not None:
+        reason = "given by the importer"
+    out: dict[str, Any] = {"kind": spec.kind, "columns": list(spec.columns), "crs": crs, "reason": reason}
+    if spec.notes:
+        out["notes"] = list(spec.notes)
+    return out
 
 
 async def _record_failure(conn: asyncpg.Connection, dataset_id: int, report: dict[str, Any]) -> int:
@@ -312,9 +332,9 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
                     f"upsert needs a primaryKey in the Table Schema of {slug!r}; use append or replace"
                 )
             spec = _geometry_spec(source, dataset.schema, sample, options)
-            report["geometry"] = (
-                {"kind": spec.kind, "columns": list(spec.columns), "crs": projection.crs} if spec else None
-            )
+            report["geometry"] = _geometry_report(spec, projection.crs, options)
+            if spec is not None:
+                run.warnings.extend(spec.notes)
             import_id = await conn.fetchval(
                 "INSERT INTO dataset_import (dataset_id, source, mode) VALUES ($1, $2, $3) RETURNING id",
                 dataset.id,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from territoire_data.errors import ValidationFailedError
-from territoire_data.ingest.files.dialect import SAMPLE_BYTES, Dialect, detect_delimiter, sniff
+from territoire_data.ingest.files.dialect import SAMPLE_BYTES, Dialect, NotTextError, detect_delimiter, sniff
 
 # GeoJSON or WKT cells of real files go well past the csv module's 128 KiB default.
 MAX_FIELD_CHARS = 16 * 1024 * 1024
@@ -45,7 +45,10 @@ def detect_file_dialect(path: Path, *, delimiter: str | None = None, encoding: s
         complete = len(sample) < SAMPLE_BYTES
     if not sample.strip():
         raise CsvFormatError("the file is empty")
-    dialect = sniff(sample, complete=complete)
+    try:
+        dialect = sniff(sample, complete=complete)
+    except NotTextError as exc:
+        raise CsvFormatError(f"{exc}; upload a CSV file (UTF-8, UTF-16 or Windows-1252 text)") from None
     if dialect.encoding == "utf-8" and not complete and not _is_valid_utf8(path):
         text = sample.decode("cp1252", errors="replace")
         dialect = Dialect(encoding="cp1252", delimiter=detect_delimiter(text, complete=False))
