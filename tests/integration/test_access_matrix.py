@@ -146,6 +146,9 @@ DOORS: list[Door] = [
     Door("export csv", f"/api/v1/datasets/{SECRET}/exports/csv", markers=(ROW,)),
     Door("export geojson", f"/api/v1/datasets/{SECRET}/exports/geojson", markers=(ROW,)),
     Door("export parquet", f"/api/v1/datasets/{SECRET}/exports/parquet"),
+    Door("export gpkg", f"/api/v1/datasets/{SECRET}/exports/gpkg"),
+    Door("export fgb", f"/api/v1/datasets/{SECRET}/exports/fgb"),
+    Door("export shapefile", f"/api/v1/datasets/{SECRET}/exports/shapefile"),
     Door("datastream export csv", "/api/v1/datastreams/{datastream}/exports/csv", markers=("987",)),
     Door("datastream export parquet", "/api/v1/datastreams/{datastream}/exports/parquet"),
     # SensorThings: entity sets, with $count

@@ -196,7 +196,7 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     assert body["bbox"] == [2.0, 48.0, 3.0, 49.0]
     assert body["temporal"]["start"].startswith("2024-01-15")
     assert body["temporal"]["end"].startswith("2024-03-01")
-    assert body["formats"] == ["csv", "geojson", "parquet"]
+    assert body["formats"] == ["csv", "geojson", "parquet", "gpkg", "fgb", "shapefile"]
     urls = {d["format"]: d["url"] for d in body["distributions"]}
     assert urls["csv"] == "http://testserver/api/v1/datasets/points/exports/csv"
     assert urls["ogcapi-features"] == "http://testserver/ogcapi/collections/points/items"

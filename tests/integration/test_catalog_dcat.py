@@ -118,10 +118,11 @@ async def test_every_public_dataset_has_every_field_udata_reads(
             assert graph.value(dist, rns.DCAT.accessURL) is not None
             assert graph.value(dist, rns.DCTERMS.license) == URIRef(licence)
         if slug == "sanisettes":
-            assert formats == {"CSV", "GEOJSON", "PARQUET", "JSON"}
+            assert formats == {"CSV", "GEOJSON", "PARQUET", "GPKG", "BIN", "SHP", "JSON"}
             downloads = {str(graph.value(d, rns.DCAT.downloadURL)) for d in distributions} - {"None"}
             assert downloads == {
-                f"http://testserver/api/v1/datasets/sanisettes/exports/{f}" for f in ("csv", "geojson", "parquet")
+                f"http://testserver/api/v1/datasets/sanisettes/exports/{f}"
+                for f in ("csv", "geojson", "parquet", "gpkg", "fgb", "shapefile")
             }
             csv = next(d for d in distributions if str(graph.value(d, rns.DCTERMS.format)).endswith("/CSV"))
             assert graph.value(csv, rns.DCAT.mediaType) == URIRef(

@@ -76,8 +76,9 @@ async def test_dataset_page_shows_metadata_licence_preview_downloads_and_example
     assert "à condition de citer la source" in html, "the licence in plain words"
     assert "Gare &lt;Nord&gt;" in html, "preview values are escaped"
     assert "mailto:donnees@testville.fr" in html
-    for fmt in ("csv", "geojson", "parquet"):
+    for fmt in ("csv", "geojson", "parquet", "gpkg", "fgb", "shapefile"):
         assert f'href="/api/v1/datasets/sanisettes/exports/{fmt}" download' in html
+    assert "GeoPackage</a>" in html and "Shapefile ZIP</a>" in html
     assert 'curl -L -o sanisettes.csv "http://testserver/api/v1/datasets/sanisettes/exports/csv"' in html
     assert 'pd.read_csv("http://testserver/api/v1/datasets/sanisettes/exports/csv")' in html
     assert 'data-geojson="/datasets/sanisettes/preview.geojson"' in html or "La carte n&#39;est pas disponible" in html

@@ -46,7 +46,7 @@ def test_keywords_are_trimmed_and_deduplicated() -> None:
 
 
 def test_formats_follow_kind_and_geometry() -> None:
-    assert formats_for("table", "Point") == ["csv", "geojson", "parquet"]
+    assert formats_for("table", "Point") == ["csv", "geojson", "parquet", "gpkg", "fgb", "shapefile"]
     assert formats_for("table", None) == ["csv", "parquet"]
     assert formats_for("sensors", None) == ["sensorthings"]
 

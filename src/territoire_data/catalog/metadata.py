@@ -156,6 +156,10 @@ FORMATS: dict[str, Format] = {
     "csv": Format("csv", "CSV", "text/csv", "CSV"),
     "geojson": Format("geojson", "GeoJSON", "application/geo+json", "GEOJSON"),
     "parquet": Format("parquet", "GeoParquet", "application/vnd.apache.parquet", "PARQUET"),
+    # GIS formats (exports/gis.py), for datasets with a geometry
+    "gpkg": Format("gpkg", "GeoPackage", "application/geopackage+sqlite3", "GPKG"),
+    "fgb": Format("fgb", "FlatGeobuf", "application/vnd.flatgeobuf", "BIN"),
+    "shapefile": Format("shapefile", "Shapefile ZIP", "application/zip", "SHP"),
     "sensorthings": Format("sensorthings", "SensorThings API (JSON)", "application/json", "JSON"),
     # APIs: distributions with an access service, not download formats (never in the format facet).
     "ogcapi-features": Format("ogcapi-features", "OGC API – Features", "application/geo+json", "GEOJSON"),
@@ -167,7 +171,7 @@ def formats_for(kind: str, geometry_type: str | None) -> list[str]:
     """The formats a dataset is served in: exports for tables (GeoJSON when it has geometries), STA for sensors."""
     if kind == "sensors":
         return ["sensorthings"]
-    return ["csv", "geojson", "parquet"] if geometry_type else ["csv", "parquet"]
+    return ["csv", "geojson", "parquet", "gpkg", "fgb", "shapefile"] if geometry_type else ["csv", "parquet"]
 
 
 Keyword = str

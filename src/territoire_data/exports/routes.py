@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -19,6 +22,7 @@ from territoire_data.db.params import Params
 from territoire_data.db.readpool import pooled, read_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
+from territoire_data.exports.gis import GIS_FORMATS, file_chunks, new_folder, write_gis
 from territoire_data.query import cql2sql
 from territoire_data.query.caching import etag_for, not_modified, validators
 from territoire_data.query.collections import Collection, get_collection
@@ -46,6 +50,7 @@ MEDIA = {
     "csv": "text/csv; charset=utf-8",
     "geojson": "application/geo+json",
     "parquet": "application/vnd.apache.parquet",
+    **{name: spec.media_type for name, spec in GIS_FORMATS.items()},
 }
 
 WHERE = Query(None, description="Filter in CQL2 text (or CQL2 JSON), e.g. `n > 3 AND code LIKE 'A%'`")
@@ -106,11 +111,18 @@ async def records(
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.get("/datasets/{slug}/exports/{fmt}", summary="Download a whole dataset (streamed)", response_class=Response)
+@router.get(
+    "/datasets/{slug}/exports/{fmt}",
+    summary="Download a whole dataset (streamed)",
+    description="CSV, GeoJSON and GeoParquet (with its 1.1 bbox covering) are streamed as PostgreSQL produces "
+    "them; GeoPackage (`gpkg`), FlatGeobuf (`fgb`) and zipped Shapefile (`shapefile`: .shp .shx .dbf .prj .cpg) "
+    "are written by GDAL to a temporary file first, then sent. `crs=EPSG:2154` gives Lambert-93.",
+    response_class=Response,
+)
 async def export_dataset(
     request: Request,
     slug: str,
-    fmt: Literal["csv", "geojson", "parquet"],
+    fmt: Literal["csv", "geojson", "parquet", "gpkg", "fgb", "shapefile"],
     where: str | None = WHERE,
     select: str | None = SELECT,
     order_by: str | None = ORDER_BY,
@@ -130,6 +142,8 @@ async def export_dataset(
         if cached is not None:
             return cached
         query = _query(collection, where, select, order_by, bbox, bbox_crs, datetime_, crs)
+        if fmt in GIS_FORMATS and not collection.has_geometry:
+            raise BadRequestError(f"dataset {slug!r} has no geometry: download it as csv or parquet")
         export = stream.ExportQuery(collection, query, limit)
         params = Params()
         # Plan the query now (bound values folded in) so that a bad filter is a 400, not a broken download.
@@ -149,8 +163,20 @@ async def export_dataset(
             return stream.stream_parquet(c, export)
 
     headers = validators(etag, collection.modified_at)
-    headers["Content-Disposition"] = f'attachment; filename="{collection.id}.{fmt}"'
+    extension = GIS_FORMATS[fmt].extension if fmt in GIS_FORMATS else fmt
+    headers["Content-Disposition"] = f'attachment; filename="{collection.id}.{extension}"'
     headers["Content-Crs"] = query.crs.header
+    if fmt in GIS_FORMATS:
+        # GDAL writes the whole file first (a temporary file, bounded memory): a failure is still a status
+        folder = new_folder()
+        try:
+            async with _export_connection(request.app.state.engine, request.app.state.settings) as conn:
+                path = await write_gis(conn, export, fmt, folder)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
+        headers["Content-Length"] = str(path.stat().st_size)
+        return StreamedResponse(file_chunks(path, folder), media_type=MEDIA[fmt], headers=headers)
     stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
     return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
@@ -218,6 +244,23 @@ def _query(
         sortby=parse_sortby(order_by, collection, parameter="order_by"),
         crs=parse_crs(crs),
     )
+
+
+@contextlib.asynccontextmanager
+async def _export_connection(engine: AsyncEngine, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A read connection for a whole export, in a read-only transaction without the statement timeout."""
+    pool = await read_pool(engine, settings)
+    conn = await pool.acquire()
+    completed = False
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            yield conn
+        completed = True
+    finally:
+        if not completed:
+            conn.terminate()
+        await pool.release(conn)
 
 
 async def _streamed(

@@ -219,8 +219,24 @@ def unhex(array: pa.Array) -> pa.Array:
     )
 
 
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+BBOX_TYPE = pa.struct([pa.field(name, pa.float64()) for name in BBOX_FIELDS])
+
+
 def _csv_block_to_table(block: bytes, transfer: list[pa.DataType], schema: pa.Schema) -> pa.Table:
-    """One block of COPY CSV (whole rows) parsed by Arrow's C++ reader, then given the schema's types."""
+    """One block of COPY CSV (whole rows) parsed by Arrow's C++ reader, then given the schema's types (a last
+    `bbox` struct field is read from four float columns: the GeoParquet 1.1 covering)."""
+    if schema.names[-1:] == ["bbox"] and schema.field("bbox").type == BBOX_TYPE:
+        flat = pa.schema([*list(schema)[:-1], *(pa.field(f"bbox_{n}", pa.float64()) for n in BBOX_FIELDS)])
+        table = _csv_block_to_table(block, transfer, flat)
+        parts = table.columns[-4:]
+        chunks = [
+            pa.StructArray.from_arrays(
+                [part.chunk(i) for part in parts], fields=list(BBOX_TYPE), mask=parts[0].chunk(i).is_null()
+            )
+            for i in range(parts[0].num_chunks)
+        ]
+        return pa.Table.from_arrays([*table.columns[:-4], pa.chunked_array(chunks, type=BBOX_TYPE)], schema=schema)
     names = [f"c{i}" for i in range(len(transfer))]
     wire = {n: (pa.string() if t == pa.binary() else t) for n, t in zip(names, transfer, strict=True)}
     table = pacsv.read_csv(
@@ -293,9 +309,12 @@ async def _parquet_from_copy(
                 await pending
 
 
-def geo_metadata(collection: Collection, crs: Crs) -> dict[str, Any]:
-    """GeoParquet 1.1 `geo` metadata: WKB geometry, its types and its CRS (PROJJSON; omitted for OGC:CRS84)."""
+def geo_metadata(collection: Collection, crs: Crs, *, covering: bool = True) -> dict[str, Any]:
+    """GeoParquet 1.1 `geo` metadata: WKB geometry, its types, its CRS (PROJJSON; omitted for OGC:CRS84) and
+    the `bbox` covering column, whose row-group statistics let readers skip row groups by extent."""
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": []}
+    if covering:
+        column["covering"] = {"bbox": {name: ["bbox", name] for name in BBOX_FIELDS}}
     if collection.geometry_type and collection.geometry_type != "Geometry":
         column["geometry_types"] = [collection.geometry_type]
     if crs.uri != DEFAULT.uri:
@@ -331,8 +350,9 @@ class _Sink:
         return data
 
 
-def parquet_schema(export: ExportQuery) -> tuple[pa.Schema, str, list[pa.DataType]]:
-    """The Arrow schema (with `geo` metadata), the SELECT list and the types the columns travel as."""
+def parquet_schema(export: ExportQuery, *, covering: bool = True) -> tuple[pa.Schema, str, list[pa.DataType]]:
+    """The Arrow schema (with `geo` metadata), the SELECT list and the types the columns travel as; with
+    `covering`, a `bbox` struct column after the geometry (GeoParquet 1.1)."""
     fields = [pa.field("_id", pa.int64(), nullable=False)]
     fields += [pa.field(f.name, _arrow_type(f)) for f in export.fields]
     cells = [_parquet_cell(f) for f in export.fields]
@@ -344,11 +364,18 @@ def parquet_schema(export: ExportQuery) -> tuple[pa.Schema, str, list[pa.DataTyp
     if with_geometry:
         fields.append(pa.field("geometry", pa.binary()))
         # WKB travels as hex text in COPY's CSV and is decoded column-wise (see unhex).
-        columns.append(f"encode(ST_AsBinary({output_geometry_sql('t.geom', crs)}), 'hex')")
+        geometry = output_geometry_sql("t.geom", crs)
+        columns.append(f"encode(ST_AsBinary({geometry}), 'hex')")
         transfer.append(pa.binary())
+        if covering:
+            fields.append(pa.field("bbox", BBOX_TYPE))
+            box = f"Box2D({geometry})"
+            columns += [f"ST_XMin({box})", f"ST_YMin({box})", f"ST_XMax({box})", f"ST_YMax({box})"]
+            transfer += [pa.float64()] * 4
     schema = pa.schema(fields)
     if with_geometry:
-        schema = schema.with_metadata({b"geo": orjson.dumps(geo_metadata(export.collection, export.query.crs))})
+        metadata = geo_metadata(export.collection, export.query.crs, covering=covering)
+        schema = schema.with_metadata({b"geo": orjson.dumps(metadata)})
     return schema, ", ".join(columns), transfer
 
 
