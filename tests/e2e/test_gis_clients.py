@@ -96,6 +96,16 @@ def test_gdal_opens_every_gis_export(server: LiveServer, tmp_path: Path) -> None
     extent = next(line for line in shp.splitlines() if line.startswith("Extent:"))
     xmin = float(extent.split("(")[1].split(",")[0])
     assert 640_000 < xmin < 660_000, extent
+    # GDAL's OGC API driver shows the collection's metadata
+    done = subprocess.run(
+        ["ogrinfo", "-so", f"OAPIF:{server.url}/ogcapi", "sanisettes"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert META.description in done.stdout
 
 
 def test_geoparquet_has_a_bbox_covering_readers_can_skip_on(server: LiveServer, tmp_path: Path) -> None:
@@ -189,3 +199,4 @@ def test_qgis_opens_the_exports_and_the_ogc_api_layer(server: LiveServer, tmp_pa
     assert layer["title"] == META.title
     assert layer["abstract"] == META.description
     assert set(META.keywords) <= set(layer["keywords"])  # type: ignore[arg-type]
+    assert any("Open Database License" in str(text) for text in layer["licenses"]), layer["licenses"]  # type: ignore[attr-defined]

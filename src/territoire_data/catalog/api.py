@@ -242,6 +242,33 @@ async def dcat_catalog(
     return await _dcat_response(conn, settings, extension, page, page_size)
 
 
+def _dataset_record_route(extension: str) -> None:
+    media_type = dcat.SERIALISATIONS[extension][1]
+
+    @dcat_router.get(
+        f"/datasets/{{slug}}.{extension}",
+        summary=f"One dataset's DCAT-AP record ({media_type})",
+        response_class=Response,
+        responses={
+            200: {"content": {media_type: {}}, "description": "the dataset, its distributions and data services"},
+            404: {"description": "no such public dataset"},
+        },
+        name=f"dcat_dataset_{extension}",
+    )
+    async def dataset_record(slug: str, conn: ConnDep, settings: SettingsDep) -> Response:
+        row = await store.get_dataset(conn, ANONYMOUS, slug)  # restricted or draft: 404, as everywhere
+        info = dcat.CatalogInfo(
+            base_url=settings.base_url, title=settings.catalog_title, publisher=settings.catalog_publisher
+        )
+        graph = dcat.dataset_graph(dataset_public(row, settings.base_url), info)
+        body, media = dcat.serialise(graph, extension)
+        return Response(body, media_type=media)
+
+
+for _extension in dcat.SERIALISATIONS:
+    _dataset_record_route(_extension)
+
+
 @dcat_router.get(
     "/catalog.scdl.csv",
     summary="The catalog in the SCDL 'catalogue simplifié' CSV schema (OpenDataFrance)",

@@ -358,8 +358,7 @@ def _add_services(graph: Graph, info: CatalogInfo, used: set[str]) -> dict[str, 
     return services
 
 
-def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Page) -> Graph:
-    """The DCAT-AP graph of one page of the catalog (public datasets only: the caller filters)."""
+def _new_graph() -> Graph:
     graph = Graph()
     for prefix, namespace in (
         ("dcat", DCAT),
@@ -372,6 +371,33 @@ def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Pa
         ("adms", ADMS),
     ):
         graph.bind(prefix, namespace, override=True)
+    return graph
+
+
+def _used_services(datasets: Sequence[DatasetPublic]) -> set[str]:
+    """The records API serves every dataset; SensorThings and OGC API – Features those with a distribution there."""
+    used = {"api"} if datasets else set()
+    for ds in datasets:
+        for distribution in ds.distributions:
+            if distribution.kind != "download":
+                used.add({"sensorthings": "sta", "ogcapi-features": "ogcapi"}.get(distribution.format, "api"))
+    return used
+
+
+def dataset_graph(ds: DatasetPublic, info: CatalogInfo) -> Graph:
+    """The DCAT-AP record of one dataset (`/dcat/datasets/{slug}.ttl`): the dataset, its distributions, the data
+    services that serve it and its publisher, with a link to the catalog it belongs to."""
+    graph = _new_graph()
+    services = _add_services(graph, info, _used_services([ds]))
+    node = _add_dataset(graph, ds, info, services)
+    graph.add((services["api"], DCAT.servesDataset, node))
+    graph.add((node, DCTERMS.isPartOf, URIRef(f"{info.base_url}/dcat/catalog")))
+    return graph
+
+
+def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Page) -> Graph:
+    """The DCAT-AP graph of one page of the catalog (public datasets only: the caller filters)."""
+    graph = _new_graph()
     catalog = URIRef(f"{info.base_url}/dcat/catalog")
     graph.add((catalog, RDF.type, DCAT.Catalog))
     graph.add((catalog, DCTERMS.title, Literal(info.title, lang="fr")))
@@ -383,12 +409,7 @@ def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Pa
     if datasets:
         graph.add((catalog, DCTERMS.issued, _dt(min(ds.created for ds in datasets))))
         graph.add((catalog, DCTERMS.modified, _dt(max(ds.modified for ds in datasets))))
-    # The records API serves every dataset; SensorThings and OGC API – Features those with a distribution there.
-    used = {"api"} if datasets else set()
-    for ds in datasets:
-        for distribution in ds.distributions:
-            if distribution.kind != "download":
-                used.add({"sensorthings": "sta", "ogcapi-features": "ogcapi"}.get(distribution.format, "api"))
+    used = _used_services(datasets)
     services = _add_services(graph, info, used)
     for key in sorted(used):
         graph.add((catalog, DCAT.service, services[key]))

@@ -15,6 +15,8 @@ from fastapi.responses import Response
 
 from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import Principal
+from territoire_data.catalog.dcat import SERIALISATIONS
+from territoire_data.catalog.metadata import LICENCES
 from territoire_data.db.readpool import pooled
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.features import html, tiles
@@ -278,8 +280,15 @@ def _collection_body(collection: Collection, base: str, html_page: bool) -> dict
         _link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables", SCHEMA_JSON, "queryables"),
         _link(f"{url}/tiles", "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", JSON, "vector tiles"),
     ]
-    if collection.licence:
-        links.append({"href": collection.licence, "rel": "license", "title": collection.licence})
+    licence = LICENCES.get(collection.licence or "")
+    if licence is not None:
+        links.append({"href": licence.url, "rel": "license", "type": HTML, "title": licence.title})
+    # The dataset's DCAT-AP record: what harvesters and catalogue-aware clients read about it
+    root = base.rsplit("/ogcapi", 1)[0]
+    for extension, (_, media_type) in SERIALISATIONS.items():
+        links.append(
+            _link(f"{root}/dcat/datasets/{collection.id}.{extension}", "describedby", media_type, "DCAT-AP record")
+        )
     extent: dict[str, Any] = {}
     if collection.bbox is not None:
         extent["spatial"] = {"bbox": [list(collection.bbox)], "crs": CRS84}
