@@ -165,3 +165,39 @@ def _replayed(url: str) -> None:
 
 async def test_query_forms_of_published_clients(server: LiveServer) -> None:
     await asyncio.to_thread(_replayed, server.url)
+
+
+def _ogc_ets(url: str) -> None:
+    """The OGC conformance test suite (opengeospatial/ets-sta10 @ f8308be,
+    filteringExtension/Capability3Tests.java): twelve Observations with results 1..12, then every query option at
+    once; `result gt '3'` compares as text there ("4".."9": 6), which FROST and the suite agree on."""
+    service = fsc.SensorThingsService(f"{url}/sta/v1.1", auth_handler=fsc.AuthHandler("admin", TEST_ADMIN_KEY))
+    location = fsc.Location(
+        name="ETS site", description="", encoding_type="application/geo+json", location=Point((-117.05, 51.05))
+    )
+    thing = fsc.Thing(name="ETS thing", description="", locations=[location])
+    service.create(thing)
+    datastream = fsc.Datastream(
+        name="ETS datastream",
+        description="",
+        observation_type=MEASUREMENT,
+        unit_of_measurement=UnitOfMeasurement(name="", symbol="", definition=""),
+        thing=thing,
+        sensor=fsc.Sensor(name="s", description="", encoding_type="application/pdf", metadata="x"),
+        observed_property=fsc.ObservedProperty(name="p", definition="http://x/p", description=""),
+    )
+    service.create(datastream)
+    for day in range(1, 13):
+        service.create(
+            fsc.Observation(result=day, phenomenon_time=f"2015-03-{day:02d}T00:00:00Z", datastream=datastream)
+        )
+    query = "?$count=true&$top=1&$skip=2&$orderby=phenomenonTime%20asc&$filter=result%20gt%20'3'"
+    response = httpx.get(f"{url}/sta/v1.1/Observations{query}", timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["@iot.count"] == 6
+    assert [o["result"] for o in body["value"]] == [6]
+
+
+async def test_query_forms_of_the_ogc_conformance_suite(server: LiveServer) -> None:
+    await asyncio.to_thread(_ogc_ets, server.url)
