@@ -77,7 +77,7 @@ async def test_scdl_export_follows_the_schema_for_every_public_dataset(
     assert sanisettes["MOTS_CLES"] == "toilettes;sanisettes;proprete"
     assert sanisettes["COUV_TEMP_DEBUT"] == "2024-01-02"
     assert sanisettes["COUV_TEMP_FIN"] == "2024-06-30"
-    assert sanisettes["FORMAT_RESSOURCES"] == "csv;geojson;parquet;ogcapi-features;json"
+    assert sanisettes["FORMAT_RESSOURCES"] == "csv;geojson;parquet;gpkg;fgb;shapefile;ogcapi-features;json"
     assert sanisettes["URL"] == "http://testserver/datasets/sanisettes"
     air = next(r for r in rows if r["ID"] == "air")
     assert air["LICENCE"] == "Open Database License-ODBL"
