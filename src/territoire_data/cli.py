@@ -91,6 +91,9 @@ def migrate(
     typer.echo(f"schema at {migrations.head_revision(settings)}; {created} new observation partition(s)")
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 6
+
+
 @app.command()
 @clear_errors
 def serve(
@@ -119,14 +122,27 @@ def serve(
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         server_header=False,
+        # SIGTERM: requests in progress get this long to finish (keep-alive connections close at once), so a
+        # stop or a systemd restart ends within 10 s even with a slow export streaming.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 
 @app.command("sta-mqtt")
 @clear_errors
-def sta_mqtt() -> None:
+def sta_mqtt(
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id; default territoire-sta-<host>. It names a persistent session: creates published "
+            "while the bridge restarts wait at the broker. One per replica."
+        ),
+    ] = None,
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic (tests, a shared broker)", hidden=True)] = "",
+) -> None:
     """Run the SensorThings MQTT bridge: publish created and changed entities, create published Observations."""
     import signal
+    import socket
 
     from territoire_data.sensorthings.mqtt import StaMqttBridge
 
@@ -137,9 +153,36 @@ def sta_mqtt() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await StaMqttBridge(settings).run(stop)
+        bridge = StaMqttBridge(
+            settings,
+            topic_prefix=topic_prefix,
+            client_id=client_id or f"territoire-sta-{socket.gethostname()}"[:64],
+        )
+        await bridge.run(stop)
+        logger.info(
+            "SensorThings MQTT bridge stopped: %d created, %d acknowledged", bridge.created, bridge.acknowledged
+        )
 
     asyncio.run(run())
+
+
+def run_interruptible(work: Any) -> Any:
+    """Run a coroutine; SIGTERM (or SIGINT) cancels it, so its open transaction rolls back and nothing
+    half-written stays, then the command exits with 143 (128 + SIGTERM) saying so."""
+    import signal
+
+    async def runner() -> Any:
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await task
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        typer.echo("interrupted: the file being imported was rolled back; run again to load it", err=True)
+        raise typer.Exit(143) from None
 
 
 ModeOption = Annotated[str, typer.Option(help="append | upsert (needs a primaryKey) | replace")]
@@ -206,7 +249,7 @@ def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, 
     from territoire_data.ingest.files.loader import ImportFailedError, import_with_settings
 
     try:
-        report = asyncio.run(import_with_settings(settings, factory, slug, options))
+        report = run_interruptible(import_with_settings(settings, factory, slug, options))
     except ImportFailedError as exc:
         typer.echo(dump_json(exc.report))
         typer.echo(f"error: {exc.detail}", err=True)
@@ -300,7 +343,7 @@ def ingest_run(
     from territoire_data.ingest.files.connector import run_connector, summary
 
     settings = settings_for_command()
-    results = asyncio.run(run_connector(settings, connector, override=path))
+    results = run_interruptible(run_connector(settings, connector, override=path))
     typer.echo(summary(results))
     if any(r.get("status") == "failed" for r in results):
         raise typer.Exit(1)
