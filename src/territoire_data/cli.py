@@ -108,6 +108,14 @@ def serve(
             "(PostgreSQL usually runs on the same machine and needs the other half)",
         ),
     ] = 0,
+    health_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="With several workers: replace a worker whose event loop has not answered the supervisor's "
+            "health ping for this many seconds",
+        ),
+    ] = 20.0,
 ) -> None:
     """Run the HTTP API and the portal."""
     from territoire_data.api import serving
@@ -118,6 +126,7 @@ def serve(
         host=host,
         port=port,
         workers=workers or serving.default_workers(),
+        health_timeout=health_timeout,
         log_config=None,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
@@ -139,6 +148,7 @@ def sta_mqtt(
         ),
     ] = None,
     topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic (tests, a shared broker)", hidden=True)] = "",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
 ) -> None:
     """Run the SensorThings MQTT bridge: publish created and changed entities, create published Observations."""
     import signal
@@ -158,6 +168,9 @@ def sta_mqtt(
             topic_prefix=topic_prefix,
             client_id=client_id or f"territoire-sta-{socket.gethostname()}"[:64],
         )
+        if metrics_port:
+            bridge.metrics.serve(metrics_port)
+            logger.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
         await bridge.run(stop)
         logger.info(
             "SensorThings MQTT bridge stopped: %d created, %d acknowledged", bridge.created, bridge.acknowledged

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024, description="file upload limit")
     rate_limit_per_minute: int = Field(default=1200, ge=0, description="per IP without a key; 0 disables")
     rate_limit_key_per_minute: int = Field(default=6000, ge=1, description="per API key")
+    shared_limits_file: str | None = Field(
+        default=None,
+        description="set by `serve` for its workers: the shared-memory table of rate-limit counters (not a setting)",
+    )
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from territoire_data.auth.deps import key_from_authorization
 from territoire_data.auth.oidc import OidcVerifier, principal_of
@@ -83,6 +85,36 @@ class Incoming:
     qos: int = 0
 
 
+class BridgeMetrics:
+    """The bridge's metrics, in a registry of its own (`sta-mqtt --metrics-port` serves it)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.publish_lag = Histogram(
+            "territoire_sta_mqtt_publish_lag_seconds",
+            "From a database notification to its entities published on the broker",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0),
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "territoire_sta_mqtt_notifications_pending", "Notifications waiting to be published", registry=self.registry
+        )
+        self.published = Counter(
+            "territoire_sta_mqtt_observations_published", "Observations published", registry=self.registry
+        )
+        self.created = Counter(
+            "territoire_sta_mqtt_observations_created",
+            "Observations created from MQTT messages",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "territoire_sta_mqtt_creates_refused", "MQTT creates refused (in ingest_rejection)", registry=self.registry
+        )
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=address, registry=self.registry)
+
+
 def parse_notification(payload: str) -> tuple[list[int], tuple[int, int] | None]:
     """`1,2,3` -> ids; `10-20` -> a range (see the trigger)."""
     if "-" in payload:
@@ -110,7 +142,9 @@ class StaMqttBridge:
         self._stopping = threading.Event()
         self._handling = False  # the create loop is storing a message
         self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
-        self._notifications: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=100_000)
+        self._notifications: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue(maxsize=100_000)
+        self.metrics = BridgeMetrics()
+        self.metrics.pending.set_function(self._notifications.qsize)
         self.registry = SelectRegistry(self.prefix, settings.sta_mqtt_select_topics)
         self.entities = EntityPublisher(self.ctx, self._publish, self.prefix, self.registry)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -287,14 +321,14 @@ class StaMqttBridge:
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         try:
-            self._notifications.put_nowait((channel, payload))
+            self._notifications.put_nowait((channel, payload, time.monotonic()))
         except asyncio.QueueFull:
             logger.error("SensorThings MQTT: notification queue full, %s not published", payload[:40])
 
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         conn: asyncpg.Connection | None = None
         while not stop.is_set():
-            channel, payload = await self._notifications.get()
+            channel, payload, notified = await self._notifications.get()
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(self.settings.asyncpg_dsn)
@@ -303,6 +337,7 @@ class StaMqttBridge:
                 else:
                     await self.publish_notification(conn, payload)
                 self.notifications_handled += 1
+                self.metrics.publish_lag.observe(time.monotonic() - notified)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("SensorThings MQTT: could not read notified observations: %s", type(exc).__name__)
                 conn = None
@@ -328,6 +363,7 @@ class StaMqttBridge:
         for row in rows:
             self.entities.send_entity(observation, row, collection_paths(observation, row))
             self.published += 1
+            self.metrics.published.inc()
         return len(rows)
 
     async def _create_loop(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
@@ -388,10 +424,12 @@ class StaMqttBridge:
                     conn, WriteAuth(principal, via="mqtt"), writer, "POST", message.topic, ("Observation", new_id)
                 )
             self.created += 1
+            self.metrics.created.inc()
             return new_id
         except (TerritoireError, asyncpg.DataError) as exc:
             reason = exc.detail if isinstance(exc, TerritoireError) else str(exc)
             logger.info("SensorThings MQTT create refused on %s: %s", message.topic, reason)
+            self.metrics.refused.inc()
             await conn.execute(
                 "INSERT INTO ingest_rejection (source, topic, reason, payload, payload_bytes) "
                 "VALUES ('sta-mqtt', $1, $2, $3, $4)",
