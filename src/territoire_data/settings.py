@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     sort_max_keys: int = Field(default=8, ge=1, description="keys of sortby / $orderby / order_by")
     sta_max_expand_depth: int = Field(default=4, ge=1, le=20, description="levels of a SensorThings $expand")
     sta_max_expand_items: int = Field(default=20, ge=1, description="navigations expanded by one request")
+    rejection_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="rejections older than this are purged by `territoire-data maintain`"
+    )
     import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     oidc_issuer: str | None = Field(
