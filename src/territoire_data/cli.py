@@ -13,7 +13,7 @@ import orjson
 import typer
 
 from territoire_data.errors import TerritoireError
-from territoire_data.logging_setup import configure_logging
+from territoire_data.logging_setup import configure_logging, configure_logging_from_env, report_unknown_variables
 from territoire_data.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ def clear_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_for_command() -> Settings:
+def settings_for_command(*, request_ids: bool = False) -> Settings:
     settings = load_settings()
-    configure_logging(settings)
+    configure_logging(settings, request_ids=request_ids)
+    report_unknown_variables()
     return settings
 
 
@@ -124,7 +125,7 @@ def serve(
     """Run the HTTP API and the portal."""
     from territoire_data.api import serving
 
-    settings = settings_for_command()  # fail fast, with one clear line, before forking workers
+    settings = settings_for_command(request_ids=True)  # fail fast, with one clear line, before forking workers
     serving.run(
         "territoire_data.api.main:app_factory",
         host=host,
@@ -510,8 +511,9 @@ def simulate(
     """Publish demo sensor traffic for Nantes (ChirpStack, TTN and SenML) until stopped, --duration or --count."""
     from territoire_data.ingest.mqtt.simulate import demo_devices, run_simulation
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.echo(f"simulating {len(demo_devices())} devices at {rate:g} msg/s (Ctrl-C to stop)")
+    configure_logging_from_env()
+    report_unknown_variables()
+    logger.info("simulating %d devices at %g msg/s (Ctrl-C to stop)", len(demo_devices()), rate)
     published = run_simulation(
         mqtt_url,
         rate=rate,
@@ -523,7 +525,7 @@ def simulate(
         cert_file=cert_file,
         key_file=key_file,
     )
-    typer.echo(f"{published} messages published")
+    logger.info("%d messages published", published)
 
 
 # --- datasets: thin commands over territoire_data.catalog.admin ------------------------------------------
