@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -16,12 +17,20 @@ import pytest
 import yaml
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from territoire_data.db.readpool import close_read_pool
 from territoire_data.ingest.replay import replay
 from territoire_data.settings import Settings
 from tests.conftest import TEST_ADMIN_AUTH, make_key
 from tests.integration.mqtt_helpers import Publisher, RunningWorker, chirpstack_up, connector_for, count, until
 
 pytestmark = [pytest.mark.db, pytest.mark.mqtt]
+
+
+@pytest.fixture(autouse=True)
+async def _read_pool_closed(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The in-process app opens the read pool on the first listing (no lifespan runs here): close it after."""
+    yield
+    await close_read_pool(engine)
 
 
 def cli(settings: Settings, *args: str, mqtt_url: str | None = None) -> subprocess.CompletedProcess[str]:
