@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from territoire_data.db.readpool import close_read_pool
 from territoire_data.mqtt_url import parse_mqtt_url
 from territoire_data.settings import Settings
 from tests.conftest import TEST_ADMIN_AUTH, TEST_ADMIN_KEY, LiveServer
@@ -40,6 +43,13 @@ from tests.integration.test_mqtt_failures import assert_exactly, uplinks
 pytestmark = [pytest.mark.db, pytest.mark.mqtt, pytest.mark.slow]
 
 STOP_LIMIT_S = 10.0
+
+
+@pytest.fixture(autouse=True)
+async def _read_pool_closed(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The in-process app (which creates the test's Datastream) opens the read pool without a lifespan."""
+    yield
+    await close_read_pool(engine)
 
 
 def spawn(settings: Settings, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
