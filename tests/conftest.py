@@ -257,9 +257,12 @@ def topic_prefix() -> str:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, env: dict[str, str] | None = None, workers: int = 1, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.workers = workers
+        self.args = args
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
@@ -277,6 +280,7 @@ class LiveServer:
                 [
                     *(sys.executable, "-m", "territoire_data.cli", "serve"),
                     *("--port", str(self.port), "--workers", str(self.workers)),
+                    *self.args,
                 ],
                 env=self.env,
                 stdout=log,

@@ -88,6 +88,9 @@ psql_super() {
   else sudo -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@"; fi
 }
 
+# The platform's Python packages, from the hash-checked lock (requirements.lock; requirements-test.lock for the
+# tests), then the project itself without dependencies: every install gets the same, reviewed versions.
+# Other extras (bench, lock) install from pyproject.toml's ranges. `scripts/lock` refreshes the locks.
 ensure_python_env() {
   local repo="$1" extras="$2"
   if [ ! -x "$repo/.venv/bin/python" ]; then
@@ -95,11 +98,22 @@ ensure_python_env() {
     python3 -m venv "$repo/.venv"
     "$repo/.venv/bin/pip" install -q --upgrade pip
   fi
-  local stamp="$repo/.venv/.installed-${extras:-base}" target="$repo"
+  local stamp="$repo/.venv/.installed-${extras:-base}" target="$repo" lock=""
   [ -n "$extras" ] && target="$repo[$extras]"
-  if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-    log "installing territoire-data${extras:+[$extras]} into .venv"
-    "$repo/.venv/bin/pip" install -q -e "$target"
+  case "$extras" in
+    "") lock="$repo/requirements.lock" ;;
+    test) lock="$repo/requirements-test.lock" ;;
+  esac
+  if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || { [ -n "$lock" ] && [ "$lock" -nt "$stamp" ]; }; then
+    if [ -n "$lock" ]; then
+      log "installing the locked dependencies ($(basename "$lock")) into .venv"
+      "$repo/.venv/bin/pip" install -q --require-hashes -r "$lock"
+      log "installing territoire-data${extras:+[$extras]} into .venv"
+      "$repo/.venv/bin/pip" install -q --no-deps -e "$target"
+    else
+      log "installing territoire-data${extras:+[$extras]} into .venv"
+      "$repo/.venv/bin/pip" install -q -e "$target"
+    fi
     touch "$stamp"
   fi
 }

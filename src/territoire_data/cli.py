@@ -13,7 +13,7 @@ import orjson
 import typer
 
 from territoire_data.errors import TerritoireError
-from territoire_data.logging_setup import configure_logging
+from territoire_data.logging_setup import configure_logging, configure_logging_from_env, report_unknown_variables
 from territoire_data.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ datasets_app = typer.Typer(
     help="Manage the catalog: list, show, create, update, delete datasets.", no_args_is_help=True
 )
 app.add_typer(datasets_app, name="datasets")
+rejections_app = typer.Typer(
+    help="Rejected messages and rows: list, summary, show, replay after a fix.", no_args_is_help=True
+)
+app.add_typer(rejections_app, name="rejections")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,9 +58,10 @@ def clear_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_for_command() -> Settings:
+def settings_for_command(*, request_ids: bool = False) -> Settings:
     settings = load_settings()
-    configure_logging(settings)
+    configure_logging(settings, request_ids=request_ids)
+    report_unknown_variables()
     return settings
 
 
@@ -91,6 +96,9 @@ def migrate(
     typer.echo(f"schema at {migrations.head_revision(settings)}; {created} new observation partition(s)")
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 6
+
+
 @app.command()
 @clear_errors
 def serve(
@@ -105,28 +113,51 @@ def serve(
             "(PostgreSQL usually runs on the same machine and needs the other half)",
         ),
     ] = 0,
+    health_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="With several workers: replace a worker whose event loop has not answered the supervisor's "
+            "health ping for this many seconds",
+        ),
+    ] = 20.0,
 ) -> None:
     """Run the HTTP API and the portal."""
     from territoire_data.api import serving
 
-    settings = settings_for_command()  # fail fast, with one clear line, before forking workers
+    settings = settings_for_command(request_ids=True)  # fail fast, with one clear line, before forking workers
     serving.run(
         "territoire_data.api.main:app_factory",
         host=host,
         port=port,
         workers=workers or serving.default_workers(),
+        health_timeout=health_timeout,
         log_config=None,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         server_header=False,
+        # SIGTERM: requests in progress get this long to finish (keep-alive connections close at once), so a
+        # stop or a systemd restart ends within 10 s even with a slow export streaming.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 
 @app.command("sta-mqtt")
 @clear_errors
-def sta_mqtt() -> None:
+def sta_mqtt(
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id; default territoire-sta-<host>. It names a persistent session: creates published "
+            "while the bridge restarts wait at the broker. One per replica."
+        ),
+    ] = None,
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic (tests, a shared broker)", hidden=True)] = "",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+) -> None:
     """Run the SensorThings MQTT bridge: publish created and changed entities, create published Observations."""
     import signal
+    import socket
 
     from territoire_data.sensorthings.mqtt import StaMqttBridge
 
@@ -137,9 +168,39 @@ def sta_mqtt() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await StaMqttBridge(settings).run(stop)
+        bridge = StaMqttBridge(
+            settings,
+            topic_prefix=topic_prefix,
+            client_id=client_id or f"territoire-sta-{socket.gethostname()}"[:64],
+        )
+        if metrics_port:
+            bridge.metrics.serve(metrics_port)
+            logger.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+        await bridge.run(stop)
+        logger.info(
+            "SensorThings MQTT bridge stopped: %d created, %d acknowledged", bridge.created, bridge.acknowledged
+        )
 
     asyncio.run(run())
+
+
+def run_interruptible(work: Any) -> Any:
+    """Run a coroutine; SIGTERM (or SIGINT) cancels it, so its open transaction rolls back and nothing
+    half-written stays, then the command exits with 143 (128 + SIGTERM) saying so."""
+    import signal
+
+    async def runner() -> Any:
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await task
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        typer.echo("interrupted: the file being imported was rolled back; run again to load it", err=True)
+        raise typer.Exit(143) from None
 
 
 ModeOption = Annotated[str, typer.Option(help="append | upsert (needs a primaryKey) | replace")]
@@ -206,7 +267,7 @@ def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, 
     from territoire_data.ingest.files.loader import ImportFailedError, import_with_settings
 
     try:
-        report = asyncio.run(import_with_settings(settings, factory, slug, options))
+        report = run_interruptible(import_with_settings(settings, factory, slug, options))
     except ImportFailedError as exc:
         typer.echo(dump_json(exc.report))
         typer.echo(f"error: {exc.detail}", err=True)
@@ -300,7 +361,7 @@ def ingest_run(
     from territoire_data.ingest.files.connector import run_connector, summary
 
     settings = settings_for_command()
-    results = asyncio.run(run_connector(settings, connector, override=path))
+    results = run_interruptible(run_connector(settings, connector, override=path))
     typer.echo(summary(results))
     if any(r.get("status") == "failed" for r in results):
         raise typer.Exit(1)
@@ -450,8 +511,9 @@ def simulate(
     """Publish demo sensor traffic for Nantes (ChirpStack, TTN and SenML) until stopped, --duration or --count."""
     from territoire_data.ingest.mqtt.simulate import demo_devices, run_simulation
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.echo(f"simulating {len(demo_devices())} devices at {rate:g} msg/s (Ctrl-C to stop)")
+    configure_logging_from_env()
+    report_unknown_variables()
+    logger.info("simulating %d devices at %g msg/s (Ctrl-C to stop)", len(demo_devices()), rate)
     published = run_simulation(
         mqtt_url,
         rate=rate,
@@ -463,7 +525,7 @@ def simulate(
         cert_file=cert_file,
         key_file=key_file,
     )
-    typer.echo(f"{published} messages published")
+    logger.info("%d messages published", published)
 
 
 # --- datasets: thin commands over territoire_data.catalog.admin ------------------------------------------
@@ -607,12 +669,199 @@ def demo(
     typer.echo(f"sensors: {report.sensor_messages} messages of history decoded, {report.observations} new observations")
 
 
+# --- operations: rejections, maintenance, status -----------------------------------------------------------
+
+ConnectorOpt = Annotated[str | None, typer.Option("--connector", "-c", help="Connector (source) name")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", "-r", help="Reason code, e.g. unknown_device")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="At or after: ISO 8601 date/time, or 2h, 3d")]
+
+
+def _since(value: str | None) -> Any:
+    """`2026-12-01T08:00`, `2026-12-01`, or a duration back from now (`90m`, `6h`, `7d`)."""
+    from datetime import UTC, datetime, timedelta
+
+    from territoire_data.errors import BadRequestError
+
+    if value is None:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if value[:-1].isdigit() and value[-1] in units:
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequestError(f"--since {value!r}: expected an ISO 8601 date/time or a duration like 6h") from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def _rejection_filter(connector: str | None, reason: str | None, since: str | None, import_id: int | None) -> Any:
+    from territoire_data.ops.rejections import RejectionFilter
+
+    return RejectionFilter(connector=connector, reason=reason, since=_since(since), import_id=import_id)
+
+
+@rejections_app.command("list")
+@clear_errors
+def rejections_list(
+    connector: ConnectorOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    import_id: Annotated[int | None, typer.Option("--import", help="Rows of this file import")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List rejections, newest first."""
+    from territoire_data.ops import rejections
+
+    which = _rejection_filter(connector, reason, since, import_id)
+
+    async def work(conn: Any) -> Any:
+        return await rejections.list_rejections(conn, which, limit=limit)
+
+    rows = run_raw(settings_for_command(), work)
+    if as_json:
+        typer.echo(dump_json(rows))
+        return
+    for row in rows:
+        where = row["topic"] or (f"{row['file']}:{row['line']}" if row["file"] else "")
+        replayed = "  [replayed]" if row["replayed_at"] else ""
+        typer.echo(
+            f"{row['id']}\t{row['at']:%Y-%m-%d %H:%M:%S}\t{row['connector']}\t{row['reason']}\t{where}{replayed}"
+        )
+    typer.echo(f"{len(rows)} rejection(s)", err=True)
+
+
+@rejections_app.command("summary")
+@clear_errors
+def rejections_summary(connector: ConnectorOpt = None, reason: ReasonOpt = None, since: SinceOpt = None) -> None:
+    """Count rejections by connector and reason."""
+    from territoire_data.ops import rejections
+
+    which = _rejection_filter(connector, reason, since, None)
+
+    async def work(conn: Any) -> Any:
+        return await rejections.summarize(conn, which)
+
+    for row in run_raw(settings_for_command(), work):
+        typer.echo(
+            f"{row['connector']}\t{row['reason']}\t{row['count']} ({row['not_replayed']} not replayed)\t"
+            f"{row['first']:%Y-%m-%d %H:%M} .. {row['last']:%Y-%m-%d %H:%M}"
+        )
+
+
+@rejections_app.command("show")
+@clear_errors
+def rejections_show(rejection_id: Annotated[int, typer.Argument(help="Rejection id")]) -> None:
+    """Print one rejection with its stored payload, as JSON."""
+    from territoire_data.errors import NotFoundError
+    from territoire_data.ops import rejections
+
+    async def work(conn: Any) -> Any:
+        return await rejections.get_rejection(conn, rejection_id)
+
+    found = run_raw(settings_for_command(), work)
+    if found is None:
+        raise NotFoundError(f"no rejection {rejection_id}")
+    typer.echo(dump_json(found))
+
+
+@rejections_app.command("replay")
+@clear_errors
+def rejections_replay(
+    connector: Annotated[str, typer.Option("--connector", "-c", help="The MQTT connector whose rejections to replay")],
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    definition: Annotated[
+        str | None, typer.Option(help="Its definition (default: connectors/<connector>.yaml, as shipped)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would pass, store nothing")] = False,
+) -> None:
+    """Decode a connector's rejected messages again with its current definition; store what now passes, once."""
+    from pathlib import Path
+
+    from territoire_data.errors import NotFoundError
+    from territoire_data.ingest.mqtt.config import load_connector
+    from territoire_data.ingest.replay import replay
+    from territoire_data.paths import shipped
+
+    settings = settings_for_command()
+    path = Path(definition) if definition else None
+    if path is None:
+        for candidate in (Path("connectors") / f"{connector}.yaml", shipped("connectors") / f"{connector}.yaml"):
+            if candidate.is_file():
+                path = candidate
+                break
+    if path is None:
+        raise NotFoundError(f"no definition for connector {connector!r}: give --definition FILE")
+    config = load_connector(str(path))
+    if config.name != connector:
+        raise NotFoundError(f"{path} defines connector {config.name!r}, not {connector!r}")
+    report = run_interruptible(replay(settings, config, reason=reason, since=_since(since), dry_run=dry_run))
+    typer.echo(dump_json(report.as_dict()))
+
+
+def run_raw(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """Run `work(conn)` on one plain asyncpg connection."""
+    from territoire_data.db.raw import connect_raw
+
+    async def runner() -> Any:
+        conn = await connect_raw(settings, application_name="cli")
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(runner())
+
+
+@app.command()
+@clear_errors
+def maintain(
+    step: Annotated[list[str] | None, typer.Option("--step", help="Run only this step (repeatable)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be done")] = False,
+    list_steps: Annotated[bool, typer.Option("--list", help="List the steps and exit")] = False,
+) -> None:
+    """Periodic upkeep (daily): observation partitions ahead, purge of old rejections, and registered steps."""
+    from territoire_data.errors import BadRequestError
+    from territoire_data.ops import maintain as upkeep
+
+    if list_steps:
+        for item in upkeep.steps():
+            typer.echo(f"{item.name}\t{item.description}")
+        return
+    settings = settings_for_command()
+    try:
+        report = asyncio.run(upkeep.run_steps(settings, only=step, dry_run=dry_run))
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    for line in report:
+        typer.echo(line)
+
+
+@app.command()
+@clear_errors
+def status(
+    run_dir: Annotated[str, typer.Option(help="Where the pid files are (scripts/quickstart: .run)")] = ".run",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """One screen for the person on call: processes, broker, database, newest data, last import and rejections, disk."""
+    from pathlib import Path
+
+    from territoire_data.ops import status as on_call
+
+    settings = settings_for_command()
+    report = asyncio.run(on_call.collect(settings, Path(run_dir)))
+    typer.echo(dump_json(report) if as_json else on_call.render(report))
+    if report["database"]["status"] != "ok" or report["broker"]["status"] != "ok":
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
 
 def dump_json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024, description="file upload limit")
     rate_limit_per_minute: int = Field(default=1200, ge=0, description="per IP without a key; 0 disables")
     rate_limit_key_per_minute: int = Field(default=6000, ge=1, description="per API key")
+    shared_limits_file: str | None = Field(
+        default=None,
+        description="set by `serve` for its workers: the shared-memory table of rate-limit counters (not a setting)",
+    )
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     territory_name: str = Field(
         default="Territoire de démonstration",
@@ -85,6 +89,9 @@ class Settings(BaseSettings):
     sort_max_keys: int = Field(default=8, ge=1, description="keys of sortby / $orderby / order_by")
     sta_max_expand_depth: int = Field(default=4, ge=1, le=20, description="levels of a SensorThings $expand")
     sta_max_expand_items: int = Field(default=20, ge=1, description="navigations expanded by one request")
+    rejection_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="rejections older than this are purged by `territoire-data maintain`"
+    )
     import_max_bytes: int = Field(default=2 * 1024**3, ge=1, description="largest accepted upload")
 
     oidc_issuer: str | None = Field(

@@ -25,13 +25,14 @@ from territoire_data.api import health
 from territoire_data.api.compression import CompressionMiddleware
 from territoire_data.api.errors import document_problems, install_error_handlers
 from territoire_data.api.head import HeadMiddleware
-from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
+from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware
 from territoire_data.api.security import (
     BodyLimitMiddleware,
     QueryLimitMiddleware,
     RateLimitMiddleware,
     ResponseHeadersMiddleware,
 )
+from territoire_data.api.sharedlimits import SharedWindowCounter
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
 from territoire_data.catalog import api as catalog_api
@@ -41,6 +42,7 @@ from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.ingest.files import routes as imports
+from territoire_data.ops import routes as ops_routes
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router
@@ -74,7 +76,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
+        # The pool gauges of this worker, kept fresh for a scrape answered by another worker.
+        sampler = asyncio.create_task(_sample_pools(app))
         yield
+        sampler.cancel()
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
@@ -96,8 +101,8 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     # Per process: the identity provider's keys are fetched on the first token, not at start-up.
     app.state.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
     registry = CollectorRegistry()
-    registry.register(PoolCollector(app.state.engine))
     app.state.metrics_registry = registry
+    app.state.http_metrics = HttpMetrics(registry)
 
     install_error_handlers(app)
     # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
@@ -113,6 +118,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
             RateLimitMiddleware,
             anonymous_per_minute=settings.rate_limit_per_minute,
             key_per_minute=settings.rate_limit_key_per_minute,
+            counter=SharedWindowCounter(settings.shared_limits_file) if settings.shared_limits_file else None,
         )
     if settings.cors_origins:
         app.add_middleware(
@@ -125,7 +131,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     # Compression negotiated by Accept-Encoding (zstd, brotli, gzip: see api.compression); streamed exports are
     # compressed chunk by chunk. GeoParquet is compressed already: sending it through again would only cost CPU.
     app.add_middleware(CompressionMiddleware, minimum_size=1024, excluded_paths=[r"/exports/parquet$"])
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
 
     # First in the routing table: SensorThings reads, the busiest requests, skip FastAPI's route search and
@@ -139,6 +145,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(features_router)
     app.include_router(exports_router)
     app.include_router(imports.router)
+    app.include_router(ops_routes.router)
     _mount_docs(app)
     install_portal(app)
     generate_openapi = app.openapi
@@ -152,6 +159,12 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def _sample_pools(app: FastAPI) -> None:
+    while True:
+        app.state.http_metrics.sample_pools(app.state.engine)
+        await asyncio.sleep(1)
 
 
 DOCS_PAGE = """<!doctype html>

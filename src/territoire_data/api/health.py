@@ -12,9 +12,10 @@ import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from territoire_data.api import metrics as api_metrics
 from territoire_data.db.migrate import current_revision
 from territoire_data.errors import ConfigurationError
 from territoire_data.mqtt_url import configure_client, parse_mqtt_url
@@ -108,4 +109,4 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await api_metrics.render(request.app.state), media_type=CONTENT_TYPE_LATEST)

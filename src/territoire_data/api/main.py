@@ -11,5 +11,5 @@ from territoire_data.settings import load_settings
 
 def app_factory() -> FastAPI:
     settings = load_settings()
-    configure_logging(settings)
+    configure_logging(settings, request_ids=True)
     return create_app(settings)

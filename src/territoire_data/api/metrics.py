@@ -1,22 +1,44 @@
-"""Prometheus metrics: requests by route and status, latency, and the database pool."""
+"""Prometheus metrics of the API: requests by route and status, latency by route, both pools, the database.
+
+With several workers (`serve --workers N`) every worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode; `serving` makes one directory per run) and `/metrics`, whichever worker
+answers, reads them all: counters and histograms add up, the pool gauges are summed over the live workers
+(`livesum`), and a dead worker's live gauges are dropped (`serving` marks it dead). Without that directory (one
+process, tests) the app's own registry answers. Database-wide figures (size, partitions, rejections) are read
+from PostgreSQL at scrape time, once, by the worker that answers.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from territoire_data.db.readpool import READ_POOL_WAIT, pool_of
+
+logger = logging.getLogger(__name__)
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, when this process runs in it."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class HttpMetrics:
-    """The HTTP metrics of one app, in that app's own registry."""
+    """The HTTP and pool metrics of one app (in that app's registry; in multiprocess mode, in the shared files)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -32,6 +54,37 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.in_progress = Gauge(
+            "territoire_http_requests_in_progress",
+            "Requests being answered, all workers together",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        pool_gauges = (
+            ("territoire_db_pool_size", "Configured size of the database pools (SQLAlchemy), all workers"),
+            ("territoire_db_pool_checked_out", "Connections in use (SQLAlchemy pools), all workers"),
+            ("territoire_db_pool_checked_in", "Idle connections (SQLAlchemy pools), all workers"),
+            ("territoire_db_pool_overflow", "Connections opened beyond the pool size, all workers"),
+            ("territoire_read_pool_size", "Connections of the read pools (asyncpg), all workers"),
+            ("territoire_read_pool_in_use", "Read pool connections checked out, all workers"),
+        )
+        self.pools = {
+            name: Gauge(name, doc, registry=registry, multiprocess_mode="livesum") for name, doc in pool_gauges
+        }
+        registry.register(READ_POOL_WAIT)
+
+    def sample_pools(self, engine: AsyncEngine) -> None:
+        """Copy this worker's pool state into the gauges (at scrape time, and every second in the background)."""
+        pool = engine.sync_engine.pool
+        if isinstance(pool, QueuePool):
+            self.pools["territoire_db_pool_size"].set(pool.size())
+            self.pools["territoire_db_pool_checked_out"].set(pool.checkedout())
+            self.pools["territoire_db_pool_checked_in"].set(pool.checkedin())
+            self.pools["territoire_db_pool_overflow"].set(max(pool.overflow(), 0))
+        reads = pool_of(engine)
+        if reads is not None:
+            self.pools["territoire_read_pool_size"].set(reads.get_size())
+            self.pools["territoire_read_pool_in_use"].set(reads.get_size() - reads.get_idle_size())
 
 
 def _route_label(scope: Scope) -> str:
@@ -64,33 +117,86 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_progress.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_progress.dec()
             route = _route_label(scope)
             method = scope.get("method", "GET")
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
 
-class PoolCollector(Collector):
-    """Reads the SQLAlchemy pool's state at scrape time."""
+class _Families(Collector):
+    """Metric families computed elsewhere, served as they are."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, families: Iterable[GaugeMetricFamily]) -> None:
+        self.families = list(families)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        pool = self.engine.sync_engine.pool
-        if not isinstance(pool, QueuePool):
-            return
-        for name, doc, value in (
-            ("territoire_db_pool_size", "Configured size of the database pool", pool.size()),
-            ("territoire_db_pool_checked_out", "Connections in use", pool.checkedout()),
-            ("territoire_db_pool_checked_in", "Idle connections in the pool", pool.checkedin()),
-            (
-                "territoire_db_pool_overflow",
-                "Connections opened beyond the pool size",
-                max(pool.overflow(), 0),
-            ),
-        ):
-            yield GaugeMetricFamily(name, doc, value=value)
+        return self.families
+
+
+DATABASE_SQL = """
+SELECT pg_database_size(current_database()) AS size,
+       (SELECT count(*) FROM pg_inherits WHERE inhparent = 'observation'::regclass) AS partitions
+"""
+REJECTIONS_SQL = """
+SELECT source, split_part(reason, ':', 1) AS reason, count(*) AS n, extract(epoch FROM max(at)) AS last
+  FROM ingest_rejection GROUP BY 1, 2
+"""
+
+
+async def database_families(engine: AsyncEngine) -> list[GaugeMetricFamily]:
+    """Database size, observation partitions, and rejections kept by connector and reason (one scrape, one read)."""
+    size = GaugeMetricFamily("territoire_database_size_bytes", "Size of the platform's database on disk")
+    partitions = GaugeMetricFamily("territoire_observation_partitions", "Monthly partitions of the observation table")
+    kept = GaugeMetricFamily(
+        "territoire_rejections", "Rejected messages and rows kept (ingest_rejection), by connector and reason",
+        labels=("connector", "reason"),
+    )  # fmt: skip
+    last = GaugeMetricFamily(
+        "territoire_rejection_last_timestamp_seconds",
+        "When the newest kept rejection of a connector happened (Unix time)",
+        labels=("connector",),
+    )
+    up = GaugeMetricFamily("territoire_database_up", "1 when /metrics could read the database")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET LOCAL statement_timeout = 5000"))
+            row = (await conn.execute(text(DATABASE_SQL))).one()
+            rows = (await conn.execute(text(REJECTIONS_SQL))).all()
+    except Exception as exc:  # the database is away: say so, serve the rest
+        logger.warning("metrics: database figures unavailable (%s)", type(exc).__name__)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    size.add_metric([], row.size)
+    partitions.add_metric([], row.partitions)
+    newest: dict[str, float] = {}
+    for item in rows:
+        kept.add_metric([item.source, item.reason], item.n)
+        newest[item.source] = max(newest.get(item.source, 0.0), float(item.last))
+    for connector, moment in newest.items():
+        last.add_metric([connector], moment)
+    return [up, size, partitions, kept, last]
+
+
+async def render(app_state: Any) -> bytes:
+    """The text exposition for a scrape: every worker's samples (or this process's), then the database's."""
+    metrics: HttpMetrics = app_state.http_metrics
+    metrics.sample_pools(app_state.engine)
+    extra = _Families(await database_families(app_state.engine))
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(extra)
+        return generate_latest(registry)
+    return generate_latest(app_state.metrics_registry) + generate_latest(_registry_of(extra))
+
+
+def _registry_of(collector: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -181,6 +182,10 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class WindowCounter(Protocol):
+    def hit(self, identity: str, limit: int, now: float | None = None) -> int: ...
+
+
 class SlidingWindowCounter:
     """Requests per identity in a sliding minute, estimated from this minute's and the last minute's counts.
 
@@ -214,7 +219,8 @@ class SlidingWindowCounter:
 
 
 class RateLimitMiddleware:
-    """Per-client rate limits in this process: by API key prefix when one is sent, else by IP address.
+    """Per-client rate limits: by API key prefix when one is sent, else by IP address; counted in this process, or
+    in the table every worker shares (`sharedlimits`, when `serve` runs several).
 
     A request with a key also counts against a generous per-IP limit, so made-up keys cannot dodge the IP limit.
     Operations endpoints (/health, /ready, /metrics) are never limited.
@@ -222,9 +228,11 @@ class RateLimitMiddleware:
 
     EXEMPT = ("/health", "/ready", "/metrics")
 
-    def __init__(self, app: ASGIApp, anonymous_per_minute: int, key_per_minute: int) -> None:
+    def __init__(
+        self, app: ASGIApp, anonymous_per_minute: int, key_per_minute: int, counter: WindowCounter | None = None
+    ) -> None:
         self.app = app
-        self.counter = SlidingWindowCounter()
+        self.counter = counter or SlidingWindowCounter()
         self.anonymous = anonymous_per_minute
         self.keyed = key_per_minute
         self.keyed_ip = max(key_per_minute, anonymous_per_minute * 10)

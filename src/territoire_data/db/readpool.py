@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
 import asyncpg
+from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.db.engine import session_settings
@@ -28,6 +30,19 @@ PlanMode = Literal["auto", "generic", "custom"]
 _PLAN_CACHE_MODE: dict[str, str] = {"auto": "auto", "generic": "force_generic_plan", "custom": "force_custom_plan"}
 # Server process ids of pooled connections whose session plans otherwise than `auto` (see `use_plans`).
 _SESSION_MODES: dict[int, PlanMode] = {}
+# How long requests wait for a read connection: near zero while the pool has room, the queue when it has none.
+# Registered by the API in its registry (in multiprocess mode the samples go to the shared files regardless).
+READ_POOL_WAIT = Histogram(
+    "territoire_read_pool_wait_seconds",
+    "Time requests waited for a read pool connection",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+    registry=None,
+)
+
+
+def pool_of(engine: AsyncEngine) -> asyncpg.Pool | None:
+    """The engine's read pool if it was opened (metrics read its state), else None."""
+    return _POOLS.get(engine)
 
 
 async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
@@ -118,6 +133,8 @@ async def pooled(
     """A pooled asyncpg connection for one request; `generic_plans` as `use_plans` says (a door that asks for
     them switches back any statement that needs its values to plan well)."""
     pool = await read_pool(engine, settings)
+    started = time.perf_counter()
     async with pool.acquire() as connection:
+        READ_POOL_WAIT.observe(time.perf_counter() - started)
         await use_generic_plans(connection, generic_plans)
         yield connection

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Float,
     ForeignKey,
     Identity,
@@ -339,6 +340,9 @@ ingest_rejection = Table(
     Column("reason", Text, nullable=False),
     Column("payload", Text),
     Column("payload_bytes", BigInteger),
+    Column("reason_code", Text, Computed("left(split_part(reason, ':', 1), 100)", persisted=True)),
+    Column("replayed_at", TZ),
+    Column("replay_outcome", Text),
 )
 
 

@@ -60,7 +60,7 @@ class IngestMetrics:
         ).labels(connector)
         self.lag_seconds = Gauge(
             "territoire_ingest_lag_seconds",
-            "Age of the oldest received message not yet committed (0 when caught up)",
+            "Age of the oldest message received and not yet acknowledged (0 when caught up)",
             labels,
             registry=self.registry,
         ).labels(connector)
@@ -75,6 +75,18 @@ class IngestMetrics:
             "Commit time minus phenomenon time of the newest reading of each batch",
             labels,
             buckets=DELAY_BUCKETS,
+            registry=self.registry,
+        ).labels(connector)
+        self.last_message = Gauge(
+            "territoire_ingest_last_message_timestamp_seconds",
+            "When the connector last received a message (Unix time)",
+            labels,
+            registry=self.registry,
+        ).labels(connector)
+        self.expected_period = Gauge(
+            "territoire_ingest_expected_period_seconds",
+            "The longest silence expected of the connector's devices (its `expected_period_seconds`)",
+            labels,
             registry=self.registry,
         ).labels(connector)
         self.db_errors = Counter(

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,10 @@ class MessageSource(Protocol):
         ...
 
     def pending(self) -> int: ...
+
+    def oldest(self) -> float | None:
+        """Monotonic arrival time of the oldest message waiting to be taken, None when none waits."""
+        ...
 
     def ack(self, messages: Sequence[InboundMessage]) -> int: ...
 
@@ -217,6 +222,19 @@ class Pipeline:
         self.batch_seconds = batch_ms / 1000
         self.in_flight = in_flight
         self.committed_batches = 0
+        # Arrival time of the first message of each batch taken and not yet acknowledged, oldest first.
+        self.unacknowledged: deque[float] = deque()
+
+    def lag(self) -> float:
+        """Age in seconds of the oldest message received and not acknowledged (0 when caught up)."""
+        if self.unacknowledged:
+            oldest = self.unacknowledged[0]
+        else:
+            waiting = self.source.oldest()
+            if waiting is None:
+                return 0.0
+            oldest = waiting
+        return max(0.0, time.monotonic() - oldest)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then flush what was received and acknowledge what was stored."""
@@ -265,6 +283,8 @@ class Pipeline:
                 batch = await self._collect(stop)
                 if batch.messages:
                     self.metrics.received.inc(len(batch.messages))
+                    self.metrics.last_message.set(time.time())
+                    self.unacknowledged.append(batch.first)
                     await batches.put(batch)
                 elif stopping:
                     # Stopped and drained: what arrives later is redelivered to the next session.
@@ -311,6 +331,8 @@ class Pipeline:
             return False
         written = time.monotonic()
         self.source.ack(batch.messages)
+        if self.unacknowledged:
+            self.unacknowledged.popleft()
         self._account(batch, outcome, started)
         logger.debug(
             "batch of %d: collected in %.0f ms, written in %.0f ms, acknowledged in %.0f ms",
@@ -334,7 +356,6 @@ class Pipeline:
             metrics.ignored(kind)
         metrics.batch_seconds.observe(now - started)
         metrics.batch_size.observe(len(batch.messages))
-        metrics.lag_seconds.set(now - batch.first if self.source.pending() else 0.0)
         if outcome.newest is not None:
             metrics.delay_seconds.observe(max(0.0, (datetime.now(UTC) - outcome.newest).total_seconds()))
         self.committed_batches += 1

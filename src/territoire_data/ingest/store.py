@@ -196,8 +196,11 @@ class ObservationStore:
         readings: Sequence[tuple[int, Reading]],
         dead: Sequence[DeadLetter],
         messages: Sequence[RawMessage],
+        *,
+        keep_dead_letters: bool = True,
     ) -> WriteResult:
-        """Store a batch in one transaction: readings (tagged with their message index) and dead letters.
+        """Store a batch in one transaction: readings (tagged with their message index) and dead letters (unless
+        `keep_dead_letters` is off: a replay leaves the rejections it retried where they are).
 
         `messages` gives the message of each index, so that a message whose device cannot be resolved
         (auto-registration off) becomes a dead letter as a whole.
@@ -256,7 +259,7 @@ class ObservationStore:
                 written = await merge_observations(conn, records)
                 result.stored = written
                 result.duplicates = len(records) - written
-            if result.rejected:
+            if result.rejected and keep_dead_letters:
                 await copy_and_merge(
                     conn,
                     schema="public",

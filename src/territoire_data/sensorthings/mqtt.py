@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from territoire_data.auth.deps import key_from_authorization
 from territoire_data.auth.oidc import OidcVerifier, principal_of
@@ -63,6 +66,8 @@ CHANNEL = "sta_observation"
 LOCK_KEY = 0x5354_414D  # "STAM": one publisher across replicas
 MAX_RANGE = 10_000  # a bulk load notifies a range; beyond this it is not streamed message by message
 MAX_PAYLOAD = 256 * 1024
+SESSION_EXPIRY_SECONDS = 86_400  # a named bridge's unacknowledged creates wait a day at the broker
+STOP_GRACE_SECONDS = 5.0  # on stop, the message being stored gets this long to commit (then it is rolled back)
 ORIGIN = ("territoire-origin", "sta-publisher")
 _TOPIC = re.compile(r"^v1\.1/(?:(Datastreams|MultiDatastreams|FeaturesOfInterest)\((\d+)\)/)?Observations$")
 # the foreign key of an Observation to each parent `_TOPIC` names
@@ -76,6 +81,38 @@ class Incoming:
     topic: str
     payload: bytes
     user_properties: tuple[tuple[str, str], ...]
+    mid: int = 0  # acknowledged (QoS 1) only once handled: stored, refused into ingest_rejection, or skipped
+    qos: int = 0
+
+
+class BridgeMetrics:
+    """The bridge's metrics, in a registry of its own (`sta-mqtt --metrics-port` serves it)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.publish_lag = Histogram(
+            "territoire_sta_mqtt_publish_lag_seconds",
+            "From a database notification to its entities published on the broker",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0),
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "territoire_sta_mqtt_notifications_pending", "Notifications waiting to be published", registry=self.registry
+        )
+        self.published = Counter(
+            "territoire_sta_mqtt_observations_published", "Observations published", registry=self.registry
+        )
+        self.created = Counter(
+            "territoire_sta_mqtt_observations_created",
+            "Observations created from MQTT messages",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "territoire_sta_mqtt_creates_refused", "MQTT creates refused (in ingest_rejection)", registry=self.registry
+        )
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=address, registry=self.registry)
 
 
 def parse_notification(payload: str) -> tuple[list[int], tuple[int, int] | None]:
@@ -93,13 +130,21 @@ class StaMqttBridge:
         self.settings = settings
         self.prefix = topic_prefix
         self.ctx = read.Context(base=settings.base_url + "/sta/v1.1", principal=ANONYMOUS)
+        # A stable id names a persistent session: what arrives while the bridge restarts waits at the broker.
+        self.persistent = client_id is not None
         self.client_id = client_id or f"territoire-sta-{uuid.uuid4().hex[:8]}"
         self.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
         self.published = 0
         self.notifications_handled = 0
         self.created = 0
+        self.acknowledged = 0  # messages handled, then acknowledged to the broker
+        # Set when the bridge stops: paho's network thread then stops waiting for the event loop (see _on_message).
+        self._stopping = threading.Event()
+        self._handling = False  # the create loop is storing a message
         self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
-        self._notifications: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=100_000)
+        self._notifications: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue(maxsize=100_000)
+        self.metrics = BridgeMetrics()
+        self.metrics.pending.set_function(self._notifications.qsize)
         self.registry = SelectRegistry(self.prefix, settings.sta_mqtt_select_topics)
         self.entities = EntityPublisher(self.ctx, self._publish, self.prefix, self.registry)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,7 +155,11 @@ class StaMqttBridge:
     # --- MQTT edge ---------------------------------------------------------------------------------------
     def _make_client(self) -> paho.Client:
         address = parse_mqtt_url(self.settings.mqtt_url)
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+        # Manual acknowledgement: a message is acknowledged once handled, so one received while stopping is
+        # handed back to the broker (redelivered) rather than acknowledged and dropped.
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5, manual_ack=True
+        )
         configure_client(
             client,
             address,
@@ -122,7 +171,13 @@ class StaMqttBridge:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         client.reconnect_delay_set(1, 30)
-        client.connect_async(address.host, address.port, keepalive=30)
+        properties = None
+        if self.persistent:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+        client.connect_async(
+            address.host, address.port, keepalive=30, clean_start=not self.persistent, properties=properties
+        )
         return client
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -149,19 +204,35 @@ class StaMqttBridge:
             self._loop.call_soon_threadsafe(self._connected.clear)
         logger.warning("SensorThings MQTT bridge disconnected: %s", reason)
 
-    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         if message.topic in (SUBSCRIBE_LOG, UNSUBSCRIBE_LOG):
             self.registry.on_broker_log(message.topic, bytes(message.payload).decode("utf-8", "replace"))
+            client.ack(message.mid, message.qos)
             return
         props = getattr(message, "properties", None)
         user = tuple(getattr(props, "UserProperty", None) or ())
-        incoming = Incoming(message.topic, bytes(message.payload), user)
-        if self._loop is None:
-            return
-        # blocks paho's network thread while the queue is full: back-pressure instead of dropping
+        incoming = Incoming(message.topic, bytes(message.payload), user, message.mid, message.qos)
+        if self._loop is None or self._stopping.is_set():
+            return  # not acknowledged: the broker delivers it again
+        # Blocks paho's network thread while the queue is full: back-pressure instead of dropping. The wait is
+        # cut in slices so that a stop ends it: the event loop may be the one waiting for this thread (loop_stop),
+        # and a wait of its own would then hold SIGTERM for a minute (the deadlock of issue 15).
         future = asyncio.run_coroutine_threadsafe(self._incoming.put(incoming), self._loop)
-        with contextlib.suppress(Exception):
-            future.result(timeout=60)
+        while not self._stopping.is_set():
+            try:
+                future.result(timeout=0.2)
+                return
+            except TimeoutError:
+                continue
+            except Exception:  # the loop closed under us: the message stays unacknowledged
+                return
+        future.cancel()
+
+    def _ack(self, message: Incoming) -> None:
+        """Acknowledge a handled message (paho's ack is safe from any thread)."""
+        if self._client is not None and message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+        self.acknowledged += 1
 
     def _publish(self, topic: str, payload: bytes) -> None:
         assert self._client is not None
@@ -199,13 +270,23 @@ class StaMqttBridge:
             try:
                 await stop.wait()
             finally:
+                self._stopping.set()
+                creating = tasks.pop()
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # The message being stored commits (and is acknowledged) first; one waiting in the queue is not
+                # acknowledged, so the broker delivers it again.
+                if not self._handling:
+                    creating.cancel()
+                await asyncio.wait({creating}, timeout=STOP_GRACE_SECONDS)
+                creating.cancel()
+                await asyncio.gather(*tasks, creating, return_exceptions=True)
                 await writes.close()
         finally:
-            self._client.loop_stop()
+            # No new message is waited for; the network thread is joined off the event loop, which stays free.
+            self._stopping.set()
             self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
 
     async def _listen(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         """Hold the publisher lock and the LISTEN; reconnect after a database outage."""
@@ -240,14 +321,14 @@ class StaMqttBridge:
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         try:
-            self._notifications.put_nowait((channel, payload))
+            self._notifications.put_nowait((channel, payload, time.monotonic()))
         except asyncio.QueueFull:
             logger.error("SensorThings MQTT: notification queue full, %s not published", payload[:40])
 
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         conn: asyncpg.Connection | None = None
         while not stop.is_set():
-            channel, payload = await self._notifications.get()
+            channel, payload, notified = await self._notifications.get()
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(self.settings.asyncpg_dsn)
@@ -256,6 +337,7 @@ class StaMqttBridge:
                 else:
                     await self.publish_notification(conn, payload)
                 self.notifications_handled += 1
+                self.metrics.publish_lag.observe(time.monotonic() - notified)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("SensorThings MQTT: could not read notified observations: %s", type(exc).__name__)
                 conn = None
@@ -281,18 +363,30 @@ class StaMqttBridge:
         for row in rows:
             self.entities.send_entity(observation, row, collection_paths(observation, row))
             self.published += 1
+            self.metrics.published.inc()
         return len(rows)
 
     async def _create_loop(self, stop: asyncio.Event, conn: asyncpg.Connection) -> None:
-        while not stop.is_set():
+        while not self._stopping.is_set():
             message = await self._incoming.get()
+            self._handling = True
             try:
-                await self.create_from_message(conn, message)
-            except (OSError, asyncpg.InterfaceError) as exc:
-                logger.warning("SensorThings MQTT create failed (%s), reconnecting", type(exc).__name__)
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                conn = await asyncpg.connect(self.settings.asyncpg_dsn)
+                while True:  # a lost connection: reconnect and store the same message, never skip it
+                    try:
+                        await self.create_from_message(conn, message)
+                        self._ack(message)
+                        break
+                    except (OSError, asyncpg.InterfaceError) as exc:
+                        logger.warning("SensorThings MQTT create failed (%s), reconnecting", type(exc).__name__)
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                        await asyncio.sleep(1)
+                        with contextlib.suppress(OSError, asyncpg.PostgresError):
+                            conn = await asyncpg.connect(self.settings.asyncpg_dsn)
+                        if self._stopping.is_set():
+                            return
+            finally:
+                self._handling = False
 
     async def create_from_message(self, conn: asyncpg.Connection, message: Incoming) -> int | None:
         """Create the Observation a message carries; our own notifications (with @iot.id) are skipped."""
@@ -330,10 +424,12 @@ class StaMqttBridge:
                     conn, WriteAuth(principal, via="mqtt"), writer, "POST", message.topic, ("Observation", new_id)
                 )
             self.created += 1
+            self.metrics.created.inc()
             return new_id
         except (TerritoireError, asyncpg.DataError) as exc:
             reason = exc.detail if isinstance(exc, TerritoireError) else str(exc)
             logger.info("SensorThings MQTT create refused on %s: %s", message.topic, reason)
+            self.metrics.refused.inc()
             await conn.execute(
                 "INSERT INTO ingest_rejection (source, topic, reason, payload, payload_bytes) "
                 "VALUES ('sta-mqtt', $1, $2, $3, $4)",

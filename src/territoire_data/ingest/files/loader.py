@@ -945,12 +945,22 @@ async def _in_thread(items: Iterator[Any], depth: int = 2) -> AsyncIterator[Any]
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put(exc)
 
+    def take() -> Any:
+        # Never a wait without end: a cancelled import (SIGTERM) sets `stop`, and asyncio.run then waits for the
+        # executor's threads, this one included.
+        while not stop.is_set():
+            try:
+                return slots.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _DONE
+
     thread = threading.Thread(target=work, name="import-parser", daemon=True)
     thread.start()
     loop = asyncio.get_running_loop()
     try:
         while True:
-            item = await loop.run_in_executor(None, slots.get)
+            item = await loop.run_in_executor(None, take)
             if item is _DONE:
                 return
             if isinstance(item, BaseException):

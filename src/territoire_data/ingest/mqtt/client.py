@@ -197,6 +197,12 @@ class MqttSource:
     def pending(self) -> int:
         return len(self.queue)
 
+    def oldest(self) -> float | None:
+        try:
+            return self.queue[0].received
+        except IndexError:
+            return None
+
     def ack(self, messages: Sequence[InboundMessage]) -> int:
         """Acknowledge stored messages that came on the current connection; returns how many were acked.
 

@@ -108,6 +108,8 @@ class ConnectorConfig(Strict):
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000)
     batch_ms: int | None = Field(default=None, ge=1, le=60_000)
     writers: int = Field(default=2, ge=1, le=8)  # database connections writing batches in parallel
+    # the longest silence to expect from the connector's devices: longer, and the alert ConnectorSilent fires
+    expected_period_seconds: int = Field(default=3600, ge=60, le=31 * 86_400)
     json_mapping: JsonMapping | None = Field(default=None, alias="json")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -28,6 +28,7 @@ from territoire_data.ingest.mqtt.decoders import decode_payload
 from territoire_data.ingest.pipeline import Outcome, Prepared, StoreSink
 from territoire_data.ingest.registry import EntityRegistry, QuantityInfo
 from territoire_data.ingest.store import ObservationStore, is_transient
+from territoire_data.logging_setup import configure_logging
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = Settings(_env_file=None, **settings_values)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)  # the parent's format (TERRITOIRE_LOG_JSON too): one format in the journal
     config = ConnectorConfig.model_validate(config_values)
     asyncio.run(_child(conn, settings, config, parent_pid))
 

@@ -7,9 +7,11 @@ in connectors/ (chirpstack-v4, ttn-v3, senml) ingest it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
 import threading
 import time
 import uuid
@@ -267,29 +269,65 @@ def run_simulation(
     published = 0
     started = time.monotonic()
     pending: list[mqtt.MQTTMessageInfo] = []
+    stopping = _StopOnSignal()
     try:
-        for topic, payload in traffic(seed, prefix):
-            if count is not None and published >= count:
-                break
-            elapsed = time.monotonic() - started
-            if duration is not None and elapsed >= duration:
-                break
-            ahead = published / rate - elapsed
-            if ahead > 0:
-                time.sleep(ahead)
-            pending.append(client.publish(topic, payload, qos=qos))
-            published += 1
-            if len(pending) >= 500:
-                for info in pending:
-                    info.wait_for_publish(30)
-                pending.clear()
-            if published % max(1, int(rate * 10)) == 0:
-                logger.info("%d messages published", published)
-        for info in pending:
-            info.wait_for_publish(30)
+        with stopping:
+            for topic, payload in traffic(seed, prefix):
+                if count is not None and published >= count:
+                    break
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed >= duration:
+                    break
+                ahead = published / rate - elapsed
+                if ahead > 0:
+                    time.sleep(ahead)
+                pending.append(client.publish(topic, payload, qos=qos))
+                published += 1
+                if len(pending) >= 500:
+                    _wait_published(pending, 30)
+                if published % max(1, int(rate * 10)) == 0:
+                    logger.info("%d messages published", published)
     except KeyboardInterrupt:
         pass
     finally:
+        # Stopped or done: the messages handed to paho get their PUBACK before we disconnect (bounded), and the
+        # count says what the broker acknowledged, never what was merely queued.
+        unacknowledged = _wait_published(pending, DRAIN_SECONDS)
         client.disconnect()
         client.loop_stop()
-    return published
+    if unacknowledged:
+        logger.warning("%d message(s) not acknowledged by the broker before the stop", unacknowledged)
+    return published - unacknowledged
+
+
+DRAIN_SECONDS = 5.0
+
+
+def _wait_published(pending: list[mqtt.MQTTMessageInfo], seconds: float) -> int:
+    """Wait (at most `seconds` in all) for the broker's PUBACKs; empties `pending`, returns how many never came."""
+    deadline = time.monotonic() + seconds
+    for info in pending:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            with contextlib.suppress(RuntimeError, ValueError):  # not queued (disconnected): counted below
+                info.wait_for_publish(remaining)
+    missing = sum(1 for info in pending if not info.is_published())
+    pending.clear()
+    return missing
+
+
+class _StopOnSignal:
+    """SIGTERM ends the simulation as Ctrl-C does (KeyboardInterrupt), in the main thread only."""
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+
+    def _interrupt(self, _signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the drain that follows is not interrupted again
+        raise KeyboardInterrupt
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

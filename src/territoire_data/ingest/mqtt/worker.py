@@ -45,6 +45,8 @@ class MqttWorker:
             settings, config, client_id=self.client_id, queue_size=max((config.writers + 3) * self.batch_size, 1000)
         )
         self.metrics.pending.set_function(lambda: self.source.received - self.source.acknowledged)
+        self.metrics.lag_seconds.set_function(lambda: self.pipeline.lag() if self.pipeline is not None else 0.0)
+        self.metrics.expected_period.set(config.expected_period_seconds)
         self.pipeline: Pipeline | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
