@@ -19,6 +19,7 @@ COPY --from=assets /src/src/territoire_data/web/static/vendor ./src/territoire_d
 COPY migrations ./migrations
 COPY connectors ./connectors
 COPY demo ./demo
+COPY indicators ./indicators
 RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime -----------------------------------------------------------------------------------------------

@@ -37,9 +37,13 @@ from territoire_data.auth.oidc import OidcVerifier
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.db.raw import connect_raw
 from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
+from territoire_data.indicators.compute import Refresher
+from territoire_data.indicators.portal import install as install_indicator_pages
+from territoire_data.indicators.routes import router as indicators_router
 from territoire_data.ingest.files import routes as imports
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
@@ -74,7 +78,14 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
+        refresher = None
+        if settings.indicators_live and owns_engine:
+            # Touched indicator periods are recomputed as the database notifies them (see indicators.compute).
+            refresher = Refresher(lambda: connect_raw(settings, application_name="indicators"))
+            refresher.start()
         yield
+        if refresher is not None:
+            await refresher.stop()
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
@@ -139,8 +150,10 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(features_router)
     app.include_router(exports_router)
     app.include_router(imports.router)
+    app.include_router(indicators_router)
     _mount_docs(app)
     install_portal(app)
+    install_indicator_pages(app)
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

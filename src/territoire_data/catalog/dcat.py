@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
-from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS, XSD
+from rdflib.namespace import DCAT, DCTERMS, FOAF, PROV, RDF, RDFS, SKOS, XSD
 
 from territoire_data.catalog.metadata import (
     EU_ACCESS_RIGHT_BASE,
@@ -190,6 +190,13 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
         graph.add((agent, FOAF.name, Literal(publisher_name)))
     if ds.conforms_to:
         graph.add((node, DCTERMS.conformsTo, _uri(ds.conforms_to)))
+    for source in ds.was_derived_from:
+        graph.add((node, PROV.wasDerivedFrom, URIRef(source)))
+    if ds.provenance:
+        statement = _bnode(node, "provenance")
+        graph.add((node, DCTERMS.provenance, statement))
+        graph.add((statement, RDF.type, DCTERMS.ProvenanceStatement))
+        graph.add((statement, RDFS.label, Literal(ds.provenance, lang="fr")))
 
     for distribution in ds.distributions:
         fmt = FORMATS[distribution.format]
@@ -264,6 +271,8 @@ def catalog_graph(datasets: Sequence[DatasetPublic], info: CatalogInfo, page: Pa
         ("hydra", HYDRA),
         ("skos", SKOS),
         ("adms", ADMS),
+        ("prov", PROV),
+        ("rdfs", RDFS),
     ):
         graph.bind(prefix, namespace, override=True)
     catalog = URIRef(f"{info.base_url}/dcat/catalog")
