@@ -27,6 +27,7 @@ from territoire_data.ingest.files.demo import load_demo_datasets
 from territoire_data.settings import Settings
 from tests.catalog_helpers import add_point_table, create_dataset
 from tests.conftest import ROOT, TEST_ADMIN_AUTH, make_key
+from tests.indicator_helpers import observe, pm10_sensor
 
 pytestmark = pytest.mark.db
 
@@ -254,10 +255,10 @@ async def test_new_observations_mark_and_recompute_only_their_day(
     settings: Settings, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     await territory(settings, client)
-    datastream = await _pm10_sensor(db, *PLACE_ROYALE)
+    datastream = await pm10_sensor(db, *PLACE_ROYALE)
     day1 = datetime(2026, 3, 10, 8, tzinfo=PARIS)
     day2 = datetime(2026, 3, 11, 8, tzinfo=PARIS)
-    await _observe(db, datastream, [(day1, 20.0), (day1 + timedelta(hours=2), 40.0), (day2, 10.0)])
+    await observe(db, datastream, [(day1, 20.0), (day1 + timedelta(hours=2), 40.0), (day2, 10.0)])
     body = definition("pm10-moyenne-journaliere")
     created = await client.post("/api/v1/indicators", json=body, headers=AUTH)
     assert created.status_code == 201, created.text
@@ -268,7 +269,7 @@ async def test_new_observations_mark_and_recompute_only_their_day(
         day2.replace(hour=0).astimezone(UTC): pytest.approx(10.0),
     }
 
-    await _observe(db, datastream, [(day1 + timedelta(hours=4), 90.0)])  # one more reading, on day 1 only
+    await observe(db, datastream, [(day1 + timedelta(hours=4), 90.0)])  # one more reading, on day 1 only
     dirty = await db.fetch("SELECT period_start FROM indicator_dirty")
     assert [r["period_start"] for r in dirty] == [day1.replace(hour=0).astimezone(UTC)]
     report = await process_dirty(db)
@@ -291,12 +292,12 @@ async def test_days_above_the_eu_daily_limit_per_quartier_per_year(
     settings: Settings, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     await territory(settings, client)
-    datastream = await _pm10_sensor(db, *PLACE_ROYALE)
+    datastream = await pm10_sensor(db, *PLACE_ROYALE)
     readings = []
     for day, mean in ((1, 80.0), (2, 49.0), (3, 51.0), (4, 20.0)):
         start = datetime(2026, 1, day, 6, tzinfo=PARIS)
         readings += [(start, mean - 10), (start + timedelta(hours=6), mean + 10)]
-    await _observe(db, datastream, readings)
+    await observe(db, datastream, readings)
     created = await client.post("/api/v1/indicators", json=definition("pm10-jours-depassement"), headers=AUTH)
     assert created.status_code == 201, created.text
     latest = {v["name"]: v for v in created.json()["latest"]["values"]}
@@ -352,7 +353,7 @@ async def test_the_shipped_definitions_load_and_a_broken_file_is_reported(
     settings: Settings, client: httpx.AsyncClient, db: asyncpg.Connection, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     await territory(settings, client)
-    await _pm10_sensor(db, *PLACE_ROYALE)  # the ObservedProperty the PM10 indicators name
+    await pm10_sensor(db, *PLACE_ROYALE)  # the ObservedProperty the PM10 indicators name
     reports = await load_folder(db, DEFINITIONS)
     assert {r["indicator"]: r["status"] for r in reports} == {
         "bornes-recharge-10000-habitants": "loaded",
@@ -387,45 +388,6 @@ async def test_the_shipped_definitions_load_and_a_broken_file_is_reported(
     assert embed.status_code == 200 and "frame-ancestors *" in embed.headers["content-security-policy"]
     assert "<script" not in embed.text and 'class="series"' in embed.text
     assert (await client.get("/indicateurs/nulle-part")).status_code == 404
-
-
-async def _pm10_sensor(db: asyncpg.Connection, lon: float, lat: float) -> int:
-    """A public sensor dataset's Thing at (lon, lat) with a PM10 Datastream (ObservedProperty key `pm10`)."""
-    dataset_id = await db.fetchval(
-        "INSERT INTO dataset (slug, kind, title, description, keywords, themes, access, extra) "
-        "VALUES ('capteurs-air', 'sensors', 'Capteurs air', '', '{}', '{}', 'public', '{}') "
-        "ON CONFLICT (slug) DO UPDATE SET title = EXCLUDED.title RETURNING id"
-    )
-    thing = await db.fetchval("INSERT INTO thing (name, dataset_id) VALUES ('Air', $1) RETURNING id", dataset_id)
-    location = await db.fetchval(
-        "INSERT INTO location (name, location, geom) "
-        "VALUES ('ici', '{}'::jsonb, ST_SetSRID(ST_MakePoint($1, $2), 4326)) RETURNING id",
-        lon,
-        lat,
-    )
-    await db.execute("INSERT INTO thing_location VALUES ($1, $2)", thing, location)
-    sensor = await db.fetchval("INSERT INTO sensor (name) VALUES ('s') RETURNING id")
-    prop = await db.fetchval(
-        "INSERT INTO observed_property (name, external_key) VALUES ('Particules PM10', 'pm10') "
-        "ON CONFLICT (external_key) DO UPDATE SET name = EXCLUDED.name RETURNING id"
-    )
-    return int(
-        await db.fetchval(
-            "INSERT INTO datastream (name, thing_id, sensor_id, observed_property_id, dataset_id) "
-            "VALUES ('PM10', $1, $2, $3, $4) RETURNING id",
-            thing,
-            sensor,
-            prop,
-            dataset_id,
-        )
-    )
-
-
-async def _observe(db: asyncpg.Connection, datastream: int, readings: list[tuple[datetime, float]]) -> None:
-    await db.executemany(
-        "INSERT INTO observation (datastream_id, phenomenon_time, result_number) VALUES ($1, $2, $3)",
-        [(datastream, at, value) for at, value in readings],
-    )
 
 
 async def _quartier_code(db: asyncpg.Connection, name: str) -> str:
