@@ -13,9 +13,11 @@ an observation is one record (n = 1, lo = hi = v), a 15-minute rollup is n recor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import orjson
@@ -59,7 +61,7 @@ class Resolved:
     restricted: bool = False
     filter_tree: dict[str, Any] | None = None
     condition_tree: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    streams: tuple[tuple[int, ...], tuple[str, ...]] = ((), ())  # a sensor source's Datastreams and their units
 
     @property
     def source_dataset_id(self) -> int | None:
@@ -198,24 +200,29 @@ async def resolve(
         filter_tree=found.get("filter_tree"),
         condition_tree=found.get("condition_tree"),
     )
+    if isinstance(d.source, SensorSource):
+        resolved = replace(resolved, streams=await streams_of(conn, resolved))
     if check:
         await _try(conn, resolved)
     return resolved
 
 
 async def _try(conn: asyncpg.Connection, r: Resolved) -> None:
-    """Run the source rows of the definition on a handful of records: a filter PostgreSQL refuses is caught now."""
+    """Run a dataset source's rows (its filter and condition) on a handful of records: what PostgreSQL refuses is
+    caught now. Sensor sources have no user expression to try."""
+    if not isinstance(r.definition.source, DatasetSource):
+        return
     params = Params()
     sql = f"SELECT * FROM ({rows_sql(r, params, None)}) x LIMIT 5"
-    async with conn.transaction():
-        await conn.execute("SET LOCAL statement_timeout = 10000")
-        try:
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 10000")
             await fetch_checked(conn, sql, params.values)
-        except BadRequestError as exc:
-            where = "aggregation.condition" if r.condition_tree and not r.filter_tree else "source.filter"
-            raise DefinitionError(where, f"cannot run: {exc.detail}") from None
-        except asyncpg.QueryCanceledError:
-            pass  # slow, not wrong: the first computation will tell
+    except BadRequestError as exc:
+        where = "aggregation.condition" if r.condition_tree and not r.filter_tree else "source.filter"
+        raise DefinitionError(where, f"cannot run: {exc.detail}") from None
+    except asyncpg.QueryCanceledError:
+        pass  # slow, not wrong: the first computation will tell
 
 
 # --- SQL -------------------------------------------------------------------------------------------------------
@@ -268,10 +275,8 @@ def _dataset_rows(r: Resolved, params: Params, periods: list[datetime] | None) -
     )
 
 
-def _sensor_rows(r: Resolved, params: Params, periods: list[datetime] | None) -> str:
-    d = r.definition
-    source = d.source
-    assert isinstance(source, SensorSource)
+def _streams_sql(r: Resolved, params: Params) -> str:
+    """The Datastreams a sensor source reads, with the unit each one is in."""
     if r.sensor_dataset_ids is not None:
         datasets = f"d.dataset_id = ANY({params.add(list(r.sensor_dataset_ids), 'bigint[]')})"
     else:  # no dataset named: the public sensors, and those of no dataset
@@ -289,30 +294,77 @@ def _sensor_rows(r: Resolved, params: Params, periods: list[datetime] | None) ->
             f"JOIN {r.division.table} u ON ST_Intersects(u.geom, loc.geom)"
         )
         unit_sql = r.division.code_sql
-    streams = (
-        f"SELECT d.id, {unit_sql} AS unit_code FROM datastream d{join} "
-        f"WHERE d.observed_property_id = ANY({params.add(list(r.observed_property_ids), 'bigint[]')}) AND {datasets}"
+    return (
+        f"SELECT DISTINCT ON (d.id) d.id, {unit_sql} AS unit_code FROM datastream d{join} "
+        f"WHERE d.observed_property_id = ANY({params.add(list(r.observed_property_ids), 'bigint[]')}) AND {datasets} "
+        "ORDER BY d.id"
     )
-    bounds = ""
+
+
+async def streams_of(conn: asyncpg.Connection, r: Resolved) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Where each Datastream of a sensor source is, resolved once per computation (a few hundred rows): the
+    statement over the observations then joins two arrays, so the planner sees how many there are."""
+    params = Params()
+    rows = await conn.fetch(_streams_sql(r, params), *params.values)
+    return tuple(row["id"] for row in rows), tuple(row["unit_code"] for row in rows)
+
+
+def _sensor_rows(r: Resolved, params: Params, periods: list[datetime] | None) -> str:
+    d = r.definition
+    source = d.source
+    assert isinstance(source, SensorSource)
+    ids, units = r.streams
+    streams = (
+        f"(SELECT * FROM unnest({params.add(list(ids), 'bigint[]')}, {params.add(list(units), 'text[]')}) "
+        "AS s(id, unit_code))"
+    )
     if source.read == "rollups":
-        time_col = "o.bucket"
-        body = "o.total AS v, o.n AS n, o.min_value AS lo, o.max_value AS hi"
-        table = "observation_rollup_15min"
-        where = "TRUE"
-    else:
-        time_col = "o.phenomenon_time"
+        bounds = ""
+        if periods is not None:
+            bounds = f" JOIN {_period_bounds(r, params, periods)} p ON o.bucket >= p.lo AND o.bucket < p.hi"
+        return (
+            "SELECT s.unit_code, o.bucket AS t, o.total AS v, o.n AS n, o.min_value AS lo, o.max_value AS hi, "
+            f"NULL::boolean AS c FROM {streams} s JOIN observation_rollup_15min o ON o.datastream_id = s.id{bounds}"
+        )
+    bounds = ""
+    if periods is not None:
+        bounds = (
+            f" JOIN {_period_bounds(r, params, periods)} p ON o.phenomenon_time >= p.lo AND o.phenomenon_time < p.hi"
+        )
+    function = d.aggregation.function
+    if function in ("percentile", "share"):  # they need every value
         threshold = d.aggregation.threshold
         condition = f"(o.result_number > {params.add(threshold, 'float8')})" if threshold is not None else "NULL"
-        body = f"o.result_number AS v, 1::bigint AS n, o.result_number AS lo, o.result_number AS hi, {condition} AS c"
-        table = "observation"
-        where = "o.result_number IS NOT NULL"
-    if periods is not None:
-        bounds = f" JOIN {_period_bounds(r, params, periods)} p ON {time_col} >= p.lo AND {time_col} < p.hi"
-    extra = "" if source.read != "rollups" else ", NULL::boolean AS c"
+        return (
+            "SELECT s.unit_code, o.phenomenon_time AS t, o.result_number AS v, 1::bigint AS n, "
+            f"o.result_number AS lo, o.result_number AS hi, {condition} AS c "
+            f"FROM {streams} s JOIN observation o ON o.datastream_id = s.id{bounds} WHERE o.result_number IS NOT NULL"
+        )
+    # Decomposable aggregates: first per Datastream and UTC hour (a cheap date_bin, no time zone arithmetic per
+    # observation: 1.25 s against 2.3 s for date_trunc(..., zone) on 3 M rows, 2026-12-05), then per unit and local
+    # period on those partial sums. Hours tile local days wherever the zone's offsets are whole hours; elsewhere
+    # quarter hours do.
+    step = params.text_as("1 hour" if whole_hours(d.timezone) else "15 minutes", "interval")
     return (
-        f"SELECT s.unit_code, {time_col} AS t, {body}{extra} FROM ({streams}) s "
-        f"JOIN {table} o ON o.datastream_id = s.id{bounds} WHERE {where}"
+        "SELECT s.unit_code, a.t, a.v, a.n, a.lo, a.hi, NULL::boolean AS c FROM ("
+        f"SELECT o.datastream_id, date_bin({step}, o.phenomenon_time, timestamptz '2000-01-01 00:00:00+00') AS t, "
+        "sum(o.result_number) AS v, count(*) AS n, min(o.result_number) AS lo, max(o.result_number) AS hi "
+        f"FROM {streams} k JOIN observation o ON o.datastream_id = k.id{bounds} "
+        "WHERE o.result_number IS NOT NULL GROUP BY 1, 2) a "
+        f"JOIN {streams} s ON s.id = a.datastream_id"
     )
+
+
+@functools.cache
+def whole_hours(timezone: str) -> bool:
+    """Whether the zone's UTC offsets (1970-2100, winter and summer) are all whole hours."""
+    zone = ZoneInfo(timezone)
+    for year in range(1970, 2101):
+        for month in (1, 7):
+            offset = datetime(year, month, 1, tzinfo=zone).utcoffset()
+            if offset is None or offset.total_seconds() % 3600:
+                return False
+    return True
 
 
 def rows_sql(r: Resolved, params: Params, periods: list[datetime] | None) -> str:
