@@ -9,7 +9,6 @@ import pytest
 
 from territoire_data.errors import ValidationFailedError
 from territoire_data.indicators import svg
-from territoire_data.indicators.compile import whole_hours
 from territoire_data.indicators.model import Target, parse_definition
 from territoire_data.indicators.read import period_label, target_status
 
@@ -84,12 +83,6 @@ def test_target_status_in_words() -> None:
     ]
     assert target_status(1, None) is None
     assert target_status(57.9, Target(value=58, direction="at_least")) == "non atteint"
-
-
-def test_hourly_partial_sums_only_where_offsets_are_whole_hours() -> None:
-    assert whole_hours("Europe/Paris") and whole_hours("UTC") and whole_hours("America/Cayenne")
-    assert not whole_hours("Asia/Kolkata")
-    assert not whole_hours("Australia/Adelaide")
 
 
 def test_legends_from_thresholds_or_quantiles_and_french_numbers() -> None:

@@ -13,11 +13,9 @@ an observation is one record (n = 1, lo = hi = v), a 15-minute rollup is n recor
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import orjson
@@ -340,31 +338,20 @@ def _sensor_rows(r: Resolved, params: Params, periods: list[datetime] | None) ->
             f"o.result_number AS lo, o.result_number AS hi, {condition} AS c "
             f"FROM {streams} s JOIN observation o ON o.datastream_id = s.id{bounds} WHERE o.result_number IS NOT NULL"
         )
-    # Decomposable aggregates: first per Datastream and UTC hour (a cheap date_bin, no time zone arithmetic per
-    # observation: 1.25 s against 2.3 s for date_trunc(..., zone) on 3 M rows, 2026-12-05), then per unit and local
-    # period on those partial sums. Hours tile local days wherever the zone's offsets are whole hours; elsewhere
-    # quarter hours do.
-    step = params.text_as("1 hour" if whole_hours(d.timezone) else "15 minutes", "interval")
+    # Decomposable aggregates: first per Datastream and bucket (the local period, or the local day for days_above),
+    # joined to nothing but the Datastreams' ids, then per unit on those partial sums. Measured on 10 M observations
+    # (bench/indicators.py, 2026-12-05): a first pass per UTC hour (date_bin, no zone arithmetic) made 1.7 M groups
+    # that spilled to disk, and the full computation took twice as long as this.
+    bucket = "day" if function == "days_above" else d.period
+    tz = params.add(d.timezone, "text")
     return (
         "SELECT s.unit_code, a.t, a.v, a.n, a.lo, a.hi, NULL::boolean AS c FROM ("
-        f"SELECT o.datastream_id, date_bin({step}, o.phenomenon_time, timestamptz '2000-01-01 00:00:00+00') AS t, "
+        f"SELECT o.datastream_id, date_trunc({params.add(bucket, 'text')}, o.phenomenon_time, {tz}) AS t, "
         "sum(o.result_number) AS v, count(*) AS n, min(o.result_number) AS lo, max(o.result_number) AS hi "
         f"FROM {streams} k JOIN observation o ON o.datastream_id = k.id{bounds} "
         "WHERE o.result_number IS NOT NULL GROUP BY 1, 2) a "
         f"JOIN {streams} s ON s.id = a.datastream_id"
     )
-
-
-@functools.cache
-def whole_hours(timezone: str) -> bool:
-    """Whether the zone's UTC offsets (1970-2100, winter and summer) are all whole hours."""
-    zone = ZoneInfo(timezone)
-    for year in range(1970, 2101):
-        for month in (1, 7):
-            offset = datetime(year, month, 1, tzinfo=zone).utcoffset()
-            if offset is None or offset.total_seconds() % 3600:
-                return False
-    return True
 
 
 def rows_sql(r: Resolved, params: Params, periods: list[datetime] | None) -> str:
