@@ -508,6 +508,26 @@ async def measure_latency(dsn: str, url: str, prefix: str, rate: float, seconds:
     return seen
 
 
+async def declare_indicator(dsn: str, *, trigger: bool) -> None:
+    """What the indicators' marking trigger looks up: a daily indicator on the `temperature` quantity."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        prop = await conn.fetchval(
+            "INSERT INTO observed_property (name, definition, description, external_key) "
+            "VALUES ('temperature', '', '', 'temperature') RETURNING id"
+        )
+        indicator = await conn.fetchval(
+            "INSERT INTO indicator (slug, definition, origin) VALUES ('bench', '{}', 'api') RETURNING id"
+        )
+        await conn.execute(
+            "INSERT INTO indicator_sensor_source VALUES ($1, $2, NULL, 'day', 'Europe/Paris')", indicator, prop
+        )
+        if not trigger:
+            await conn.execute("ALTER TABLE observation DISABLE TRIGGER observation_indicator_inserted")
+    finally:
+        await conn.close()
+
+
 async def create_database(admin: str, name: str) -> tuple[str, str]:
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{name}"')
@@ -559,6 +579,13 @@ def main() -> None:
     parser.add_argument("--writers", type=int, help="the connector's parallel database writers (default: its own)")
     parser.add_argument("--database", default=f"td_bench_mqtt_{os.getpid()}", help="scratch database (dropped)")
     parser.add_argument(
+        "--indicator",
+        choices=("none", "marking", "no-trigger"),
+        default="none",
+        help="marking: a daily indicator reads the ingested temperatures, so the observation trigger marks its "
+        "periods (migration 0014); no-trigger: the same indicator with that trigger disabled (pair the two)",
+    )
+    parser.add_argument(
         "--admin-url",
         default=os.environ.get("TERRITOIRE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
@@ -572,6 +599,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="td-bench-"))
     try:
         migrations.upgrade(Settings(_env_file=None, database_url=dsn))  # type: ignore[call-arg]
+        if args.indicator != "none":
+            asyncio.run(declare_indicator(dsn, trigger=args.indicator == "marking"))
         env = {
             **os.environ,
             "TERRITOIRE_DATABASE_URL": dsn,
@@ -597,7 +626,7 @@ def main() -> None:
 
         print(
             f"MQTT ingest benchmark: {n:,} ChirpStack-like uplinks at QoS {qos}, {os.cpu_count()} CPUs, "
-            f"load average {os.getloadavg()[0]:.2f}"
+            f"load average {os.getloadavg()[0]:.2f}, indicator: {args.indicator}"
         )
         rates: dict[str, float] = {}
         meter = CpuMeter(broker.process.pid)

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -33,10 +34,18 @@ datasets_app = typer.Typer(
     help="Manage the catalog: list, show, create, update, delete datasets.", no_args_is_help=True
 )
 app.add_typer(datasets_app, name="datasets")
+<<<<<<< HEAD
 rejections_app = typer.Typer(
     help="Rejected messages and rows: list, summary, show, replay after a fix.", no_args_is_help=True
 )
 app.add_typer(rejections_app, name="rejections")
+=======
+indicators_app = typer.Typer(
+    help="Steering indicators: load indicators/*.yaml, compute (dirty periods, or --full), list.",
+    no_args_is_help=True,
+)
+app.add_typer(indicators_app, name="indicators")
+>>>>>>> i19
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -667,6 +676,91 @@ def demo(
         rows = item.get("rows_inserted")
         typer.echo(f"dataset {item.get('dataset')}: {status}" + (f" ({rows} rows)" if rows is not None else ""))
     typer.echo(f"sensors: {report.sensor_messages} messages of history decoded, {report.observations} new observations")
+    for item in report.indicators:
+        typer.echo(
+            f"indicator {item.get('indicator', item['file'])}: {item['status']}"
+            + (f" ({item['error']})" if item.get("error") else "")
+        )
+
+
+def _with_raw(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """Run `work(conn)` on one asyncpg connection (the indicators package keeps its own transactions)."""
+    from territoire_data.db.raw import connect_raw
+
+    async def runner() -> Any:
+        conn = await connect_raw(settings, application_name="indicators")
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(runner())
+
+
+@indicators_app.command("load")
+@clear_errors
+def indicators_load(
+    folder: Annotated[Path | None, typer.Argument(help="Folder of *.yaml definitions (default: indicators/)")] = None,
+) -> None:
+    """Load the indicator definitions of a folder (new and changed ones; broken ones are reported), then compute."""
+    from territoire_data.indicators.compute import process_dirty
+    from territoire_data.indicators.files import load_folder
+    from territoire_data.paths import shipped
+
+    settings = settings_for_command()
+    where = folder or shipped("indicators")
+
+    async def work(conn: Any) -> tuple[list[dict[str, Any]], Any]:
+        reports = await load_folder(conn, where)
+        return reports, await process_dirty(conn)
+
+    reports, computed = _with_raw(settings, work)
+    for item in reports:
+        typer.echo(f"{item['file']}: {item['status']}" + (f" ({item['error']})" if item.get("error") else ""))
+    for done in computed.computed:
+        typer.echo(f"computed {done.indicator}: {done.written} values in {done.seconds * 1000:.0f} ms")
+    if any(item["status"] == "error" for item in reports):
+        raise typer.Exit(2)
+
+
+@indicators_app.command("compute")
+@clear_errors
+def indicators_compute(
+    full: Annotated[bool, typer.Option("--full", help="Recompute every period of every indicator")] = False,
+    slug: Annotated[list[str] | None, typer.Option("--slug", help="Only these indicators (with --full)")] = None,
+) -> None:
+    """Compute the periods marked dirty by new data (or everything with --full); prints what was done."""
+    from territoire_data.indicators.compute import compute_all
+
+    settings = settings_for_command()
+
+    async def work(conn: Any) -> Any:
+        return await compute_all(conn, full=full, slugs=slug or None)
+
+    report = _with_raw(settings, work)
+    for done in report.computed:
+        scope = "all periods" if done.full else f"{done.periods} period(s)"
+        line = f"{done.indicator}: {scope}, {done.written} values, {done.removed} removed, {done.seconds * 1000:.0f} ms"
+        typer.echo(line if done.error is None else f"{done.indicator}: error: {done.error}")
+    if any(done.error for done in report.computed):
+        raise typer.Exit(2)
+
+
+@indicators_app.command("list")
+@clear_errors
+def indicators_list() -> None:
+    """Declared indicators with when they were last computed."""
+    from territoire_data.indicators import store
+    from territoire_data.indicators.compute import SYSTEM
+
+    settings = settings_for_command()
+
+    async def work(conn: Any) -> Any:
+        return await store.list_visible(conn, SYSTEM)
+
+    for row in _with_raw(settings, work):
+        state = row.compute_error or (row.computed_at.isoformat() if row.computed_at else "never computed")
+        typer.echo(f"{row.slug}\t{row.definition.period}\t{row.origin}\t{state}")
 
 
 # --- operations: rejections, maintenance, status -----------------------------------------------------------

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from territoire_data.db.raw import connect_raw
+from territoire_data.indicators import divisions
+from territoire_data.indicators.compute import SYSTEM, process_dirty
+from territoire_data.indicators.files import load_folder
 from territoire_data.ingest.files.demo import load_demo_datasets
 from territoire_data.ingest.model import RawMessage
 from territoire_data.ingest.mqtt.config import ConnectorConfig, load_connector
@@ -26,6 +30,13 @@ logger = logging.getLogger(__name__)
 # The connectors that ingest the simulated traffic, by the topic root their messages use.
 DEMO_CONNECTORS = {"application": "chirpstack-v4.yaml", "v3": "ttn-v3.yaml", "senml": "senml.yaml"}
 HISTORY_STEP = timedelta(minutes=15)
+# The demo's polygon datasets, declared territorial divisions (see demo/data/PROVENANCE.md for their sources).
+DEMO_DIVISIONS = {
+    "communes-nantes-metropole": divisions.DivisionDeclaration(
+        level="commune", code_field="code", name_field="nom", attributes={"population": "population"}
+    ),
+    "quartiers-nantes": divisions.DivisionDeclaration(level="quartier", code_field="osm_id", name_field="name"),
+}
 
 
 @dataclass
@@ -33,6 +44,7 @@ class DemoReport:
     datasets: list[dict[str, Any]]
     sensor_messages: int
     observations: int
+    indicators: list[dict[str, Any]]
 
 
 def _history(hours: int, seed: int) -> dict[str, list[RawMessage]]:
@@ -75,4 +87,24 @@ async def load_demo(settings: Settings, *, history_hours: int = 24, seed: int = 
     history = _history(history_hours, seed)
     for root, file in DEMO_CONNECTORS.items():
         observations += await _store_history(settings, load_connector(folder / file), history[root])
-    return DemoReport(datasets, sum(len(m) for m in history.values()), observations)
+    indicators = await _load_indicators(settings)
+    return DemoReport(datasets, sum(len(m) for m in history.values()), observations, indicators)
+
+
+async def _load_indicators(settings: Settings) -> list[dict[str, Any]]:
+    """Declare the demo's divisions, load the shipped indicators (after the sensors: they name their quantities)
+    and compute them."""
+    conn = await connect_raw(settings, application_name="demo")
+    try:
+        async with conn.transaction():
+            for slug, declaration in DEMO_DIVISIONS.items():
+                await divisions.declare(conn, SYSTEM, slug, declaration)
+        reports = await load_folder(conn, shipped("indicators"))
+        computed = await process_dirty(conn)
+        for item in computed.computed:
+            logger.info(
+                "indicator %s computed: %s values in %.0f ms", item.indicator, item.written, item.seconds * 1000
+            )
+    finally:
+        await conn.close()
+    return reports

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     portal_refresh_seconds: int = Field(
         default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
     )
+    indicators_live: bool = Field(
+        default=True,
+        description="API processes recompute the indicator periods new data touched, as PostgreSQL notifies them",
+    )
     sta_default_top: int = Field(default=100, ge=1, le=100_000, description="SensorThings page size by default")
     sta_max_top: int = Field(default=10_000, ge=1, le=1_000_000, description="largest SensorThings $top honoured")
     sta_count_exact_limit: int = Field(

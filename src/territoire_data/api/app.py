@@ -38,9 +38,13 @@ from territoire_data.auth.oidc import OidcVerifier
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
+from territoire_data.db.raw import connect_raw
 from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
+from territoire_data.indicators.compute import Refresher
+from territoire_data.indicators.portal import install as install_indicator_pages
+from territoire_data.indicators.routes import router as indicators_router
 from territoire_data.ingest.files import routes as imports
 from territoire_data.ops import routes as ops_routes
 from territoire_data.querylimits import QueryLimits
@@ -76,10 +80,21 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
+<<<<<<< HEAD
         # The pool gauges of this worker, kept fresh for a scrape answered by another worker.
         sampler = asyncio.create_task(_sample_pools(app))
         yield
         sampler.cancel()
+=======
+        refresher = None
+        if settings.indicators_live and owns_engine:
+            # Touched indicator periods are recomputed as the database notifies them (see indicators.compute).
+            refresher = Refresher(lambda: connect_raw(settings, application_name="indicators"))
+            refresher.start()
+        yield
+        if refresher is not None:
+            await refresher.stop()
+>>>>>>> i19
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
@@ -145,9 +160,14 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(features_router)
     app.include_router(exports_router)
     app.include_router(imports.router)
+<<<<<<< HEAD
     app.include_router(ops_routes.router)
+=======
+    app.include_router(indicators_router)
+>>>>>>> i19
     _mount_docs(app)
     install_portal(app)
+    install_indicator_pages(app)
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

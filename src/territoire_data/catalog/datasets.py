@@ -64,12 +64,17 @@ def check_slug(slug: str) -> str:
 
 async def get_dataset(conn: asyncpg.Connection, slug: str, *, lock: bool = False) -> Dataset | None:
     """The table dataset `slug`, optionally locked for the rest of the transaction (one import at a time)."""
-    sql = "SELECT id, slug, kind, table_name, table_schema::text AS schema FROM dataset WHERE slug = $1"
+    sql = (
+        "SELECT id, slug, kind, table_name, table_schema::text AS schema, extra->>'derived_by' AS derived_by "
+        "FROM dataset WHERE slug = $1"
+    )
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), slug)
     if row is None:
         return None
     if row["kind"] != "table" or not row["table_name"] or row["schema"] is None:
         raise ConflictError(f"dataset {slug!r} is not a table dataset (it holds {row['kind']})")
+    if row["derived_by"]:
+        raise ConflictError(f"dataset {slug!r} is computed ({row['derived_by']}): it cannot be loaded from a file")
     return Dataset(row["id"], row["slug"], row["table_name"], parse_table_schema(orjson.loads(row["schema"])))
 
 
@@ -276,3 +281,45 @@ async def write_dataset_stats(conn: asyncpg.Connection, dataset: Dataset, stats:
         stats["xmax"],
         stats["ymax"],
     )
+
+
+# --- derived datasets: tables the platform computes (an indicator's latest values), never loaded from files -----
+
+
+async def create_derived_dataset(
+    conn: asyncpg.Connection, slug: str, schema: TableSchema, meta: DatasetMeta, *, derived_by: str
+) -> Dataset:
+    """A table dataset whose rows the platform writes (`derived_by` says what computes it: imports refuse it)."""
+    meta = DatasetMeta(**{**meta.__dict__, "extra": {**meta.extra, "derived_by": derived_by}})
+    return await create_dataset(conn, slug, schema, meta)
+
+
+async def update_derived_dataset(conn: asyncpg.Connection, dataset_id: int, meta: DatasetMeta) -> None:
+    """Its descriptive metadata and access follow what computes it (an indicator's definition)."""
+    check_vocabularies(meta)
+    await conn.execute(
+        """UPDATE dataset SET title = $2, description = $3, keywords = $4, themes = $5, licence = $6,
+               publisher = $7, update_frequency = $8, access = $9,
+               extra = extra || $10::text::jsonb, modified_at = now()
+           WHERE id = $1 AND extra ? 'derived_by'""",
+        dataset_id,
+        (meta.title or "")[:300],
+        meta.description,
+        list(meta.keywords),
+        list(meta.themes),
+        meta.licence,
+        meta.publisher,
+        meta.update_frequency,
+        meta.access,
+        orjson.dumps(meta.extra).decode(),
+    )
+
+
+async def drop_derived_dataset(conn: asyncpg.Connection, dataset_id: int) -> None:
+    """Delete a derived dataset's row and table (what computed it is being deleted)."""
+    table_name = await conn.fetchval(
+        "DELETE FROM dataset WHERE id = $1 AND extra ? 'derived_by' RETURNING table_name", dataset_id
+    )
+    table = typed_table(table_name)
+    if table is not None:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
-from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS, XSD
+from rdflib.namespace import DCAT, DCTERMS, FOAF, PROV, RDF, RDFS, SKOS, XSD
 
 from territoire_data.catalog.metadata import (
     EU_ACCESS_RIGHT_BASE,
@@ -257,6 +257,13 @@ def _add_dataset(graph: Graph, ds: DatasetPublic, info: CatalogInfo, services: d
     standard = _typed(graph, _uri(ds.conforms_to), DCTERMS.Standard) if ds.conforms_to else None
     if standard is not None:
         graph.add((node, DCTERMS.conformsTo, standard))
+    for source in ds.was_derived_from:
+        graph.add((node, PROV.wasDerivedFrom, URIRef(source)))
+    if ds.provenance:
+        statement = _bnode(node, "provenance")
+        graph.add((node, DCTERMS.provenance, statement))
+        graph.add((statement, RDF.type, DCTERMS.ProvenanceStatement))
+        graph.add((statement, RDFS.label, Literal(ds.provenance, lang="fr")))
 
     for distribution in ds.distributions:
         fmt = FORMATS[distribution.format]
@@ -369,6 +376,8 @@ def _new_graph() -> Graph:
         ("hydra", HYDRA),
         ("skos", SKOS),
         ("adms", ADMS),
+        ("prov", PROV),
+        ("rdfs", RDFS),
     ):
         graph.bind(prefix, namespace, override=True)
     return graph

@@ -322,6 +322,10 @@ class DatasetPublic(BaseModel):
     formats: list[str]
     distributions: list[Distribution]
     links: list[Link]
+    was_derived_from: list[str] = Field(
+        default_factory=list, description="the datasets it is computed from (prov:wasDerivedFrom), for derived datasets"
+    )
+    provenance: str | None = Field(None, description="how it is computed (dct:provenance), for derived datasets")
 
 
 class DatasetPublisherView(DatasetPublic):
@@ -470,6 +474,8 @@ def dataset_public(row: dict[str, Any], base_url: str, *, publisher_view: bool =
             Link(rel="alternate", href=f"{base_url}/datasets/{slug}", type="text/html", title="Page du jeu de données"),
             Link(rel="describedby", href=f"{base_url}/dcat/catalog.jsonld", type="application/ld+json"),
         ],
+        "was_derived_from": [f"{base_url}/datasets/{source}" for source in extra.get("derived_from") or []],
+        "provenance": extra.get("provenance"),
     }
     if publisher_view:
         return DatasetPublisherView(**values, quality_warnings=quality_warnings(**row))

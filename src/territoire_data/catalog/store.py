@@ -257,10 +257,17 @@ async def update_dataset(conn: AsyncConnection, slug: str, data: DatasetUpdate, 
 async def delete_dataset(conn: AsyncConnection, slug: str, *, actor: str) -> None:
     """Delete a dataset and its typed table (one transaction, the caller commits); sensors stay, unlinked."""
     row = (
-        await conn.execute(text("SELECT id, table_name FROM dataset WHERE slug = :slug FOR UPDATE"), {"slug": slug})
+        await conn.execute(
+            text(
+                "SELECT id, table_name, extra->>'derived_by' AS derived_by FROM dataset WHERE slug = :slug FOR UPDATE"
+            ),
+            {"slug": slug},
+        )
     ).first()
     if row is None:
         raise NotFoundError(f"no dataset {slug!r}")
+    if row.derived_by:
+        raise ConflictError(f"dataset {slug!r} is computed ({row.derived_by}): delete that instead")
     await conn.execute(text("DELETE FROM dataset WHERE id = :id"), {"id": row.id})
     if row.table_name:
         table = typed_table(row.table_name)

@@ -382,3 +382,67 @@ multi_datastream_feature = Table(
     Column("multi_datastream_id", BigInteger, ForeignKey("multi_datastream.id", ondelete="CASCADE"), primary_key=True),
     Column("feature_of_interest_id", BigInteger, primary_key=True),
 )
+
+# Steering indicators (migration 0014_indicators): territorial divisions, declared indicators, their values per
+# unit and period, and the periods left to recompute (marked by triggers on observation and dataset).
+division = Table(
+    "division",
+    metadata,
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True),
+    Column("level", Text, nullable=False),
+    Column("code_field", Text, nullable=False),
+    Column("name_field", Text, nullable=False),
+    Column("attributes", JSONB, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
+indicator = Table(
+    "indicator",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("slug", Text, nullable=False, unique=True),
+    Column("definition", JSONB, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="SET NULL"), unique=True),
+    Column("source_dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="SET NULL")),
+    Column("division_dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="SET NULL")),
+    Column("denominator_indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="SET NULL")),
+    Column("computed_at", TZ),
+    Column("compute_error", Text),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
+indicator_sensor_source = Table(
+    "indicator_sensor_source",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "observed_property_id", BigInteger, ForeignKey("observed_property.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("dataset_ids", ARRAY(BigInteger)),
+    Column("period", Text, nullable=False),
+    Column("timezone", Text, nullable=False),
+)
+
+indicator_value = Table(
+    "indicator_value",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column("unit_code", Text, primary_key=True),
+    Column("period_start", TZ, primary_key=True),
+    Column("value", Float(precision=53)),
+    Column("raw_value", Float(precision=53)),
+    Column("denominator", Float(precision=53)),
+    Column("record_count", BigInteger, nullable=False),
+    Column("computed_at", TZ, nullable=False),
+)
+
+indicator_dirty = Table(
+    "indicator_dirty",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", TZ, primary_key=True),
+    Column("marked_at", TZ, nullable=False),
+)

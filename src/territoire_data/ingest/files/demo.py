@@ -9,8 +9,9 @@ from typing import Any
 
 from territoire_data.catalog.datasets import DatasetMeta
 from territoire_data.db.engine import connect_raw
+from territoire_data.ingest.files.geojson import GeoJsonSource
 from territoire_data.ingest.files.loader import ImportOptions, load_schema_file, run_import
-from territoire_data.ingest.files.sources import CsvSource
+from territoire_data.ingest.files.sources import CsvSource, RowSource
 from territoire_data.paths import shipped
 from territoire_data.settings import Settings
 
@@ -95,6 +96,39 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         ),
     ),
     DemoDataset(
+        "communes-nantes-metropole",
+        "communes_nantes_metropole.geojson",
+        DatasetMeta(
+            title="Communes de Nantes Métropole et leur population",
+            description=(
+                "Contours des 24 communes de Nantes Métropole (IGN, GEOFLA) avec leur code INSEE et leur population "
+                "légale (INSEE, millésime 2026 du découpage administratif). Déclaré division territoriale : "
+                "les indicateurs par commune s'y rapportent."
+            ),
+            keywords=("communes", "population", "découpage administratif", "Nantes Métropole"),
+            themes=("REGI", "SOCI"),
+            licence=ETALAB,
+            publisher="IGN, INSEE (via data.gouv.fr)",
+            update_frequency="ANNUAL",
+        ),
+    ),
+    DemoDataset(
+        "quartiers-nantes",
+        "quartiers_nantes.geojson",
+        DatasetMeta(
+            title="Quartiers de Nantes",
+            description=(
+                "Contours des 11 quartiers de la Ville de Nantes (limites administratives de niveau 10 "
+                "d'OpenStreetMap). Déclaré division territoriale : les indicateurs par quartier s'y rapportent."
+            ),
+            keywords=("quartiers", "découpage", "Nantes"),
+            themes=("REGI",),
+            licence=ODBL,
+            publisher="Contributeurs OpenStreetMap",
+            update_frequency="IRREG",
+        ),
+    ),
+    DemoDataset(
         "comptages-velo-loire-2022",
         "ecocompteur_loire_measure.csv",
         DatasetMeta(
@@ -129,7 +163,9 @@ async def load_demo_datasets(settings: Settings, *, data_dir: Path | None = None
                 schema=load_schema_file(folder / demo.schema) if demo.schema else None,
                 timezone=demo.timezone,
             )
-            report = await run_import(conn, CsvSource(folder / demo.file), demo.slug, options)
+            path = folder / demo.file
+            source: RowSource = GeoJsonSource(path) if path.suffix == ".geojson" else CsvSource(path)
+            report = await run_import(conn, source, demo.slug, options)
             logger.info("demo dataset %s: %s rows", demo.slug, report.get("rows_inserted"))
             reports.append(report)
     finally:
