@@ -41,6 +41,7 @@ from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.ingest.files import routes as imports
+from territoire_data.ngsi_ld.routes import router as ngsi_ld_router
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router
@@ -139,6 +140,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(features_router)
     app.include_router(exports_router)
     app.include_router(imports.router)
+    app.include_router(ngsi_ld_router)
     _mount_docs(app)
     install_portal(app)
     generate_openapi = app.openapi

@@ -378,3 +378,76 @@ multi_datastream_feature = Table(
     Column("multi_datastream_id", BigInteger, ForeignKey("multi_datastream.id", ondelete="CASCADE"), primary_key=True),
     Column("feature_of_interest_id", BigInteger, primary_key=True),
 )
+
+# NGSI-LD (migration 0016_ngsild): entities created through NGSI-LD whose type has no table of its own, their
+# attributes' history, stored @contexts, subscriptions and the outbox of their notifications.
+ngsild_entity = Table(
+    "ngsild_entity",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("types", ARRAY(Text), nullable=False),
+    Column("scopes", ARRAY(Text)),
+    Column("attrs", JSONB, nullable=False),
+    Column("location", _geom()),
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="CASCADE")),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
+ngsild_attribute_instance = Table(
+    "ngsild_attribute_instance",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("entity_id", Text, ForeignKey("ngsild_entity.id", ondelete="CASCADE"), nullable=False),
+    Column("attr", Text, nullable=False),
+    Column("instance_id", Text, nullable=False),
+    Column("dataset_id", Text),
+    Column("observed_at", TZ),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+    Column("deleted_at", TZ),
+    Column("instance", JSONB, nullable=False),
+)
+
+ngsild_context = Table(
+    "ngsild_context",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False, unique=True),
+    Column("body", JSONB, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("last_used_at", TZ),
+    Column("hits", BigInteger, nullable=False),
+)
+
+ngsild_subscription = Table(
+    "ngsild_subscription",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("body", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False),
+    Column("principal", JSONB, nullable=False),
+    Column("is_active", Boolean, nullable=False),
+    Column("expires_at", TZ),
+    Column("times_sent", BigInteger, nullable=False),
+    Column("times_failed", BigInteger, nullable=False),
+    Column("last_notification", TZ),
+    Column("last_success", TZ),
+    Column("last_failure", TZ),
+    Column("last_error", Text),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
+ngsild_notification = Table(
+    "ngsild_notification",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("subscription_id", Text, ForeignKey("ngsild_subscription.id", ondelete="CASCADE"), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", TZ, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", TZ, nullable=False),
+)

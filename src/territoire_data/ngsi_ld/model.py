@@ -1,0 +1,362 @@
+"""The NGSI-LD information model: entities and attributes parsed from any of the representations, and rendered.
+
+Stored and passed around in one normalized form: an `Entity` with expanded type IRIs and, per expanded attribute
+name, its instances (several with distinct `datasetId`s); an instance is a dict of the core members (`type`,
+`value`, `object`, `observedAt`, `unitCode`, `datasetId`, ...) and of its sub-attributes by expanded name. Input may
+be normalized, concise or key-value; output is normalized, concise or keyValues (clause 4.5 of GS CIM 009).
+A member is never written as null: a missing `unitCode` is absent, not `"unitCode": null` (the store's own
+validation rejected that once).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from territoire_data.ngsi_ld.contexts import ActiveContext
+from territoire_data.ngsi_ld.errors import BadRequestData
+
+ATTRIBUTE_TYPES = (
+    "Property",
+    "Relationship",
+    "GeoProperty",
+    "LanguageProperty",
+    "ListProperty",
+    "ListRelationship",
+    "JsonProperty",
+    "VocabProperty",
+)
+# the member that carries each attribute type's value
+VALUE_MEMBER = {
+    "Property": "value",
+    "GeoProperty": "value",
+    "Relationship": "object",
+    "LanguageProperty": "languageMap",
+    "ListProperty": "valueList",
+    "ListRelationship": "objectList",
+    "JsonProperty": "json",
+    "VocabProperty": "vocab",
+}
+MEMBER_TYPE = {member: kind for kind, member in VALUE_MEMBER.items() if kind != "GeoProperty"}
+SYSTEM_MEMBERS = ("createdAt", "modifiedAt", "deletedAt")
+CORE_MEMBERS = frozenset(
+    {
+        "type",
+        "value",
+        "object",
+        "objectType",
+        "languageMap",
+        "valueList",
+        "objectList",
+        "json",
+        "vocab",
+        "observedAt",
+        "unitCode",
+        "datasetId",
+        "instanceId",
+        "lang",
+        *SYSTEM_MEMBERS,
+    }
+)
+GEOMETRY_TYPES = frozenset(
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
+)
+GEO_ATTRIBUTES = ("location", "observationSpace", "operationSpace")
+RESERVED = frozenset({"id", "@id", "type", "@type", "scope", "@context", "createdAt", "modifiedAt", "deletedAt"})
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
+_BAD_NAME = re.compile(r"[\s<>\"'=;()\\{}|^`\[\]]")
+MAX_DEPTH = 8
+
+
+@dataclass
+class Entity:
+    id: str
+    types: list[str]
+    scopes: list[str] | None = None
+    attrs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    created_at: str | None = None
+    modified_at: str | None = None
+    dataset_id: int | None = None
+
+
+def now_iso() -> str:
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    """NGSI-LD DateTime: UTC, milliseconds, `Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_datetime(text: Any, what: str) -> datetime:
+    if not isinstance(text, str):
+        raise BadRequestData(f"{what} must be a DateTime string")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadRequestData(f"{what} is not a valid DateTime: {text[:60]!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def check_uri(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _URI.match(value):
+        raise BadRequestData(f"{what} must be a URI, got {str(value)[:80]!r}")
+    return value
+
+
+def check_name(name: str) -> None:
+    if not name or _BAD_NAME.search(name) or len(name) > 512:
+        raise BadRequestData(f"invalid attribute name {name[:80]!r}")
+
+
+def _types(raw: Any, ctx: ActiveContext) -> list[str]:
+    names = raw if isinstance(raw, list) else [raw]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise BadRequestData("type must be a name or a list of names")
+    for name in names:
+        check_name(name)
+    return list(dict.fromkeys(ctx.expand(name) for name in names))
+
+
+def scopes_of(raw: Any) -> list[str]:
+    scopes = raw if isinstance(raw, list) else [raw]
+    for scope in scopes:
+        if not isinstance(scope, str) or not re.fullmatch(r"(/[^/#+\s]+)+|/", scope):
+            raise BadRequestData(f"invalid scope {str(scope)[:80]!r}")
+    return list(dict.fromkeys(scopes))
+
+
+def parse_entity(body: Any, ctx: ActiveContext, *, require_id: bool = True, require_type: bool = True) -> Entity:
+    """An entity of a create, upsert, replace or batch body (normalized or concise; key-values are concise)."""
+    if not isinstance(body, dict):
+        raise BadRequestData("an entity must be a JSON object")
+    entity_id = body.get("id", body.get("@id"))
+    if entity_id is None and require_id:
+        raise BadRequestData("an entity needs an id")
+    if entity_id is not None:
+        check_uri(entity_id, "id")
+    raw_type = body.get("type", body.get("@type"))
+    if raw_type is None and require_type:
+        raise BadRequestData("an entity needs a type")
+    entity = Entity(id=entity_id or "", types=_types(raw_type, ctx) if raw_type is not None else [])
+    if "scope" in body:
+        entity.scopes = scopes_of(body["scope"])
+    entity.attrs = parse_attributes(body, ctx)
+    return entity
+
+
+def parse_attributes(body: dict[str, Any], ctx: ActiveContext, *, allow_null: bool = False) -> dict[str, Any]:
+    """The attributes of an entity or fragment by expanded name (None for a merge-patch's `urn:ngsi-ld:null`)."""
+    attrs: dict[str, Any] = {}
+    for name, raw in body.items():
+        if name in RESERVED:
+            continue
+        check_name(name)
+        iri = ctx.expand(name)
+        if allow_null and (raw is None or raw == "urn:ngsi-ld:null"):
+            attrs[iri] = None
+            continue
+        attrs[iri] = parse_attribute(name, raw, ctx, allow_null=allow_null)
+    return attrs
+
+
+def parse_attribute(name: str, raw: Any, ctx: ActiveContext, *, allow_null: bool = False) -> list[dict[str, Any]]:
+    raws = (
+        raw if isinstance(raw, list) and raw and all(isinstance(r, dict) and _is_attribute(r) for r in raw) else [raw]
+    )
+    instances = [_instance(name, r, ctx, depth=0, allow_null=allow_null) for r in raws]
+    seen: set[str | None] = set()
+    for instance in instances:
+        dataset = instance.get("datasetId")
+        if dataset in seen:
+            raise BadRequestData(f"attribute {name!r} has two instances with the same datasetId")
+        seen.add(dataset)
+    return instances
+
+
+def _is_attribute(raw: dict[str, Any]) -> bool:
+    return raw.get("type") in ATTRIBUTE_TYPES or any(member in raw for member in (*MEMBER_TYPE, "value"))
+
+
+def _is_geometry(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.get("type") in GEOMETRY_TYPES
+        and ("coordinates" in value or "geometries" in value)
+    )
+
+
+def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null: bool = False) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        raise BadRequestData("attributes nest too deeply")
+    if not isinstance(raw, dict) or (not _is_attribute(raw) and _is_geometry(raw)):
+        if raw is None:
+            raise BadRequestData(f"attribute {name!r} has a null value")
+        return {"type": "GeoProperty" if _is_geometry(raw) else "Property", "value": raw}
+    kind: str | None = raw.get("type")
+    if kind is None:
+        kind = next((t for member, t in MEMBER_TYPE.items() if member in raw), None)
+        if kind is None:
+            if "value" not in raw:
+                raise BadRequestData(f"attribute {name!r} has no type and no value")
+            kind = "GeoProperty" if name in GEO_ATTRIBUTES or _is_geometry(raw["value"]) else "Property"
+    if kind not in ATTRIBUTE_TYPES:
+        raise BadRequestData(f"attribute {name!r} has an unknown type {str(kind)[:60]!r}")
+    member = VALUE_MEMBER[kind]
+    if member not in raw or (raw[member] is None and not allow_null):
+        raise BadRequestData(f"attribute {name!r} ({kind}) needs a non-null {member!r}")
+    value = raw[member]
+    if name in GEO_ATTRIBUTES and kind != "GeoProperty":
+        raise BadRequestData(f"attribute {name!r} must be a GeoProperty")
+    instance: dict[str, Any] = {"type": kind, member: _checked_value(name, kind, value, ctx)}
+    for key, sub in raw.items():
+        if key in (member, "type") or key in SYSTEM_MEMBERS or key == "instanceId":
+            continue
+        if key == "observedAt":
+            parse_datetime(sub, f"{name}.observedAt")
+            instance[key] = sub
+        elif key == "datasetId":
+            instance[key] = check_uri(sub, f"{name}.datasetId")
+        elif key == "unitCode":
+            if not isinstance(sub, str):
+                raise BadRequestData(f"{name}.unitCode must be a string")
+            instance[key] = sub
+        elif key == "objectType" and kind in ("Relationship", "ListRelationship"):
+            instance[key] = [ctx.expand(t) for t in sub] if isinstance(sub, list) else ctx.expand(str(sub))
+        elif key == "lang" and isinstance(sub, str):
+            instance[key] = sub
+        elif key in CORE_MEMBERS:
+            raise BadRequestData(f"{key!r} does not belong in a {kind}")
+        else:
+            check_name(key)
+            instance[ctx.expand(key)] = _instance(key, sub, ctx, depth=depth + 1)
+    return instance
+
+
+def _checked_value(name: str, kind: str, value: Any, ctx: ActiveContext) -> Any:
+    if kind == "GeoProperty":
+        if not _is_geometry(value):
+            raise BadRequestData(f"attribute {name!r} must hold a GeoJSON geometry")
+        return value
+    if kind == "Relationship":
+        if isinstance(value, list):
+            return [check_uri(v, f"{name}.object") for v in value]
+        return check_uri(value, f"{name}.object")
+    if kind == "ListRelationship":
+        if not isinstance(value, list):
+            raise BadRequestData(f"{name}.objectList must be a list")
+        return [check_uri(v.get("object") if isinstance(v, dict) else v, f"{name}.objectList") for v in value]
+    if kind == "LanguageProperty":
+        if not isinstance(value, dict) or not all(isinstance(v, str | list) for v in value.values()):
+            raise BadRequestData(f"{name}.languageMap must map language tags to strings")
+        return value
+    if kind == "ListProperty" and not isinstance(value, list):
+        raise BadRequestData(f"{name}.valueList must be a list")
+    if kind == "VocabProperty":
+        if isinstance(value, list):
+            return [ctx.expand(str(v)) for v in value]
+        return ctx.expand(str(value))
+    return value
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    form: str = "normalized"  # normalized | concise | keyValues
+    sys_attrs: bool = False
+    attrs: frozenset[str] | None = None  # expanded names kept (attrs / pick); None: all
+    omit: frozenset[str] = frozenset()
+    lang: str | None = None
+    pick_core: frozenset[str] | None = None  # id, type, scope kept by pick (None: all)
+
+
+def render_entity(entity: Entity, ctx: ActiveContext, options: RenderOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keep_core = options.pick_core
+    if (keep_core is None or "id" in keep_core) and "id" not in options.omit:
+        out["id"] = entity.id
+    if (keep_core is None or "type" in keep_core) and "type" not in options.omit:
+        types = [ctx.compact(t) for t in entity.types]
+        out["type"] = types[0] if len(types) == 1 else types
+    if entity.scopes and (keep_core is None or "scope" in keep_core) and "scope" not in options.omit:
+        out["scope"] = entity.scopes[0] if len(entity.scopes) == 1 else entity.scopes
+    if options.sys_attrs and options.form != "keyValues":
+        if entity.created_at:
+            out["createdAt"] = entity.created_at
+        if entity.modified_at:
+            out["modifiedAt"] = entity.modified_at
+    for iri, instances in entity.attrs.items():
+        if options.attrs is not None and iri not in options.attrs:
+            continue
+        if iri in options.omit:
+            continue
+        rendered = [render_instance(i, ctx, options) for i in instances]
+        out[ctx.compact(iri)] = rendered[0] if len(rendered) == 1 else rendered
+    return out
+
+
+def render_instance(instance: dict[str, Any], ctx: ActiveContext, options: RenderOptions) -> Any:
+    kind = instance.get("type", "Property")
+    member = VALUE_MEMBER.get(kind, "value")
+    value = instance.get(member)
+    if kind == "VocabProperty":
+        value = [ctx.compact(v) for v in value] if isinstance(value, list) else ctx.compact(str(value))
+    if kind == "LanguageProperty" and options.lang is not None:
+        kind, member = "Property", "value"
+        value = _pick_language(instance.get("languageMap") or {}, options.lang)
+    if options.form == "keyValues":
+        if kind == "LanguageProperty":
+            return {"languageMap": value}
+        return value
+    out: dict[str, Any] = {} if options.form == "concise" else {"type": kind}
+    out[member] = value
+    if kind == "Property" and options.lang is not None and instance.get("type") == "LanguageProperty":
+        out["lang"] = options.lang
+    for key, sub in instance.items():
+        if key in ("type", member, "languageMap") or sub is None:
+            continue
+        if key in SYSTEM_MEMBERS:
+            if options.sys_attrs:
+                out[key] = sub
+        elif key == "objectType":
+            out[key] = [ctx.compact(t) for t in sub] if isinstance(sub, list) else ctx.compact(sub)
+        elif key in CORE_MEMBERS:
+            out[key] = sub
+        elif isinstance(sub, dict):
+            out[ctx.compact(key)] = render_instance(sub, ctx, options)
+    if options.form == "concise" and list(out) == ["value"] and not isinstance(value, dict | list):
+        return value
+    return out
+
+
+def _pick_language(language_map: dict[str, Any], lang: str) -> Any:
+    wanted = [part.split(";")[0].strip() for part in lang.split(",") if part.strip()]
+    for tag in wanted:
+        if tag == "*":
+            break
+        if tag in language_map:
+            return language_map[tag]
+    if "@none" in language_map:
+        return language_map["@none"]
+    return next(iter(language_map.values()), None)
+
+
+def geometry_of(entity: Entity, iri: str) -> dict[str, Any] | None:
+    for instance in entity.attrs.get(iri, []):
+        if instance.get("type") == "GeoProperty" and isinstance(instance.get("value"), dict):
+            value: dict[str, Any] = instance["value"]
+            return value
+    return None
+
+
+def stamp(instances: list[dict[str, Any]], at: str, previous: list[dict[str, Any]] | None = None) -> None:
+    """System members of new instances: createdAt kept from the instance they replace, modifiedAt now."""
+    before = {i.get("datasetId"): i for i in previous or []}
+    for instance in instances:
+        old = before.get(instance.get("datasetId"))
+        instance["createdAt"] = old.get("createdAt", at) if old else at
+        instance["modifiedAt"] = at
