@@ -4,6 +4,7 @@ delete, batch. Route handlers parse, call these and render; these hold no HTTP."
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -427,3 +428,111 @@ def _type_condition(text: str, ctx: ActiveContext, params: Any) -> str:
     if condition.count("(") != condition.count(")"):
         raise BadRequestData("unbalanced parentheses in type")
     return f"({condition})"
+
+
+# --- temporal representation writes (5.6.11, 5.6.12) ------------------------------------------------------------
+
+
+async def temporal_upsert(
+    conn: asyncpg.Connection,
+    writer: Writer,
+    entity: Entity,
+    history: dict[str, list[dict[str, Any]]],
+    outcome: Outcome,
+) -> bool:
+    """Create the entity (True) or add to it (False): every instance goes to the history, the latest per datasetId
+    becomes the attribute's current value."""
+    at = _now()
+    stamp = model.iso(at)
+    for instances in history.values():
+        for instance in instances:
+            instance.setdefault("createdAt", stamp)
+            instance["modifiedAt"] = stamp
+    current = await store.native_for_update(conn, entity.id)
+    if current is None:
+        if not entity.types:
+            raise BadRequestData("a new temporal entity needs a type")
+        if await store.thing_exists(conn, entity.id):
+            raise OperationNotSupported(f"{entity.id} is a sensor entity: its history is its Observations")
+        entity.attrs = {iri: model.latest_instances(items) for iri, items in history.items()}
+        entity.dataset_id = await _dataset_for_new(conn, writer)
+        if not await store.insert(conn, entity, at):
+            raise AlreadyExists(f"entity {entity.id} already exists")
+        await store.record_instances(conn, entity.id, history, at)
+        outcome.changes.append((None, entity))
+        return True
+    current = await _load_writable(conn, writer, entity.id)
+    before = copy.deepcopy(current)
+    for iri, items in history.items():
+        by_dataset = {i.get("datasetId"): i for i in current.attrs.get(iri, [])}
+        for instance in model.latest_instances(items):
+            old = by_dataset.get(instance.get("datasetId"))
+            if old is None or str(instance.get("observedAt", "")) >= str(old.get("observedAt", "")):
+                by_dataset[instance.get("datasetId")] = instance
+        current.attrs[iri] = list(by_dataset.values())
+    if entity.types:
+        current.types = list(dict.fromkeys(current.types + entity.types))
+    await store.save(conn, current, at)
+    await store.record_instances(conn, current.id, history, at)
+    outcome.changes.append((before, current))
+    return False
+
+
+async def temporal_delete_attribute(
+    conn: asyncpg.Connection, writer: Writer, entity_id: str, iri: str, dataset_id: str | None, delete_all: bool
+) -> None:
+    entity = await _load_writable(conn, writer, entity_id)
+    found = await conn.fetchval(
+        "SELECT count(*) FROM ngsild_attribute_instance WHERE entity_id = $1 AND attr = $2", entity_id, iri
+    )
+    if not found and iri not in entity.attrs:
+        raise ResourceNotFound("attribute not found")
+    if delete_all:
+        await conn.execute("DELETE FROM ngsild_attribute_instance WHERE entity_id = $1 AND attr = $2", entity_id, iri)
+        entity.attrs.pop(iri, None)
+    else:
+        await conn.execute(
+            "DELETE FROM ngsild_attribute_instance WHERE entity_id = $1 AND attr = $2 "
+            "AND dataset_id IS NOT DISTINCT FROM $3",
+            entity_id,
+            iri,
+            dataset_id,
+        )
+        remaining = [i for i in entity.attrs.get(iri, []) if i.get("datasetId") != dataset_id]
+        if remaining:
+            entity.attrs[iri] = remaining
+        else:
+            entity.attrs.pop(iri, None)
+    await store.save(conn, entity, _now())
+
+
+async def temporal_instance(
+    conn: asyncpg.Connection,
+    writer: Writer,
+    entity_id: str,
+    iri: str,
+    instance_id: str,
+    replacement: dict[str, Any] | None,
+) -> None:
+    """Modify (replacement) or delete (None) one instance of an attribute's history."""
+    await _load_writable(conn, writer, entity_id)
+    if replacement is None:
+        status = await conn.execute(
+            "DELETE FROM ngsild_attribute_instance WHERE entity_id = $1 AND attr = $2 AND instance_id = $3",
+            entity_id,
+            iri,
+            instance_id,
+        )
+    else:
+        replacement["modifiedAt"] = model.now_iso()
+        status = await conn.execute(
+            "UPDATE ngsild_attribute_instance SET instance = $4::text::jsonb, modified_at = now(), "
+            "observed_at = $5::text::timestamptz WHERE entity_id = $1 AND attr = $2 AND instance_id = $3",
+            entity_id,
+            iri,
+            instance_id,
+            json.dumps(replacement),
+            replacement.get("observedAt"),
+        )
+    if status.endswith(" 0"):
+        raise ResourceNotFound(f"no instance {instance_id} of this attribute")

@@ -360,3 +360,26 @@ def stamp(instances: list[dict[str, Any]], at: str, previous: list[dict[str, Any
         old = before.get(instance.get("datasetId"))
         instance["createdAt"] = old.get("createdAt", at) if old else at
         instance["modifiedAt"] = at
+
+
+def parse_temporal_attributes(body: dict[str, Any], ctx: ActiveContext) -> dict[str, list[dict[str, Any]]]:
+    """A temporal fragment: each attribute a list of instances (several per datasetId, at different times)."""
+    attrs: dict[str, list[dict[str, Any]]] = {}
+    for name, raw in body.items():
+        if name in RESERVED:
+            continue
+        check_name(name)
+        raws = raw if isinstance(raw, list) else [raw]
+        attrs[ctx.expand(name)] = [_instance(name, r, ctx, depth=0) for r in raws]
+    return attrs
+
+
+def latest_instances(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The current value of a temporal attribute: per datasetId, the instance observed last."""
+    latest: dict[str | None, dict[str, Any]] = {}
+    for instance in instances:
+        key = instance.get("datasetId")
+        old = latest.get(key)
+        if old is None or str(instance.get("observedAt", "")) >= str(old.get("observedAt", "")):
+            latest[key] = instance
+    return list(latest.values())

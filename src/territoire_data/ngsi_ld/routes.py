@@ -593,3 +593,203 @@ async def serve_context(context_id: str, request: Request) -> Response:
     if row is None:
         raise ResourceNotFound(f"no @context {context_id}")
     return Response(orjson.dumps(row["body"]), media_type=rq.LD_JSON)
+
+
+# --- temporal API ---------------------------------------------------------------------------------------------
+
+
+async def _history(
+    conn: asyncpg.Connection,
+    principal: Principal,
+    entity: Entity,
+    tq: Any,
+    attrs: frozenset[str] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    from territoire_data.ngsi_ld import temporal
+
+    if await _is_sensor(conn, entity):
+        return await temporal.sensor_history(conn, principal, entity, tq, attrs)
+    return await temporal.native_history(conn, entity, tq, attrs)
+
+
+async def _is_sensor(conn: asyncpg.Connection, entity: Entity) -> bool:
+    from territoire_data.ngsi_ld import sensors
+
+    if sensors.thing_id(entity.id) is None:
+        return False
+    return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM ngsild_entity WHERE id = $1)", entity.id)
+
+
+def _temporal_query(request: Request) -> tuple[Any, rq.Options]:
+    from territoire_data.ngsi_ld import temporal
+
+    params = request.query_params
+    options = rq.parse_options(params.get("options"))
+    return temporal.parse_query(params, options.values, 10_000), options
+
+
+@router.get("/temporal/entities/{entity_id:path}", summary="Retrieve Temporal Evolution of an Entity (5.7.3)")
+async def retrieve_temporal(entity_id: str, request: Request) -> Response:
+    from territoire_data.ngsi_ld import store, temporal
+
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    model.check_uri(entity_id, "entity id")
+    tq, options = _temporal_query(request)
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        attrs = rq.names(request.query_params.get("attrs"))
+        wanted = None if attrs is None else frozenset(ctx.expand(a) for a in attrs)
+        entity = await store.retrieve(conn, principal, entity_id)
+        if entity is None:
+            raise ResourceNotFound(f"entity {entity_id} not found")
+        history = await _history(conn, principal, entity, tq, wanted)
+    return json_response(temporal.render(entity, history, ctx, tq, options.sys_attrs), media, ctx)
+
+
+@router.get("/temporal/entities", summary="Query Temporal Evolution of Entities (5.7.4)")
+async def query_temporal(request: Request) -> Response:
+    from territoire_data.ngsi_ld import store, temporal
+
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    params = request.query_params
+    settings = _settings(request)
+    tq, options = _temporal_query(request)
+    limit = min(_int(params.get("limit"), settings.ngsild_default_limit, "limit", minimum=1), settings.ngsild_max_limit)
+    offset = _int(params.get("offset"), 0, "offset", minimum=0)
+    count = (params.get("count") or "false").lower() == "true"
+    spec = entities.QuerySpec(
+        ids=rq.names(params.get("id")),
+        types=params.get("type"),
+        id_pattern=params.get("idPattern"),
+        attrs=rq.names(params.get("attrs")),
+        q=params.get("q"),
+        scope_q=params.get("scopeQ"),
+        georel=params.get("georel"),
+        geometry=params.get("geometry"),
+        coordinates=params.get("coordinates"),
+        geoproperty=params.get("geoproperty"),
+    )
+    if not any([spec.ids, spec.types, spec.id_pattern, spec.attrs, spec.q, spec.georel, spec.scope_q]):
+        raise BadRequestData("a temporal query needs at least one of type, id, idPattern, attrs, q, geoQ or scopeQ")
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        flt = entities.build_filter(spec, ctx)
+        found, total = await store.query(conn, principal, flt, limit=limit, offset=offset, count=count)
+        wanted = None if spec.attrs is None else frozenset(ctx.expand(a) for a in spec.attrs)
+        body = []
+        for entity in found:
+            history = await _history(conn, principal, entity, tq, wanted)
+            body.append(temporal.render(entity, history, ctx, tq, options.sys_attrs))
+    headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+    return json_response(body, media, ctx, headers=headers)
+
+
+@router.post("/temporal/entities", summary="Create or Update Temporal Representation of an Entity (5.6.11)")
+async def create_temporal(request: Request) -> Response:
+    principal = await principal_of(request)
+    payload, context = rq.body_context(request.headers, await request.body())
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        if not isinstance(payload, dict):
+            raise BadRequestData("a temporal entity must be a JSON object")
+        head = model.parse_entity(
+            {k: v for k, v in payload.items() if k in ("id", "type", "scope")}, ctx, require_type=False
+        )
+        history = model.parse_temporal_attributes(payload, ctx)
+        outcome = entities.Outcome()
+        writer = writer_of(request, principal)
+        async with conn.transaction():
+            created = await entities.temporal_upsert(conn, writer, head, history, outcome)
+            await entities_audit(conn, writer, "ngsi-ld.temporal-upsert", head.id)
+            await _queue(conn, outcome)
+    if created:
+        return no_content(201, {"Location": f"{PREFIX}/temporal/entities/{head.id}"})
+    return no_content()
+
+
+@router.post("/temporal/entities/{entity_id:path}/attrs", summary="Add Attributes to Temporal Entity (5.6.12)")
+async def append_temporal(entity_id: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    payload, context = rq.body_context(request.headers, await request.body())
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        if not isinstance(payload, dict):
+            raise BadRequestData("a temporal fragment must be a JSON object")
+        history = model.parse_temporal_attributes(payload, ctx)
+        head = model.Entity(id=model.check_uri(entity_id, "entity id"), types=[])
+        outcome = entities.Outcome()
+        writer = writer_of(request, principal)
+        async with conn.transaction():
+            from territoire_data.ngsi_ld import store
+
+            if await store.native_for_update(conn, entity_id) is None:
+                await entities._load_writable(conn, writer, entity_id)  # 404, or 422 for a sensor entity
+            await entities.temporal_upsert(conn, writer, head, history, outcome)
+            await entities_audit(conn, writer, "ngsi-ld.temporal-append", entity_id)
+            await _queue(conn, outcome)
+    return no_content()
+
+
+@router.delete(
+    "/temporal/entities/{entity_id:path}/attrs/{attr}/{instance_id:path}", summary="Delete Attribute Instance (5.6.16)"
+)
+async def delete_temporal_instance(entity_id: str, attr: str, instance_id: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        writer = writer_of(request, principal)
+        async with conn.transaction():
+            await entities.temporal_instance(conn, writer, entity_id, ctx.expand(attr), instance_id, None)
+            await entities_audit(conn, writer, "ngsi-ld.temporal-delete-instance", entity_id, attribute=attr)
+    return no_content()
+
+
+@router.patch(
+    "/temporal/entities/{entity_id:path}/attrs/{attr}/{instance_id:path}", summary="Modify Attribute Instance (5.6.14)"
+)
+async def patch_temporal_instance(entity_id: str, attr: str, instance_id: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    payload, context = rq.body_context(request.headers, await request.body())
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        if not isinstance(payload, dict):
+            raise BadRequestData("an attribute instance must be a JSON object")
+        fragment = model.parse_temporal_attributes({k: v for k, v in payload.items() if k != "@context"}, ctx)
+        iri = ctx.expand(attr)
+        instances = fragment.get(iri)
+        if not instances or len(fragment) != 1:
+            raise BadRequestData(f"the body must hold one instance of {attr}")
+        writer = writer_of(request, principal)
+        async with conn.transaction():
+            await entities.temporal_instance(conn, writer, entity_id, iri, instance_id, instances[0])
+            await entities_audit(conn, writer, "ngsi-ld.temporal-modify-instance", entity_id, attribute=attr)
+    return no_content()
+
+
+@router.delete(
+    "/temporal/entities/{entity_id:path}/attrs/{attr}", summary="Delete Attribute from Temporal Entity (5.6.15)"
+)
+async def delete_temporal_attribute(entity_id: str, attr: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    params = request.query_params
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        writer = writer_of(request, principal)
+        async with conn.transaction():
+            await entities.temporal_delete_attribute(
+                conn,
+                writer,
+                entity_id,
+                ctx.expand(attr),
+                params.get("datasetId"),
+                (params.get("deleteAll") or "false").lower() == "true",
+            )
+            await entities_audit(conn, writer, "ngsi-ld.temporal-delete-attribute", entity_id, attribute=attr)
+    return no_content()
+
+
+@router.delete("/temporal/entities/{entity_id:path}", summary="Delete Temporal Representation of an Entity (5.6.13)")
+async def delete_temporal(entity_id: str, request: Request) -> Response:
+    return await delete_entity(entity_id, request)
