@@ -41,6 +41,7 @@ from territoire_data.db.readpool import close_read_pool, read_pool
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.ingest.files import routes as imports
+from territoire_data.ngsi_ld.notifier import Notifier
 from territoire_data.ngsi_ld.routes import router as ngsi_ld_router
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
@@ -75,7 +76,16 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
+        notifier_stop = asyncio.Event()
+        notifier = (
+            asyncio.create_task(Notifier(settings).run(notifier_stop), name="ngsi-ld notifier")
+            if settings.ngsild_notifier
+            else None
+        )
         yield
+        notifier_stop.set()
+        if notifier is not None:
+            await notifier
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()

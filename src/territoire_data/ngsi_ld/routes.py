@@ -793,3 +793,213 @@ async def delete_temporal_attribute(entity_id: str, attr: str, request: Request)
 @router.delete("/temporal/entities/{entity_id:path}", summary="Delete Temporal Representation of an Entity (5.6.13)")
 async def delete_temporal(entity_id: str, request: Request) -> Response:
     return await delete_entity(entity_id, request)
+
+
+# --- subscriptions (5.8) ------------------------------------------------------------------------------------------
+
+
+def _subscriber(principal: Principal) -> Principal:
+    """Subscribing reads data: anyone may, with a key or not; what a subscription sees is its creator's view."""
+    return principal
+
+
+@router.post("/subscriptions", summary="Create Subscription (5.8.1)", status_code=201)
+async def create_subscription(request: Request) -> Response:
+    from territoire_data.ngsi_ld import subscriptions
+
+    principal = _subscriber(await principal_of(request))
+    payload, context = rq.body_context(request.headers, await request.body())
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        body = subscriptions.validate(payload, ctx)
+        async with conn.transaction():
+            subscription_id = await subscriptions.create(conn, principal, body, ctx)
+            if principal.role is not None:
+                await entities_audit(conn, writer_of(request, principal), "ngsi-ld.subscribe", subscription_id)
+    return no_content(201, {"Location": f"{PREFIX}/subscriptions/{subscription_id}"})
+
+
+@router.get("/subscriptions", summary="Query Subscriptions (5.8.4)")
+async def list_subscriptions(request: Request) -> Response:
+    from territoire_data.ngsi_ld import subscriptions
+
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    params = request.query_params
+    settings = _settings(request)
+    limit = min(_int(params.get("limit"), settings.ngsild_default_limit, "limit", minimum=1), settings.ngsild_max_limit)
+    offset = _int(params.get("offset"), 0, "offset", minimum=0)
+    sys_attrs = rq.parse_options(params.get("options")).sys_attrs
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        rows, total = await subscriptions.listing(conn, principal, limit, offset)
+    headers = {"NGSILD-Results-Count": str(total)} if (params.get("count") or "").lower() == "true" else {}
+    body = [subscriptions.render(r, sys_attrs=sys_attrs) for r in rows]
+    return json_response(body, media, ctx, headers=headers)
+
+
+@router.get("/subscriptions/{subscription_id:path}", summary="Retrieve Subscription (5.8.3)")
+async def retrieve_subscription(subscription_id: str, request: Request) -> Response:
+    from territoire_data.ngsi_ld import subscriptions
+
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    model.check_uri(subscription_id, "subscription id")
+    sys_attrs = rq.parse_options(request.query_params.get("options")).sys_attrs
+    async with connection(request) as conn:
+        row = await subscriptions.fetch(conn, principal, subscription_id)
+        ctx = await context_store(request).active(conn, row["context"])
+    return json_response(subscriptions.render(row, sys_attrs=sys_attrs), media, ctx)
+
+
+@router.patch("/subscriptions/{subscription_id:path}", summary="Update Subscription (5.8.2)", status_code=204)
+async def update_subscription(subscription_id: str, request: Request) -> Response:
+    from territoire_data.ngsi_ld import subscriptions
+
+    principal = await principal_of(request)
+    payload, context = rq.body_context(request.headers, await request.body())
+    model.check_uri(subscription_id, "subscription id")
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        fragment = subscriptions.validate(payload, ctx, partial=True)
+        if payload.get("id") not in (None, subscription_id) if isinstance(payload, dict) else False:
+            raise BadRequestData("the body's id differs from the subscription's")
+        async with conn.transaction():
+            await subscriptions.update(conn, principal, subscription_id, fragment, ctx)
+    return no_content()
+
+
+@router.delete("/subscriptions/{subscription_id:path}", summary="Delete Subscription (5.8.5)", status_code=204)
+async def delete_subscription(subscription_id: str, request: Request) -> Response:
+    from territoire_data.ngsi_ld import subscriptions
+
+    principal = await principal_of(request)
+    model.check_uri(subscription_id, "subscription id")
+    async with connection(request) as conn, conn.transaction():
+        await subscriptions.delete(conn, principal, subscription_id)
+    return no_content()
+
+
+# --- types and attributes (5.7.5 - 5.7.10) -------------------------------------------------------------------------
+
+
+async def _catalogue(conn: asyncpg.Connection, principal: Principal) -> list[Entity]:
+    from territoire_data.ngsi_ld import store
+
+    found, _ = await store.query(conn, principal, store.Filter(), limit=100_000, offset=0, count=False)
+    return found
+
+
+@router.get("/types", summary="Retrieve Available Entity Types (5.7.5, 5.7.6)")
+async def list_types(request: Request) -> Response:
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    details = (request.query_params.get("details") or "false").lower() == "true"
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        found = await _catalogue(conn, principal)
+    by_type: dict[str, set[str]] = {}
+    for entity in found:
+        for iri in entity.types:
+            by_type.setdefault(iri, set()).update(entity.attrs)
+    if details:
+        body: Any = [
+            {
+                "id": iri,
+                "type": "EntityType",
+                "typeName": ctx.compact(iri),
+                "attributeNames": sorted(ctx.compact(a) for a in attrs),
+            }
+            for iri, attrs in sorted(by_type.items())
+        ]
+    else:
+        body = {
+            "id": "urn:ngsi-ld:EntityTypeList:territoire",
+            "type": "EntityTypeList",
+            "typeList": sorted(ctx.compact(t) for t in by_type),
+        }
+    return json_response(body, media, ctx)
+
+
+@router.get("/types/{type_name:path}", summary="Details about an Entity Type (5.7.7)")
+async def type_info(type_name: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        found = await _catalogue(conn, principal)
+    iri = ctx.expand(type_name)
+    matching = [e for e in found if iri in e.types]
+    if not matching:
+        raise ResourceNotFound(f"no entity of type {type_name}")
+    attrs: dict[str, set[str]] = {}
+    for entity in matching:
+        for name, instances in entity.attrs.items():
+            attrs.setdefault(name, set()).update(i.get("type", "Property") for i in instances)
+    body = {
+        "id": iri,
+        "type": "EntityTypeInfo",
+        "typeName": ctx.compact(iri),
+        "entityCount": len(matching),
+        "attributeDetails": [
+            {"id": a, "type": "Attribute", "attributeName": ctx.compact(a), "attributeTypes": sorted(kinds)}
+            for a, kinds in sorted(attrs.items())
+        ],
+    }
+    return json_response(body, media, ctx)
+
+
+@router.get("/attributes", summary="Retrieve Available Attributes (5.7.8, 5.7.9)")
+async def list_attributes(request: Request) -> Response:
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    details = (request.query_params.get("details") or "false").lower() == "true"
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        found = await _catalogue(conn, principal)
+    attrs: dict[str, dict[str, Any]] = {}
+    for entity in found:
+        for name, instances in entity.attrs.items():
+            info = attrs.setdefault(name, {"count": 0, "types": set(), "kinds": set()})
+            info["count"] += 1
+            info["types"].update(entity.types)
+            info["kinds"].update(i.get("type", "Property") for i in instances)
+    if details:
+        body: Any = [
+            {
+                "id": a,
+                "type": "Attribute",
+                "attributeName": ctx.compact(a),
+                "typeNames": sorted(ctx.compact(t) for t in info["types"]),
+            }
+            for a, info in sorted(attrs.items())
+        ]
+    else:
+        body = {
+            "id": "urn:ngsi-ld:AttributeList:territoire",
+            "type": "AttributeList",
+            "attributeList": sorted(ctx.compact(a) for a in attrs),
+        }
+    return json_response(body, media, ctx)
+
+
+@router.get("/attributes/{attr:path}", summary="Details about an Attribute (5.7.10)")
+async def attribute_info(attr: str, request: Request) -> Response:
+    principal = await principal_of(request)
+    media = rq.accept(request.headers, geo=False)
+    async with connection(request) as conn:
+        ctx = await request_context(request, conn)
+        found = await _catalogue(conn, principal)
+    iri = ctx.expand(attr)
+    holders = [e for e in found if iri in e.attrs]
+    if not holders:
+        raise ResourceNotFound(f"no attribute {attr}")
+    body = {
+        "id": iri,
+        "type": "Attribute",
+        "attributeName": ctx.compact(iri),
+        "attributeCount": len(holders),
+        "attributeTypes": sorted({i.get("type", "Property") for e in holders for i in e.attrs[iri]}),
+        "typeNames": sorted({ctx.compact(t) for e in holders for t in e.types}),
+    }
+    return json_response(body, media, ctx)
