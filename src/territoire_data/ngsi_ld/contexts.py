@@ -57,8 +57,10 @@ def core_document() -> dict[str, Any]:
 class ActiveContext:
     """A processed context: expands terms and compacts IRIs with pyld, memoised."""
 
-    def __init__(self, value: list[Any], processed: dict[str, Any]) -> None:
-        self.value = value  # what a response carries as @context (core context last, as the specification says)
+    def __init__(self, value: list[Any], processed: dict[str, Any], output: Any = None) -> None:
+        self.value = value  # the contexts processed, the core context last
+        # what responses carry as @context: the request's own (it holds the core context, or implies it), else core
+        self.output = output if output is not None else CORE_URL
         self._processed = processed
         self._processor = jsonld.JsonLdProcessor()
         self._expanded: dict[str, str] = {}
@@ -83,9 +85,14 @@ class ActiveContext:
 
     @property
     def link_url(self) -> str | None:
-        """The URL of a single user context (for a `Link` header), or None when only the core one applies."""
-        urls = [item for item in self.value if isinstance(item, str) and item not in CORE_URLS]
-        return urls[0] if len(urls) == 1 and len(self.value) <= 2 else None
+        """The URL of the request's own context when it is one URL (for a `Link` header), else None."""
+        if isinstance(self.output, str):
+            return self.output
+        if isinstance(self.output, list):
+            urls = [u for u in self.output if isinstance(u, str) and u not in CORE_URLS]
+            if len(urls) == 1 and all(isinstance(u, str) for u in self.output):
+                return urls[0]
+        return None
 
 
 class ContextStore:
@@ -108,15 +115,17 @@ class ContextStore:
         items = _as_list(context)
         if not any(isinstance(item, str) and item in CORE_URLS for item in items):
             items = [*items, CORE_URL]
-        key = json.dumps(items, sort_keys=True, separators=(",", ":"))
+        key = json.dumps([context, items], sort_keys=True, separators=(",", ":"))
         with self._lock:
             found = self._active.get(key)
             if found is not None:
                 self._active.move_to_end(key)
                 return found
-        await self._resolve(conn, items, depth=0)
+        includes_core = await self._resolve(conn, _as_list(context), depth=0)
         processed = self._process(items)
-        active = ActiveContext(items, processed)
+        # responses echo the request's context when it brings the core context itself, else add the core one
+        output = context if includes_core else (items if len(items) > 1 else None)
+        active = ActiveContext(items, processed, output)
         with self._lock:
             self._active[key] = active
             while len(self._active) > _ACTIVE_CACHE_SIZE:
@@ -141,25 +150,29 @@ class ContextStore:
             )
         return {"contentType": "application/ld+json", "contextUrl": None, "documentUrl": url, "document": document}
 
-    async def _resolve(self, conn: asyncpg.Connection, items: list[Any], depth: int) -> None:
+    async def _resolve(self, conn: asyncpg.Connection, items: list[Any], depth: int) -> bool:
+        """Load every remote context `items` name, however nested; True when the core context is among them."""
         if depth > 8:
             raise BadRequestData("@context nests remote contexts too deeply")
+        includes_core = False
         for item in items:
             if isinstance(item, str):
                 if item in CORE_URLS:
+                    includes_core = True
                     continue
                 document = self._documents.get(item)
                 if document is None:
                     document = await self._load(conn, item)
                     self._documents[item] = document
                 nested = document.get("@context") if isinstance(document, dict) else None
-                await self._resolve(conn, _as_list(nested), depth + 1)
+                includes_core |= await self._resolve(conn, _as_list(nested), depth + 1)
             elif isinstance(item, dict):
-                for value in item.values():  # scoped contexts of terms may name remote ones too
+                for value in item.values():
                     if isinstance(value, dict) and "@context" in value:
-                        await self._resolve(conn, _as_list(value["@context"]), depth + 1)
+                        raise BadRequestData("scoped contexts (@context inside a term definition) are not accepted")
             elif item is not None:
                 raise BadRequestData("@context must be a URL, an object or a list of them")
+        return includes_core
 
     async def _load(self, conn: asyncpg.Connection, url: str) -> Any:
         row = await conn.fetchrow(
@@ -214,3 +227,29 @@ def _jsonld_message(exc: jsonld.JsonLdError) -> str:
     cause = getattr(exc, "cause", None)
     code = getattr(exc, "code", None)
     return str(code or getattr(cause, "code", None) or exc).splitlines()[0][:300]
+
+
+def check_document(document: Any) -> dict[str, Any]:
+    """A context document: a JSON object with an @context (an object, a URL or a list of them)."""
+    if not isinstance(document, dict) or "@context" not in document:
+        raise BadRequestData("a @context document is a JSON object with an @context member")
+    if not isinstance(document["@context"], dict | list | str):
+        raise BadRequestData("@context must be an object, a URL or a list of them")
+    checked: dict[str, Any] = document
+    return checked
+
+
+async def store_context(conn: asyncpg.Connection, url: str, document: Any, kind: str) -> str:
+    """Keep a context under its URL (`Cached`: a copy of a remote one, brought by the operator; `Hosted`: served
+    by us at /ngsi-ld/v1/jsonldContexts/<id>); returns its id."""
+    check_document(document)
+    identifier = context_id(url)
+    await conn.execute(
+        "INSERT INTO ngsild_context (id, url, body, kind) VALUES ($1, $2, $3::text::jsonb, $4) "
+        "ON CONFLICT (url) DO UPDATE SET body = EXCLUDED.body, kind = EXCLUDED.kind",
+        identifier,
+        url,
+        json.dumps(document),
+        kind,
+    )
+    return identifier

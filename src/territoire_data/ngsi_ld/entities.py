@@ -163,11 +163,8 @@ async def append(
             kept.append(instance)
         if not kept:
             continue
-        model.stamp(kept, at, current)
-        for instance in kept:
-            by_dataset[instance.get("datasetId")] = instance
-        entity.attrs[iri] = list(by_dataset.values())
-        changed[iri] = kept
+        _apply_instances(entity, iri, by_dataset, kept, at, current)
+        changed[iri] = [i for i in kept if not model.is_null(i)]
         result.updated.append(ctx.compact(iri))
     if fragment.types:
         entity.types = list(dict.fromkeys(entity.types + fragment.types))
@@ -197,14 +194,33 @@ async def update(
             result.not_updated.append((ctx.compact(iri), "no instance with that datasetId"))
         if not kept:
             continue
-        model.stamp(kept, at, current)
-        for instance in kept:
-            by_dataset[instance.get("datasetId")] = instance
-        entity.attrs[iri] = list(by_dataset.values())
-        changed[iri] = kept
+        _apply_instances(entity, iri, by_dataset, kept, at, current)
+        changed[iri] = [i for i in kept if not model.is_null(i)]
         result.updated.append(ctx.compact(iri))
     await _save(conn, entity, before, changed, outcome)
     return result
+
+
+def _apply_instances(
+    entity: Entity,
+    iri: str,
+    by_dataset: dict[str | None, dict[str, Any]],
+    instances: list[dict[str, Any]],
+    at: str,
+    current: list[dict[str, Any]],
+) -> None:
+    """Put new instances in place (by datasetId); an instance saying urn:ngsi-ld:null removes its namesake."""
+    live = [i for i in instances if not model.is_null(i)]
+    model.stamp(live, at, current)
+    for instance in instances:
+        if model.is_null(instance):
+            by_dataset.pop(instance.get("datasetId"), None)
+        else:
+            by_dataset[instance.get("datasetId")] = instance
+    if by_dataset:
+        entity.attrs[iri] = list(by_dataset.values())
+    else:
+        entity.attrs.pop(iri, None)
 
 
 async def partial_attribute_update(
@@ -227,12 +243,21 @@ async def partial_attribute_update(
     target = next((i for i in current if i.get("datasetId") == dataset), None)
     if target is None:
         raise ResourceNotFound(f"attribute {attr} has no instance with datasetId {dataset}")
+    if any(body.get(member) == model.NULL for member in model.MEMBER_TYPE | {"value": "Property"}):
+        remaining = [i for i in current if i is not target]
+        if remaining:
+            entity.attrs[iri] = remaining
+        else:
+            del entity.attrs[iri]
+        await _save(conn, entity, before, {}, outcome)
+        return
     merged = {k: v for k, v in target.items() if k not in model.SYSTEM_MEMBERS}
     kind = body.get("type", merged.get("type"))
     if kind != merged.get("type") and body.get("type") is not None:
         merged = {"type": kind}
     merged_body = {**_compact_instance(merged, ctx), **body}
     merged_body.setdefault("type", kind)
+    merged_body = {k: v for k, v in merged_body.items() if v != model.NULL}
     instance = model.parse_attribute(attr, merged_body, ctx)[0]
     at = model.iso(_now())
     model.stamp([instance], at, current)
@@ -316,14 +341,14 @@ async def merge(conn: asyncpg.Connection, writer: Writer, entity_id: str, fragme
         merged_list = []
         for instance in instances:
             old = by_dataset.get(instance.get("datasetId"))
+            if model.is_null(instance):
+                merged_list.append(instance)
+                continue
             merged = {**old, **instance} if old and old.get("type") == instance.get("type") else instance
-            merged = {k: v for k, v in merged.items() if v != "urn:ngsi-ld:null"}
+            merged = {k: v for k, v in merged.items() if v != model.NULL}
             merged_list.append(merged)
-        model.stamp(merged_list, at, current)
-        for instance in merged_list:
-            by_dataset[instance.get("datasetId")] = instance
-        entity.attrs[iri] = list(by_dataset.values())
-        changed[iri] = merged_list
+        _apply_instances(entity, iri, by_dataset, merged_list, at, current)
+        changed[iri] = [i for i in merged_list if not model.is_null(i)]
     if fragment.types:
         entity.types = list(dict.fromkeys(entity.types + fragment.types))
     if fragment.scopes is not None:

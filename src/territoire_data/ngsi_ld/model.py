@@ -11,6 +11,7 @@ validation rejected that once).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +65,22 @@ GEOMETRY_TYPES = frozenset(
     {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
 )
 GEO_ATTRIBUTES = ("location", "observationSpace", "operationSpace")
+# members a broker writes in its output only, never accepted in a request
+OUTPUT_ONLY = frozenset(
+    {
+        "previousValue",
+        "previousObject",
+        "previousLanguageMap",
+        "previousValueList",
+        "previousObjectList",
+        "previousJson",
+        "previousVocab",
+        "entityIdSealed",
+        "entityTypeSealed",
+    }
+)
+FORBIDDEN_NAMES = OUTPUT_ONLY | {"value", "object", "objectList", "valueList", "languageMap", "json", "vocab"}
+NULL = "urn:ngsi-ld:null"
 RESERVED = frozenset({"id", "@id", "type", "@type", "scope", "@context", "createdAt", "modifiedAt", "deletedAt"})
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
 _BAD_NAME = re.compile(r"[\s<>\"'=;()\\{}|^`\[\]]")
@@ -100,15 +117,45 @@ def parse_datetime(text: Any, what: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# Characters a URI never holds raw (RFC 3986) plus invisible or look-alike ones that make two ids read the same:
+# format characters (bidi overrides, zero-width spaces, BOM), variation selectors, fillers, noncharacters.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e")
+
+
+def _bad_char(char: str) -> bool:
+    code = ord(char)
+    category = unicodedata.category(char)
+    return (
+        category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+        or char in _INVISIBLE
+        or 0xFE00 <= code <= 0xFE0F
+        or 0xE0100 <= code <= 0xE01EF
+        or 0xFDD0 <= code <= 0xFDEF
+        or (code & 0xFFFE) == 0xFFFE
+    )
+
+
 def check_uri(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _URI.match(value):
+    if (
+        not isinstance(value, str)
+        or not _URI.match(value)
+        or len(value) > 2048
+        or any(c in '<>"{}|\\^`' or _bad_char(c) for c in value)
+    ):
         raise BadRequestData(f"{what} must be a URI, got {str(value)[:80]!r}")
     return value
 
 
 def check_name(name: str) -> None:
-    if not name or _BAD_NAME.search(name) or len(name) > 512:
-        raise BadRequestData(f"invalid attribute name {name[:80]!r}")
+    if not name or _BAD_NAME.search(name) or len(name) > 512 or any(_bad_char(c) for c in name):
+        raise BadRequestData(f"invalid name {name[:80]!r}")
+
+
+def check_attribute_name(name: str) -> None:
+    """An attribute name: a valid name that is not one of the core members (`observedAt`, `datasetId`, ...)."""
+    check_name(name)
+    if name in CORE_MEMBERS or name in FORBIDDEN_NAMES:
+        raise BadRequestData(f"{name!r} is a core NGSI-LD term, not an attribute name")
 
 
 def _types(raw: Any, ctx: ActiveContext) -> list[str]:
@@ -117,6 +164,8 @@ def _types(raw: Any, ctx: ActiveContext) -> list[str]:
         raise BadRequestData("type must be a name or a list of names")
     for name in names:
         check_name(name)
+        if name[0].isdigit():
+            raise BadRequestData(f"an entity type does not start with a digit: {name[:60]!r}")
     return list(dict.fromkeys(ctx.expand(name) for name in names))
 
 
@@ -128,7 +177,9 @@ def scopes_of(raw: Any) -> list[str]:
     return list(dict.fromkeys(scopes))
 
 
-def parse_entity(body: Any, ctx: ActiveContext, *, require_id: bool = True, require_type: bool = True) -> Entity:
+def parse_entity(
+    body: Any, ctx: ActiveContext, *, require_id: bool = True, require_type: bool = True, allow_null: bool = False
+) -> Entity:
     """An entity of a create, upsert, replace or batch body (normalized or concise; key-values are concise)."""
     if not isinstance(body, dict):
         raise BadRequestData("an entity must be a JSON object")
@@ -143,7 +194,7 @@ def parse_entity(body: Any, ctx: ActiveContext, *, require_id: bool = True, requ
     entity = Entity(id=entity_id or "", types=_types(raw_type, ctx) if raw_type is not None else [])
     if "scope" in body:
         entity.scopes = scopes_of(body["scope"])
-    entity.attrs = parse_attributes(body, ctx)
+    entity.attrs = parse_attributes(body, ctx, allow_null=allow_null)
     return entity
 
 
@@ -153,9 +204,9 @@ def parse_attributes(body: dict[str, Any], ctx: ActiveContext, *, allow_null: bo
     for name, raw in body.items():
         if name in RESERVED:
             continue
-        check_name(name)
+        check_attribute_name(name)
         iri = ctx.expand(name)
-        if allow_null and (raw is None or raw == "urn:ngsi-ld:null"):
+        if allow_null and (raw is None or raw == NULL):
             attrs[iri] = None
             continue
         attrs[iri] = parse_attribute(name, raw, ctx, allow_null=allow_null)
@@ -205,9 +256,19 @@ def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null
     if kind not in ATTRIBUTE_TYPES:
         raise BadRequestData(f"attribute {name!r} has an unknown type {str(kind)[:60]!r}")
     member = VALUE_MEMBER[kind]
-    if member not in raw or (raw[member] is None and not allow_null):
+    if member not in raw or raw[member] is None:
         raise BadRequestData(f"attribute {name!r} ({kind}) needs a non-null {member!r}")
     value = raw[member]
+    if value == NULL:
+        if not allow_null:
+            raise BadRequestData(f"attribute {name!r}: {NULL} deletes, it creates nothing")
+        return {"type": kind, member: NULL}
+    _check_no_null(name, value)
+    for key in raw:
+        if key in OUTPUT_ONLY:
+            raise BadRequestData(f"{key!r} is written by the broker only")
+    if kind in ("Relationship", "ListRelationship", "JsonProperty") and "unitCode" in raw:
+        raise BadRequestData(f"a {kind} has no unitCode")
     if name in GEO_ATTRIBUTES and kind != "GeoProperty":
         raise BadRequestData(f"attribute {name!r} must be a GeoProperty")
     instance: dict[str, Any] = {"type": kind, member: _checked_value(name, kind, value, ctx)}
@@ -216,6 +277,8 @@ def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null
             continue
         if key == "observedAt":
             parse_datetime(sub, f"{name}.observedAt")
+            if not isinstance(sub, str) or not sub.endswith("Z"):
+                raise BadRequestData(f"{name}.observedAt must be in UTC, ending with Z")
             instance[key] = sub
         elif key == "datasetId":
             instance[key] = check_uri(sub, f"{name}.datasetId")
@@ -230,15 +293,27 @@ def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null
         elif key in CORE_MEMBERS:
             raise BadRequestData(f"{key!r} does not belong in a {kind}")
         else:
-            check_name(key)
-            instance[ctx.expand(key)] = _instance(key, sub, ctx, depth=depth + 1)
+            check_attribute_name(key)
+            instance[ctx.expand(key)] = _instance(key, sub, ctx, depth=depth + 1, allow_null=allow_null)
     return instance
+
+
+def _check_no_null(name: str, value: Any) -> None:
+    """No JSON null anywhere in a value (null is no NGSI-LD value; urn:ngsi-ld:null says so explicitly)."""
+    if value is None:
+        raise BadRequestData(f"attribute {name!r} holds a null inside its value")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_no_null(name, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_no_null(name, item)
 
 
 def _checked_value(name: str, kind: str, value: Any, ctx: ActiveContext) -> Any:
     if kind == "GeoProperty":
-        if not _is_geometry(value):
-            raise BadRequestData(f"attribute {name!r} must hold a GeoJSON geometry")
+        if not _is_geometry(value) or value.get("type") == "GeometryCollection":
+            raise BadRequestData(f"attribute {name!r} must hold a GeoJSON geometry (not a GeometryCollection)")
         return value
     if kind == "Relationship":
         if isinstance(value, list):
@@ -249,9 +324,19 @@ def _checked_value(name: str, kind: str, value: Any, ctx: ActiveContext) -> Any:
             raise BadRequestData(f"{name}.objectList must be a list")
         return [check_uri(v.get("object") if isinstance(v, dict) else v, f"{name}.objectList") for v in value]
     if kind == "LanguageProperty":
-        if not isinstance(value, dict) or not all(isinstance(v, str | list) for v in value.values()):
+        if (
+            not isinstance(value, dict)
+            or not value
+            or not all(
+                isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v))
+                for v in value.values()
+            )
+            or not all(re.fullmatch(r"[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*|@none", k) for k in value)
+        ):
             raise BadRequestData(f"{name}.languageMap must map language tags to strings")
         return value
+    if kind == "JsonProperty" and not isinstance(value, dict | list):
+        raise BadRequestData(f"{name}.json must be a JSON object or array")
     if kind == "ListProperty" and not isinstance(value, list):
         raise BadRequestData(f"{name}.valueList must be a list")
     if kind == "VocabProperty":
@@ -351,6 +436,11 @@ def geometry_of(entity: Entity, iri: str) -> dict[str, Any] | None:
             value: dict[str, Any] = instance["value"]
             return value
     return None
+
+
+def is_null(instance: dict[str, Any]) -> bool:
+    """An instance that says `urn:ngsi-ld:null`: delete it (update, merge)."""
+    return instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value")) == NULL
 
 
 def stamp(instances: list[dict[str, Any]], at: str, previous: list[dict[str, Any]] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -22,6 +23,7 @@ from territoire_data.ngsi_ld.model import Entity, RenderOptions
 from territoire_data.settings import Settings
 
 PREFIX = "/ngsi-ld/v1"
+_SAFE = ":/@!$&'()*+,;=-._~"
 router = APIRouter(prefix=PREFIX, tags=["NGSI-LD 1.8"])
 
 
@@ -65,7 +67,7 @@ def json_response(
     if ctx is not None and media == rq.JSON:
         out_headers["Link"] = rq.link_header(ctx)
     if ctx is not None and media == rq.LD_JSON:
-        context: Any = ctx.value if len(ctx.value) > 1 else ctx.value[0]
+        context: Any = ctx.output
         if isinstance(body, list):
             body = [{"@context": context, **item} if isinstance(item, dict) else item for item in body]
         elif isinstance(body, dict):
@@ -121,6 +123,7 @@ def render_entities(
 
 
 @router.post("/entities", summary="Create Entity (5.6.1)", status_code=201)
+@router.post("/entities/", include_in_schema=False, status_code=201)
 async def create_entity(request: Request) -> Response:
     principal = await principal_of(request)
     payload, context = rq.body_context(request.headers, await request.body())
@@ -133,7 +136,7 @@ async def create_entity(request: Request) -> Response:
             await entities.create(conn, writer, entity, outcome)
             await entities_audit(conn, writer, "ngsi-ld.create", entity.id)
             await _queue(conn, outcome)
-    return no_content(201, {"Location": f"{PREFIX}/entities/{entity.id}"})
+    return no_content(201, {"Location": f"{PREFIX}/entities/{quote(entity.id, safe=_SAFE)}"})
 
 
 async def entities_audit(
@@ -150,6 +153,7 @@ async def _queue(conn: asyncpg.Connection, outcome: entities.Outcome) -> None:
 
 
 @router.get("/entities", summary="Query Entities (5.7.2): type, id, idPattern, attrs, q, scopeQ, geoQ, paging")
+@router.get("/entities/", include_in_schema=False)
 async def query_entities(request: Request) -> Response:
     principal = await principal_of(request)
     params = request.query_params
@@ -325,6 +329,7 @@ def _partial(result: entities.PartialResult) -> Response:
 
 
 @router.post("/entities/{entity_id:path}/attrs", summary="Append Entity Attributes (5.6.3)", status_code=204)
+@router.post("/entities/{entity_id:path}/attrs/", include_in_schema=False, status_code=204)
 async def append_attributes(entity_id: str, request: Request) -> Response:
     principal = await principal_of(request)
     payload, context = rq.body_context(request.headers, await request.body())
@@ -346,12 +351,13 @@ async def append_attributes(entity_id: str, request: Request) -> Response:
 
 
 @router.patch("/entities/{entity_id:path}/attrs", summary="Update Entity Attributes (5.6.2)", status_code=204)
+@router.patch("/entities/{entity_id:path}/attrs/", include_in_schema=False, status_code=204)
 async def update_attributes(entity_id: str, request: Request) -> Response:
     principal = await principal_of(request)
     payload, context = rq.body_context(request.headers, await request.body())
     async with connection(request) as conn:
         ctx = await context_store(request).active(conn, context)
-        fragment = model.parse_entity(payload, ctx, require_id=False, require_type=False)
+        fragment = model.parse_entity(payload, ctx, require_id=False, require_type=False, allow_null=True)
         outcome = entities.Outcome()
         writer = writer_of(request, principal)
         async with conn.transaction():
@@ -444,7 +450,7 @@ async def _batch(request: Request, operation: str) -> Response:
                             raise BadRequestData("a batch delete holds entity ids")
                         await entities.delete(conn, writer, model.check_uri(item, "id"), outcome)
                     else:
-                        entity = model.parse_entity(item, ctx)
+                        entity = model.parse_entity(item, ctx, allow_null=operation in ("update", "merge"))
                         entity_id = entity.id
                         await _batch_one(conn, writer, operation, entity, ctx, options, outcome, created)
                     await _queue(conn, outcome)
@@ -632,6 +638,8 @@ def _temporal_query(request: Request) -> tuple[Any, rq.Options]:
 async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     from territoire_data.ngsi_ld import store, temporal
 
+    if not entity_id:  # `/temporal/entities/`: the query
+        return await query_temporal(request)
     principal = await principal_of(request)
     media = rq.accept(request.headers, geo=False)
     model.check_uri(entity_id, "entity id")
@@ -648,6 +656,7 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
 
 
 @router.get("/temporal/entities", summary="Query Temporal Evolution of Entities (5.7.4)")
+@router.get("/temporal/entities/", include_in_schema=False)
 async def query_temporal(request: Request) -> Response:
     from territoire_data.ngsi_ld import store, temporal
 
@@ -687,6 +696,7 @@ async def query_temporal(request: Request) -> Response:
 
 
 @router.post("/temporal/entities", summary="Create or Update Temporal Representation of an Entity (5.6.11)")
+@router.post("/temporal/entities/", include_in_schema=False)
 async def create_temporal(request: Request) -> Response:
     principal = await principal_of(request)
     payload, context = rq.body_context(request.headers, await request.body())
@@ -705,7 +715,7 @@ async def create_temporal(request: Request) -> Response:
             await entities_audit(conn, writer, "ngsi-ld.temporal-upsert", head.id)
             await _queue(conn, outcome)
     if created:
-        return no_content(201, {"Location": f"{PREFIX}/temporal/entities/{head.id}"})
+        return no_content(201, {"Location": f"{PREFIX}/temporal/entities/{quote(head.id, safe=_SAFE)}"})
     return no_content()
 
 
@@ -804,6 +814,7 @@ def _subscriber(principal: Principal) -> Principal:
 
 
 @router.post("/subscriptions", summary="Create Subscription (5.8.1)", status_code=201)
+@router.post("/subscriptions/", include_in_schema=False, status_code=201)
 async def create_subscription(request: Request) -> Response:
     from territoire_data.ngsi_ld import subscriptions
 
@@ -816,10 +827,11 @@ async def create_subscription(request: Request) -> Response:
             subscription_id = await subscriptions.create(conn, principal, body, ctx)
             if principal.role is not None:
                 await entities_audit(conn, writer_of(request, principal), "ngsi-ld.subscribe", subscription_id)
-    return no_content(201, {"Location": f"{PREFIX}/subscriptions/{subscription_id}"})
+    return no_content(201, {"Location": f"{PREFIX}/subscriptions/{quote(subscription_id, safe=_SAFE)}"})
 
 
 @router.get("/subscriptions", summary="Query Subscriptions (5.8.4)")
+@router.get("/subscriptions/", include_in_schema=False)
 async def list_subscriptions(request: Request) -> Response:
     from territoire_data.ngsi_ld import subscriptions
 
@@ -1003,3 +1015,67 @@ async def attribute_info(attr: str, request: Request) -> Response:
         "typeNames": sorted({ctx.compact(t) for e in holders for t in e.types}),
     }
     return json_response(body, media, ctx)
+
+
+@router.post("/jsonldContexts", summary="Add @context (5.13.2): hosted by us from then on", status_code=201)
+async def add_context(request: Request) -> Response:
+    from territoire_data.auth.deps import check_publisher
+    from territoire_data.ngsi_ld.contexts import check_document, store_context
+
+    principal = check_publisher(await principal_of(request))
+    try:
+        document = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    check_document(document)
+    import uuid
+
+    async with connection(request) as conn:
+        ctx = context_store(request)
+        await ctx.active(conn, document["@context"])  # resolvable and valid, or 400/503 now rather than later
+        identifier = uuid.uuid4().hex
+        url = f"{_settings(request).base_url}{PREFIX}/jsonldContexts/{identifier}"
+        async with conn.transaction():
+            stored = await store_context(conn, url, document, "Hosted")
+            await entities_audit(conn, writer_of(request, principal), "ngsi-ld.add-context", url)
+    return no_content(201, {"Location": f"{PREFIX}/jsonldContexts/{stored}"})
+
+
+@router.get("/jsonldContexts", summary="List @contexts (5.13.3)")
+async def list_contexts(request: Request) -> Response:
+    details = (request.query_params.get("details") or "false").lower() == "true"
+    kind = request.query_params.get("kind")
+    async with connection(request) as conn:
+        rows = await conn.fetch(
+            "SELECT id, url, kind, created_at, last_used_at, hits FROM ngsild_context "
+            "WHERE $1::text IS NULL OR kind = $1 ORDER BY created_at, id",
+            kind,
+        )
+    if not details:
+        return Response(orjson.dumps([CORE_URL, *(r["url"] for r in rows)]), media_type=rq.JSON)
+    body = [
+        {
+            "URL": r["url"],
+            "localId": f"urn:ngsi-ld:{r['id']}",
+            "kind": r["kind"],
+            "createdAt": model.iso(r["created_at"]),
+            **({"lastUsage": model.iso(r["last_used_at"])} if r["last_used_at"] else {}),
+            "numberOfHits": int(r["hits"]),
+        }
+        for r in rows
+    ]
+    return Response(orjson.dumps(body), media_type=rq.JSON)
+
+
+@router.delete("/jsonldContexts/{context_id}", summary="Delete @context (5.13.5)", status_code=204)
+async def delete_context(context_id: str, request: Request) -> Response:
+    from territoire_data.auth.deps import check_publisher
+
+    principal = check_publisher(await principal_of(request))
+    async with connection(request) as conn, conn.transaction():
+        url = await conn.fetchval("DELETE FROM ngsild_context WHERE id = $1 RETURNING url", context_id)
+        if url is None:
+            raise ResourceNotFound(f"no @context {context_id}")
+        await entities_audit(conn, writer_of(request, principal), "ngsi-ld.delete-context", url)
+    context_store(request).forget(url)
+    return no_content()

@@ -156,7 +156,7 @@ async def create(conn: asyncpg.Connection, principal: Principal, body: dict[str,
         "VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz) ON CONFLICT (id) DO NOTHING",
         subscription_id,
         body,
-        ctx.value,
+        ctx.output,
         principal_json(principal),
         body.get("isActive", True),
         body.get("expiresAt"),
@@ -233,7 +233,7 @@ async def update(
         "modified_at = now() WHERE id = $1",
         subscription_id,
         body,
-        ctx.value if fragment else row["context"],
+        ctx.output if fragment else row["context"],
         body.get("isActive", True),
         body.get("expiresAt"),
     )
@@ -421,7 +421,7 @@ def notification_payload(
         "data": data,
         "triggerReason": trigger,
     }
-    context = ctx.value if len(ctx.value) > 1 else ctx.value[0]
+    context = ctx.output
     headers = {"Content-Type": accept}
     if accept == "application/ld+json":
         message = {"@context": context, **message}
