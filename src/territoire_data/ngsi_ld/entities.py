@@ -37,6 +37,7 @@ class Writer:
     principal: Principal
     remote_addr: str | None = None
     dataset_slug: str | None = None
+    type_gate: frozenset[str] | None = None  # expanded types of the request's `type` selector
 
 
 @dataclass
@@ -77,7 +78,8 @@ async def _visible(conn: asyncpg.Connection, principal: Principal, dataset_id: i
 
 
 async def _load_writable(conn: asyncpg.Connection, writer: Writer, entity_id: str) -> Entity:
-    """The stored entity, locked, that this writer may change (404 when invisible, 403 when read-only)."""
+    """The stored entity, locked, that this writer may change (404 when invisible, 403 when read-only, and when
+    the request's `type` selector names types it does not have)."""
     model.check_uri(entity_id, "entity id")
     check_publisher(writer.principal)
     entity = await store.native_for_update(conn, entity_id)
@@ -91,6 +93,8 @@ async def _load_writable(conn: asyncpg.Connection, writer: Writer, entity_id: st
         raise ResourceNotFound(f"entity {entity_id} not found")
     if not can_write(writer.principal, entity.dataset_id):
         raise ForbiddenError("this key may not write this entity's dataset")
+    if writer.type_gate is not None and not (writer.type_gate & set(entity.types)):
+        raise ResourceNotFound(f"entity {entity_id} is not of the type asked for")
     return entity
 
 
@@ -189,9 +193,10 @@ async def update(
             result.not_updated.append((ctx.compact(iri), "attribute does not exist"))
             continue
         by_dataset = {i.get("datasetId"): i for i in current}
-        kept = [i for i in instances if i.get("datasetId") in by_dataset]
+        # instances of an existing attribute: replaced by datasetId, or added (a new datasetId)
+        kept = [i for i in instances if not model.is_null(i) or i.get("datasetId") in by_dataset]
         if len(kept) < len(instances):
-            result.not_updated.append((ctx.compact(iri), "no instance with that datasetId"))
+            result.not_updated.append((ctx.compact(iri), "no instance with that datasetId to delete"))
         if not kept:
             continue
         _apply_instances(entity, iri, by_dataset, kept, at, current)

@@ -10,6 +10,7 @@ validation rejected that once).
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ def check_name(name: str) -> None:
 def check_attribute_name(name: str) -> None:
     """An attribute name: a valid name that is not one of the core members (`observedAt`, `datasetId`, ...)."""
     check_name(name)
-    if name in CORE_MEMBERS or name in FORBIDDEN_NAMES:
+    if name in CORE_MEMBERS or name in FORBIDDEN_NAMES or name in RESERVED:
         raise BadRequestData(f"{name!r} is a core NGSI-LD term, not an attribute name")
 
 
@@ -262,8 +263,17 @@ def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null
     if value == NULL:
         if not allow_null:
             raise BadRequestData(f"attribute {name!r}: {NULL} deletes, it creates nothing")
-        return {"type": kind, member: NULL}
-    _check_no_null(name, value)
+        null: dict[str, Any] = {"type": kind, member: NULL}
+        if raw.get("datasetId") not in (None, "@none"):
+            null["datasetId"] = check_uri(raw["datasetId"], f"{name}.datasetId")
+        return null
+    if kind == "GeoProperty" and isinstance(value, str):  # a geometry encoded as a JSON string
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadRequestData(f"attribute {name!r} must hold a GeoJSON geometry") from None
+    if kind != "JsonProperty":
+        _check_no_null(name, value)
     for key in raw:
         if key in OUTPUT_ONLY:
             raise BadRequestData(f"{key!r} is written by the broker only")
@@ -281,7 +291,8 @@ def _instance(name: str, raw: Any, ctx: ActiveContext, *, depth: int, allow_null
                 raise BadRequestData(f"{name}.observedAt must be in UTC, ending with Z")
             instance[key] = sub
         elif key == "datasetId":
-            instance[key] = check_uri(sub, f"{name}.datasetId")
+            if sub != "@none":  # the default instance, said explicitly
+                instance[key] = check_uri(sub, f"{name}.datasetId")
         elif key == "unitCode":
             if not isinstance(sub, str):
                 raise BadRequestData(f"{name}.unitCode must be a string")

@@ -63,6 +63,10 @@ def body_context(headers: Any, body: bytes, *, allow_merge_patch: bool = False) 
     except orjson.JSONDecodeError:
         raise InvalidRequest("the body is not valid JSON") from None
     link = link_context(headers.get("link"))
+    if isinstance(payload, list):  # a batch: each entity's @context is checked with it (item_context)
+        if content_type == LD_JSON and link is not None:
+            raise BadRequestData("with application/ld+json the @context goes in the body, not in a Link header")
+        return payload, link
     if content_type == LD_JSON:
         if link is not None:
             raise BadRequestData("with application/ld+json the @context goes in the body, not in a Link header")
@@ -154,3 +158,17 @@ def names(text: str | None) -> list[str] | None:
     if not found:
         raise BadRequestData("an empty list of names")
     return found
+
+
+def item_context(headers: Any, item: Any, batch_context: Any) -> Any:
+    """The @context of one entity of a batch, by the same rules as a single entity's body."""
+    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if not isinstance(item, dict):
+        return batch_context
+    if content_type == LD_JSON:
+        if "@context" not in item:
+            raise BadRequestData("an application/ld+json entity needs its @context")
+        return item["@context"]
+    if "@context" in item:
+        raise BadRequestData("with application/json the @context goes in a Link header, not in the body")
+    return batch_context

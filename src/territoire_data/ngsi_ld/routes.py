@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,8 +52,13 @@ async def principal_of(request: Request) -> Principal:
     return await get_principal(request)
 
 
-def writer_of(request: Request, principal: Principal) -> entities.Writer:
-    return entities.Writer(principal, client_address(request), request.headers.get("ngsild-dataset"))
+def writer_of(request: Request, principal: Principal, ctx: ActiveContext | None = None) -> entities.Writer:
+    """Who writes; with the request's @context, the `type` selector that gates writes to one entity."""
+    selector = request.query_params.get("type")
+    gate = None
+    if selector and ctx is not None:
+        gate = frozenset(ctx.expand(t.strip()) for t in re.split(r"[,;|()]", selector) if t.strip())
+    return entities.Writer(principal, client_address(request), request.headers.get("ngsild-dataset"), gate)
 
 
 async def request_context(request: Request, conn: asyncpg.Connection) -> ActiveContext:
@@ -262,11 +268,12 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
 @router.delete("/entities/{entity_id:path}/attrs/{attr}", summary="Delete Attribute (5.6.5)", status_code=204)
 async def delete_attribute(entity_id: str, attr: str, request: Request) -> Response:
     principal = await principal_of(request)
+    model.check_attribute_name(attr)
     params = request.query_params
     async with connection(request) as conn:
         ctx = await request_context(request, conn)
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.delete_attribute(
                 conn,
@@ -286,6 +293,7 @@ async def delete_attribute(entity_id: str, attr: str, request: Request) -> Respo
 @router.patch("/entities/{entity_id:path}/attrs/{attr}", summary="Partial Attribute Update (5.6.4)", status_code=204)
 async def patch_attribute(entity_id: str, attr: str, request: Request) -> Response:
     principal = await principal_of(request)
+    model.check_attribute_name(attr)
     payload, context = rq.body_context(request.headers, await request.body())
     if not isinstance(payload, dict):
         raise BadRequestData("an attribute fragment must be a JSON object")
@@ -293,7 +301,7 @@ async def patch_attribute(entity_id: str, attr: str, request: Request) -> Respon
         ctx = await context_store(request).active(conn, context)
         body = {k: v for k, v in payload.items() if k != "@context"}
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.partial_attribute_update(conn, writer, entity_id, attr, body, ctx, outcome)
             await entities_audit(conn, writer, "ngsi-ld.update-attribute", entity_id, attribute=attr)
@@ -304,13 +312,14 @@ async def patch_attribute(entity_id: str, attr: str, request: Request) -> Respon
 @router.put("/entities/{entity_id:path}/attrs/{attr}", summary="Replace Attribute (5.6.19)", status_code=204)
 async def put_attribute(entity_id: str, attr: str, request: Request) -> Response:
     principal = await principal_of(request)
+    model.check_attribute_name(attr)
     payload, context = rq.body_context(request.headers, await request.body())
     if isinstance(payload, dict):
         payload = {k: v for k, v in payload.items() if k != "@context"}
     async with connection(request) as conn:
         ctx = await context_store(request).active(conn, context)
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.replace_attribute(conn, writer, entity_id, attr, payload, ctx, outcome)
             await entities_audit(conn, writer, "ngsi-ld.replace-attribute", entity_id, attribute=attr)
@@ -340,7 +349,7 @@ async def append_attributes(entity_id: str, request: Request) -> Response:
         if fragment.id and fragment.id != entity_id:
             raise BadRequestData("the body's id differs from the entity's")
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             result = await entities.append(
                 conn, writer, entity_id, fragment, ctx, no_overwrite=options.no_overwrite, outcome=outcome
@@ -359,7 +368,7 @@ async def update_attributes(entity_id: str, request: Request) -> Response:
         ctx = await context_store(request).active(conn, context)
         fragment = model.parse_entity(payload, ctx, require_id=False, require_type=False, allow_null=True)
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             result = await entities.update(conn, writer, entity_id, fragment, ctx, outcome)
             await entities_audit(conn, writer, "ngsi-ld.update", entity_id, attributes=result.updated)
@@ -384,7 +393,7 @@ async def merge_entity(entity_id: str, request: Request) -> Response:
         if payload.get("id") not in (None, entity_id):
             raise BadRequestData("the body's id differs from the entity's")
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.merge(conn, writer, entity_id, fragment, outcome)
             await entities_audit(conn, writer, "ngsi-ld.merge", entity_id)
@@ -400,7 +409,7 @@ async def replace_entity(entity_id: str, request: Request) -> Response:
         ctx = await context_store(request).active(conn, context)
         new = model.parse_entity(payload, ctx, require_id=False)
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.replace(conn, writer, entity_id, new, outcome)
             await entities_audit(conn, writer, "ngsi-ld.replace", entity_id)
@@ -413,8 +422,9 @@ async def delete_entity(entity_id: str, request: Request) -> Response:
     principal = await principal_of(request)
     model.check_uri(entity_id, "entity id")
     async with connection(request) as conn:
+        ctx = await request_context(request, conn)
         outcome = entities.Outcome()
-        writer = writer_of(request, principal)
+        writer = writer_of(request, principal, ctx)
         async with conn.transaction():
             await entities.delete(conn, writer, entity_id, outcome)
             await entities_audit(conn, writer, "ngsi-ld.delete", entity_id)
@@ -439,10 +449,9 @@ async def _batch(request: Request, operation: str) -> Response:
     writer = writer_of(request, principal)
     async with connection(request) as conn:
         for item in payload:
-            item_context = item.get("@context", context) if isinstance(item, dict) else context
             entity_id = item if operation == "delete" and isinstance(item, str) else None
             try:
-                ctx = await context_store(request).active(conn, item_context)
+                ctx = await context_store(request).active(conn, rq.item_context(request.headers, item, context))
                 outcome = entities.Outcome()
                 async with conn.transaction():
                     if operation == "delete":
