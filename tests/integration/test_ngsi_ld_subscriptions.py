@@ -135,12 +135,23 @@ async def test_a_failing_endpoint_is_retried_and_shows_as_failed(
     assert (await client.post(f"{BASE}/subscriptions", json=subscription(receiver.url), headers=LD)).status_code == 201
     assert (await client.post(f"{BASE}/entities", json=vehicle(80), headers=LD)).status_code == 201
     await until(lambda: len(receiver.received) >= 2, seconds=10, what="a retry")
+
+    async def failed() -> bool:
+        answer = await client.get(f"{BASE}/subscriptions/urn:ngsi-ld:Subscription:s1", headers=TEST_ADMIN_AUTH)
+        return bool(answer.json()["notification"]["timesFailed"] >= 2)
+
+    await until(failed, seconds=10, what="the failures recorded")
     status = (await client.get(f"{BASE}/subscriptions/urn:ngsi-ld:Subscription:s1", headers=TEST_ADMIN_AUTH)).json()
     assert status["status"] == "failed"
     assert status["notification"]["timesFailed"] >= 2 and "lastFailure" in status["notification"]
     receiver.status = 200  # the endpoint comes back: the same notification, delivered at last
     await until(lambda: len(receiver.received) >= 3, seconds=10, what="delivery after recovery")
-    await asyncio.sleep(0.3)
+
+    async def sent() -> bool:
+        answer = await client.get(f"{BASE}/subscriptions/urn:ngsi-ld:Subscription:s1", headers=TEST_ADMIN_AUTH)
+        return bool(answer.json()["notification"]["timesSent"] == 1)
+
+    await until(sent, seconds=10, what="the delivery recorded")
     status = (await client.get(f"{BASE}/subscriptions/urn:ngsi-ld:Subscription:s1", headers=TEST_ADMIN_AUTH)).json()
     assert status["status"] == "active" and status["notification"]["timesSent"] == 1
     assert {n["id"] for n in receiver.received} == {receiver.received[0]["id"]}  # at least once: one notification

@@ -151,12 +151,16 @@ def parse_options(text: str | None, format_: str | None = None) -> Options:
     )
 
 
-def names(text: str | None) -> list[str] | None:
+_NAME = re.compile(r"^[A-Za-z_@][A-Za-z0-9_\-:.@/#]*$")
+
+
+def names(text: str | None, what: str = "attrs") -> list[str] | None:
+    """A list of names (`a,b` or `a|b`); an empty member, a brace or a stray character is a 400."""
     if text is None:
         return None
-    found = [n.strip() for n in text.split(",") if n.strip()]
-    if not found:
-        raise BadRequestData("an empty list of names")
+    found = [n.strip() for n in re.split(r"[,|]", text)]
+    if not found or any(not n or not _NAME.match(n) for n in found):
+        raise BadRequestData(f"{what} must be a list of names separated by , or | (nested projections need join)")
     return found
 
 
@@ -172,3 +176,13 @@ def item_context(headers: Any, item: Any, batch_context: Any) -> Any:
     if "@context" in item:
         raise BadRequestData("with application/json the @context goes in a Link header, not in the body")
     return batch_context
+
+
+def id_list(text: str | None) -> list[str] | None:
+    """The `id` parameter: entity ids separated by commas."""
+    if text is None:
+        return None
+    found = [n.strip() for n in text.split(",")]
+    if not found or any(not n for n in found):
+        raise BadRequestData("id must be a list of entity ids separated by ,")
+    return found

@@ -89,10 +89,12 @@ def render_options(request: Request, ctx: ActiveContext) -> RenderOptions:
     params = request.query_params
     options = rq.parse_options(params.get("options"), params.get("format"))
     attrs = rq.names(params.get("attrs"))
-    pick = rq.names(params.get("pick"))
-    omit = rq.names(params.get("omit"))
+    pick = rq.names(params.get("pick"), "pick")
+    omit = rq.names(params.get("omit"), "omit")
     if pick is not None and attrs is not None:
         raise BadRequestData("pick and attrs cannot be combined")
+    if omit is not None and (attrs is not None or (pick is not None and set(pick) & set(omit))):
+        raise BadRequestData("omit goes with neither attrs nor a pick of the same members")
     selected = pick if pick is not None else attrs
     core = {"id", "type", "scope"}
     return RenderOptions(
@@ -173,7 +175,7 @@ async def query_entities(request: Request) -> Response:
     offset = _int(params.get("offset"), 0, "offset", minimum=0)
     count = (params.get("count") or "false").lower() == "true"
     spec = entities.QuerySpec(
-        ids=rq.names(params.get("id")),
+        ids=rq.id_list(params.get("id")),
         types=params.get("type"),
         id_pattern=params.get("idPattern"),
         attrs=rq.names(params.get("attrs")) or rq.names(params.get("pick")),
@@ -678,7 +680,7 @@ async def query_temporal(request: Request) -> Response:
     offset = _int(params.get("offset"), 0, "offset", minimum=0)
     count = (params.get("count") or "false").lower() == "true"
     spec = entities.QuerySpec(
-        ids=rq.names(params.get("id")),
+        ids=rq.id_list(params.get("id")),
         types=params.get("type"),
         id_pattern=params.get("idPattern"),
         attrs=rq.names(params.get("attrs")),
@@ -1088,3 +1090,79 @@ async def delete_context(context_id: str, request: Request) -> Response:
         await entities_audit(conn, writer_of(request, principal), "ngsi-ld.delete-context", url)
     context_store(request).forget(url)
     return no_content()
+
+
+@router.post("/temporal/entityOperations/query", summary="Query Temporal Evolution of Entities via POST (5.7.4)")
+async def temporal_batch_query(request: Request) -> Response:
+    from territoire_data.ngsi_ld import store, temporal
+
+    principal = await principal_of(request)
+    payload, context = rq.body_context(request.headers, await request.body())
+    if not isinstance(payload, dict) or payload.get("type") != "Query":
+        raise BadRequestData('the body must be a Query object ("type": "Query")')
+    media = rq.accept(request.headers, geo=False)
+    settings = _settings(request)
+    params = request.query_params
+    limit = min(_int(params.get("limit"), settings.ngsild_default_limit, "limit", minimum=1), settings.ngsild_max_limit)
+    offset = _int(params.get("offset"), 0, "offset", minimum=0)
+    temporal_q = payload.get("temporalQ") or {}
+    if not isinstance(temporal_q, dict):
+        raise BadRequestData("temporalQ must be an object")
+    flat: dict[str, str] = {}
+    for key in ("timerel", "timeAt", "endTimeAt", "lastN", "timeproperty"):
+        if key in temporal_q:
+            value = temporal_q[key]
+            if key == "lastN" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadRequestData("lastN must be a positive integer")
+            flat[key] = str(value)
+    for key in ("aggrMethods", "aggrPeriodDuration"):
+        value = payload.get(key, temporal_q.get(key, params.get(key)))
+        if value is not None:
+            flat[key] = ",".join(value) if isinstance(value, list) else str(value)
+    option_values = rq.parse_options(params.get("options")).values
+    if flat.get("aggrMethods") and "aggregatedValues" not in option_values and params.get("format") is None:
+        option_values = option_values | {"aggregatedValues"}
+    if params.get("format"):
+        flat["format"] = params["format"]
+    tq = temporal.parse_query(flat, option_values, 10_000)
+    selectors = payload.get("entities")
+    if selectors is not None and (not isinstance(selectors, list) or not selectors):
+        raise BadRequestData("entities must be a non-empty list")
+    attrs = payload.get("attrs")
+    if attrs is not None and (not isinstance(attrs, list) or not attrs):
+        raise BadRequestData("attrs must be a non-empty list")
+    if payload.get("q") is not None and not isinstance(payload["q"], str):
+        raise BadRequestData("q must be a string")
+    async with connection(request) as conn:
+        ctx = await context_store(request).active(conn, context)
+        wanted = None if attrs is None else frozenset(ctx.expand(a) for a in attrs)
+        body: list[Any] = []
+        seen: set[str] = set()
+        for selector in selectors or [{}]:
+            if not isinstance(selector, dict):
+                raise BadRequestData("each entities item is an object")
+            geo = payload.get("geoQ") or {}
+            spec = entities.QuerySpec(
+                ids=[selector["id"]] if selector.get("id") else None,
+                types=selector.get("type"),
+                id_pattern=selector.get("idPattern"),
+                attrs=attrs,
+                q=payload.get("q"),
+                scope_q=payload.get("scopeQ"),
+                georel=geo.get("georel"),
+                geometry=geo.get("geometry"),
+                coordinates=geo.get("coordinates"),
+                geoproperty=geo.get("geoproperty"),
+            )
+            if not any([spec.ids, spec.types, spec.id_pattern, spec.attrs, spec.q, spec.georel, spec.scope_q]):
+                raise BadRequestData("a temporal query needs entities, attrs, q, geoQ or scopeQ")
+            found, _ = await store.query(
+                conn, principal, entities.build_filter(spec, ctx), limit=limit, offset=offset, count=False
+            )
+            for entity in found:
+                if entity.id in seen:
+                    continue
+                seen.add(entity.id)
+                history = await _history(conn, principal, entity, tq, wanted)
+                body.append(temporal.render(entity, history, ctx, tq, False))
+    return json_response(body, media, ctx)
