@@ -94,3 +94,44 @@ async def test_restricted_sensor_data_is_invisible_on_every_ngsi_ld_path(
     assert hidden.headers["ngsild-results-count"] == "0" and total > 0
     temporal = await client.get(f"{BASE}/temporal/entities/urn:ngsi-ld:Thing:{thing}")
     assert temporal.status_code == 404
+
+
+async def test_a_table_dataset_reads_as_entities_of_its_declared_type(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    from tests.catalog_helpers import add_point_table, create_dataset
+
+    await create_dataset(client, "toilettes", "Toilettes publiques")
+    await add_point_table(
+        db,
+        "toilettes",
+        [("Place Royale", -1.5593, 47.2136, "2026-01-02"), ("Commerce", -1.5589, 47.2130, "2026-01-03")],
+    )
+    plain = await client.get(f"{BASE}/entities", params={"type": "PublicToilet"})
+    assert plain.json() == []  # no mapping declared: the dataset is no NGSI-LD entity
+    mapping = (
+        '{"ngsi_ld": {"type": "PublicToilet", "id": "nom", '
+        '"attributes": {"nom": "name", "date_releve": "dateObserved"}}}'
+    )
+    await db.execute("UPDATE dataset SET extra = extra || $1::jsonb WHERE slug = 'toilettes'", mapping)
+    found = await client.get(f"{BASE}/entities", params={"type": "PublicToilet", "count": "true"})
+    assert found.headers["ngsild-results-count"] == "2"
+    entity = next(e for e in found.json() if e["name"]["value"] == "Place Royale")
+    assert entity["id"] == "urn:ngsi-ld:PublicToilet:toilettes:Place Royale"
+    assert entity["dateObserved"] == {"type": "Property", "value": "2026-01-02"}
+    assert entity["location"]["value"]["coordinates"] == [-1.5593, 47.2136]
+    one = await client.get(f"{BASE}/entities/urn:ngsi-ld:PublicToilet:toilettes:Commerce")
+    assert one.status_code == 200 and one.json()["name"]["value"] == "Commerce"
+    near = await client.get(
+        f"{BASE}/entities",
+        params={
+            "type": "PublicToilet",
+            "georel": "near;maxDistance==30",
+            "geometry": "Point",
+            "coordinates": "[-1.5593,47.2136]",
+        },
+    )
+    assert [e["name"]["value"] for e in near.json()] == ["Place Royale"]
+    await db.execute("UPDATE dataset SET access = 'restricted' WHERE slug = 'toilettes'")
+    assert (await client.get(f"{BASE}/entities", params={"type": "PublicToilet"})).json() == []
+    assert (await client.get(f"{BASE}/entities/urn:ngsi-ld:PublicToilet:toilettes:Commerce")).status_code == 404

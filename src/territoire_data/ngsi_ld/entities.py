@@ -413,6 +413,7 @@ def build_filter(spec: QuerySpec, ctx: ActiveContext) -> store.Filter:
             model.check_uri(entity_id, "id")
     if spec.types:
         flt.conditions.append(_type_condition(spec.types, ctx, params))
+        flt.type_hint = {ctx.expand(t.strip()) for t in re.split(r"[(),;|]", spec.types) if t.strip()}
     if spec.id_pattern:
         try:
             re.compile(spec.id_pattern)

@@ -11,7 +11,7 @@ import asyncpg
 
 from territoire_data.auth.policy import Principal, member_visible_sql
 from territoire_data.db.params import Params
-from territoire_data.ngsi_ld import sensors
+from territoire_data.ngsi_ld import sensors, tables
 from territoire_data.ngsi_ld.model import Entity, iso
 
 _COLUMNS = "id, types, scopes, attrs, location, dataset_id, created_at, modified_at"
@@ -25,6 +25,8 @@ class Filter:
     conditions: list[str] = field(default_factory=list)
     ids: list[str] | None = None
     native_only: bool = False
+    type_hint: set[str] | None = None  # expanded types the query can match (None: any), to skip table datasets
+    tables: list[Any] = field(default_factory=list)  # tables.Mapping of the visible mapped table datasets
 
 
 def union_sql(principal: Principal, flt: Filter) -> str:
@@ -40,7 +42,11 @@ def union_sql(principal: Principal, flt: Filter) -> str:
     if flt.native_only:
         return native
     sensor = sensors.sensor_entities_sql(flt.params, principal, thing_where)
-    return f"{native} UNION ALL SELECT {_COLUMNS} FROM ({sensor}) s"
+    union = f"{native} UNION ALL SELECT {_COLUMNS} FROM ({sensor}) s"
+    for mapping in flt.tables:
+        if tables.wanted(mapping, flt.type_hint):
+            union += f" UNION ALL ({tables.entities_sql(mapping, flt.params, flt.ids)})"
+    return union
 
 
 def _row_entity(row: asyncpg.Record) -> Entity:
@@ -58,6 +64,8 @@ def _row_entity(row: asyncpg.Record) -> Entity:
 async def query(
     conn: asyncpg.Connection, principal: Principal, flt: Filter, *, limit: int, offset: int, count: bool
 ) -> tuple[list[Entity], int | None]:
+    if not flt.native_only:
+        flt.tables = await tables.mappings(conn, principal)
     where = " AND ".join(flt.conditions) or "TRUE"
     source = union_sql(principal, flt)
     total_sql = ", count(*) OVER () AS total" if count else ""
