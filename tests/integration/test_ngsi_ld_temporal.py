@@ -172,3 +172,40 @@ async def test_entity_history_through_the_temporal_api(client: httpx.AsyncClient
         await client.delete(f"{BASE}/temporal/entities/urn:ngsi-ld:Vehicle:T1", headers=TEST_ADMIN_AUTH)
     ).status_code == 204
     assert (await client.get(f"{BASE}/temporal/entities/urn:ngsi-ld:Vehicle:T1")).status_code == 404
+
+
+async def test_daily_aggregates_from_daily_and_quarter_hour_rollups_match_the_observations(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    thing = await _sensor_day(db)
+    stream = await db.fetchval("SELECT id FROM datastream")
+    await db.execute(  # a second and a third day: the first days move to the daily rollups
+        "INSERT INTO observation (datastream_id, phenomenon_time, result_number) "
+        "SELECT $1, $2::timestamptz + g * interval '1 minute', g % 97 FROM generate_series(1440, 3 * 1440 - 1) g",
+        stream,
+        DAY,
+    )
+    assert await db.fetchval("SELECT count(*) FROM observation_rollup_day") >= 1
+    url = f"{BASE}/temporal/entities/urn:ngsi-ld:Thing:{thing}"
+    window = {"timerel": "between", "timeAt": "2026-11-30T00:00:00Z", "endTimeAt": "2026-12-03T00:00:00Z"}
+    rolled = await client.get(
+        url,
+        params={
+            **window,
+            "options": "aggregatedValues",
+            "aggrMethods": "sum,max,totalCount",
+            "aggrPeriodDuration": "P1D",
+        },
+    )
+    raw = await client.get(
+        url,
+        params={
+            **window,
+            "options": "aggregatedValues",
+            "aggrMethods": "sum,max,totalCount,stddev",
+            "aggrPeriodDuration": "P1D",
+        },
+    )
+    for method in ("sum", "max", "totalCount"):
+        assert rolled.json()["pm10"][method] == raw.json()["pm10"][method], method
+    assert [c[0] for c in rolled.json()["pm10"]["totalCount"]] == [1440, 1440, 1440]

@@ -193,13 +193,29 @@ async def _aggregate_stream(conn: asyncpg.Connection, stream: asyncpg.Record, tq
     p_end = params.add(end, "timestamptz")
     p_period = params.add(period, "interval")
     p_origin = params.add(origin, "timestamptz")
+    day = timedelta(days=1)
+    daily = (
+        use_rollups
+        and period % day == timedelta(0)
+        and (origin - datetime(2000, 1, 1, tzinfo=UTC)) % day == timedelta(0)
+    )
     if use_rollups:
+        # whole days before the Datastream's rollup_day_until come from the daily rollups (365 rows a year instead
+        # of 35,040), the rest from the 15-minute ones; both kept exact by the observation triggers (0006_stadb)
+        until = params.add(stream["rollup_day_until"] if daily else None, "timestamptz")
         sql = f"""
 SELECT date_bin({p_period}, r.bucket, {p_origin}) AS b, sum(r.n) AS total_count, NULL::bigint AS distinct_count,
        sum(r.total) AS sum, sum(r.total) / NULLIF(sum(r.n), 0) AS avg, min(r.min_value) AS min,
        max(r.max_value) AS max, NULL::float8 AS stddev, NULL::float8 AS sumsq
-FROM observation_rollup_15min r
-WHERE r.datastream_id = {datastream} AND r.bucket >= {p_start} AND r.bucket < {p_end}
+FROM (
+    SELECT bucket, n, total, min_value, max_value FROM observation_rollup_day
+    WHERE datastream_id = {datastream} AND bucket >= {p_start} AND bucket < {p_end} AND bucket < {until}
+      AND bucket + interval '1 day' <= {p_end}
+    UNION ALL
+    SELECT bucket, n, total, min_value, max_value FROM observation_rollup_15min
+    WHERE datastream_id = {datastream} AND bucket >= {p_start} AND bucket < {p_end}
+      AND ({until}::timestamptz IS NULL OR bucket >= {until} OR bucket >= date_trunc('day', {p_end}, 'UTC'))
+) r
 GROUP BY 1 ORDER BY 1"""
     else:
         sql = f"""
