@@ -87,7 +87,7 @@ def subscription(endpoint: str, **extra: Any) -> dict[str, Any]:
         "type": "Subscription",
         "entities": [{"type": "Vehicle"}],
         "watchedAttributes": ["speed"],
-        "q": "speed>50",
+        "q": "speed>50;label==%22Fast%20car%22",
         "notification": {"endpoint": {"uri": endpoint, "accept": "application/json"}, "attributes": ["speed"]},
         "@context": [CORE],
         **extra,
@@ -95,7 +95,13 @@ def subscription(endpoint: str, **extra: Any) -> dict[str, Any]:
 
 
 def vehicle(speed: int) -> dict[str, Any]:
-    return {"id": "urn:ngsi-ld:Vehicle:A", "type": "Vehicle", "speed": {"value": speed}, "@context": [CORE]}
+    return {
+        "id": "urn:ngsi-ld:Vehicle:A",
+        "type": "Vehicle",
+        "speed": {"value": speed},
+        "label": "Fast car",
+        "@context": [CORE],
+    }
 
 
 async def test_http_notification_for_a_matching_change_only(
@@ -213,7 +219,7 @@ async def test_mqtt_notification_on_our_broker(
 async def test_subscriptions_are_their_creators_and_restricted_entities_never_notify_others(
     client: httpx.AsyncClient, db: asyncpg.Connection, receiver: Receiver, notifier: Notifier
 ) -> None:
-    anonymous = {**subscription(receiver.url), "q": "speed>0"}
+    anonymous = {**subscription(receiver.url), "q": "speed>0"}  # label irrelevant here
     anonymous_headers = {"Content-Type": "application/ld+json"}
     assert (await client.post(f"{BASE}/subscriptions", json=anonymous, headers=anonymous_headers)).status_code == 201
     await db.execute(
@@ -241,6 +247,17 @@ async def test_invalid_subscriptions_are_400(client: httpx.AsyncClient) -> None:
         {**subscription("http://x/"), "q": "speed>>"},
         {**subscription("http://x/"), "geoQ": {"georel": "near", "geometry": "Point", "coordinates": [0, 0]}},
         {**subscription("http://x/"), "type": "Sub"},
+        {**subscription("http://x/"), "expiresAt": "2020-01-01T00:00:00Z"},
+        {**subscription("http://x/"), "notification": {"endpoint": {"uri": "http://x/"}, "attributes": []}},
+        {
+            **subscription("http://x/"),
+            "notification": {"endpoint": {"uri": "http://x/"}, "format": "keyValues", "showChanges": True},
+        },
+        {
+            **subscription("http://x/"),
+            "notification": {"endpoint": {"uri": "http://x/", "receiverInfo": [{"key": "a", "value": 1}]}},
+        },
+        {**subscription("http://x/"), "jsonldContext": "not a uri"},
     ):
         response = await client.post(f"{BASE}/subscriptions", json=broken, headers=LD)
         assert response.status_code == 400, broken

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import asyncpg
 
@@ -108,7 +109,13 @@ def validate(body: Any, ctx: ActiveContext, *, partial: bool = False) -> dict[st
     if "throttling" in body and (not isinstance(body["throttling"], int | float) or body["throttling"] <= 0):
         raise BadRequestData("throttling must be a positive number of seconds")
     if "expiresAt" in body:
-        model.parse_datetime(body["expiresAt"], "expiresAt")
+        expires = model.parse_datetime(body["expiresAt"], "expiresAt")
+        if not partial and expires <= datetime.now(UTC):
+            raise BadRequestData("expiresAt is in the past")
+    if "jsonldContext" in body:
+        model.check_uri(body["jsonldContext"], "jsonldContext")
+    if "csf" in body:
+        raise BadRequestData("csf (context source filters) is not supported: this broker has no context sources")
     if "isActive" in body and not isinstance(body["isActive"], bool):
         raise BadRequestData("isActive must be true or false")
     if "notificationTrigger" in body:
@@ -116,7 +123,9 @@ def validate(body: Any, ctx: ActiveContext, *, partial: bool = False) -> dict[st
         if not isinstance(triggers, list) or not set(triggers) <= set(TRIGGERS):
             raise BadRequestData(f"notificationTrigger items are among {', '.join(TRIGGERS)}")
     if "q" in body:
-        Compiler(ctx, Params()).compile_q(str(body["q"]))
+        if not isinstance(body["q"], str):
+            raise BadRequestData("q must be a string")
+        Compiler(ctx, Params()).compile_q(unquote(body["q"]))
     if "scopeQ" in body:
         compile_scope_q(str(body["scopeQ"]), Params())
     if "geoQ" in body:
@@ -143,9 +152,26 @@ def _check_notification(notification: Any) -> None:
         raise BadRequestData("notification.endpoint.accept is application/json or application/ld+json")
     if notification.get("format", "normalized") not in FORMATS:
         raise BadRequestData(f"notification.format is one of {', '.join(FORMATS)}")
-    attributes = notification.get("attributes")
-    if attributes is not None and (not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes)):
-        raise BadRequestData("notification.attributes must be a list of names")
+    for member in ("attributes", "pick", "omit"):
+        names = notification.get(member)
+        if names is not None and (
+            not isinstance(names, list) or not names or not all(isinstance(a, str) and a for a in names)
+        ):
+            raise BadRequestData(f"notification.{member} must be a non-empty list of names")
+    chosen = [m for m in ("attributes", "pick") if m in notification]
+    if len(chosen) > 1 or ("omit" in notification and (chosen or False)):
+        raise BadRequestData("notification: attributes, pick and omit do not combine")
+    if notification.get("showChanges") and notification.get("format") == "keyValues":
+        raise BadRequestData("showChanges needs the normalized or concise format")
+    for member in ("receiverInfo", "notifierInfo"):
+        pairs = endpoint.get(member)
+        if pairs is not None and (
+            not isinstance(pairs, list)
+            or not all(
+                isinstance(p, dict) and isinstance(p.get("key"), str) and isinstance(p.get("value"), str) for p in pairs
+            )
+        ):
+            raise BadRequestData(f"notification.endpoint.{member} is a list of string key/value pairs")
 
 
 async def create(conn: asyncpg.Connection, principal: Principal, body: dict[str, Any], ctx: ActiveContext) -> str:
@@ -370,8 +396,8 @@ async def _matches(
             return False
     conditions = []
     params = Params()
-    if body.get("q"):
-        conditions.append(Compiler(ctx, params).compile_q(str(body["q"])))
+    if body.get("q"):  # a subscription's q is URL-encoded, as in a query string
+        conditions.append(Compiler(ctx, params).compile_q(unquote(str(body["q"]))))
     if body.get("scopeQ"):
         conditions.append(compile_scope_q(str(body["scopeQ"]), params))
     if body.get("geoQ"):
@@ -404,11 +430,12 @@ def notification_payload(
     subscription_id: str, body: dict[str, Any], ctx: ActiveContext, entities: list[Entity], trigger: str
 ) -> dict[str, Any]:
     notification = body.get("notification") or {}
-    attributes = notification.get("attributes")
+    attributes = notification.get("attributes") or notification.get("pick")
     options = RenderOptions(
         form=notification.get("format", "normalized"),
         sys_attrs=bool(notification.get("sysAttrs")),
-        attrs=None if not attributes else frozenset(ctx.expand(a) for a in attributes),
+        attrs=None if not attributes else frozenset(ctx.expand(a) for a in attributes if a not in ("id", "type")),
+        omit=frozenset(a if a in ("id", "type") else ctx.expand(a) for a in notification.get("omit") or []),
     )
     endpoint = notification["endpoint"]
     accept = endpoint.get("accept", "application/json")
@@ -421,14 +448,18 @@ def notification_payload(
         "data": data,
         "triggerReason": trigger,
     }
-    context = ctx.output
+    context = body.get("jsonldContext") or ctx.output  # the subscriber's own context for its notifications
     headers = {"Content-Type": accept}
     if accept == "application/ld+json":
         message = {"@context": context, **message}
     else:
-        from territoire_data.ngsi_ld.request import link_header
+        from territoire_data.ngsi_ld.request import CONTEXT_REL, link_header
 
-        headers["Link"] = link_header(ctx)
+        headers["Link"] = (
+            f'<{body["jsonldContext"]}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
+            if body.get("jsonldContext")
+            else link_header(ctx)
+        )
     for info in endpoint.get("receiverInfo") or []:
         if isinstance(info, dict) and isinstance(info.get("key"), str) and isinstance(info.get("value"), str):
             headers[info["key"]] = info["value"]
