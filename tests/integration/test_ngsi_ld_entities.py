@@ -188,6 +188,15 @@ async def test_geo_query_near_within_and_geojson(client: httpx.AsyncClient) -> N
     )
     assert bad.status_code == 400
 
+    for geometry, coordinates in (("Point", "[1]"), ("Polygon", "[[1,2]]")):  # PostGIS refused these: was a 500
+        malformed = await client.get(
+            f"{BASE}/entities",
+            params={"type": "Vehicle", "georel": "within", "geometry": geometry, "coordinates": coordinates},
+        )
+        assert malformed.status_code == 400
+    broken = {**vehicle(9), "location": {"type": "GeoProperty", "value": {"type": "Polygon", "coordinates": [[1, 2]]}}}
+    assert (await client.post(f"{BASE}/entities", json=broken, headers=LD)).status_code == 400
+
 
 async def test_update_append_partial_merge_replace_and_delete(client: httpx.AsyncClient) -> None:
     assert (await client.post(f"{BASE}/entities", json=vehicle(), headers=LD)).status_code == 201

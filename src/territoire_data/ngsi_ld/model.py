@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import shapely.errors
+import shapely.geometry
+
 from territoire_data.ngsi_ld.contexts import ActiveContext
 from territoire_data.ngsi_ld.errors import BadRequestData
 
@@ -325,6 +328,7 @@ def _checked_value(name: str, kind: str, value: Any, ctx: ActiveContext) -> Any:
     if kind == "GeoProperty":
         if not _is_geometry(value) or value.get("type") == "GeometryCollection":
             raise BadRequestData(f"attribute {name!r} must hold a GeoJSON geometry (not a GeometryCollection)")
+        check_geometry(value, name)
         return value
     if kind == "Relationship":
         if isinstance(value, list):
@@ -484,3 +488,13 @@ def latest_instances(instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if old is None or str(instance.get("observedAt", "")) >= str(old.get("observedAt", "")):
             latest[key] = instance
     return list(latest.values())
+
+
+def check_geometry(geometry: dict[str, Any], what: str) -> None:
+    """A GeoJSON geometry PostGIS will read: well-formed coordinates (shapely builds it or says why not)."""
+    try:
+        built = shapely.geometry.shape(geometry)
+    except (ValueError, TypeError, IndexError, AttributeError, shapely.errors.ShapelyError):
+        raise BadRequestData(f"{what}: malformed GeoJSON coordinates") from None
+    if built.is_empty:
+        raise BadRequestData(f"{what}: empty geometry")

@@ -20,6 +20,7 @@ from lark.exceptions import LarkError
 from territoire_data.db.params import Params
 from territoire_data.ngsi_ld.contexts import ActiveContext
 from territoire_data.ngsi_ld.errors import BadRequestData
+from territoire_data.ngsi_ld.model import check_geometry
 
 GRAMMAR = r"""
 ?start: disjunction
@@ -236,7 +237,9 @@ def parse_geo_query(georel: str | None, geometry: str | None, coordinates: Any, 
         distance = (match.group(1), float(match.group(2)))
     elif relation not in ("within", "contains", "intersects", "equals", "disjoint", "overlaps") or len(parts) != 1:
         raise BadRequestData(f"invalid georel {georel[:60]!r}")
-    return GeoQuery(relation, {"type": geometry, "coordinates": coordinates}, geoproperty or "location", distance)
+    shape = {"type": geometry, "coordinates": coordinates}
+    check_geometry(shape, "geoQ")
+    return GeoQuery(relation, shape, geoproperty or "location", distance)
 
 
 def compile_geo_query(geo: GeoQuery, params: Params, geom_sql: str) -> str:
