@@ -60,7 +60,7 @@ async def test_sensor_history_timerel_and_last_n(client: httpx.AsyncClient, db: 
     assert day.status_code == 200, day.text
     instances = day.json()["pm10"]
     assert len(instances) == 1440
-    assert instances[0]["value"] == 0 and instances[0]["observedAt"] == "2026-11-30T00:00:00.000Z"
+    assert instances[0]["value"] == 0 and instances[0]["observedAt"] == "2026-11-30T00:00:00Z"
     assert instances[0]["unitCode"] == "GQ"
     before = await client.get(url, params={"timerel": "before", "timeAt": "2026-11-30T00:10:00Z"})
     assert [i["value"] for i in before.json()["pm10"]] == list(range(10))
@@ -68,9 +68,9 @@ async def test_sensor_history_timerel_and_last_n(client: httpx.AsyncClient, db: 
     assert last.json()["pm10"] == {
         "type": "Property",
         "values": [
-            [1437, "2026-11-30T23:57:00.000Z"],
-            [1438, "2026-11-30T23:58:00.000Z"],
-            [1439, "2026-11-30T23:59:00.000Z"],
+            [1437, "2026-11-30T23:57:00Z"],
+            [1438, "2026-11-30T23:58:00Z"],
+            [1439, "2026-11-30T23:59:00Z"],
         ],
     }
     bad = await client.get(url, params={"timerel": "between", "timeAt": "2026-11-30T00:00:00Z"})

