@@ -241,15 +241,14 @@ WHERE o.datastream_id = {datastream} AND o.phenomenon_time >= {p_start} AND o.ph
 GROUP BY 1 ORDER BY 1"""
     rows = await conn.fetch(sql, *params.values)
     column = {"totalCount": "total_count", "distinctCount": "distinct_count", "sumsq": "sumsq"}
+    spans = [(model.iso(row["b"]), model.iso(min(row["b"] + period, end))) for row in rows]  # once per bucket
     for method in tq.methods:
-        values = []
-        for row in rows:
-            value = row[column.get(method, method)]
-            if value is None:
-                continue
-            bucket_end = min(row["b"] + period, end)
-            values.append([_number(value), model.iso(row["b"]), model.iso(bucket_end)])
-        instance[method] = values
+        key = column.get(method, method)
+        instance[method] = [
+            [_number(row[key]), first, last]
+            for row, (first, last) in zip(rows, spans, strict=True)
+            if row[key] is not None
+        ]
     if stream["dataset_id"]:
         instance["datasetId"] = stream["dataset_id"]
     return instance
