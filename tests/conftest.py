@@ -44,7 +44,8 @@ CORE_TABLES = (
     "ingest_rejection, audit_event, api_key_grant, api_key, observation, multi_observation, feature_of_interest, "
     "multi_datastream_observed_property, multi_datastream, datastream, "
     "observed_property, sensor, location_historical_location, historical_location, thing_location, location, "
-    "thing, dataset_import, dataset"
+    "thing, dataset_import, dataset, ngsild_notification, ngsild_subscription, ngsild_context, "
+    "ngsild_attribute_instance, ngsild_entity"
 )
 
 

@@ -410,6 +410,39 @@ def run_with_connection(settings: Settings, work: Callable[[Any], Any], *, write
     return asyncio.run(runner())
 
 
+ngsi_ld_app = typer.Typer(help="NGSI-LD: @contexts kept for offline use.", no_args_is_help=True)
+app.add_typer(ngsi_ld_app, name="ngsi-ld")
+
+
+@ngsi_ld_app.command("context-add")
+@clear_errors
+def ngsi_ld_context_add(
+    url: Annotated[str, typer.Argument(help="the URL clients name the context by (Link header, @context)")],
+    file: Annotated[Path, typer.Argument(help="a local copy of the document", exists=True, dir_okay=False)],
+) -> None:
+    """Keep a copy of a remote @context under its URL, so NGSI-LD requests naming it work offline."""
+    import json
+
+    import asyncpg
+
+    from territoire_data.ngsi_ld.contexts import store_context
+
+    settings = settings_for_command()
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{file} is not JSON: {exc}") from None
+
+    async def run() -> str:
+        conn = await asyncpg.connect(settings.asyncpg_dsn)
+        try:
+            return await store_context(conn, url, document, "Cached")
+        finally:
+            await conn.close()
+
+    typer.echo(f"stored {url} as {asyncio.run(run())}")
+
+
 @keys_app.command("create")
 @clear_errors
 def keys_create(

@@ -85,6 +85,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="$select topics the MQTT bridge always publishes, e.g. v1.1/Observations?$select=result",
     )
+    ngsild_default_limit: int = Field(default=20, ge=1, le=10_000, description="NGSI-LD page size by default")
+    ngsild_max_limit: int = Field(default=1000, ge=1, le=100_000, description="largest NGSI-LD `limit` honoured")
+    ngsild_context_allow: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes of user @contexts the NGSI-LD door may fetch (cached); others must be stored first",
+    )
+    ngsild_notifier: bool = Field(
+        default=True, description="an API process delivers NGSI-LD notifications (one at a time, by a lock)"
+    )
+    ngsild_notify_retries: int = Field(default=5, ge=0, le=100, description="delivery attempts of a notification")
     max_url_length: int = Field(default=8192, ge=256, le=65_536, description="path and query string, in bytes")
     filter_max_nodes: int = Field(default=500, ge=1, description="nodes of the filters of one request")
     filter_max_depth: int = Field(default=32, ge=1, le=200, description="nesting of a filter expression")

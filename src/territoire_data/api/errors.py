@@ -40,7 +40,8 @@ def problem(
     **extra: Any,
 ) -> ProblemResponse:
     body: dict[str, Any] = {
-        "type": PROBLEM_BASE + type_slug if type_slug else "about:blank",
+        # a slug of ours, or a standard's own absolute type (NGSI-LD's https://uri.etsi.org/ngsi-ld/errors/...)
+        "type": (type_slug if "://" in type_slug else PROBLEM_BASE + type_slug) if type_slug else "about:blank",
         "title": title,
         "status": status,
     }

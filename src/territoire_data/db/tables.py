@@ -383,6 +383,7 @@ multi_datastream_feature = Table(
     Column("feature_of_interest_id", BigInteger, primary_key=True),
 )
 
+<<<<<<< HEAD
 # Steering indicators (migration 0014_indicators): territorial divisions, declared indicators, their values per
 # unit and period, and the periods left to recompute (marked by triggers on observation and dataset).
 division = Table(
@@ -393,10 +394,24 @@ division = Table(
     Column("code_field", Text, nullable=False),
     Column("name_field", Text, nullable=False),
     Column("attributes", JSONB, nullable=False),
+=======
+# NGSI-LD (migration 0016_ngsild): entities created through NGSI-LD whose type has no table of its own, their
+# attributes' history, stored @contexts, subscriptions and the outbox of their notifications.
+ngsild_entity = Table(
+    "ngsild_entity",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("types", ARRAY(Text), nullable=False),
+    Column("scopes", ARRAY(Text)),
+    Column("attrs", JSONB, nullable=False),
+    Column("location", _geom()),
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="CASCADE")),
+>>>>>>> i21
     Column("created_at", TZ, nullable=False),
     Column("modified_at", TZ, nullable=False),
 )
 
+<<<<<<< HEAD
 indicator = Table(
     "indicator",
     metadata,
@@ -410,10 +425,55 @@ indicator = Table(
     Column("denominator_indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="SET NULL")),
     Column("computed_at", TZ),
     Column("compute_error", Text),
+=======
+ngsild_attribute_instance = Table(
+    "ngsild_attribute_instance",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("entity_id", Text, ForeignKey("ngsild_entity.id", ondelete="CASCADE"), nullable=False),
+    Column("attr", Text, nullable=False),
+    Column("instance_id", Text, nullable=False),
+    Column("dataset_id", Text),
+    Column("observed_at", TZ),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+    Column("deleted_at", TZ),
+    Column("instance", JSONB, nullable=False),
+)
+
+ngsild_context = Table(
+    "ngsild_context",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False, unique=True),
+    Column("body", JSONB, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Column("last_used_at", TZ),
+    Column("hits", BigInteger, nullable=False),
+)
+
+ngsild_subscription = Table(
+    "ngsild_subscription",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("body", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False),
+    Column("principal", JSONB, nullable=False),
+    Column("is_active", Boolean, nullable=False),
+    Column("expires_at", TZ),
+    Column("times_sent", BigInteger, nullable=False),
+    Column("times_failed", BigInteger, nullable=False),
+    Column("last_notification", TZ),
+    Column("last_success", TZ),
+    Column("last_failure", TZ),
+    Column("last_error", Text),
+>>>>>>> i21
     Column("created_at", TZ, nullable=False),
     Column("modified_at", TZ, nullable=False),
 )
 
+<<<<<<< HEAD
 indicator_sensor_source = Table(
     "indicator_sensor_source",
     metadata,
@@ -445,4 +505,16 @@ indicator_dirty = Table(
     Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
     Column("period_start", TZ, primary_key=True),
     Column("marked_at", TZ, nullable=False),
+=======
+ngsild_notification = Table(
+    "ngsild_notification",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("subscription_id", Text, ForeignKey("ngsild_subscription.id", ondelete="CASCADE"), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", TZ, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", TZ, nullable=False),
+>>>>>>> i21
 )
