@@ -22,7 +22,7 @@ COPY --from=assets /src/src/territoire_data/web/static/vendor ./src/territoire_d
 COPY migrations ./migrations
 COPY connectors ./connectors
 COPY demo ./demo
-<<<<<<< HEAD
+COPY indicators ./indicators
 RUN /opt/territoire/bin/pip install --no-deps . && /opt/territoire/bin/pip uninstall -y pip
 # The CycloneDX SBOM and the licences (distributions and the native libraries their wheels bundle) of exactly
 # what ships, made by tools in a separate environment (they are not shipped, nor described).
@@ -31,10 +31,6 @@ RUN python -m venv /opt/sbom-tools \
  && /opt/sbom-tools/bin/pip install "cyclonedx-bom==7.5.0" "pip-licenses==5.5.5" \
  && /opt/sbom-tools/bin/python scripts/sbom.py --python /opt/territoire/bin/python \
       --output-dir /opt/territoire/share/doc/territoire-data
-=======
-COPY indicators ./indicators
-RUN pip wheel --wheel-dir /wheels .
->>>>>>> i19
 
 # --- runtime -----------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS runtime

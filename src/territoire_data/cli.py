@@ -34,18 +34,15 @@ datasets_app = typer.Typer(
     help="Manage the catalog: list, show, create, update, delete datasets.", no_args_is_help=True
 )
 app.add_typer(datasets_app, name="datasets")
-<<<<<<< HEAD
 rejections_app = typer.Typer(
     help="Rejected messages and rows: list, summary, show, replay after a fix.", no_args_is_help=True
 )
 app.add_typer(rejections_app, name="rejections")
-=======
 indicators_app = typer.Typer(
     help="Steering indicators: load indicators/*.yaml, compute (dirty periods, or --full), list.",
     no_args_is_help=True,
 )
 app.add_typer(indicators_app, name="indicators")
->>>>>>> i19
 
 F = TypeVar("F", bound=Callable[..., Any])
 

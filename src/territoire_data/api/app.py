@@ -46,12 +46,9 @@ from territoire_data.indicators.compute import Refresher
 from territoire_data.indicators.portal import install as install_indicator_pages
 from territoire_data.indicators.routes import router as indicators_router
 from territoire_data.ingest.files import routes as imports
-<<<<<<< HEAD
-from territoire_data.ops import routes as ops_routes
-=======
 from territoire_data.ngsi_ld.notifier import Notifier
 from territoire_data.ngsi_ld.routes import router as ngsi_ld_router
->>>>>>> i21
+from territoire_data.ops import routes as ops_routes
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router
@@ -85,23 +82,13 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
-<<<<<<< HEAD
-<<<<<<< HEAD
         # The pool gauges of this worker, kept fresh for a scrape answered by another worker.
         sampler = asyncio.create_task(_sample_pools(app))
-        yield
-        sampler.cancel()
-=======
         refresher = None
         if settings.indicators_live and owns_engine:
             # Touched indicator periods are recomputed as the database notifies them (see indicators.compute).
             refresher = Refresher(lambda: connect_raw(settings, application_name="indicators"))
             refresher.start()
-        yield
-        if refresher is not None:
-            await refresher.stop()
->>>>>>> i19
-=======
         notifier_stop = asyncio.Event()
         notifier = (
             asyncio.create_task(Notifier(settings).run(notifier_stop), name="ngsi-ld notifier")
@@ -112,7 +99,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
         notifier_stop.set()
         if notifier is not None:
             await notifier
->>>>>>> i21
+        if refresher is not None:
+            await refresher.stop()
+        sampler.cancel()
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
@@ -178,15 +167,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(features_router)
     app.include_router(exports_router)
     app.include_router(imports.router)
-<<<<<<< HEAD
-<<<<<<< HEAD
     app.include_router(ops_routes.router)
-=======
     app.include_router(indicators_router)
->>>>>>> i19
-=======
     app.include_router(ngsi_ld_router)
->>>>>>> i21
     _mount_docs(app)
     install_portal(app)
     install_indicator_pages(app)

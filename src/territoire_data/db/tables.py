@@ -383,7 +383,6 @@ multi_datastream_feature = Table(
     Column("feature_of_interest_id", BigInteger, primary_key=True),
 )
 
-<<<<<<< HEAD
 # Steering indicators (migration 0014_indicators): territorial divisions, declared indicators, their values per
 # unit and period, and the periods left to recompute (marked by triggers on observation and dataset).
 division = Table(
@@ -394,24 +393,10 @@ division = Table(
     Column("code_field", Text, nullable=False),
     Column("name_field", Text, nullable=False),
     Column("attributes", JSONB, nullable=False),
-=======
-# NGSI-LD (migration 0016_ngsild): entities created through NGSI-LD whose type has no table of its own, their
-# attributes' history, stored @contexts, subscriptions and the outbox of their notifications.
-ngsild_entity = Table(
-    "ngsild_entity",
-    metadata,
-    Column("id", Text, primary_key=True),
-    Column("types", ARRAY(Text), nullable=False),
-    Column("scopes", ARRAY(Text)),
-    Column("attrs", JSONB, nullable=False),
-    Column("location", _geom()),
-    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="CASCADE")),
->>>>>>> i21
     Column("created_at", TZ, nullable=False),
     Column("modified_at", TZ, nullable=False),
 )
 
-<<<<<<< HEAD
 indicator = Table(
     "indicator",
     metadata,
@@ -425,7 +410,59 @@ indicator = Table(
     Column("denominator_indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="SET NULL")),
     Column("computed_at", TZ),
     Column("compute_error", Text),
-=======
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
+indicator_sensor_source = Table(
+    "indicator_sensor_source",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "observed_property_id", BigInteger, ForeignKey("observed_property.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("dataset_ids", ARRAY(BigInteger)),
+    Column("period", Text, nullable=False),
+    Column("timezone", Text, nullable=False),
+)
+
+indicator_value = Table(
+    "indicator_value",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column("unit_code", Text, primary_key=True),
+    Column("period_start", TZ, primary_key=True),
+    Column("value", Float(precision=53)),
+    Column("raw_value", Float(precision=53)),
+    Column("denominator", Float(precision=53)),
+    Column("record_count", BigInteger, nullable=False),
+    Column("computed_at", TZ, nullable=False),
+)
+
+indicator_dirty = Table(
+    "indicator_dirty",
+    metadata,
+    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", TZ, primary_key=True),
+    Column("marked_at", TZ, nullable=False),
+)
+
+
+# NGSI-LD (migration 0016_ngsild): entities created through NGSI-LD whose type has no table of its own, their
+# attributes' history, stored @contexts, subscriptions and the outbox of their notifications.
+ngsild_entity = Table(
+    "ngsild_entity",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("types", ARRAY(Text), nullable=False),
+    Column("scopes", ARRAY(Text)),
+    Column("attrs", JSONB, nullable=False),
+    Column("location", _geom()),
+    Column("dataset_id", BigInteger, ForeignKey("dataset.id", ondelete="CASCADE")),
+    Column("created_at", TZ, nullable=False),
+    Column("modified_at", TZ, nullable=False),
+)
+
 ngsild_attribute_instance = Table(
     "ngsild_attribute_instance",
     metadata,
@@ -468,44 +505,10 @@ ngsild_subscription = Table(
     Column("last_success", TZ),
     Column("last_failure", TZ),
     Column("last_error", Text),
->>>>>>> i21
     Column("created_at", TZ, nullable=False),
     Column("modified_at", TZ, nullable=False),
 )
 
-<<<<<<< HEAD
-indicator_sensor_source = Table(
-    "indicator_sensor_source",
-    metadata,
-    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
-    Column(
-        "observed_property_id", BigInteger, ForeignKey("observed_property.id", ondelete="CASCADE"), primary_key=True
-    ),
-    Column("dataset_ids", ARRAY(BigInteger)),
-    Column("period", Text, nullable=False),
-    Column("timezone", Text, nullable=False),
-)
-
-indicator_value = Table(
-    "indicator_value",
-    metadata,
-    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
-    Column("unit_code", Text, primary_key=True),
-    Column("period_start", TZ, primary_key=True),
-    Column("value", Float(precision=53)),
-    Column("raw_value", Float(precision=53)),
-    Column("denominator", Float(precision=53)),
-    Column("record_count", BigInteger, nullable=False),
-    Column("computed_at", TZ, nullable=False),
-)
-
-indicator_dirty = Table(
-    "indicator_dirty",
-    metadata,
-    Column("indicator_id", BigInteger, ForeignKey("indicator.id", ondelete="CASCADE"), primary_key=True),
-    Column("period_start", TZ, primary_key=True),
-    Column("marked_at", TZ, nullable=False),
-=======
 ngsild_notification = Table(
     "ngsild_notification",
     metadata,
@@ -516,5 +519,4 @@ ngsild_notification = Table(
     Column("next_attempt_at", TZ, nullable=False),
     Column("last_error", Text),
     Column("created_at", TZ, nullable=False),
->>>>>>> i21
 )
