@@ -24,6 +24,7 @@ from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.compression import CompressionMiddleware
 from territoire_data.api.errors import document_problems, install_error_handlers
+from territoire_data.api.failover import FailoverRetryMiddleware
 from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
 from territoire_data.api.security import (
@@ -100,8 +101,12 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.metrics_registry = registry
 
     install_error_handlers(app)
-    # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
-    # query limits, rate limit, CORS, metrics, then the request id outermost.
+    # Added innermost first: the failover retry (a request that met a primary change runs again), HEAD (GET
+    # without the body), security and cache headers, body limit, URL length and query limits, rate limit, CORS,
+    # metrics, then the request id outermost.
+    app.add_middleware(
+        FailoverRetryMiddleware, wait_seconds=settings.db_failover_wait_seconds, max_body=settings.max_body_bytes
+    )
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
