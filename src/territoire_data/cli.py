@@ -117,7 +117,9 @@ def serve(
         workers=workers or serving.default_workers(),
         log_config=None,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # X-Forwarded-For is the app's to believe, from TERRITOIRE_TRUSTED_PROXIES only (uvicorn's own default
+        # would trust any local client's).
+        proxy_headers=False,
         server_header=False,
     )
 

@@ -8,7 +8,6 @@ closed socket), and a multi-host URL whose first host is down still reaches the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import asyncpg
 import httpx
@@ -19,7 +18,7 @@ from territoire_data.api.app import create_app
 from territoire_data.db.failover import is_connect_error, is_failover_error
 from territoire_data.dsn import parse_database_url
 from territoire_data.settings import Settings
-from tests.conftest import TEST_ADMIN_AUTH, free_port
+from tests.conftest import TEST_ADMIN_AUTH, TcpProxy, free_port
 from tests.observation_helpers import create_datastreams
 
 pytestmark = pytest.mark.db
@@ -55,48 +54,14 @@ async def test_reads_and_writes_survive_their_connections_being_cut(settings: Se
     assert await db.fetchval("SELECT count(*) FROM thing WHERE name = 'after a cut'") == 1
 
 
-class Relay:
-    """A TCP relay in front of PostgreSQL that can be cut (every connection dropped, new ones refused) and put
-    back: what the API sees while a primary dies and its standby is promoted."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 @pytest.mark.parametrize("wait", [5.0, 0.0])
 async def test_a_request_during_an_outage_waits_for_the_database(
     settings: Settings, db: asyncpg.Connection, wait: float
 ) -> None:
     url = parse_database_url(settings.database_url)
     (host, port), *_ = url.hosts
-    relay = Relay((host, port or 5432))
-    await relay.open()
+    relay = TcpProxy(host, port or 5432)
+    await relay.start()
     through = settings.database_url.replace(f"{host}:{port}", f"127.0.0.1:{relay.port}", 1)
     app = create_app(settings.model_copy(update={"database_url": through, "db_failover_wait_seconds": wait}))
     transport = httpx.ASGITransport(app=app)
@@ -105,7 +70,7 @@ async def test_a_request_during_an_outage_waits_for_the_database(
         await relay.cut()  # every pooled connection dropped, new ones refused
         request = asyncio.create_task(http.get("/sta/v1.1/Things"))
         await asyncio.sleep(1.5)
-        await relay.open()  # "the standby is promoted"
+        await relay.heal()  # "the standby is promoted"
         response = await request
         writes = await http.post("/sta/v1.1/Things", json={"name": "n", "description": "d"}, headers=TEST_ADMIN_AUTH)
     await relay.cut()

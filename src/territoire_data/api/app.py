@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from territoire_data import __version__
 from territoire_data.api import health
@@ -132,6 +133,11 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.add_middleware(CompressionMiddleware, minimum_size=1024, excluded_paths=[r"/exports/parquet$"])
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    if settings.trusted_proxies:
+        # Outermost: behind a reverse proxy (deploy/nginx/territoire.conf) the rate limits, the audit's "from where"
+        # and the logs see the client's address from X-Forwarded-For, believed only when the connection comes from
+        # one of TERRITOIRE_TRUSTED_PROXIES (uvicorn's middleware: the rightmost address not a trusted proxy).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     # First in the routing table: SensorThings reads, the busiest requests, skip FastAPI's route search and
     # parameter resolution (the documented GET route of `sensorthings_router` answers the same way).

@@ -61,6 +61,10 @@ def _is_failover_one(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
         return True
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # seen on a pooled connection whose server died mid-exchange ("cannot switch to state 15; another
+        # operation is in progress"): the connection is unusable, a new one is not
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     state = getattr(exc, "sqlstate", None)
