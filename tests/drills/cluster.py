@@ -7,7 +7,6 @@ The nodes run `deploy/patroni/patroni.yml`, the file we ship, with only what dif
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pwd
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import yaml
 
@@ -136,7 +134,6 @@ class PatroniCluster:
             self.nodes.append(self._configure(f"pg{index}", next(ports), next(ports)))
         self._launch(self.nodes[0])
         self._wait(lambda: self.nodes[0].role() == "primary", 90, "the first node to bootstrap as primary")
-        self._create_app_database(self.nodes[0])
         self._launch(self.nodes[1])
         self.wait_healthy()
 
@@ -153,6 +150,7 @@ class PatroniCluster:
         config["restapi"] = {"listen": f"127.0.0.1:{rest_port}", "connect_address": f"127.0.0.1:{rest_port}"}
         config["etcd3"] = {"hosts": f"127.0.0.1:{self.etcd_port}"}
         config["bootstrap"]["dcs"]["synchronous_mode"] = self.synchronous
+        config["bootstrap"]["post_bootstrap"] = str(SHIPPED.parent / "post_bootstrap.sh")
         # Loopback only, a 1-second loop (the shipped 2 s leaves failovers a little longer).
         config["bootstrap"]["dcs"]["loop_wait"] = 1
         config["bootstrap"]["pg_hba"] = [
@@ -181,7 +179,7 @@ class PatroniCluster:
 
     def _launch(self, node: Node) -> None:
         log = node.log.open("ab")
-        env = {**os.environ, "PATRONICTL_CONFIG_FILE": str(node.config)}
+        env = {**os.environ, "PATRONICTL_CONFIG_FILE": str(node.config), "TERRITOIRE_DB_PASSWORD": APP_PASSWORD}
         node.process = subprocess.Popen(
             [shutil.which("patroni") or "patroni", str(node.config)],
             stdout=log,
@@ -193,22 +191,6 @@ class PatroniCluster:
 
     def superuser_url(self, node: Node, database: str = "postgres") -> str:
         return f"postgresql://postgres:{SUPER_PASSWORD}@127.0.0.1:{node.pg_port}/{database}"
-
-    def _create_app_database(self, node: Node) -> None:
-        async def create() -> None:
-            conn = await asyncpg.connect(self.superuser_url(node))
-            try:
-                await conn.execute(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'")
-                await conn.execute(f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
-            finally:
-                await conn.close()
-            conn = await asyncpg.connect(self.superuser_url(node, APP_DB))
-            try:
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
 
     def url(self) -> str:
         """The application's URL: every node, the primary chosen by target_session_attrs (added by the app)."""

@@ -56,7 +56,8 @@ class FailoverRetryMiddleware:
         attempt = 0
 
         while True:
-            guard = _Guard(dict(scope), method, send)
+            scope.pop(FAILOVER_MARK, None)  # the same scope each time: what the router notes there is seen outside
+            guard = _Guard(scope, method, send)
             try:
                 await self.app(guard.scope, _Replay(body, receive), guard.send)
             except Exception as exc:
