@@ -220,6 +220,13 @@ class Settings(BaseSettings):
         return parse_database_url(self.database_url).for_role("write").libpq()
 
     @property
+    def sqlalchemy_read_url(self) -> str | None:
+        """The standbys' URL for SQLAlchemy's asyncpg dialect, or None if unset."""
+        if not self.database_read_url:
+            return None
+        return parse_database_url(self.database_read_url).for_role("read").sqlalchemy("asyncpg")
+
+    @property
     def asyncpg_read_dsn(self) -> str | None:
         """The standbys' URL for asyncpg (`prefer-standby` with several hosts unless said), or None if unset."""
         if not self.database_read_url:

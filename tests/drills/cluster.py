@@ -8,6 +8,8 @@ The nodes run `deploy/patroni/patroni.yml`, the file we ship, with only what dif
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -17,9 +19,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import yaml
 
@@ -279,3 +283,28 @@ class PatroniCluster:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"timed out waiting for {what}")
+
+
+async def add_admin_key(url: str) -> None:
+    """The test suite's admin key (tests.conftest.TEST_ADMIN_KEY), in the cluster's database."""
+    from tests.conftest import TEST_ADMIN_KEY
+
+    conn = await asyncpg.connect(url + "?target_session_attrs=read-write")
+    try:
+        await conn.execute(
+            "INSERT INTO api_key (prefix, key_hash, name, role) VALUES ($1, $2, 'drill admin', 'admin')",
+            TEST_ADMIN_KEY.split("_")[1],
+            hashlib.sha256(TEST_ADMIN_KEY.encode()).hexdigest(),
+        )
+    finally:
+        await conn.close()
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Print a drill's figures, and append them as a JSON line to $TERRITOIRE_DRILL_REPORT when set."""
+    line = json.dumps({"drill": name, "at": datetime.now(UTC).isoformat(timespec="seconds"), **figures})
+    print(f"\n[drill] {line}")
+    target = os.environ.get("TERRITOIRE_DRILL_REPORT")
+    if target:
+        with Path(target).open("a") as out:
+            out.write(line + "\n")

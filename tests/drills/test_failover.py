@@ -13,8 +13,6 @@ $TERRITOIRE_DRILL_REPORT when set. Run with `./scripts/drills` (or `pytest -m dr
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -32,8 +30,8 @@ import pytest
 import yaml
 
 from territoire_data.db import migrate as migrations
-from tests.conftest import TEST_ADMIN_AUTH, TEST_ADMIN_KEY, LiveServer, MosquittoProcess, make_settings
-from tests.drills.cluster import PatroniCluster, missing_tools, port_source
+from tests.conftest import TEST_ADMIN_AUTH, LiveServer, MosquittoProcess, make_settings
+from tests.drills.cluster import PatroniCluster, add_admin_key, missing_tools, port_source, report
 from tests.drills.traffic import HttpProbe, SteadyPublisher
 from tests.integration.mqtt_helpers import connector_for
 
@@ -60,28 +58,6 @@ class Platform:
     @property
     def url(self) -> str:
         return self.cluster.url()
-
-
-def _report(name: str, figures: dict[str, Any]) -> None:
-    line = json.dumps({"drill": name, "at": datetime.now(UTC).isoformat(timespec="seconds"), **figures})
-    print(f"\n[drill] {line}")
-    target = os.environ.get("TERRITOIRE_DRILL_REPORT")
-    if target:
-        with Path(target).open("a") as out:
-            out.write(line + "\n")
-
-
-async def _prepare(url: str) -> None:
-    """The admin key the drill writes with (the test suite's own, in this cluster's database)."""
-    conn = await asyncpg.connect(url + "?target_session_attrs=read-write")
-    try:
-        await conn.execute(
-            "INSERT INTO api_key (prefix, key_hash, name, role) VALUES ($1, $2, 'drill admin', 'admin')",
-            TEST_ADMIN_KEY.split("_")[1],
-            hashlib.sha256(TEST_ADMIN_KEY.encode()).hexdigest(),
-        )
-    finally:
-        await conn.close()
 
 
 async def _fetchval(url: str, sql: str, *args: Any) -> Any:
@@ -148,7 +124,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         cluster.start()
         settings = make_settings(cluster.url())
         migrations.upgrade(settings)
-        asyncio.run(_prepare(cluster.url()))
+        asyncio.run(add_admin_key(cluster.url()))
         broker = MosquittoProcess(next(ports))
         broker.start()
         settings = make_settings(cluster.url(), mqtt_url=broker.url)
@@ -293,7 +269,7 @@ def test_killing_the_primary_mid_stream_loses_no_acknowledged_message(platform: 
         "write_errors": len(writers.errors()),
         "write_longest_gap_s": round(writers.longest_gap(), 2),
     }
-    _report("failover (SIGKILL of the primary's postmaster)", figures)
+    report("failover (SIGKILL of the primary's postmaster)", figures)
     assert publisher.errors == []
     assert (stored, distinct) == (MESSAGES, MESSAGES), figures  # none lost, none twice
     assert _rejections(platform) == 0
@@ -347,7 +323,7 @@ def test_a_planned_switchover_shows_no_error_to_any_client(platform: Platform) -
         "write_errors": len(writers.errors()),
         "write_longest_gap_s": round(writers.longest_gap(), 2),
     }
-    _report("switchover (patronictl switchover)", figures)
+    report("switchover (patronictl switchover)", figures)
     assert publisher.errors == []
     assert (stored, distinct) == (count, count), figures
     assert readers.errors() == [], readers.errors()[:3]

@@ -27,7 +27,7 @@ from territoire_data.api.compression import CompressionMiddleware
 from territoire_data.api.errors import document_problems, install_error_handlers
 from territoire_data.api.failover import FailoverRetryMiddleware
 from territoire_data.api.head import HeadMiddleware
-from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector
+from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware, PoolCollector, ReplicaCollector
 from territoire_data.api.security import (
     BodyLimitMiddleware,
     QueryLimitMiddleware,
@@ -40,6 +40,7 @@ from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.db.readpool import close_read_pool, read_pool
+from territoire_data.db.replicas import ReplicaRouter
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.ingest.files import routes as imports
@@ -76,7 +77,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
                 await asyncio.wait_for(read_pool(app.state.engine, settings), 10)
             except (OSError, asyncpg.PostgresError) as exc:  # the database is down: /ready says so, retried later
                 logger.warning("read pool not opened at startup: %s", exc)
+        await app.state.replicas.start()  # the standbys of TERRITOIRE_DATABASE_READ_URL, if any, and their lag
         yield
+        await app.state.replicas.close()
         await close_read_pool(app.state.engine)
         if owns_engine:
             await app.state.engine.dispose()
@@ -94,11 +97,13 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.engine = engine or create_engine(settings)
+    app.state.replicas = ReplicaRouter(settings)
     app.state.schema_head = head_revision(settings)
     # Per process: the identity provider's keys are fetched on the first token, not at start-up.
     app.state.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
     registry = CollectorRegistry()
     registry.register(PoolCollector(app.state.engine))
+    registry.register(ReplicaCollector(app.state.replicas))
     app.state.metrics_registry = registry
 
     install_error_handlers(app)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from territoire_data.db.replicas import ReplicaRouter
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -94,3 +97,37 @@ class PoolCollector(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+
+class ReplicaCollector(Collector):
+    """The read replica at scrape time: its lag, whether reads use it, and where reads went and why."""
+
+    def __init__(self, replicas: ReplicaRouter) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        replicas = self.replicas
+        if not replicas.configured:
+            return
+        lag = GaugeMetricFamily(
+            "territoire_db_read_replica_lag_seconds",
+            "Replication delay of the read replica (TERRITOIRE_DATABASE_READ_URL); NaN while unreachable",
+            value=replicas.lag if replicas.lag is not None else math.nan,
+        )
+        in_use = GaugeMetricFamily(
+            "territoire_db_read_replica_in_use",
+            "1 while anonymous reads go to the replica, 0 while they fall back to the primary "
+            "(lag over TERRITOIRE_READ_MAX_LAG_MS, or unreachable)",
+            value=1.0 if replicas.usable() else 0.0,
+        )
+        limit = GaugeMetricFamily(
+            "territoire_db_read_replica_max_lag_seconds", "TERRITOIRE_READ_MAX_LAG_MS", value=replicas.max_lag
+        )
+        reads = CounterMetricFamily(
+            "territoire_db_reads",
+            "Reads by the node they went to (replica or primary) and why (replica, keyed, lag, unreachable)",
+            labels=("target", "reason"),
+        )
+        for (target, reason), count in sorted(replicas.reads.items()):
+            reads.add_metric((target, reason), count)
+        yield from (lag, in_use, limit, reads)

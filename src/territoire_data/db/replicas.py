@@ -19,11 +19,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from territoire_data.db.engine import create_engine
+from territoire_data.db.readpool import open_pool
 from territoire_data.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,19 +45,17 @@ SELECT pg_is_in_recovery() AS standby,
 class ReplicaRouter:
     """Decides, per read, between the standby pool and the primary's, and keeps the standby's lag up to date."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        open_pool: Callable[[str], Awaitable[asyncpg.Pool]],
-        *,
-        interval: float | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, interval: float | None = None) -> None:
+        self.settings = settings
         self.dsn = settings.asyncpg_read_dsn
         self.max_lag = settings.read_max_lag_ms / 1000
         # Checked often enough to notice a lag at half the tolerance, at most every second, at least every 50 ms.
         self.interval = interval if interval is not None else min(1.0, max(0.05, self.max_lag / 2))
-        self.open_pool = open_pool
-        self.pool: asyncpg.Pool | None = None
+        self.pool: asyncpg.Pool | None = None  # the read doors' asyncpg connections to the standby
+        # The doors that read through SQLAlchemy (catalog, portal): the same standby, the same rule.
+        self.engine: AsyncEngine | None = None
+        if settings.sqlalchemy_read_url is not None:
+            self.engine = create_engine(settings, url=settings.sqlalchemy_read_url, application_name="read-replica")
         self.lag: float | None = None  # seconds; None while unknown or unreachable
         self.standby = False  # the node answering is in recovery (False after its promotion)
         self.checked = 0.0  # monotonic time of the last successful check
@@ -101,7 +101,7 @@ class ReplicaRouter:
             if self.pool is not None or self.dsn is None:
                 return
             try:
-                self.pool = await asyncio.wait_for(self.open_pool(self.dsn), 10)
+                self.pool = await asyncio.wait_for(open_pool(self.dsn, self.settings), 10)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("read replica not reachable (%s: %s); reads go to the primary", type(exc).__name__, exc)
                 return
@@ -147,3 +147,5 @@ class ReplicaRouter:
         pool, self.pool = self.pool, None
         if pool is not None:
             await pool.close()
+        if self.engine is not None:
+            await self.engine.dispose()
