@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from territoire_data.api.app import create_app
-from territoire_data.db.failover import is_connect_error, is_failover_error
+from territoire_data.db.failover import CommitWatch, NotDurable, is_connect_error, is_failover_error
 from territoire_data.dsn import parse_database_url
 from territoire_data.settings import Settings
 from tests.conftest import TEST_ADMIN_AUTH, TcpProxy, free_port
@@ -131,3 +131,30 @@ async def test_failover_errors_are_told_apart_from_real_ones(settings: Settings)
     with pytest.raises(OSError, match="onnect") as refused:
         await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     assert is_failover_error(refused.value) and is_connect_error(refused.value)
+
+
+async def test_a_commit_that_warns_is_not_taken_as_durable(settings: Settings) -> None:
+    """PostgreSQL reports a commit whose wait for the synchronous standby was cancelled with a WARNING; any
+    WARNING during a commit makes CommitWatch refuse it (here a deferred trigger warns at commit time)."""
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE batch (x int);"
+            "CREATE FUNCTION pg_temp.warn_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE WARNING 'canceling wait for synchronous replication'; RETURN NULL; END $$;"
+            "CREATE CONSTRAINT TRIGGER warn AFTER INSERT ON batch DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION pg_temp.warn_at_commit()"
+        )
+        watch = CommitWatch(conn)
+        watch.arm()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO batch VALUES (1)")
+        with pytest.raises(NotDurable, match="synchronous"):
+            await watch.check()
+        assert is_failover_error(NotDurable("x"))  # so the ingest store writes the batch again
+        watch.arm()
+        async with conn.transaction():
+            await conn.execute("SELECT 1")  # a commit without a warning passes
+        await watch.check()
+    finally:
+        await conn.close()
