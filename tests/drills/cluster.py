@@ -254,6 +254,33 @@ class PatroniCluster:
             check=False,
         )
 
+    def replay_process(self, node: Node) -> int:
+        """The pid of a standby's startup process (the one that applies WAL)."""
+        postmaster = node.postmaster_pid()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == postmaster and "startup" in command:
+                return int(entry.name)
+        raise LookupError(f"no startup process under {node.name}'s postmaster (is it a standby?)")
+
+    @contextlib.contextmanager
+    def replay_frozen(self, node: Node) -> Iterator[None]:
+        """Stop a standby from applying WAL (SIGSTOP of its startup process) while it still receives it: the
+        replication delay grows as the primary takes writes. (`pg_wal_replay_pause()` does not last: Patroni
+        resumes a paused replay.)"""
+        pid = self.replay_process(node)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def logs(self) -> str:
         return "\n".join(f"--- {node.name}\n{node.log.read_text()[-3000:]}" for node in self.nodes if node.log.exists())
 

@@ -119,11 +119,11 @@ async def use_generic_plans(connection: asyncpg.Connection, generic: bool) -> No
 
 @asynccontextmanager
 async def pooled(
-    engine: AsyncEngine, settings: Settings, *, generic_plans: bool = False
+    engine: AsyncEngine, settings: Settings, *, generic_plans: bool = False, pool: asyncpg.Pool | None = None
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled asyncpg connection for one request; `generic_plans` as `use_plans` says (a door that asks for
-    them switches back any statement that needs its values to plan well)."""
-    pool = await read_pool(engine, settings)
+    """A pooled asyncpg connection for one request (from `pool`, a standby's, when given); `generic_plans` as
+    `use_plans` says (a door that asks for them switches back any statement that needs its values to plan well)."""
+    pool = pool or await read_pool(engine, settings)
     async with pool.acquire() as connection:
         await use_generic_plans(connection, generic_plans)
         yield connection

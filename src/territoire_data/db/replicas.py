@@ -89,6 +89,10 @@ class ReplicaRouter:
         self.reads[(route, reason)] += 1
         return route
 
+    def standby_pool(self, *, keyed: bool) -> asyncpg.Pool | None:
+        """The standby's pool when this read goes there (counted as `route` does), else None: the primary's."""
+        return self.pool if self.route(keyed=keyed) == "replica" else None
+
     async def start(self) -> None:
         """Open the standby pool (retried by the monitor if the standby is down) and start watching its lag."""
         if not self.configured or self._monitor is not None:

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
 from territoire_data.db.readpool import close_read_pool, pooled
+from territoire_data.deps import get_replicas, keyed
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import multipart, read, service
 from territoire_data.settings import Settings
@@ -53,12 +54,16 @@ async def close_pool(app: Any) -> None:
 
 @asynccontextmanager
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the shared read pool (db.readpool): no pre-ping or reset round trips per request.
+    """A connection of the shared read pool (db.readpool), or of the standby's for an anonymous read: no pre-ping
+    or reset round trips per request.
 
     Generic plans by default (see `readpool.use_generic_plans`); `read` switches back the statements that
     need their values to plan well.
     """
-    async with pooled(request.app.state.engine, request.app.state.settings, generic_plans=True) as conn:
+    standby = None
+    if request.method in ("GET", "HEAD"):  # anonymous reads may go to a standby (db.replicas); writes never
+        standby = get_replicas(request).standby_pool(keyed=keyed(request))
+    async with pooled(request.app.state.engine, request.app.state.settings, generic_plans=True, pool=standby) as conn:
         yield conn
 
 
