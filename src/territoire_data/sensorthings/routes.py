@@ -15,8 +15,8 @@ from fastapi.responses import Response
 
 from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
-from territoire_data.db.readpool import close_read_pool, pooled
-from territoire_data.deps import get_replicas, keyed
+from territoire_data.db.readpool import close_read_pool
+from territoire_data.deps import read_connection
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import multipart, read, service
 from territoire_data.settings import Settings
@@ -60,10 +60,7 @@ async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
     Generic plans by default (see `readpool.use_generic_plans`); `read` switches back the statements that
     need their values to plan well.
     """
-    standby = None
-    if request.method in ("GET", "HEAD"):  # anonymous reads may go to a standby (db.replicas); writes never
-        standby = get_replicas(request).standby_pool(keyed=keyed(request))
-    async with pooled(request.app.state.engine, request.app.state.settings, generic_plans=True, pool=standby) as conn:
+    async with read_connection(request, generic_plans=True) as conn:  # anonymous GETs: maybe a standby's
         yield conn
 
 
