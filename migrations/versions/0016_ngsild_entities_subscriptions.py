@@ -13,7 +13,7 @@ Changes of sensor entities reach subscriptions through the Observation notificat
 stored them; `ngsild_entity` is written only by the NGSI-LD door, which queues its notifications itself.
 
 Revision ID: 0016_ngsild
-Revises: 0014_indicators
+Revises: 0015_distkey
 Create Date: 2026-12-05
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from territoire_data.db.migration_helpers import run_script
 
 revision: str = "0016_ngsild"
-down_revision: str | None = "0014_indicators"
+down_revision: str | None = "0015_distkey"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -140,7 +140,9 @@ def serve(
         health_timeout=health_timeout,
         log_config=None,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # X-Forwarded-For is the app's to believe, from TERRITOIRE_TRUSTED_PROXIES only (uvicorn's own default
+        # would trust any local client's).
+        proxy_headers=False,
         server_header=False,
         # SIGTERM: requests in progress get this long to finish (keep-alive connections close at once), so a
         # stop or a systemd restart ends within 10 s even with a slow export streaming.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from territoire_data.dsn import DatabaseUrlError, parse_database_url
 from territoire_data.errors import ConfigurationError
 
 ENV_PREFIX = "TERRITOIRE_"
@@ -22,7 +24,27 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    database_url: str = Field(description="postgresql://user:password@host:5432/dbname")
+    database_url: str = Field(
+        description="postgresql://user:password@host:5432/dbname; several hosts (a Patroni cluster) as "
+        "host1:5432,host2:5432: new connections go to the one that accepts writes"
+    )
+    database_read_url: str | None = Field(
+        default=None,
+        description="hot standbys for the read doors (one or several hosts); unset: reads go to the primary",
+    )
+    read_max_lag_ms: int = Field(
+        default=5_000, ge=0, description="a standby further behind than this is left aside: reads go to the primary"
+    )
+    db_failover_wait_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=300,
+        description="how long a request or a batch waits for the database to come back (failover) before failing",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed",
+    )
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts://user:pass@host:port")
     mqtt_ca_file: str | None = None
     mqtt_cert_file: str | None = None
@@ -138,13 +160,25 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
-            raise ValueError("must start with postgresql://")
-        if not parts.hostname and "host=" not in (parts.query or ""):
-            raise ValueError("must name a host, e.g. postgresql://user@127.0.0.1:5432/territoire")
-        if not parts.path.strip("/"):
-            raise ValueError("must name a database, e.g. postgresql://user@127.0.0.1:5432/territoire")
+        try:
+            parse_database_url(value)
+        except DatabaseUrlError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("database_read_url")
+    @classmethod
+    def _check_database_read_url(cls, value: str | None) -> str | None:
+        return cls._check_database_url(value) if value and value.strip() else None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/24)") from None
         return value
 
     @field_validator("mqtt_url")
@@ -214,18 +248,32 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        """The database URL in the form SQLAlchemy's asyncpg dialect wants."""
-        scheme, rest = self.database_url.split("://", 1)
-        return f"postgresql+asyncpg://{rest}" if scheme != "postgresql+asyncpg" else self.database_url
+        """The database URL in the form SQLAlchemy's asyncpg dialect wants (several hosts as `host=`; with
+        several, `target_session_attrs=read-write` unless the URL says otherwise)."""
+        return parse_database_url(self.database_url).for_role("write").sqlalchemy("asyncpg")
 
     @property
     def asyncpg_dsn(self) -> str:
-        """The database URL in the form asyncpg wants."""
-        return "postgresql://" + self.database_url.split("://", 1)[1]
+        """The database URL in the form asyncpg wants (libpq's; the primary when several hosts are named)."""
+        return parse_database_url(self.database_url).for_role("write").libpq()
+
+    @property
+    def sqlalchemy_read_url(self) -> str | None:
+        """The standbys' URL for SQLAlchemy's asyncpg dialect, or None if unset."""
+        if not self.database_read_url:
+            return None
+        return parse_database_url(self.database_read_url).for_role("read").sqlalchemy("asyncpg")
+
+    @property
+    def asyncpg_read_dsn(self) -> str | None:
+        """The standbys' URL for asyncpg (`prefer-standby` with several hosts unless said), or None if unset."""
+        if not self.database_read_url:
+            return None
+        return parse_database_url(self.database_read_url).for_role("read").libpq()
 
     def redacted_database_url(self) -> str:
         """The database URL without its password, fit for logs."""
-        return redact_url(self.database_url)
+        return parse_database_url(self.database_url).redacted()
 
 
 def redact_url(url: str) -> str:

@@ -30,7 +30,8 @@ def _our_services() -> dict[str, dict[str, Any]]:
     return {
         name: service
         for name, service in _compose()["services"].items()
-        if "build" in service or str(service.get("image", "")).startswith("territoire-data")
+        # the platform's image (built from this repository), not the Patroni nodes' (deploy/patroni)
+        if service.get("build") == "." or str(service.get("image", "")).startswith("territoire-data:")
     }
 
 
@@ -45,6 +46,7 @@ def _assert_cli_accepts(args: list[str]) -> None:
 def test_compose_commands_are_cli_commands() -> None:
     services = _our_services()
     assert {"migrate", "api", "worker", "sta-mqtt"} <= set(services)
+    assert {"migrate-ha", "api-ha", "worker-ha", "sta-mqtt-ha"} <= set(services)  # the profile `ha`
     for service in services.values():
         _assert_cli_accepts([str(a) for a in service["command"]])
 

@@ -19,11 +19,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from territoire_data import __version__
 from territoire_data.api import health
 from territoire_data.api.compression import CompressionMiddleware
 from territoire_data.api.errors import document_problems, install_error_handlers
+from territoire_data.api.failover import FailoverRetryMiddleware
 from territoire_data.api.head import HeadMiddleware
 from territoire_data.api.metrics import HttpMetrics, MetricsMiddleware
 from territoire_data.api.security import (
@@ -40,6 +42,7 @@ from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
 from territoire_data.db.raw import connect_raw
 from territoire_data.db.readpool import close_read_pool, read_pool
+from territoire_data.db.replicas import ReplicaRouter
 from territoire_data.exports.routes import router as exports_router
 from territoire_data.features.routes import router as features_router
 from territoire_data.indicators.compute import Refresher
@@ -95,7 +98,9 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
             if settings.ngsild_notifier
             else None
         )
+        await app.state.replicas.start()  # the standbys of TERRITOIRE_DATABASE_READ_URL, if any, and their lag
         yield
+        await app.state.replicas.close()
         notifier_stop.set()
         if notifier is not None:
             await notifier
@@ -119,6 +124,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.engine = engine or create_engine(settings)
+    app.state.replicas = ReplicaRouter(settings)
     app.state.schema_head = head_revision(settings)
     # Per process: the identity provider's keys are fetched on the first token, not at start-up.
     app.state.oidc = OidcVerifier(settings) if settings.oidc_issuer else None
@@ -127,8 +133,12 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.state.http_metrics = HttpMetrics(registry)
 
     install_error_handlers(app)
-    # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
-    # query limits, rate limit, CORS, metrics, then the request id outermost.
+    # Added innermost first: the failover retry (a request that met a primary change runs again), HEAD (GET
+    # without the body), security and cache headers, body limit, URL length and query limits, rate limit, CORS,
+    # metrics, then the request id outermost.
+    app.add_middleware(
+        FailoverRetryMiddleware, wait_seconds=settings.db_failover_wait_seconds, max_body=settings.max_body_bytes
+    )
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
@@ -155,6 +165,11 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.add_middleware(CompressionMiddleware, minimum_size=1024, excluded_paths=[r"/exports/parquet$"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    if settings.trusted_proxies:
+        # Outermost: behind a reverse proxy (deploy/nginx/territoire.conf) the rate limits, the audit's "from where"
+        # and the logs see the client's address from X-Forwarded-For, believed only when the connection comes from
+        # one of TERRITOIRE_TRUSTED_PROXIES (uvicorn's middleware: the rightmost address not a trusted proxy).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     # First in the routing table: SensorThings reads, the busiest requests, skip FastAPI's route search and
     # parameter resolution (the documented GET route of `sensorthings_router` answers the same way).

@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from territoire_data.api.failover import mark_failover
+from territoire_data.db.failover import is_connect_error, is_failover_error
 from territoire_data.errors import InvalidTokenError, TerritoireError
 
 logger = logging.getLogger(__name__)
@@ -133,9 +135,25 @@ def _refused_value_problem(request: Request, message: str) -> Response:
     )
 
 
+def _failover_problem(request: Request, exc: BaseException) -> Response:
+    """The database went away or is changing primary: a 503 the failover middleware may retry (api.failover)."""
+    mark_failover(request.scope, exc, connect=is_connect_error(exc))
+    return problem(
+        503,
+        "Database unavailable",
+        "the database is unreachable or changing primary (failover); try again in a few seconds",
+        type_slug="database-unavailable",
+        instance=request.url.path,
+        headers={"Retry-After": "2"},
+    )
+
+
 async def _postgres_error(request: Request, exc: Exception) -> Response:
     """A statement timeout is a 503; a data exception (class 22: a NUL character, a malformed number or date)
-    comes from a value of the request, so it is a 400; anything else is our failure, a 500."""
+    comes from a value of the request, so it is a 400; a failover is a 503 (retried when safe); anything else is
+    our failure, a 500."""
+    if is_failover_error(exc):
+        return _failover_problem(request, exc)
     state = getattr(exc, "sqlstate", None) or ""
     if state == QUERY_CANCELED:
         return _timeout_problem(request)
@@ -147,6 +165,8 @@ async def _postgres_error(request: Request, exc: Exception) -> Response:
 async def _dbapi_error(request: Request, exc: Exception) -> Response:
     """SQLAlchemy wraps the driver's errors: the same mapping applies to the asyncpg error under it."""
     assert isinstance(exc, DBAPIError)
+    if is_failover_error(exc):
+        return _failover_problem(request, exc)
     cause = exc.orig.__cause__ if exc.orig is not None else None
     if isinstance(cause, asyncpg.PostgresError):
         return await _postgres_error(request, cause)
@@ -154,6 +174,8 @@ async def _dbapi_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    if is_failover_error(exc):
+        return _failover_problem(request, exc)
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "the server failed; the request id in the logs tells where")
 
@@ -164,6 +186,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
     app.add_exception_handler(DBAPIError, _dbapi_error)
+    # Connection losses (OSError, asyncpg.InterfaceError) are no PostgresError: answered here, not by the
+    # catch-all (which runs outside every middleware, too late for the failover retry).
+    app.add_exception_handler(OSError, _unexpected_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _unexpected_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -11,13 +11,14 @@ from PostgreSQL at scrape time, once, by the worker that answers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +26,7 @@ from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from territoire_data.db.readpool import READ_POOL_WAIT, pool_of
+from territoire_data.db.replicas import ReplicaRouter
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,40 @@ async def database_families(engine: AsyncEngine) -> list[GaugeMetricFamily]:
     return [up, size, partitions, kept, last]
 
 
+class ReplicaCollector(Collector):
+    """The read replica at scrape time: its lag, whether reads use it, and where reads went and why."""
+
+    def __init__(self, replicas: ReplicaRouter) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        replicas = self.replicas
+        if not replicas.configured:
+            return
+        lag = GaugeMetricFamily(
+            "territoire_db_read_replica_lag_seconds",
+            "Replication delay of the read replica (TERRITOIRE_DATABASE_READ_URL); NaN while unreachable",
+            value=replicas.lag if replicas.lag is not None else math.nan,
+        )
+        in_use = GaugeMetricFamily(
+            "territoire_db_read_replica_in_use",
+            "1 while anonymous reads go to the replica, 0 while they fall back to the primary "
+            "(lag over TERRITOIRE_READ_MAX_LAG_MS, or unreachable)",
+            value=1.0 if replicas.usable() else 0.0,
+        )
+        limit = GaugeMetricFamily(
+            "territoire_db_read_replica_max_lag_seconds", "TERRITOIRE_READ_MAX_LAG_MS", value=replicas.max_lag
+        )
+        reads = CounterMetricFamily(
+            "territoire_db_reads",
+            "Reads by the node they went to (replica or primary) and why (replica, keyed, lag, unreachable)",
+            labels=("target", "reason"),
+        )
+        for (target, reason), count in sorted(replicas.reads.items()):
+            reads.add_metric((target, reason), count)
+        yield from (lag, in_use, limit, reads)
+
+
 async def render(app_state: Any) -> bytes:
     """The text exposition for a scrape: every worker's samples (or this process's), then the database's."""
     metrics: HttpMetrics = app_state.http_metrics
@@ -192,8 +228,13 @@ async def render(app_state: Any) -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(extra)
+        registry.register(ReplicaCollector(app_state.replicas))  # this worker's view of the standby
         return generate_latest(registry)
-    return generate_latest(app_state.metrics_registry) + generate_latest(_registry_of(extra))
+    return (
+        generate_latest(app_state.metrics_registry)
+        + generate_latest(_registry_of(extra))
+        + generate_latest(_registry_of(ReplicaCollector(app_state.replicas)))
+    )
 
 
 def _registry_of(collector: Collector) -> CollectorRegistry:

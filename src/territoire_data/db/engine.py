@@ -30,10 +30,13 @@ def session_settings(settings: Settings, application_name: str) -> dict[str, str
     return server_settings
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None, application_name: str = "api") -> AsyncEngine:
-    """An async engine with a bounded pool, a statement timeout and orjson for JSON columns."""
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, application_name: str = "api", url: str | None = None
+) -> AsyncEngine:
+    """An async engine with a bounded pool, a statement timeout and orjson for JSON columns; on the primary
+    unless another `url` (a standby's, db.replicas) is given."""
     return create_async_engine(
-        settings.sqlalchemy_url,
+        url or settings.sqlalchemy_url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,

@@ -53,20 +53,26 @@ async def read_pool(engine: AsyncEngine, settings: Settings) -> asyncpg.Pool:
     async with _LOCK:
         pool = _POOLS.get(engine)
         if pool is None:
-            pool = await asyncpg.create_pool(
-                settings.asyncpg_dsn,
-                min_size=settings.db_pool_size,  # opened up front: no connect under load
-                max_size=settings.db_pool_size,
-                server_settings=session_settings(settings, "read"),
-                init=_init_connection,
-                reset=_keep_session,
-                # Kept open however long they idle (asyncpg closes them after 5 min by default): on a city's
-                # portal with sporadic traffic, each burst then paid a new connection (authentication), its
-                # backend's catalog lookups and every statement's preparation again.
-                max_inactive_connection_lifetime=0,
-            )
+            pool = await open_pool(settings.asyncpg_dsn, settings)
             _POOLS[engine] = pool
     return pool
+
+
+async def open_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    """An asyncpg pool for the read doors on `dsn` (the primary, or a standby: db.replicas), sized like the
+    engine's pool, its connections opened and warmed up front."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_size,  # opened up front: no connect under load
+        max_size=settings.db_pool_size,
+        server_settings=session_settings(settings, "read"),
+        init=_init_connection,
+        reset=_keep_session,
+        # Kept open however long they idle (asyncpg closes them after 5 min by default): on a city's portal with
+        # sporadic traffic, each burst then paid a new connection (authentication), its backend's catalog lookups
+        # and every statement's preparation again.
+        max_inactive_connection_lifetime=0,
+    )
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -128,11 +134,11 @@ async def use_generic_plans(connection: asyncpg.Connection, generic: bool) -> No
 
 @asynccontextmanager
 async def pooled(
-    engine: AsyncEngine, settings: Settings, *, generic_plans: bool = False
+    engine: AsyncEngine, settings: Settings, *, generic_plans: bool = False, pool: asyncpg.Pool | None = None
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled asyncpg connection for one request; `generic_plans` as `use_plans` says (a door that asks for
-    them switches back any statement that needs its values to plan well)."""
-    pool = await read_pool(engine, settings)
+    """A pooled asyncpg connection for one request (from `pool`, a standby's, when given); `generic_plans` as
+    `use_plans` says (a door that asks for them switches back any statement that needs its values to plan well)."""
+    pool = pool or await read_pool(engine, settings)
     started = time.perf_counter()
     async with pool.acquire() as connection:
         READ_POOL_WAIT.observe(time.perf_counter() - started)

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.auth.deps import get_principal
 from territoire_data.db.params import Params
-from territoire_data.db.readpool import pooled, read_pool
+from territoire_data.db.readpool import read_pool
+from territoire_data.deps import read_connection, standby_pool
 from territoire_data.errors import BadRequestError, NotFoundError
 from territoire_data.exports import stream
 from territoire_data.exports.gis import GIS_FORMATS, file_chunks, new_folder, write_gis
@@ -77,7 +78,7 @@ async def records(
     offset: str | None = Query(None, description="Records to skip"),
 ) -> Response:
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         collection = await get_collection(conn, slug, principal, sensors=False)
         etag = etag_for("records", collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
@@ -135,7 +136,7 @@ async def export_dataset(
     bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
 ) -> Response:
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         collection = await get_collection(conn, slug, principal, sensors=False)
         etag = etag_for("export", fmt, collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
@@ -177,7 +178,7 @@ async def export_dataset(
             raise
         headers["Content-Length"] = str(path.stat().st_size)
         return StreamedResponse(file_chunks(path, folder), media_type=MEDIA[fmt], headers=headers)
-    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer, standby_pool(request))
     return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
@@ -202,7 +203,7 @@ async def export_observations(
             except ValueError:
                 raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await stream.visible_datastream(conn, principal, datastream_id)
     if not found:
         raise NotFoundError(f"no datastream {datastream_id}")
@@ -217,7 +218,7 @@ async def export_observations(
         "Content-Disposition": f'attachment; filename="datastream-{datastream_id}-{stamp}.{fmt}"',
         "Cache-Control": "no-cache",
     }
-    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer)
+    stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer, standby_pool(request))
     return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
 
 
@@ -264,11 +265,15 @@ async def _export_connection(engine: AsyncEngine, settings: Settings) -> AsyncIt
 
 
 async def _streamed(
-    engine: AsyncEngine, settings: Settings, producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]]
+    engine: AsyncEngine,
+    settings: Settings,
+    producer: Callable[[asyncpg.Connection], AsyncIterator[bytes]],
+    standby: asyncpg.Pool | None,
 ) -> AsyncIterator[bytes]:
     """Run a producer on a connection of its own for the life of the response, without the statement timeout
-    (a whole export may take longer than any one API query); a cut download terminates the connection."""
-    pool = await read_pool(engine, settings)
+    (a whole export may take longer than any one API query); a cut download terminates the connection. On the
+    standby's pool when the request reads from it (db.replicas)."""
+    pool = standby or await read_pool(engine, settings)
     conn = await pool.acquire()
     completed = False
     try:

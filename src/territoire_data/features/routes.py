@@ -17,7 +17,7 @@ from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import Principal
 from territoire_data.catalog.dcat import SERIALISATIONS
 from territoire_data.catalog.metadata import LICENCES
-from territoire_data.db.readpool import pooled
+from territoire_data.deps import read_connection
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.features import html, tiles
 from territoire_data.query import cql2sql
@@ -150,7 +150,7 @@ async def api_definition(request: Request, f: str | None = FORMAT_PARAM) -> Resp
         root = request.scope.get("root_path", "").rstrip("/")
         return Response(status_code=303, headers={"Location": f"{root}/docs"})
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await list_collections(conn, principal)
     document = openapi_30(request.app.openapi(), prefix="/ogcapi", server=_base(request), collections=found)
     return _json(document, OPENAPI_JSON)
@@ -325,7 +325,7 @@ def _collections_etag(collections: list[Collection]) -> tuple[str | None, dateti
 async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await list_collections(conn, principal)
     base = _base(request)
     etag, modified = _collections_etag(found)
@@ -348,7 +348,7 @@ async def collections(request: Request, f: str | None = FORMAT_PARAM) -> Respons
 async def collection(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     html_page = _wants_html(request)
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await get_collection(conn, collectionId, principal)
     etag = None
     if found.modified_at is not None:
@@ -365,7 +365,7 @@ async def collection(request: Request, collectionId: str, f: str | None = FORMAT
 @router.get("/collections/{collectionId}/queryables", summary="Queryables (JSON Schema)", response_class=Response)
 async def queryables(request: Request, collectionId: str, f: str | None = FORMAT_PARAM) -> Response:
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await get_collection(conn, collectionId, principal)
     properties: dict[str, Any] = {
         "geometry": {"format": "geometry-any", "title": "Géométrie", "x-ogc-role": "primary-geometry"},
@@ -456,7 +456,7 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
     params = _query_dict(request)
     html_page = _wants_html(request)
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         fast = await _from_cache(request, collectionId, lambda c: _items_fast(conn, c, params, principal))
         if fast is not None:
             found, (query, rows) = fast
@@ -539,7 +539,7 @@ async def item(request: Request, collectionId: str, featureId: str, f: str | Non
         return (query, rows) if rows else None
 
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         fast = await _from_cache(request, collectionId, item_fast)
         if fast is not None:
             found, (query, rows) = fast
@@ -661,7 +661,7 @@ async def tile_matrix_set(tileMatrixSetId: str) -> Response:
 @router.get("/collections/{collectionId}/tiles", summary="Vector tilesets of a collection", response_class=Response)
 async def tilesets(request: Request, collectionId: str) -> Response:
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await get_collection(conn, collectionId, principal)
     base = _base(request)
     tileset = _tileset(found, base)
@@ -678,7 +678,7 @@ async def tilesets(request: Request, collectionId: str) -> Response:
 )
 async def tileset(request: Request, collectionId: str) -> Response:
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await get_collection(conn, collectionId, principal)
     return _json(_tileset(found, _base(request)))
 
@@ -695,7 +695,7 @@ async def tile(request: Request, collectionId: str, z: int, x: int, y: int) -> R
     if unknown:
         raise BadRequestError(f"unknown query parameter {sorted(unknown)[0]!r}")
     principal = await get_principal(request)
-    async with pooled(request.app.state.engine, request.app.state.settings) as conn:
+    async with read_connection(request) as conn:
         found = await get_collection(conn, collectionId, principal)
         etag = None
         if found.modified_at is not None:

@@ -17,6 +17,7 @@ import orjson
 
 from territoire_data.catalog.datasets import DatasetMeta, ensure_sensors_dataset
 from territoire_data.db.bulk import copy_and_merge
+from territoire_data.db.failover import CommitWatch, is_failover_error
 from territoire_data.ingest.model import RawMessage, Reading
 from territoire_data.ingest.registry import EntityRegistry
 from territoire_data.observation_types import result_problem
@@ -66,14 +67,11 @@ class WriteResult:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a database failure is worth retrying the whole batch (connection lost, server restarting)."""
-    return isinstance(
+    """Whether a database failure is worth retrying the whole batch (connection lost, server restarting, a
+    failover under way, a commit not known to be on the synchronous standby)."""
+    return is_failover_error(exc) or isinstance(
         exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.CannotConnectNowError
+        TimeoutError
         | asyncpg.exceptions.OperatorInterventionError
         | asyncpg.exceptions.TransactionRollbackError
         | asyncpg.exceptions.InsufficientResourcesError,
@@ -116,6 +114,7 @@ class ObservationStore:
         self.source = source
         self.statement_timeout_ms = statement_timeout_ms
         self.conn: asyncpg.Connection | None = None
+        self.commit_watch: CommitWatch | None = None
         self.months: set[tuple[int, int]] = set()  # observation partitions known to exist
 
     def sibling(self) -> ObservationStore:
@@ -131,6 +130,7 @@ class ObservationStore:
             if self.statement_timeout_ms:
                 settings["statement_timeout"] = str(self.statement_timeout_ms)
             self.conn = await asyncpg.connect(self.dsn, server_settings=settings, timeout=10)
+            self.commit_watch = CommitWatch(self.conn)
             if not self.months:
                 rows = await self.conn.fetch(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -215,6 +215,9 @@ class ObservationStore:
             async with conn.transaction():
                 result.months_created = await self._ensure_months(conn, needed_months)
             self.months |= needed_months
+        watch = self.commit_watch
+        assert watch is not None
+        watch.arm()
         async with conn.transaction():
             # nothing to create or look up (known devices): no query, the positions just read
             resolution = await registry.resolve(conn, registry.missing(just_readings))
@@ -277,6 +280,9 @@ class ObservationStore:
                         for d in result.rejected
                     ],
                 )
+        # Acknowledged only if durable: a commit that warned (its wait for the synchronous standby cancelled)
+        # raises NotDurable, and the batch is written again (idempotently) once the cluster is whole.
+        await watch.check()
         registry.remember(resolution)
         return result
 

@@ -15,7 +15,8 @@ from fastapi.responses import Response
 
 from territoire_data.auth.deps import client_address, get_principal
 from territoire_data.auth.policy import ANONYMOUS, Principal
-from territoire_data.db.readpool import close_read_pool, pooled
+from territoire_data.db.readpool import close_read_pool
+from territoire_data.deps import read_connection
 from territoire_data.errors import BadRequestError
 from territoire_data.sensorthings import multipart, read, service
 from territoire_data.settings import Settings
@@ -53,12 +54,13 @@ async def close_pool(app: Any) -> None:
 
 @asynccontextmanager
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the shared read pool (db.readpool): no pre-ping or reset round trips per request.
+    """A connection of the shared read pool (db.readpool), or of the standby's for an anonymous read: no pre-ping
+    or reset round trips per request.
 
     Generic plans by default (see `readpool.use_generic_plans`); `read` switches back the statements that
     need their values to plan well.
     """
-    async with pooled(request.app.state.engine, request.app.state.settings, generic_plans=True) as conn:
+    async with read_connection(request, generic_plans=True) as conn:  # anonymous GETs: maybe a standby's
         yield conn
 
 
