@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # The connectors that ingest the simulated traffic, by the topic root their messages use.
 DEMO_CONNECTORS = {"application": "chirpstack-v4.yaml", "v3": "ttn-v3.yaml", "senml": "senml.yaml"}
 HISTORY_STEP = timedelta(minutes=15)
+# The producer named on the demo's sensor datasets, which the demo publishes at once (their metadata is complete).
+DEMO_PRODUCER = "Territoire de démonstration (capteurs simulés, Nantes)"
 
 
 @dataclass
@@ -74,5 +76,8 @@ async def load_demo(settings: Settings, *, history_hours: int = 24, seed: int = 
     observations = 0
     history = _history(history_hours, seed)
     for root, file in DEMO_CONNECTORS.items():
-        observations += await _store_history(settings, load_connector(folder / file), history[root])
+        config = load_connector(folder / file)
+        dataset = config.dataset.model_copy(update={"publisher": config.dataset.publisher or DEMO_PRODUCER})
+        config = config.model_copy(update={"dataset": dataset.model_copy(update={"publish": "auto"})})
+        observations += await _store_history(settings, config, history[root])
     return DemoReport(datasets, sum(len(m) for m in history.values()), observations)

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     catalog_title: str = Field(default="Données ouvertes du territoire", max_length=300)
     catalog_publisher: str = Field(default="", max_length=140, description="the local government publishing")
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")
+    default_licence: Literal["etalab-2.0", "odbl-1.0", "cc-by-4.0", "cc-by-sa-4.0"] | None = Field(
+        default=None, description="licence given at publication to a dataset that has none"
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="the back-office's public OpenID Connect client (authorization code + PKCE)"
+    )
+    admin_session_hours: int = Field(default=8, ge=1, le=168, description="a back-office session lasts this long")
     portal_refresh_seconds: int = Field(
         default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
     )

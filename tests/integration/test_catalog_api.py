@@ -76,7 +76,7 @@ async def test_create_show_update_delete_round_trip(api: httpx.AsyncClient, db: 
     assert (await api.delete("/api/v1/datasets/sanisettes", headers=AUTH)).status_code == 204
     assert (await api.get("/api/v1/datasets/sanisettes")).status_code == 404
     actions = [r["action"] for r in await db.fetch("SELECT action FROM audit_event ORDER BY id")]
-    assert actions == ["dataset.create", "dataset.update", "dataset.delete"]
+    assert actions == ["dataset.create", "dataset.publish", "dataset.update", "dataset.delete"]
 
 
 async def test_delete_drops_the_typed_table(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:

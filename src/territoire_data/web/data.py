@@ -84,8 +84,9 @@ async def map_geojson(conn: AsyncConnection, row: dict[str, Any]) -> bytes:
 async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
     """The last 24 hours of numeric observations of each of the dataset's datastreams (bounded in size)."""
     sql = f"""
-        SELECT ds.id, ds.name, ds.unit_of_measurement AS unit, obs.times, obs.values
+        SELECT ds.id, ds.name, th.name AS thing, ds.unit_of_measurement AS unit, obs.times, obs.values
           FROM datastream ds
+          JOIN thing th ON th.id = ds.thing_id
           CROSS JOIN LATERAL (
             SELECT array_agg(extract(epoch FROM o.phenomenon_time)::double precision ORDER BY o.phenomenon_time)
                        AS times,
@@ -107,6 +108,7 @@ async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict
             {
                 "id": r["id"],
                 "name": r["name"],
+                "thing": r["thing"],
                 "unit": unit.get("symbol") or unit.get("name") or "",
                 "times": list(r["times"] or []),
                 "values": list(r["values"] or []),
