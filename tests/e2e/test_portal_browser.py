@@ -20,7 +20,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from territoire_data.settings import Settings
-from tests.catalog_helpers import AUTH, FULL_METADATA, add_geojson_table, add_sensor
+from tests.catalog_helpers import AUTH, FULL_METADATA, add_geojson_table, add_sensor, mark_published
 from tests.conftest import FIXTURES, ROOT, LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
@@ -101,6 +101,7 @@ async def territory(server: LiveServer, db: asyncpg.Connection) -> dict[str, Any
         ):
             response = await http.post("/api/v1/datasets", json=body)
             assert response.status_code == 201, response.text
+    await mark_published("stations-comptage", "qualite-air", "comptage-interne")
     features = await add_geojson_table(db, "stations-comptage", str(STATIONS))
     await add_sensor(db, "qualite-air", lon=-1.68, lat=48.11, values=[21.0, 25.5, 30.2, 28.1, 19.4])
     await add_geojson_table(db, "comptage-interne", str(STATIONS))

@@ -34,6 +34,7 @@ from territoire_data.api.security import (
 )
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
+from territoire_data.backoffice.routes import install_backoffice
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
@@ -141,6 +142,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     app.include_router(imports.router)
     _mount_docs(app)
     install_portal(app)
+    install_backoffice(app)
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
