@@ -280,3 +280,49 @@ def _clean_artifacts() -> None:
     """Screenshots of this run only (the folder is gitignored)."""
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
+
+
+async def test_citizen_finds_a_sensor_dataset_reads_the_chart_in_paris_time_and_downloads_a_month(
+    server: LiveServer, territory: dict[str, Any], page: Page
+) -> None:
+    """A citizen searches "qualité de l'air", opens the dataset, reads the chart (French dates, Paris time), then
+    downloads a month of one Datastream as CSV through the page's form."""
+    from zoneinfo import ZoneInfo
+
+    await page.goto(server.url + "/")
+    await page.get_by_label("Rechercher").first.fill("qualité de l'air")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("link", name="Qualité de l'air en temps réel").click()
+    await page.wait_for_url("**/datasets/qualite-air")
+    assert await page.get_by_role("heading", name="Mesures par lieu").is_visible()
+    assert await page.get_by_role("cell", name="Station Capteur NO2").is_visible()
+    assert await page.get_by_role("rowheader", name="NO2 (µg/m³)").is_visible()
+    charts = page.locator("#charts[data-rendered]")
+    await charts.wait_for(timeout=15_000)
+    # Hover the chart: the legend shows the point's time in Paris, French format, 24-hour clock.
+    over = page.locator("#charts .u-over").first
+    box = await over.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+    legend = (await page.locator("#charts .u-legend .u-value").first.inner_text()).strip()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        times = (await http.get("/datasets/qualite-air/recent.json")).json()[0]["times"]
+    paris = {datetime.fromtimestamp(t, ZoneInfo("Europe/Paris")).strftime("%d/%m/%Y %H:%M") for t in times}
+    utc = {datetime.fromtimestamp(t, UTC).strftime("%d/%m/%Y %H:%M") for t in times}
+    assert legend.replace(",", "") in paris, (legend, paris)
+    assert legend.replace(",", "") not in utc, "Paris time, not UTC"
+    assert "AM" not in legend.upper() and "PM" not in legend.upper()
+    await screenshot(page, "05-citizen-sensor-chart")
+
+    await page.get_by_label("Série").select_option(index=1)
+    await page.get_by_label("Période", exact=True).select_option("30j")
+    async with page.expect_download() as info:
+        await page.get_by_role("button", name="Télécharger").click()
+    download = await info.value
+    target = ARTIFACTS / "qualite-air-30-jours.csv"
+    ARTIFACTS.mkdir(exist_ok=True)
+    await download.save_as(str(target))
+    lines = target.read_text(encoding="utf-8").strip().splitlines()
+    assert lines[0].startswith("phenomenon_time;")
+    assert [float(line.split(";")[3]) for line in lines[1:]] == [21.0, 25.5, 30.2, 28.1, 19.4]
+    assert await serious_violations(page) == []

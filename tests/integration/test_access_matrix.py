@@ -125,9 +125,9 @@ DOORS: list[Door] = [
     Door("portal page", f"/datasets/{SECRET}", "public", (ROW,), status=404),
     Door("portal map", f"/datasets/{SECRET}/preview.geojson", "public", (ROW,), status=404),
     Door("portal sensors page", f"/datasets/{SECRET_SENSORS}", "public", (THING,), status=404),
-    Door("portal chart", f"/datasets/{SECRET_SENSORS}/recent.json", "public", (STREAM,), status=404),
+    Door("portal chart", f"/datasets/{SECRET_SENSORS}/recent.json?periode=1an", "public", (STREAM,), status=404),
     Door("portal public sensors map", "/datasets/capteurs-publics/preview.geojson", "public", (THING, PLACE)),
-    Door("portal public sensors chart", "/datasets/capteurs-publics/recent.json", "public", (CROSSED,)),
+    Door("portal public sensors chart", "/datasets/capteurs-publics/recent.json?periode=1an", "public", (CROSSED,)),
     Door("portal public sensors page", "/datasets/capteurs-publics", "public", (CROSSED, THING)),
     # OGC API - Features
     Door("ogc collections", "/ogcapi/collections", "list", (SECRET, "48.58"), collections_east_edge),

@@ -39,24 +39,58 @@
       .catch(function () { element.dataset.rendered = "error"; });
   }
 
+  // Times are shown in the territory's time zone with the page's language (24-hour clock, day/month order in
+  // French); ticks fall on Paris hours and days (uPlot.tzDate), not UTC ones.
+  var ZONE = "Europe/Paris";
+
+  function formats(lang) {
+    var locale = lang === "en" ? "en-GB" : "fr-FR";
+    function make(options) { return new Intl.DateTimeFormat(locale, Object.assign({ timeZone: ZONE }, options)); }
+    return {
+      locale: locale,
+      hour: make({ hour: "2-digit", minute: "2-digit", hour12: false }),
+      day: make({ day: "2-digit", month: "2-digit" }),
+      full: make({ day: "2-digit", month: "2-digit", year: "numeric", hour: "2-digit", minute: "2-digit", hour12: false })
+    };
+  }
+
+  function number(value, locale, unit) {
+    if (value === null || value === undefined) { return "—"; }
+    return value.toLocaleString(locale, { maximumFractionDigits: 2 }) + (unit ? "\u202f" + unit : "");
+  }
+
   // One chart per Datastream, kept by id: a refresh gives each its new values (and adds a chart for a new one),
   // every `data-refresh` seconds while the page is visible, so live sensors move without reloading the page.
   function drawCharts(element) {
     if (!window.uPlot) { return; }
     var plots = {};
+    var fmt = formats(element.dataset.lang);
 
     function addChart(s) {
       var box = document.createElement("figure");
       box.className = "chart";
       var caption = document.createElement("figcaption");
-      caption.textContent = s.name + (s.unit ? " (" + s.unit + ")" : "");
+      caption.textContent = s.label + (s.thing ? " — " + s.thing : "");
       box.appendChild(caption);
       element.appendChild(box);
       var width = Math.max(280, Math.min(element.clientWidth || 640, 900));
       plots[s.id] = new window.uPlot({
         width: width, height: 220,
-        series: [{ label: element.dataset.timeLabel }, { label: s.name, stroke: "#00449e", width: 2 }],
-        axes: [{}, { label: s.unit }]
+        tzDate: function (ts) { return window.uPlot.tzDate(new Date(ts * 1e3), ZONE); },
+        series: [
+          { label: element.dataset.timeLabel, value: function (u, v) { return v === null ? "—" : fmt.full.format(new Date(v * 1e3)); } },
+          { label: s.label, stroke: "#00449e", width: 2, value: function (u, v) { return number(v, fmt.locale, s.unit); } }
+        ],
+        axes: [
+          { values: function (u, splits) {
+              var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+              var byDay = span > 2 * 86400;
+              return splits.map(function (v) { return (byDay ? fmt.day : fmt.hour).format(new Date(v * 1e3)); });
+            } },
+          { label: s.unit || s.unit_words, values: function (u, splits) {
+              return splits.map(function (v) { return v.toLocaleString(fmt.locale); });
+            } }
+        ]
       }, [s.times, s.values], box);
     }
 
