@@ -326,3 +326,17 @@ async def test_citizen_finds_a_sensor_dataset_reads_the_chart_in_paris_time_and_
     assert lines[0].startswith("phenomenon_time;")
     assert [float(line.split(";")[3]) for line in lines[1:]] == [21.0, 25.5, 30.2, 28.1, 19.4]
     assert await serious_violations(page) == []
+
+
+async def test_ogc_api_html_pages_are_styled_french_accessible_with_a_map(
+    server: LiveServer, territory: dict[str, Any], page: Page
+) -> None:
+    await page.goto(server.url + "/ogcapi/collections/stations-comptage/items?f=html&limit=50")
+    assert await page.locator("html").get_attribute("lang") == "fr"
+    await page.locator("#map[data-rendered]").wait_for(timeout=15_000)
+    assert await page.locator("#map").get_attribute("data-rendered") == "50"
+    await screenshot(page, "06-ogc-items-html")
+    assert await serious_violations(page) == []
+    for path in ("/ogcapi?f=html", "/ogcapi/collections?f=html", "/ogcapi/collections/stations-comptage?f=html"):
+        await page.goto(server.url + path)
+        assert await serious_violations(page) == [], path

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from territoire_data.auth.deps import get_principal
 from territoire_data.auth.policy import Principal
+from territoire_data.catalog.metadata import LICENCES
 from territoire_data.db.readpool import pooled
 from territoire_data.errors import BadRequestError, NotFoundError, TerritoireError
 from territoire_data.features import html, tiles
@@ -102,6 +103,8 @@ def _self_links(url: str, params: dict[str, str], json_type: str, html_page: boo
 def _query_dict(request: Request) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
+        if key == "lang":  # the HTML pages' language, not a query of the data
+            continue
         if key in params:
             raise BadRequestError(f"{key}: given more than once")
         params[key] = value
@@ -278,8 +281,9 @@ def _collection_body(collection: Collection, base: str, html_page: bool) -> dict
         _link(f"{url}/queryables", "http://www.opengis.net/def/rel/ogc/1.0/queryables", SCHEMA_JSON, "queryables"),
         _link(f"{url}/tiles", "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", JSON, "vector tiles"),
     ]
-    if collection.licence:
-        links.append({"href": collection.licence, "rel": "license", "title": collection.licence})
+    licence = LICENCES.get(collection.licence or "")
+    if licence is not None:  # the licence's URL (what harvesters and people follow), not our id for it
+        links.append({"href": licence.url, "rel": "license", "type": "text/html", "title": licence.title})
     extent: dict[str, Any] = {}
     if collection.bbox is not None:
         extent["spatial"] = {"bbox": [list(collection.bbox)], "crs": CRS84}
@@ -498,7 +502,12 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
         return html.render(
             "items.html",
             request,
-            body={"collection": found, "features": [orjson.loads(x) for x in features], **tail},
+            body={
+                "collection": found,
+                "features": [orjson.loads(x) for x in features],
+                "json_url": _url(url, {**params, "f": "json"}),
+                **tail,
+            },
             headers=headers,
         )
     body = b'{"type":"FeatureCollection","features":[' + ",".join(features).encode() + b"]," + orjson.dumps(tail)[1:]
