@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     oidc_client_id: str | None = Field(
         default=None, description="the back-office's public OpenID Connect client (authorization code + PKCE)"
     )
+    basemap: str = Field(
+        default="none",
+        description="the maps' background: none (offline, nothing outside the platform), ign (the Géoplateforme's "
+        "Plan IGN vector tiles, an opt-in) or the https URL of a MapLibre style the city serves itself",
+    )
     admin_session_hours: int = Field(default=8, ge=1, le=168, description="a back-office session lasts this long")
     portal_refresh_seconds: int = Field(
         default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
@@ -155,6 +160,17 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL, e.g. https://sso.ville.fr/realms/ville")
         return value.strip()
 
+    @field_validator("basemap")
+    @classmethod
+    def _check_basemap(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("none", "ign"):
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be none, ign or the http(s) URL of a MapLibre style JSON")
+        return value
+
     @field_validator("oidc_algorithms")
     @classmethod
     def _check_oidc_algorithms(cls, value: list[str]) -> list[str]:
@@ -224,3 +240,26 @@ def load_settings(**overrides: object) -> Settings:
         if more:
             message += f" (and {more} more setting{'s' if more > 1 else ''} wrong)"
         raise ConfigurationError(message) from None
+
+
+# The Géoplateforme's (IGN) "Plan IGN" vector style: an explicit opt-in (TERRITOIRE_BASEMAP=ign), never a default.
+IGN_STYLE = "https://data.geopf.fr/annexes/ressources/vectorTiles/styles/PLAN.IGN/standard.json"
+IGN_ATTRIBUTION = "Fond de carte © IGN – Géoplateforme (Plan IGN)"
+
+
+def basemap_style(settings: Settings) -> tuple[str | None, str | None]:
+    """(style URL, attribution) of the maps' background; (None, None) for none (a plain colour, offline)."""
+    if settings.basemap == "none":
+        return None, None
+    if settings.basemap == "ign":
+        return IGN_STYLE, IGN_ATTRIBUTION
+    return settings.basemap, None
+
+
+def basemap_origins(settings: Settings) -> tuple[str, ...]:
+    """The origins the browser must reach for the basemap (added to the CSP); none by default."""
+    style, _ = basemap_style(settings)
+    if style is None:
+        return ()
+    parts = urlsplit(style)
+    return (f"{parts.scheme}://{parts.netloc}",)

@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
 ARTIFACTS = ROOT / "test-artifacts"
 STATIONS = FIXTURES / "rennes_metropole_stations_comptages_auto.geojson"
-VENDOR = ROOT / "src" / "territoire_data" / "web" / "static" / "vendor" / "leaflet" / "leaflet.js"
+VENDOR = ROOT / "src" / "territoire_data" / "web" / "static" / "vendor" / "maplibre" / "maplibre-gl-csp.js"
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +173,15 @@ async def test_search_open_dataset_and_see_the_map_render_features(
     await screenshot(page, "02-search-results")
     assert await serious_violations(page) == []
 
+    tiles: list[str] = []
+    page.on("request", lambda r: tiles.append(r.url) if "/tiles/WebMercatorQuad/" in r.url else None)
     await results.first.click()
     await page.wait_for_url("**/datasets/stations-comptage")
     map_element = page.locator("#map[data-rendered]")
     await map_element.wait_for(timeout=15_000)
-    assert await map_element.get_attribute("data-rendered") == str(territory["features"])
-    markers = page.locator("#map path.leaflet-interactive")
-    assert await markers.count() == territory["features"] == 74
+    assert await map_element.get_attribute("data-rendered") == str(territory["features"]) == "74"
+    assert await page.locator("#map canvas.maplibregl-canvas").count() == 1
+    assert tiles, "drawn from our own vector tiles"
     assert "74 objet(s) affiché(s)" in await page.locator("#map-status").inner_text()
     await screenshot(page, "03-dataset-with-map")
     assert await serious_violations(page) == []
@@ -214,7 +216,8 @@ async def test_sensor_page_draws_the_chart_of_recent_values(
     await charts.wait_for(timeout=15_000)
     assert await charts.get_attribute("data-rendered") == "1"
     assert await page.locator("#charts canvas").count() >= 1
-    assert await page.locator("#map path.leaflet-interactive").count() == 1
+    await page.locator("#map[data-rendered]").wait_for(timeout=15_000)
+    assert await page.locator("#map").get_attribute("data-rendered") == "1"
     # a new reading appears on the chart without reloading the page (the refresh is 1 s in these tests)
     before = int(await charts.get_attribute("data-points") or "0")
     canvases = await page.locator("#charts canvas").count()
@@ -296,7 +299,7 @@ async def test_citizen_finds_a_sensor_dataset_reads_the_chart_in_paris_time_and_
     await page.wait_for_url("**/datasets/qualite-air")
     assert await page.get_by_role("heading", name="Mesures par lieu").is_visible()
     assert await page.get_by_role("cell", name="Station Capteur NO2").is_visible()
-    assert await page.get_by_role("rowheader", name="NO2 (µg/m³)").is_visible()
+    assert await page.get_by_role("rowheader", name="NO2 (µg/m³)", exact=True).is_visible()
     charts = page.locator("#charts[data-rendered]")
     await charts.wait_for(timeout=15_000)
     # Hover the chart: the legend shows the point's time in Paris, French format, 24-hour clock.

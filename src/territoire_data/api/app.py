@@ -31,6 +31,7 @@ from territoire_data.api.security import (
     QueryLimitMiddleware,
     RateLimitMiddleware,
     ResponseHeadersMiddleware,
+    content_security_policy,
 )
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
@@ -45,7 +46,7 @@ from territoire_data.ingest.files import routes as imports
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router
-from territoire_data.settings import Settings
+from territoire_data.settings import Settings, basemap_origins
 from territoire_data.web.portal import install_portal
 
 DESCRIPTION = """
@@ -104,7 +105,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     # Added innermost first: HEAD (GET without the body), security and cache headers, body limit, URL length and
     # query limits, rate limit, CORS, metrics, then the request id outermost.
     app.add_middleware(HeadMiddleware)
-    app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware, csp=content_security_policy(basemap_origins(settings)))
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(
         QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)

@@ -77,6 +77,9 @@ _RELATIONS: dict[str, tuple[str, str]] = {
 }
 
 
+_MAP_ASSETS = Path(__file__).parents[1] / "web" / "static" / "vendor" / "maplibre" / "maplibre-gl-csp.js"
+
+
 def language(request: Request) -> str:
     """`?lang=en` (or the portal's language cookie) for English; French otherwise."""
     chosen = request.query_params.get("lang") or request.cookies.get("lang")
@@ -124,7 +127,7 @@ def render(
         readable=lambda value: readable(value, lang),
         other_lang=other,
         other_lang_url=f"{request.url.path}?{urlencode([*kept, ('lang', other)])}",
-        map_assets=(Path(__file__).parents[1] / "web" / "static" / "vendor" / "leaflet" / "leaflet.js").is_file(),
+        map_assets=_MAP_ASSETS.is_file(),
     )
     response = HTMLResponse(page, headers=headers)
     response.headers["Content-Language"] = lang

@@ -21,6 +21,7 @@ from territoire_data.catalog import store
 from territoire_data.catalog.metadata import FREQUENCIES, LICENCES, THEMES, DatasetPublic, dataset_public
 from territoire_data.deps import ConnDep, SettingsDep
 from territoire_data.errors import NotFoundError
+from territoire_data.settings import basemap_style
 from territoire_data.web import data, units
 from territoire_data.web.i18n import choose_language, translator
 
@@ -28,7 +29,13 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
-VENDOR_FILES = ("leaflet/leaflet.js", "leaflet/leaflet.css", "uplot/uPlot.iife.min.js", "uplot/uPlot.min.css")
+VENDOR_FILES = (
+    "maplibre/maplibre-gl-csp.js",
+    "maplibre/maplibre-gl-csp-worker.js",
+    "maplibre/maplibre-gl.css",
+    "uplot/uPlot.iife.min.js",
+    "uplot/uPlot.min.css",
+)
 PAGE_SIZE = 20
 FACETS = ("theme", "licence", "publisher", "format")
 
@@ -186,6 +193,13 @@ async def dataset_page(
     licence = LICENCES.get(dataset.licence.id) if dataset.licence else None
     frequency = FREQUENCIES.get(dataset.update_frequency or "")
     has_map = bool(dataset.bbox) or row["kind"] == "sensors"
+    basemap, attribution = basemap_style(settings)
+    # Tables are drawn from our own vector tiles (any size, no feature cap); sensors from their few locations.
+    tiles = (
+        f"/ogcapi/collections/{slug}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}"
+        if row["kind"] == "table" and dataset.geometry_type
+        else None
+    )
     return _render(
         request,
         "dataset.html",
@@ -206,6 +220,10 @@ async def dataset_page(
         periods=[(key, value[1] if lang == "en" else value[0]) for key, value in data.PERIODS.items()],
         refresh_seconds=settings.portal_refresh_seconds,
         has_map=has_map,
+        map_tiles=tiles,
+        map_bbox=orjson.dumps(dataset.bbox).decode() if dataset.bbox else "",
+        basemap=basemap or "",
+        basemap_attribution=attribution or "",
         assets_built=vendor_assets_built(),
         base_url=settings.base_url,
         downloads=[d for d in dataset.distributions if d.kind == "download"],
