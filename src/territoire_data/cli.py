@@ -11,12 +11,23 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+import typer.core
 
 from territoire_data.errors import TerritoireError
 from territoire_data.logging_setup import configure_logging
 from territoire_data.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_without_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """`--create`, `--help`: a flag takes no value, so --help shows no `<bool>` after it (typer 0.29 does)."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="territoire-data",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -11,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from territoire_data.errors import ConfigurationError
 
 ENV_PREFIX = "TERRITOIRE_"
+# A checkout's root (src/territoire_data/settings.py -> the repository): where scripts/quickstart keeps .env.
+PROJECT_ENV = str(Path(__file__).resolve().parents[2] / ".env")
 # Public-key signatures only: `none` and the HMAC family (HS*) can never be configured, so a token cannot be
 # "signed" with the issuer's public key used as an HMAC secret.
 OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -20,7 +23,11 @@ PLATFORM_ROLES = ("admin", "publisher", "reader")
 class Settings(BaseSettings):
     """Platform settings; built once in an entry point and passed down, never read at import time."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # The project's .env (written by scripts/quickstart) wherever the command runs from, then the current folder's,
+    # which wins; environment variables win over both.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=(PROJECT_ENV, ".env"), env_file_encoding="utf-8", extra="ignore"
+    )
 
     database_url: str = Field(description="postgresql://user:password@host:5432/dbname")
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts://user:pass@host:port")

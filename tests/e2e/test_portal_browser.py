@@ -182,7 +182,7 @@ async def test_search_open_dataset_and_see_the_map_render_features(
     assert await map_element.get_attribute("data-rendered") == str(territory["features"]) == "74"
     assert await page.locator("#map canvas.maplibregl-canvas").count() == 1
     assert tiles, "drawn from our own vector tiles"
-    assert "74 objet(s) affiché(s)" in await page.locator("#map-status").inner_text()
+    assert "74 objets affichés" in await page.locator("#map-status").inner_text()
     await screenshot(page, "03-dataset-with-map")
     assert await serious_violations(page) == []
 

@@ -257,14 +257,14 @@ async def test_html_pages_are_french_readable_and_name_the_licence_by_its_url(
     assert "/static/portal/portal.css" in items, "the portal's styles"
     assert ">oui<" in items and ">non<" in items
     assert ">True<" not in items and ">False<" not in items
-    assert "this document" not in items and "objet(s) affiché(s)" in items
+    assert "this document" not in items and "objets affichés" in items
     assert 'id="map"' in items and "f=json" in items, "a map of the page's items, drawn from their GeoJSON"
     valeurs = await db.fetch("SELECT valeur FROM datasets.ds_2 WHERE valeur <> trunc(valeur) LIMIT 1")
     if valeurs:
         assert str(valeurs[0]["valeur"]).replace(".", ",") in items, "decimal comma"
     english = await client.get(f"{OGC}/collections/mesures/items", params={"f": "html", "lang": "en"})
     assert english.status_code == 200
-    assert '<html lang="en">' in english.text and ">yes<" in english.text and "feature(s) shown" in english.text
+    assert '<html lang="en">' in english.text and ">yes<" in english.text and "features shown" in english.text
     collection = await client.get(f"{OGC}/collections/mesures", params={"f": "html"})
     assert 'href="https://opendatacommons.org/licenses/odbl/1-0/"' in collection.text
     as_json = (await client.get(f"{OGC}/collections/mesures")).json()

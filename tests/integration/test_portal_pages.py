@@ -46,7 +46,7 @@ async def test_home_lists_searches_and_filters_public_datasets(api: httpx.AsyncC
     assert "Données de Testville" in html
     assert 'href="/datasets/sanisettes"' in html
     assert 'href="/datasets/air"' in html
-    assert "2 jeu(x) de données" in html
+    assert "2 jeux de données" in html
     assert "confidentiel" not in html
     for landmark in ('role="banner"', '<main id="main"', 'role="contentinfo"', 'role="search"', "<nav"):
         assert landmark in html
@@ -56,7 +56,7 @@ async def test_home_lists_searches_and_filters_public_datasets(api: httpx.AsyncC
     assert 'href="/datasets/sanisettes"' in found
     assert 'href="/datasets/air"' not in found
     assert "confidentiel" not in found
-    assert "1 jeu(x) de données" in found
+    assert "1 jeu de données" in found
 
     filtered = (await api.get("/", params={"theme": "ENVI"})).text
     assert 'href="/datasets/air"' in filtered

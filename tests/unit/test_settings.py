@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,22 @@ def test_cli_prints_one_clear_line_not_a_traceback(tmp_path: object) -> None:
         "error: TERRITOIRE_MQTT_URL is invalid: must start with mqtt:// or mqtts://"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_the_projects_env_file_is_read_wherever_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.env` of the checkout (scripts/quickstart writes it) is found from any folder; the current folder's wins."""
+    from territoire_data import settings as module
+
+    project = tmp_path / "projet.env"
+    project.write_text("TERRITOIRE_DATABASE_URL=postgresql://u@127.0.0.1/depuis_le_projet\n", encoding="utf-8")
+    elsewhere = tmp_path / "ailleurs"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TERRITOIRE_DATABASE_URL", raising=False)
+    monkeypatch.setitem(module.Settings.model_config, "env_file", (str(project), ".env"))
+    assert module.load_settings().database_url.endswith("/depuis_le_projet")
+    (elsewhere / ".env").write_text("TERRITOIRE_DATABASE_URL=postgresql://u@127.0.0.1/ici\n", encoding="utf-8")
+    assert module.load_settings().database_url.endswith("/ici")
+    assert module.PROJECT_ENV.endswith(".env") and Path(module.PROJECT_ENV).parent.joinpath("pyproject.toml").is_file()

@@ -40,12 +40,14 @@ _TEXT: dict[str, tuple[str, str]] = {
     "extent": ("Emprise (ouest, sud, est, nord)", "Extent (west, south, east, north)"),
     "period": ("Période", "Period"),
     "licence": ("Licence", "Licence"),
-    "returned": ("{n} objet(s) affiché(s)", "{n} feature(s) shown"),
+    "returned": ("{n} objets affichés", "{n} features shown"),
+    "returned_one": ("{n} objet affiché", "{n} feature shown"),
     "matched": (" sur {n}", " of {n}"),
     "feature": ("objet", "feature"),
     "geometry": ("Géométrie", "Geometry"),
     "map": ("Carte des objets de cette page", "Map of the features of this page"),
-    "map_features": ("{n} objet(s) sur la carte.", "{n} feature(s) on the map."),
+    "map_features": ("{n} objets sur la carte.", "{n} features on the map."),
+    "map_features_one": ("{n} objet sur la carte.", "{n} feature on the map."),
     "next": ("Page suivante", "Next page"),
     "prev": ("Page précédente", "Previous page"),
     "queryables": ("propriétés interrogeables", "queryable properties"),
@@ -110,6 +112,9 @@ def render(
     index = 1 if lang == "en" else 0
 
     def t(key: str, **values: Any) -> str:
+        count = values.get("n")
+        if isinstance(count, int) and f"{key}_one" in _TEXT and (count == 1 or (count == 0 and index == 0)):
+            key = f"{key}_one"
         text = _TEXT[key][index]
         return text.format(**values) if values else text
 

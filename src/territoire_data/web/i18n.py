@@ -24,7 +24,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "facet_publisher": ("Producteur", "Publisher"),
     "facet_format": ("Format", "Format"),
     "results": ("Résultats", "Results"),
-    "n_results": ("{n} jeu(x) de données", "{n} dataset(s)"),
+    "n_results": ("{n} jeux de données", "{n} datasets"),
+    "n_results_one": ("{n} jeu de données", "{n} dataset"),
     "no_results": ("Aucun jeu de données ne correspond à votre recherche.", "No dataset matches your search."),
     "reset": ("Effacer la recherche et les filtres", "Clear search and filters"),
     "previous": ("Page précédente", "Previous page"),
@@ -64,7 +65,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "La carte n'est pas disponible sur ce serveur (bibliothèques non installées).",
         "The map is not available on this server (libraries not installed).",
     ),
-    "map_features": ("{n} objet(s) affiché(s) sur la carte.", "{n} feature(s) shown on the map."),
+    "map_features": ("{n} objets affichés sur la carte.", "{n} features shown on the map."),
+    "map_features_one": ("{n} objet affiché sur la carte.", "{n} feature shown on the map."),
     "chart": ("Évolution des mesures", "How the measurements changed"),
     "by_place": ("Mesures par lieu", "Measurements by place"),
     "sensor": ("Capteur", "Sensor"),
@@ -116,6 +118,10 @@ def translator(lang: str) -> Callable[..., str]:
     index = 1 if lang == "en" else 0
 
     def t(key: str, **values: object) -> str:
+        # A real plural: French counts 0 and 1 as singular, English only 1.
+        count = values.get("n")
+        if isinstance(count, int) and f"{key}_one" in MESSAGES and (count == 1 or (count == 0 and index == 0)):
+            key = f"{key}_one"
         text = MESSAGES[key][index]
         return text.format(**values) if values else text
 

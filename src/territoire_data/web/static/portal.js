@@ -101,7 +101,8 @@
           if (!seen[key]) { seen[key] = true; count += 1; }
         });
         element.dataset.rendered = String(count);
-        if (status) { status.textContent = element.dataset.featuresText.replace("__N__", count.toLocaleString("fr-FR")); }
+        var template = count < 2 && element.dataset.featureText ? element.dataset.featureText : element.dataset.featuresText;
+        if (status) { status.textContent = template.replace("__N__", count.toLocaleString(document.documentElement.lang === "en" ? "en-GB" : "fr-FR")); }
       });
     });
   }
