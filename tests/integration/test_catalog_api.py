@@ -208,8 +208,11 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     assert sensors["temporal"]["start"] is not None
     assert sensors["temporal"]["end"] > sensors["temporal"]["start"]
     assert [d["url"] for d in sensors["distributions"]] == [
-        f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations"
+        "http://testserver/api/v1/datasets/air/exports/csv",
+        "http://testserver/api/v1/datasets/air/exports/parquet",
+        f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations",
     ]
+    assert sensors["distributions"][2]["title"] == "Capteur NO2 — API SensorThings", "named, not numbered"
 
 
 async def test_making_a_dataset_restricted_removes_it_everywhere_at_once(api: httpx.AsyncClient) -> None:

@@ -431,12 +431,28 @@ def distributions_for(row: dict[str, Any], base_url: str) -> list[Distribution]:
     api = f"{base_url}/api/v1/datasets/{slug}"
     result: list[Distribution] = []
     if row["kind"] == "sensors":
-        for datastream_id in row.get("datastream_ids") or []:
-            fmt = FORMATS["sensorthings"]
+        # The observations as files first (every series, streamed; `start`/`end` choose a period), then each
+        # Datastream's SensorThings API, named after what it measures.
+        for name in ("csv", "parquet"):
+            fmt = FORMATS[name]
+            label = "Parquet" if name == "parquet" else fmt.label
             result.append(
                 Distribution(
                     format=fmt.id,
-                    title=f"Observations (Datastream {datastream_id}) — SensorThings API",
+                    title=f"{row['title']} — mesures ({label})",
+                    media_type=fmt.media_type,
+                    url=f"{api}/exports/{name}",
+                    kind="download",
+                )
+            )
+        names = list(row.get("datastream_names") or [])
+        for index, datastream_id in enumerate(row.get("datastream_ids") or []):
+            fmt = FORMATS["sensorthings"]
+            label = names[index] if index < len(names) and names[index] else f"Datastream {datastream_id}"
+            result.append(
+                Distribution(
+                    format=fmt.id,
+                    title=f"{label} — API SensorThings",
                     media_type=fmt.media_type,
                     url=f"{base_url}/sta/v1.1/Datastreams({datastream_id})/Observations",
                     kind="api",

@@ -60,7 +60,8 @@ SELECT_COLUMNS = """
     d.table_name, d.geometry_type, d.row_count, d.extra, d.created_at, d.modified_at,
     ST_XMin(cov.box) AS west, ST_YMin(cov.box) AS south, ST_XMax(cov.box) AS east, ST_YMax(cov.box) AS north,
     tmp.temporal_start, tmp.temporal_end,
-    ARRAY(SELECT ds.id FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_ids
+    ARRAY(SELECT ds.id FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_ids,
+    ARRAY(SELECT ds.name FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_names
 """
 
 # Coverage computed from the data: the loader's extent for tables, things' locations for sensor datasets.
