@@ -93,6 +93,7 @@ def database_url() -> Iterator[str]:
     name = f"td_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = asyncio.run(create_database(name))
     migrations.upgrade(make_settings(url))
+    os.environ["TD_TEST_DATABASE_URL"] = url  # for helpers that are handed only an HTTP client (catalog_helpers)
     yield url
     asyncio.run(drop_database(name))
 

@@ -6,8 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,24 +37,75 @@ class TestIdentityProvider:
         self.private: dict[str, Any] = {}
         self.published: list[str] = []
         self.requests: list[str] = []
+        # The authorization code flow (PKCE): who signs in at /auth, and the codes given out, one use each.
+        self.user: dict[str, Any] = {"roles": ["territoire-publisher"], "preferred_username": "alice"}
+        self.codes: dict[str, dict[str, str]] = {}
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 provider.requests.append(self.path)
-                if self.path == "/realms/test/.well-known/openid-configuration":
+                path, _, query = self.path.partition("?")
+                if path == "/realms/test/.well-known/openid-configuration":
                     body = {
                         "issuer": provider.issuer,
                         "jwks_uri": f"{provider.issuer}/protocol/openid-connect/certs",
+                        "authorization_endpoint": f"{provider.issuer}/protocol/openid-connect/auth",
+                        "token_endpoint": f"{provider.issuer}/protocol/openid-connect/token",
+                        "code_challenge_methods_supported": ["S256"],
                         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                     }
-                elif self.path == "/realms/test/protocol/openid-connect/certs":
+                elif path == "/realms/test/protocol/openid-connect/certs":
                     body = provider.jwks()
+                elif path == "/realms/test/protocol/openid-connect/auth":
+                    # The person signs in at once (no form): the provider sends them back with a code.
+                    params = dict(urllib.parse.parse_qsl(query))
+                    if params.get("response_type") != "code" or params.get("code_challenge_method") != "S256":
+                        self.send_error(400)
+                        return
+                    code = secrets.token_urlsafe(16)
+                    provider.codes[code] = params
+                    target = (
+                        f"{params['redirect_uri']}?{urllib.parse.urlencode({'code': code, 'state': params['state']})}"
+                    )
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 else:
                     self.send_error(404)
                     return
                 data = json.dumps(body).encode()
                 self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                provider.requests.append(self.path)
+                if self.path != "/realms/test/protocol/openid-connect/token":
+                    self.send_error(404)
+                    return
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                issued = provider.codes.pop(form.get("code", ""), None)
+                verifier = form.get("code_verifier", "").encode()
+                challenge = b64url(hashlib.sha256(verifier).digest())
+                if (
+                    issued is None
+                    or form.get("grant_type") != "authorization_code"
+                    or form.get("client_id") != issued["client_id"]
+                    or form.get("redirect_uri") != issued["redirect_uri"]
+                    or challenge != issued["code_challenge"]
+                ):
+                    status, body = 400, {"error": "invalid_grant"}
+                else:
+                    user = dict(provider.user)
+                    roles = user.pop("roles")
+                    status, body = 200, {"access_token": provider.token(roles, **user), "token_type": "Bearer"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -17,7 +17,7 @@
   Both notify `indicator_dirty`; the API processes listen and recompute only those periods (indicators.compute).
 
 Revision ID: 0014_indicators
-Revises: 0010_opsrejections
+Revises: 0013_publish
 Create Date: 2026-12-05
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from territoire_data.db.migration_helpers import run_script
 
 revision: str = "0014_indicators"
-down_revision: str | None = "0010_opsrejections"
+down_revision: str | None = "0013_publish"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,12 +12,23 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+import typer.core
 
 from territoire_data.errors import TerritoireError
 from territoire_data.logging_setup import configure_logging, configure_logging_from_env, report_unknown_variables
 from territoire_data.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_without_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """`--create`, `--help`: a flag takes no value, so --help shows no `<bool>` after it (typer 0.29 does)."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="territoire-data",
@@ -55,7 +66,13 @@ def clear_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TerritoireError as exc:
-            typer.echo(f"error: {exc.detail}", err=True)
+            missing = exc.extra.get("missing")
+            if isinstance(missing, list) and missing:  # a refused publication: one line per field to fill
+                typer.echo("error: the dataset cannot be published yet; fill in:", err=True)
+                for item in missing:
+                    typer.echo(f"  - {item['message']}", err=True)
+            else:
+                typer.echo(f"error: {exc.detail}", err=True)
             raise typer.Exit(2) from None
         except (OSError, ConnectionError) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -281,6 +298,11 @@ def _run_file_import(settings: Settings, factory: Callable[[], Any], slug: str, 
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from None
     typer.echo(dump_json(report))
+    if report.get("dataset_status") == "draft":
+        # Said on stderr so the JSON on stdout stays parseable: a draft is seen by nobody but its publishers.
+        typer.echo(f"dataset {slug} is a draft: `territoire-data datasets publish {slug}` once described", err=True)
+        for item in report.get("metadata_missing") or []:
+            typer.echo(f"  - {item['message']}", err=True)
 
 
 @ingest_app.command("csv")
@@ -606,7 +628,7 @@ def datasets_list(
     for item in items:
         warnings = getattr(item, "quality_warnings", [])
         flag = f"  ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
-        typer.echo(f"{item.slug}\t{item.access}\t{item.title}{flag}")
+        typer.echo(f"{item.slug}\t{item.status}\t{item.access}\t{item.title}{flag}")
     typer.echo(f"{len(items)} of {total} dataset(s)", err=True)
 
 
@@ -671,6 +693,27 @@ def datasets_update(
     data = admin.parse_update(values, clear or [])
     updated = asyncio.run(admin.update_dataset(settings_for_command(), slug, data))
     typer.echo(dump_json(updated.model_dump(mode="json")))
+
+
+@datasets_app.command("publish")
+@clear_errors
+def datasets_publish(slug: str) -> None:
+    """Publish a draft: it appears in the portal, the APIs and DCAT (refused, with what is missing, when its
+    metadata is incomplete)."""
+    from territoire_data.catalog import admin
+
+    published = asyncio.run(admin.publish_dataset(settings_for_command(), slug))
+    typer.echo(f"published {slug}: {published.title}")
+
+
+@datasets_app.command("unpublish")
+@clear_errors
+def datasets_unpublish(slug: str) -> None:
+    """Make a dataset a draft again: hidden from the public on every door, still seen by its publishers."""
+    from territoire_data.catalog import admin
+
+    asyncio.run(admin.unpublish_dataset(settings_for_command(), slug))
+    typer.echo(f"unpublished {slug}: it is a draft again")
 
 
 @datasets_app.command("delete")

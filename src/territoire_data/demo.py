@@ -38,6 +38,9 @@ DEMO_DIVISIONS = {
     "quartiers-nantes": divisions.DivisionDeclaration(level="quartier", code_field="osm_id", name_field="name"),
 }
 
+# The producer named on the demo's sensor datasets, which the demo publishes at once (their metadata is complete).
+DEMO_PRODUCER = "Territoire de démonstration (capteurs simulés, Nantes)"
+
 
 @dataclass
 class DemoReport:
@@ -86,7 +89,10 @@ async def load_demo(settings: Settings, *, history_hours: int = 24, seed: int = 
     observations = 0
     history = _history(history_hours, seed)
     for root, file in DEMO_CONNECTORS.items():
-        observations += await _store_history(settings, load_connector(folder / file), history[root])
+        config = load_connector(folder / file)
+        dataset = config.dataset.model_copy(update={"publisher": config.dataset.publisher or DEMO_PRODUCER})
+        config = config.model_copy(update={"dataset": dataset.model_copy(update={"publish": "auto"})})
+        observations += await _store_history(settings, config, history[root])
     indicators = await _load_indicators(settings)
     return DemoReport(datasets, sum(len(m) for m in history.values()), observations, indicators)
 

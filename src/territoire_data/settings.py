@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -13,6 +14,8 @@ from territoire_data.dsn import DatabaseUrlError, parse_database_url
 from territoire_data.errors import ConfigurationError
 
 ENV_PREFIX = "TERRITOIRE_"
+# A checkout's root (src/territoire_data/settings.py -> the repository): where scripts/quickstart keeps .env.
+PROJECT_ENV = str(Path(__file__).resolve().parents[2] / ".env")
 # Public-key signatures only: `none` and the HMAC family (HS*) can never be configured, so a token cannot be
 # "signed" with the issuer's public key used as an HMAC secret.
 OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
@@ -22,7 +25,11 @@ PLATFORM_ROLES = ("admin", "publisher", "reader")
 class Settings(BaseSettings):
     """Platform settings; built once in an entry point and passed down, never read at import time."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # The project's .env (written by scripts/quickstart) wherever the command runs from, then the current folder's,
+    # which wins; environment variables win over both.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=(PROJECT_ENV, ".env"), env_file_encoding="utf-8", extra="ignore"
+    )
 
     database_url: str = Field(
         description="postgresql://user:password@host:5432/dbname; several hosts (a Patroni cluster) as "
@@ -87,6 +94,18 @@ class Settings(BaseSettings):
         description="the local government publishing (DCAT-AP requires one); empty: the territory's name",
     )
     catalog_publisher_siret: str | None = Field(default=None, pattern=r"^\d{14}$")
+    default_licence: Literal["etalab-2.0", "odbl-1.0", "cc-by-4.0", "cc-by-sa-4.0"] | None = Field(
+        default=None, description="licence given at publication to a dataset that has none"
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="the back-office's public OpenID Connect client (authorization code + PKCE)"
+    )
+    basemap: str = Field(
+        default="none",
+        description="the maps' background: none (offline, nothing outside the platform), ign (the Géoplateforme's "
+        "Plan IGN vector tiles, an opt-in) or the https URL of a MapLibre style the city serves itself",
+    )
+    admin_session_hours: int = Field(default=8, ge=1, le=168, description="a back-office session lasts this long")
     portal_refresh_seconds: int = Field(
         default=60, ge=0, le=86_400, description="the portal's sensor charts fetch new values this often (0: never)"
     )
@@ -213,6 +232,17 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL, e.g. https://sso.ville.fr/realms/ville")
         return value.strip()
 
+    @field_validator("basemap")
+    @classmethod
+    def _check_basemap(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("none", "ign"):
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be none, ign or the http(s) URL of a MapLibre style JSON")
+        return value
+
     @field_validator("oidc_algorithms")
     @classmethod
     def _check_oidc_algorithms(cls, value: list[str]) -> list[str]:
@@ -303,3 +333,26 @@ def load_settings(**overrides: object) -> Settings:
         if more:
             message += f" (and {more} more setting{'s' if more > 1 else ''} wrong)"
         raise ConfigurationError(message) from None
+
+
+# The Géoplateforme's (IGN) "Plan IGN" vector style: an explicit opt-in (TERRITOIRE_BASEMAP=ign), never a default.
+IGN_STYLE = "https://data.geopf.fr/annexes/ressources/vectorTiles/styles/PLAN.IGN/standard.json"
+IGN_ATTRIBUTION = "Fond de carte © IGN – Géoplateforme (Plan IGN)"
+
+
+def basemap_style(settings: Settings) -> tuple[str | None, str | None]:
+    """(style URL, attribution) of the maps' background; (None, None) for none (a plain colour, offline)."""
+    if settings.basemap == "none":
+        return None, None
+    if settings.basemap == "ign":
+        return IGN_STYLE, IGN_ATTRIBUTION
+    return settings.basemap, None
+
+
+def basemap_origins(settings: Settings) -> tuple[str, ...]:
+    """The origins the browser must reach for the basemap (added to the CSP); none by default."""
+    style, _ = basemap_style(settings)
+    if style is None:
+        return ()
+    parts = urlsplit(style)
+    return (f"{parts.scheme}://{parts.netloc}",)

@@ -20,7 +20,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from territoire_data.settings import Settings
-from tests.catalog_helpers import AUTH, FULL_METADATA, add_geojson_table, add_sensor
+from tests.catalog_helpers import AUTH, FULL_METADATA, add_geojson_table, add_sensor, mark_published
 from tests.conftest import FIXTURES, ROOT, LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db]
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
 ARTIFACTS = ROOT / "test-artifacts"
 STATIONS = FIXTURES / "rennes_metropole_stations_comptages_auto.geojson"
-VENDOR = ROOT / "src" / "territoire_data" / "web" / "static" / "vendor" / "leaflet" / "leaflet.js"
+VENDOR = ROOT / "src" / "territoire_data" / "web" / "static" / "vendor" / "maplibre" / "maplibre-gl-csp.js"
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,7 @@ async def territory(server: LiveServer, db: asyncpg.Connection) -> dict[str, Any
         ):
             response = await http.post("/api/v1/datasets", json=body)
             assert response.status_code == 201, response.text
+    await mark_published("stations-comptage", "qualite-air", "comptage-interne")
     features = await add_geojson_table(db, "stations-comptage", str(STATIONS))
     await add_sensor(db, "qualite-air", lon=-1.68, lat=48.11, values=[21.0, 25.5, 30.2, 28.1, 19.4])
     await add_geojson_table(db, "comptage-interne", str(STATIONS))
@@ -172,14 +173,16 @@ async def test_search_open_dataset_and_see_the_map_render_features(
     await screenshot(page, "02-search-results")
     assert await serious_violations(page) == []
 
+    tiles: list[str] = []
+    page.on("request", lambda r: tiles.append(r.url) if "/tiles/WebMercatorQuad/" in r.url else None)
     await results.first.click()
     await page.wait_for_url("**/datasets/stations-comptage")
     map_element = page.locator("#map[data-rendered]")
     await map_element.wait_for(timeout=15_000)
-    assert await map_element.get_attribute("data-rendered") == str(territory["features"])
-    markers = page.locator("#map path.leaflet-interactive")
-    assert await markers.count() == territory["features"] == 74
-    assert "74 objet(s) affiché(s)" in await page.locator("#map-status").inner_text()
+    assert await map_element.get_attribute("data-rendered") == str(territory["features"]) == "74"
+    assert await page.locator("#map canvas.maplibregl-canvas").count() == 1
+    assert tiles, "drawn from our own vector tiles"
+    assert "74 objets affichés" in await page.locator("#map-status").inner_text()
     await screenshot(page, "03-dataset-with-map")
     assert await serious_violations(page) == []
 
@@ -213,7 +216,8 @@ async def test_sensor_page_draws_the_chart_of_recent_values(
     await charts.wait_for(timeout=15_000)
     assert await charts.get_attribute("data-rendered") == "1"
     assert await page.locator("#charts canvas").count() >= 1
-    assert await page.locator("#map path.leaflet-interactive").count() == 1
+    await page.locator("#map[data-rendered]").wait_for(timeout=15_000)
+    assert await page.locator("#map").get_attribute("data-rendered") == "1"
     # a new reading appears on the chart without reloading the page (the refresh is 1 s in these tests)
     before = int(await charts.get_attribute("data-points") or "0")
     canvases = await page.locator("#charts canvas").count()
@@ -279,3 +283,63 @@ def _clean_artifacts() -> None:
     """Screenshots of this run only (the folder is gitignored)."""
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
+
+
+async def test_citizen_finds_a_sensor_dataset_reads_the_chart_in_paris_time_and_downloads_a_month(
+    server: LiveServer, territory: dict[str, Any], page: Page
+) -> None:
+    """A citizen searches "qualité de l'air", opens the dataset, reads the chart (French dates, Paris time), then
+    downloads a month of one Datastream as CSV through the page's form."""
+    from zoneinfo import ZoneInfo
+
+    await page.goto(server.url + "/")
+    await page.get_by_label("Rechercher").first.fill("qualité de l'air")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("link", name="Qualité de l'air en temps réel").click()
+    await page.wait_for_url("**/datasets/qualite-air")
+    assert await page.get_by_role("heading", name="Mesures par lieu").is_visible()
+    assert await page.get_by_role("cell", name="Station Capteur NO2").is_visible()
+    assert await page.get_by_role("rowheader", name="NO2 (µg/m³)", exact=True).is_visible()
+    charts = page.locator("#charts[data-rendered]")
+    await charts.wait_for(timeout=15_000)
+    # Hover the chart: the legend shows the point's time in Paris, French format, 24-hour clock.
+    over = page.locator("#charts .u-over").first
+    box = await over.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+    legend = (await page.locator("#charts .u-legend .u-value").first.inner_text()).strip()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        times = (await http.get("/datasets/qualite-air/recent.json")).json()[0]["times"]
+    paris = {datetime.fromtimestamp(t, ZoneInfo("Europe/Paris")).strftime("%d/%m/%Y %H:%M") for t in times}
+    utc = {datetime.fromtimestamp(t, UTC).strftime("%d/%m/%Y %H:%M") for t in times}
+    assert legend.replace(",", "") in paris, (legend, paris)
+    assert legend.replace(",", "") not in utc, "Paris time, not UTC"
+    assert "AM" not in legend.upper() and "PM" not in legend.upper()
+    await screenshot(page, "05-citizen-sensor-chart")
+
+    await page.get_by_label("Série").select_option(index=1)
+    await page.get_by_label("Période", exact=True).select_option("30j")
+    async with page.expect_download() as info:
+        await page.get_by_role("button", name="Télécharger").click()
+    download = await info.value
+    target = ARTIFACTS / "qualite-air-30-jours.csv"
+    ARTIFACTS.mkdir(exist_ok=True)
+    await download.save_as(str(target))
+    lines = target.read_text(encoding="utf-8").strip().splitlines()
+    assert lines[0].startswith("phenomenon_time;")
+    assert [float(line.split(";")[3]) for line in lines[1:]] == [21.0, 25.5, 30.2, 28.1, 19.4]
+    assert await serious_violations(page) == []
+
+
+async def test_ogc_api_html_pages_are_styled_french_accessible_with_a_map(
+    server: LiveServer, territory: dict[str, Any], page: Page
+) -> None:
+    await page.goto(server.url + "/ogcapi/collections/stations-comptage/items?f=html&limit=50")
+    assert await page.locator("html").get_attribute("lang") == "fr"
+    await page.locator("#map[data-rendered]").wait_for(timeout=15_000)
+    assert await page.locator("#map").get_attribute("data-rendered") == "50"
+    await screenshot(page, "06-ogc-items-html")
+    assert await serious_violations(page) == []
+    for path in ("/ogcapi?f=html", "/ogcapi/collections?f=html", "/ogcapi/collections/stations-comptage?f=html"):
+        await page.goto(server.url + path)
+        assert await serious_violations(page) == [], path

@@ -1,4 +1,8 @@
-"""THE access matrix: every read door x every kind of caller, over one restricted world and one public one.
+"""THE access matrix: every read door x every kind of caller x every state of a dataset, over one world.
+
+States of the "secret" datasets (a table and a sensor dataset): restricted (published, access restricted), draft
+(access public, not yet published) and published (public and published: everyone sees them). A draft is hidden
+exactly like a restricted dataset, except from a reader granted it: only its writers and admins see a draft.
 
 A restricted table dataset (loaded through the real import door and loader) and restricted sensor entities
 (a Thing, its Location, Sensor, Datastream and Observations in a restricted dataset), next to public ones. For
@@ -53,7 +57,10 @@ CROSSED = "flux croisé"  # a Datastream filed under the public dataset, on the 
 MULTI, MULTI_RESULT, HUMIDITY = "multiflux confidentiel", "876.125", "Humidité secrète"
 OTHER = "autre"  # the restricted dataset that the reader of another dataset may read
 HIDDEN = ("anonymous", "reader of another dataset", "publisher without grant")
-GRANTED = ("granted reader", "admin")
+GRANTED = ("granted reader", "granted writer", "admin")
+STATES = ("restricted", "draft", "published")
+# Who may not see the secret datasets in each state (everyone else may).
+HIDDEN_IN = {"restricted": HIDDEN, "draft": (*HIDDEN, "granted reader"), "published": ()}
 
 
 @dataclass(frozen=True)
@@ -118,9 +125,9 @@ DOORS: list[Door] = [
     Door("portal page", f"/datasets/{SECRET}", "public", (ROW,), status=404),
     Door("portal map", f"/datasets/{SECRET}/preview.geojson", "public", (ROW,), status=404),
     Door("portal sensors page", f"/datasets/{SECRET_SENSORS}", "public", (THING,), status=404),
-    Door("portal chart", f"/datasets/{SECRET_SENSORS}/recent.json", "public", (STREAM,), status=404),
+    Door("portal chart", f"/datasets/{SECRET_SENSORS}/recent.json?periode=1an", "public", (STREAM,), status=404),
     Door("portal public sensors map", "/datasets/capteurs-publics/preview.geojson", "public", (THING, PLACE)),
-    Door("portal public sensors chart", "/datasets/capteurs-publics/recent.json", "public", (CROSSED,)),
+    Door("portal public sensors chart", "/datasets/capteurs-publics/recent.json?periode=1an", "public", (CROSSED,)),
     Door("portal public sensors page", "/datasets/capteurs-publics", "public", (CROSSED, THING)),
     # OGC API - Features
     Door("ogc collections", "/ogcapi/collections", "list", (SECRET, "48.58"), collections_east_edge),
@@ -151,6 +158,8 @@ DOORS: list[Door] = [
     Door("export shapefile", f"/api/v1/datasets/{SECRET}/exports/shapefile"),
     Door("datastream export csv", "/api/v1/datastreams/{datastream}/exports/csv", markers=("987",)),
     Door("datastream export parquet", "/api/v1/datastreams/{datastream}/exports/parquet"),
+    Door("sensor dataset export csv", f"/api/v1/datasets/{SECRET_SENSORS}/exports/csv", markers=("987", THING)),
+    Door("sensor dataset export parquet", f"/api/v1/datasets/{SECRET_SENSORS}/exports/parquet"),
     # SensorThings: entity sets, with $count
     Door("sta Things", f"{STA}/Things?$count=true", "list", (THING,), iot_count),
     Door("sta Datastreams", f"{STA}/Datastreams?$count=true", "list", (STREAM,), iot_count),
@@ -317,6 +326,21 @@ CALLERS = (*HIDDEN, *GRANTED)
 class World:
     ids: dict[str, Any]
     headers: dict[str, dict[str, str]]
+    db: asyncpg.Connection
+
+    async def use(self, state: str) -> None:
+        """Put the secret datasets in `state` (the doors must follow at once: no cache may keep the old one)."""
+        access, status = {
+            "restricted": ("restricted", "published"),
+            "draft": ("public", "draft"),
+            "published": ("public", "published"),
+        }[state]
+        await self.db.execute(
+            "UPDATE dataset SET access = $1, status = $2, modified_at = now() WHERE slug = ANY($3::text[])",
+            access,
+            status,
+            [SECRET, SECRET_SENSORS],
+        )
 
 
 async def _post(http: httpx.AsyncClient, path: str, body: Any) -> dict[str, Any]:
@@ -381,6 +405,8 @@ async def build_world(http: httpx.AsyncClient, db: asyncpg.Connection, engine: A
         {"slug": SECRET_SENSORS, "title": "Capteurs confidentiels", "kind": "sensors", "access": "restricted"},
     )
     await _post(http, "/api/v1/datasets", {"slug": OTHER, "title": "Autre", "access": "restricted"})
+    # Everything was created as a draft (imports, the catalog API): publish it all; World.use sets the secret ones.
+    await db.execute("UPDATE dataset SET status = 'published', published_at = now()")
     temperature = {"name": "Température", "definition": "https://qudt.org/vocab/quantitykind/Temperature"}
     public = await _post(
         http,
@@ -478,9 +504,12 @@ async def build_world(http: httpx.AsyncClient, db: asyncpg.Connection, engine: A
         "reader of another dataset": {"X-API-Key": await make_key(engine, "reader", [(OTHER, "read")])},
         "publisher without grant": {"Authorization": f"Bearer {await make_key(engine, 'publisher')}"},
         "granted reader": {"X-API-Key": await make_key(engine, "reader", [(SECRET, "read"), (SECRET_SENSORS, "read")])},
+        "granted writer": {
+            "X-API-Key": await make_key(engine, "publisher", [(SECRET, "write"), (SECRET_SENSORS, "write")])
+        },
         "admin": TEST_ADMIN_AUTH,
     }
-    return World(ids, headers)
+    return World(ids, headers, db)
 
 
 @pytest.fixture(scope="module")
@@ -515,9 +544,12 @@ def _fill(value: Any, ids: dict[str, Any]) -> Any:
     return value
 
 
+@pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("door", DOORS, ids=[d.name for d in DOORS])
-async def test_door(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
+async def test_door(door: Door, state: str, world: tuple[httpx.AsyncClient, World]) -> None:
     http, w = world
+    await w.use(state)
+    hidden_callers = HIDDEN_IN[state]
     path = door.path.format(**w.ids)
     body = _fill(door.json, w.ids)
     answers = {
@@ -526,9 +558,9 @@ async def test_door(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
     anonymous = answers["anonymous"]
     for caller, response in answers.items():
         text = response.content.decode("utf-8", "replace")
-        hidden = caller in HIDDEN or door.kind == "public"
-        where = f"{door.name} as {caller}: {response.status_code} {text[:300]}"
-        if (hidden and door.kind == "entity") or (door.kind == "public" and door.status == 404):
+        hidden = caller in hidden_callers or (door.kind == "public" and state != "published")
+        where = f"{door.name} ({state}) as {caller}: {response.status_code} {text[:300]}"
+        if (hidden and door.kind == "entity") or (door.kind == "public" and door.status == 404 and hidden):
             assert response.status_code == 404, where
             assert response.headers["content-type"].startswith(("application/problem+json", "text/html")), where
         elif hidden:
@@ -545,7 +577,8 @@ async def test_door(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
         if door.count is not None and response.status_code == 200:
             anonymous_count = door.count(orjson.loads(anonymous.content))
             count = door.count(orjson.loads(response.content))
-            assert (count == anonymous_count) if hidden else (count > anonymous_count), (
+            seen_by_all = state == "published"
+            assert (count == anonymous_count) if hidden or seen_by_all else (count > anonymous_count), (
                 f"{where}: count {count} against {anonymous_count} for anonymous"
             )
         if caller != "anonymous":  # what a key reads never goes to a shared cache
@@ -557,6 +590,7 @@ async def test_door(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
 async def test_validators_do_not_reveal_a_hidden_resource(door: Door, world: tuple[httpx.AsyncClient, World]) -> None:
     """An ETag learnt with a key opens nothing without it: a conditional request is a 404, never a 304."""
     http, w = world
+    await w.use("restricted")
     path = door.path.format(**w.ids)
     granted = await http.get(path, headers=w.headers["admin"])
     assert granted.status_code == 200
@@ -592,6 +626,7 @@ async def test_the_fast_path_cache_never_serves_a_shape_learnt_with_a_key(
 ) -> None:
     """Warm the collection cache as the admin, then ask without a key, many times over: still 404."""
     http, w = world
+    await w.use("restricted")
     items = f"/ogcapi/collections/{SECRET}/items"
     for _ in range(3):
         assert (await http.get(items, headers=w.headers["admin"])).status_code == 200
@@ -610,6 +645,7 @@ async def test_mqtt_topics_never_carry_restricted_observations(
     from tests.integration.sensorthings.conftest import Subscriber
 
     http, w = world
+    await w.use("restricted")
     bridge = StaMqttBridge(settings, topic_prefix=f"{topic_prefix}/")
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(bridge.run(stop, ready))

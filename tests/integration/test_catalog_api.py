@@ -76,7 +76,7 @@ async def test_create_show_update_delete_round_trip(api: httpx.AsyncClient, db: 
     assert (await api.delete("/api/v1/datasets/sanisettes", headers=AUTH)).status_code == 204
     assert (await api.get("/api/v1/datasets/sanisettes")).status_code == 404
     actions = [r["action"] for r in await db.fetch("SELECT action FROM audit_event ORDER BY id")]
-    assert actions == ["dataset.create", "dataset.update", "dataset.delete"]
+    assert actions == ["dataset.create", "dataset.publish", "dataset.update", "dataset.delete"]
 
 
 async def test_delete_drops_the_typed_table(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
@@ -208,8 +208,11 @@ async def test_coverage_is_computed_from_the_data(api: httpx.AsyncClient, db: as
     assert sensors["temporal"]["start"] is not None
     assert sensors["temporal"]["end"] > sensors["temporal"]["start"]
     assert [d["url"] for d in sensors["distributions"]] == [
-        f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations"
+        "http://testserver/api/v1/datasets/air/exports/csv",
+        "http://testserver/api/v1/datasets/air/exports/parquet",
+        f"http://testserver/sta/v1.1/Datastreams({datastream})/Observations",
     ]
+    assert sensors["distributions"][2]["title"] == "Capteur NO2 — API SensorThings", "named, not numbered"
 
 
 async def test_making_a_dataset_restricted_removes_it_everywhere_at_once(api: httpx.AsyncClient) -> None:

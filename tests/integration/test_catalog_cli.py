@@ -63,7 +63,7 @@ def test_cli_manages_datasets_end_to_end(settings: Settings, db: asyncpg.Connect
 
     listed = run(settings, "list")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.startswith("bornes-irve\tpublic\tBornes de recharge  (3 warnings)")
+    assert listed.stdout.startswith("bornes-irve\tdraft\tpublic\tBornes de recharge  (3 warnings)")
 
     shown = run(settings, "show", "bornes-irve")
     assert json.loads(shown.stdout)["update_frequency"] == "WEEKLY"

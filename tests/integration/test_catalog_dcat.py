@@ -129,9 +129,12 @@ async def test_every_public_dataset_has_every_field_udata_reads(
                 "https://www.iana.org/assignments/media-types/text/csv"
             )
         else:
-            assert len(distributions) == 2, "one SensorThings distribution per datastream"
-            for dist in distributions:
+            apis = [d for d in distributions if graph.value(d, rns.DCAT.downloadURL) is None]
+            assert len(apis) == 2, "one SensorThings distribution per datastream"
+            for dist in apis:
                 assert graph.value(dist, rns.DCAT.accessService) == URIRef("http://testserver/sta/v1.1")
+            downloads = {str(graph.value(d, rns.DCAT.downloadURL)) for d in distributions} - {"None"}
+            assert downloads == {f"http://testserver/api/v1/datasets/air/exports/{f}" for f in ("csv", "parquet")}
 
     services = set(graph.subjects(rns.RDF.type, rns.DCAT.DataService))
     assert {URIRef("http://testserver/sta/v1.1"), URIRef("http://testserver/ogcapi")} <= services

@@ -81,4 +81,4 @@ async def test_scdl_export_follows_the_schema_for_every_public_dataset(
     assert sanisettes["URL"] == "http://testserver/datasets/sanisettes"
     air = next(r for r in rows if r["ID"] == "air")
     assert air["LICENCE"] == "Open Database License-ODBL"
-    assert air["FORMAT_RESSOURCES"] == "json"
+    assert air["FORMAT_RESSOURCES"] == "csv;parquet;json", "its observations as files, then its APIs"

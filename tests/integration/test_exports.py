@@ -20,6 +20,7 @@ import shapely
 from territoire_data.exports import stream
 from territoire_data.query.collections import get_collection
 from territoire_data.query.items import ItemsQuery
+from tests.catalog_helpers import AUTH
 from tests.features_data import MESURES_COUNT, MESURES_SCHEMA, load_features_data, mesures_rows
 from tests.fixtures.typed_tables import create_dataset
 
@@ -238,7 +239,8 @@ async def test_datastream_observations_export_over_a_time_range(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     await db.execute(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('prive', 'privé', 'sensors', 'restricted');"
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('prive', 'privé', 'sensors', 'restricted', 'published');"
         "INSERT INTO thing (id, name) VALUES (1, 't'); INSERT INTO sensor (id, name) VALUES (1, 's');"
         "INSERT INTO observed_property (id, name) VALUES (1, 'p');"
         "INSERT INTO datastream (id, name, thing_id, sensor_id, observed_property_id) VALUES (1, 'd', 1, 1, 1);"
@@ -277,3 +279,36 @@ async def test_a_table_without_geometry_exports_and_serves_too(
     items = (await client.get("/ogcapi/collections/populations/items")).json()
     assert items["numberMatched"] == 2
     assert items["features"][1]["properties"] == {"commune": "Rennes", "population": 225081}
+
+
+async def test_sensor_dataset_exports_every_series_over_a_period(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A sensor dataset's download: every observation of its Datastreams, named, streamed (was 404 "no collection")."""
+    from tests.catalog_helpers import add_sensor
+    from tests.catalog_helpers import create_dataset as create_catalog_dataset
+
+    await create_catalog_dataset(client, "air", "Qualité de l'air", kind="sensors")
+    first = await add_sensor(db, "air", lon=-1.55, lat=47.21, values=[10.0, 11.0, 12.0], name="NO2 Commerce")
+    second = await add_sensor(db, "air", lon=-1.56, lat=47.22, values=[20.0, 21.0], name="NO2 Gare")
+    whole = await client.get("/api/v1/datasets/air/exports/csv")
+    assert whole.status_code == 200, whole.text
+    lines = list(csv.DictReader(io.StringIO(whole.text), delimiter=";"))
+    assert [(int(r["datastream_id"]), float(r["result_number"])) for r in lines] == [
+        (first, 10.0), (first, 11.0), (first, 12.0), (second, 20.0), (second, 21.0)
+    ]  # fmt: skip
+    assert lines[0]["thing"] == "Station NO2 Commerce" and lines[0]["observed_property"] == "NO2"
+    assert lines[0]["unit"] == "µg/m³"
+    # Over a period: the last 90 minutes hold the latest value of each series.
+    start = (datetime.now(UTC) - timedelta(minutes=90)).isoformat()
+    recent = await client.get("/api/v1/datasets/air/exports/parquet", params={"start": start})
+    assert recent.status_code == 200
+    table = pq.read_table(io.BytesIO(recent.content))
+    assert sorted(table.column("result_number").to_pylist()) == [12.0, 21.0]
+    assert table.column("thing").to_pylist()[0].startswith("Station NO2")
+    assert (await client.get("/api/v1/datasets/air/exports/geojson")).status_code == 400
+    assert (await client.get("/api/v1/datasets/air/exports/csv", params={"end": "demain"})).status_code == 400
+    # A draft sensor dataset is not exported to the public (404 like a missing one), but to its writer.
+    assert (await client.post("/api/v1/datasets/air/unpublish", headers=AUTH)).status_code == 200
+    assert (await client.get("/api/v1/datasets/air/exports/csv")).status_code == 404
+    assert (await client.get("/api/v1/datasets/air/exports/csv", headers=AUTH)).status_code == 200

@@ -243,10 +243,35 @@ async def test_html_by_accept_header_and_f_parameter(
     page = await client.get(f"{OGC}/collections/mesures/items", params={"f": "html", "limit": 5})
     assert "M004" in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
-    assert "<script" not in page.text
+    assert "<script>" not in page.text, "no inline script: only our own files (the map)"
     assert (await client.get(f"{OGC}/collections", params={"f": "json"})).headers["content-type"] == (
         "application/json"
     )
+
+
+async def test_html_pages_are_french_readable_and_name_the_licence_by_its_url(
+    client: httpx.AsyncClient, data: dict[str, int], db: asyncpg.Connection
+) -> None:
+    await db.execute("UPDATE dataset SET licence = 'odbl-1.0' WHERE slug = 'mesures'")
+    items = (await client.get(f"{OGC}/collections/mesures/items", params={"f": "html", "limit": 20})).text
+    assert "/static/portal/portal.css" in items, "the portal's styles"
+    assert ">oui<" in items and ">non<" in items
+    assert ">True<" not in items and ">False<" not in items
+    assert "this document" not in items and "objets affichés" in items
+    assert 'id="map"' in items and "f=json" in items, "a map of the page's items, drawn from their GeoJSON"
+    valeurs = await db.fetch("SELECT valeur FROM datasets.ds_2 WHERE valeur <> trunc(valeur) LIMIT 1")
+    if valeurs:
+        assert str(valeurs[0]["valeur"]).replace(".", ",") in items, "decimal comma"
+    english = await client.get(f"{OGC}/collections/mesures/items", params={"f": "html", "lang": "en"})
+    assert english.status_code == 200
+    assert '<html lang="en">' in english.text and ">yes<" in english.text and "features shown" in english.text
+    collection = await client.get(f"{OGC}/collections/mesures", params={"f": "html"})
+    assert 'href="https://opendatacommons.org/licenses/odbl/1-0/"' in collection.text
+    as_json = (await client.get(f"{OGC}/collections/mesures")).json()
+    licence = next(link for link in as_json["links"] if link["rel"] == "license")
+    assert licence["href"] == "https://opendatacommons.org/licenses/odbl/1-0/", "a URL, not our id for it"
+    capteurs = (await client.get(f"{OGC}/collections/capteurs")).json()
+    assert capteurs["description"].startswith("Les capteurs du territoire")
 
 
 # --- Part 2: CRS ---------------------------------------------------------------------------------------------------

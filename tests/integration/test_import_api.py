@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.api.app import create_app
 from territoire_data.settings import Settings
+from tests.catalog_helpers import mark_published
 from tests.conftest import TEST_ADMIN_AUTH, make_key
 
 pytestmark = pytest.mark.db
@@ -66,6 +67,11 @@ async def test_a_publisher_imports_into_what_it_created_and_nothing_else(
     )
     assert again.status_code == 201, again.text
     other = {"X-API-Key": await make_key(engine, "publisher")}
+    hidden = await admin_client.post(
+        "/api/v1/datasets/mine/imports", files={"file": ("a.csv", b"a;b\n5;6\n", "text/csv")}, headers=other
+    )
+    assert hidden.status_code == 404, "a draft is invisible to another publisher"
+    await mark_published("mine")
     refused = await admin_client.post(
         "/api/v1/datasets/mine/imports", files={"file": ("a.csv", b"a;b\n5;6\n", "text/csv")}, headers=other
     )
@@ -92,6 +98,7 @@ async def test_upload_with_schema_then_read_the_report(admin_client: httpx.Async
     assert report["status"] == "succeeded"
     assert report["rows_inserted"] == 2
     assert response.headers["location"] == f"/api/v1/datasets/parkings/imports/{report['import_id']}"
+    await mark_published("parkings")
     later = await admin_client.get(response.headers["location"])
     assert later.status_code == 200
     body = later.json()
@@ -126,6 +133,8 @@ async def test_geojson_upload_and_restricted_reports(admin_client: httpx.AsyncCl
     assert response.status_code == 201, response.text
     assert response.json()["rows_inserted"] == 74
     location = response.headers["location"]
+    assert (await admin_client.get(location)).status_code == 404, "a draft's report is its writers'"
+    await mark_published("comptages")
     assert (await admin_client.get(location)).status_code == 200
     await db.execute("UPDATE dataset SET access = 'restricted'")
     hidden = await admin_client.get(location)

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.catalog_helpers import AUTH, add_point_table, add_sensor, create_dataset
+from tests.catalog_helpers import AUTH, add_point_table, add_sensor, create_dataset, mark_published
 
 pytestmark = pytest.mark.db
 
@@ -242,6 +242,7 @@ async def test_hostile_csv_headers_become_quoted_columns_and_nothing_else(
     assert after["counts"]["public.dataset"] == before["counts"]["public.dataset"] + 1
 
     # The hostile column through every door, by its exact name.
+    await mark_published("hostile")
     items = "/ogcapi/collections/hostile/items"
     response = await client.get(items, params={"properties": evil, "sortby": f"-{evil}"})
     assert response.status_code == 200, response.text[:300]

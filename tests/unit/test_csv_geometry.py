@@ -95,3 +95,16 @@ def test_wgs84_reprojector_needs_no_pyproj_and_agrees_with_it() -> None:
         projection = reprojector(text)
         assert projection.bounds == WORLD and projection.transformer is None
     assert reprojector("EPSG:2154").transformer is not None
+
+
+def test_lambert_93_metres_without_a_crs_get_a_hint_naming_epsg_2154() -> None:
+    from territoire_data.ingest.files.geometry import reprojector
+
+    wgs84 = reprojector("EPSG:4326")
+    _, _, reasons = wgs84.points([355_000.0, 2.35], [6_689_000.0, 48.85])
+    assert reasons[1] is None
+    assert reasons[0] is not None and "EPSG:2154" in reasons[0] and "Lambert-93" in reasons[0]
+    _, _, far = wgs84.points([5_000_000.0], [9_000_000.0])
+    assert far[0] is not None and "Lambert-93" not in far[0], "no hint for what does not look like it"
+    _, _, none = reprojector("EPSG:2154").points([355_000.0], [6_689_000.0])
+    assert none == [None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,22 @@ def test_the_catalog_always_has_a_publisher(monkeypatch: pytest.MonkeyPatch, tmp
     with open(".env", "w", encoding="utf-8") as env:  # the line scripts/quickstart appends
         env.write('TERRITOIRE_CATALOG_PUBLISHER="Ville d\'Avray"\n')
     assert load_settings().catalog_publisher == "Ville d'Avray"
+
+
+def test_the_projects_env_file_is_read_wherever_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.env` of the checkout (scripts/quickstart writes it) is found from any folder; the current folder's wins."""
+    from territoire_data import settings as module
+
+    project = tmp_path / "projet.env"
+    project.write_text("TERRITOIRE_DATABASE_URL=postgresql://u@127.0.0.1/depuis_le_projet\n", encoding="utf-8")
+    elsewhere = tmp_path / "ailleurs"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TERRITOIRE_DATABASE_URL", raising=False)
+    monkeypatch.setitem(module.Settings.model_config, "env_file", (str(project), ".env"))
+    assert module.load_settings().database_url.endswith("/depuis_le_projet")
+    (elsewhere / ".env").write_text("TERRITOIRE_DATABASE_URL=postgresql://u@127.0.0.1/ici\n", encoding="utf-8")
+    assert module.load_settings().database_url.endswith("/ici")
+    assert module.PROJECT_ENV.endswith(".env") and Path(module.PROJECT_ENV).parent.joinpath("pyproject.toml").is_file()

@@ -33,10 +33,12 @@ from territoire_data.api.security import (
     QueryLimitMiddleware,
     RateLimitMiddleware,
     ResponseHeadersMiddleware,
+    content_security_policy,
 )
 from territoire_data.api.sharedlimits import SharedWindowCounter
 from territoire_data.auth import routes as auth_routes
 from territoire_data.auth.oidc import OidcVerifier
+from territoire_data.backoffice.routes import install_backoffice
 from territoire_data.catalog import api as catalog_api
 from territoire_data.db.engine import create_engine
 from territoire_data.db.migrate import head_revision
@@ -55,7 +57,7 @@ from territoire_data.ops import routes as ops_routes
 from territoire_data.querylimits import QueryLimits
 from territoire_data.sensorthings.routes import fast_get as sensorthings_fast_get
 from territoire_data.sensorthings.routes import router as sensorthings_router
-from territoire_data.settings import Settings
+from territoire_data.settings import Settings, basemap_origins
 from territoire_data.web.portal import install_portal
 
 DESCRIPTION = """
@@ -140,7 +142,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
         FailoverRetryMiddleware, wait_seconds=settings.db_failover_wait_seconds, max_body=settings.max_body_bytes
     )
     app.add_middleware(HeadMiddleware)
-    app.add_middleware(ResponseHeadersMiddleware)
+    app.add_middleware(ResponseHeadersMiddleware, csp=content_security_policy(basemap_origins(settings)))
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(
         QueryLimitMiddleware, max_url_length=settings.max_url_length, limits=QueryLimits.from_settings(settings)
@@ -188,6 +190,7 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Fast
     _mount_docs(app)
     install_portal(app)
     install_indicator_pages(app)
+    install_backoffice(app)
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

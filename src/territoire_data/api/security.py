@@ -18,6 +18,20 @@ CONTENT_SECURITY_POLICY = (
     "font-src 'self'; connect-src 'self'; worker-src 'self' blob:; child-src blob:; object-src 'none'; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
 )
+
+
+def content_security_policy(extra_origins: tuple[str, ...] = ()) -> str:
+    """The policy, opened to the origins of an opted-in basemap only (its style, tiles, sprites and glyphs are
+    fetched by the map: connect-src; its sprite images: img-src). With the default basemap (none) it is the policy
+    above, unchanged: nothing outside the platform."""
+    if not extra_origins:
+        return CONTENT_SECURITY_POLICY
+    origins = " ".join(extra_origins)
+    return CONTENT_SECURITY_POLICY.replace("connect-src 'self'", f"connect-src 'self' {origins}").replace(
+        "img-src 'self'", f"img-src 'self' {origins}"
+    )
+
+
 SECURITY_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -46,8 +60,11 @@ class ResponseHeadersMiddleware:
     anonymous copy is not served to a key that sees more.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, csp: str = CONTENT_SECURITY_POLICY) -> None:
         self.app = app
+        self.security_headers = [
+            (name, csp.encode() if name == b"content-security-policy" else value) for name, value in SECURITY_HEADERS
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +76,7 @@ class ResponseHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = _cache_headers(list(message.get("headers", [])), keyed)
                 present = {name for name, _ in headers}
-                headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
+                headers.extend((name, value) for name, value in self.security_headers if name not in present)
                 message["headers"] = headers
             await send(message)
 

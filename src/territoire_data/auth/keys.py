@@ -186,16 +186,39 @@ async def _lookup(conn: asyncpg.Connection, key: str, digest: str) -> Principal 
     )
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
-    grants = await conn.fetch("SELECT dataset_id, permission FROM api_key_grant WHERE api_key_id = $1", row["id"])
     await conn.execute(
         "UPDATE api_key SET last_used_at = now() WHERE id = $1 "
         "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
         row["id"],
     )
+    return await _principal(conn, int(row["id"]), prefix, row["role"])
+
+
+async def _principal(conn: asyncpg.Connection, key_id: int, prefix: str, role: str) -> Principal:
+    grants = await conn.fetch("SELECT dataset_id, permission FROM api_key_grant WHERE api_key_id = $1", key_id)
     return Principal(
         name=f"key:{prefix}",
-        role=row["role"],
-        key_id=int(row["id"]),
+        role=role,
+        key_id=key_id,
         readable=frozenset(g["dataset_id"] for g in grants),
         writable=frozenset(g["dataset_id"] for g in grants if g["permission"] == "write"),
     )
+
+
+async def principal_for_key_id(conn: asyncpg.Connection, key_id: int) -> Principal | None:
+    """The principal of key `key_id` while it is valid (a back-office session signed in with it follows it: a
+    revoked or expired key ends the session), with its grants as they are now."""
+    row = await conn.fetchrow(
+        "SELECT prefix, role FROM api_key WHERE id = $1 AND revoked_at IS NULL "
+        "AND (expires_at IS NULL OR expires_at > now())",
+        key_id,
+    )
+    return None if row is None else await _principal(conn, key_id, row["prefix"], row["role"])
+
+
+async def key_id_of_prefix(conn: AsyncConnection, prefix: str) -> int | None:
+    """The id of the live key whose prefix (what `keys list` shows) is `prefix`; None when there is none."""
+    found = await conn.scalar(
+        select(api_key.c.id).where(and_(api_key.c.prefix == prefix.strip(), api_key.c.revoked_at.is_(None)))
+    )
+    return None if found is None else int(found)

@@ -1,7 +1,8 @@
 """The dataset access policy, in one place: every door asks it, none decides on its own.
 
-Until API keys exist, the only principal is anonymous and a restricted dataset is served nowhere: it answers
-404 exactly like a dataset that does not exist, and counts and extents do not include it.
+A restricted dataset is served only to admins and grantees, a draft one (status 'draft', until it is published)
+only to admins and those who may write it: to anyone else either answers 404 exactly like a dataset that does
+not exist, and counts and extents do not include it.
 Sensor entities inherit the access of the dataset they belong to (thing.dataset_id, datastream.dataset_id);
 an entity that belongs to no dataset is public.
 """
@@ -34,9 +35,12 @@ class Principal:
 ANONYMOUS = Principal()
 
 
-def can_read(principal: Principal, dataset_id: int, access: str) -> bool:
-    """May this principal read the dataset? Public datasets: everyone; restricted: admins and grantees."""
-    return access == "public" or principal.is_admin or dataset_id in principal.readable
+def can_read(principal: Principal, dataset_id: int, access: str, status: str = "published") -> bool:
+    """May this principal read the dataset? Published public datasets: everyone; restricted: admins and grantees;
+    drafts: admins and those who may write them."""
+    if principal.is_admin or dataset_id in principal.writable:
+        return True
+    return status == "published" and (access == "public" or dataset_id in principal.readable)
 
 
 def can_write(principal: Principal, dataset_id: int | None) -> bool:
@@ -58,6 +62,9 @@ def dataset_visible(principal: Principal, table: Table = dataset) -> ColumnEleme
     condition = table.c.access == "public"
     if principal.readable:
         condition = or_(condition, table.c.id.in_(sorted(principal.readable)))
+    condition = and_(table.c.status == "published", condition)
+    if principal.writable:
+        condition = or_(condition, table.c.id.in_(sorted(principal.writable)))
     return condition
 
 
@@ -79,11 +86,9 @@ def member_visible_sql(principal: Principal, dataset_id_sql: str) -> str:
     """
     if principal.is_admin:
         return "TRUE"
-    readable = ",".join(str(int(i)) for i in sorted(principal.readable))
-    grant = f" OR d.id IN ({readable})" if readable else ""
     return (
         f"({dataset_id_sql} IS NULL OR EXISTS (SELECT 1 FROM dataset d WHERE d.id = {dataset_id_sql} "
-        f"AND (d.access = 'public'{grant})))"
+        f"AND {dataset_visible_sql(principal, 'd')}))"
     )
 
 
@@ -93,7 +98,9 @@ def dataset_visible_sql(principal: Principal, alias: str = "dataset") -> str:
         return "TRUE"
     readable = ",".join(str(int(i)) for i in sorted(principal.readable))
     grant = f" OR {alias}.id IN ({readable})" if readable else ""
-    return f"({alias}.access = 'public'{grant})"
+    writable = ",".join(str(int(i)) for i in sorted(principal.writable))
+    writer = f" OR {alias}.id IN ({writable})" if writable else ""
+    return f"(({alias}.status = 'published' AND ({alias}.access = 'public'{grant})){writer})"
 
 
 def datastream_visible_sql(principal: Principal, alias: str) -> str:

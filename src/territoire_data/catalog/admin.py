@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from territoire_data.auth.policy import Principal
-from territoire_data.catalog import store
+from territoire_data.catalog import publishing, store
 from territoire_data.catalog.metadata import DatasetCreate, DatasetPublic, DatasetUpdate, dataset_public
 from territoire_data.db.engine import create_engine
 from territoire_data.errors import ValidationFailedError
@@ -98,3 +98,24 @@ async def delete_dataset(settings: Settings, slug: str) -> None:
         await store.delete_dataset(conn, slug, actor=ACTOR)
 
     await _with_connection(settings, work)
+
+
+def publishing_defaults(settings: Settings) -> publishing.Defaults:
+    """The defaults publication fills in: TERRITOIRE_DEFAULT_LICENCE and TERRITOIRE_CATALOG_PUBLISHER."""
+    return publishing.Defaults(licence=settings.default_licence, publisher=settings.catalog_publisher or None)
+
+
+async def publish_dataset(settings: Settings, slug: str) -> DatasetPublic:
+    async def work(conn: AsyncConnection) -> DatasetPublic:
+        await publishing.publish(conn, slug, actor=ACTOR, defaults=publishing_defaults(settings))
+        return dataset_public(await store.get_dataset(conn, ADMIN, slug), settings.base_url, publisher_view=True)
+
+    return await _with_connection(settings, work)
+
+
+async def unpublish_dataset(settings: Settings, slug: str) -> DatasetPublic:
+    async def work(conn: AsyncConnection) -> DatasetPublic:
+        await publishing.unpublish(conn, slug, actor=ACTOR)
+        return dataset_public(await store.get_dataset(conn, ADMIN, slug), settings.base_url, publisher_view=True)
+
+    return await _with_connection(settings, work)

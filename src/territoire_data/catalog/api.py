@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from territoire_data.auth.deps import PrincipalDep, PublisherDep, check_dataset_write
 from territoire_data.auth.keys import grant_to_key
 from territoire_data.auth.policy import ANONYMOUS, Principal
-from territoire_data.catalog import dcat, scdl, store
+from territoire_data.catalog import dcat, publishing, scdl, store
+from territoire_data.catalog.admin import publishing_defaults
 from territoire_data.catalog.metadata import (
     DatasetCreate,
     DatasetList,
@@ -149,6 +150,42 @@ async def update_dataset(
     async with engine.begin() as conn:
         await _check_write(conn, principal, slug)
         await store.update_dataset(conn, slug, body, actor=principal.name)
+        row = await store.get_dataset(conn, principal, slug)
+    return dataset_public(row, settings.base_url, publisher_view=True)
+
+
+@router.post(
+    "/{slug}/publish",
+    response_model=DatasetPublisherView,
+    summary="Publish a draft dataset (publisher): it appears in the portal, the APIs and DCAT",
+    responses={
+        403: {"description": "the key may not write this dataset"},
+        404: {"description": "no such dataset"},
+        422: {"description": "metadata missing; the problem's `missing` lists each field to fill"},
+    },
+)
+async def publish_dataset(
+    slug: str, engine: EngineDep, settings: SettingsDep, principal: PublisherDep
+) -> DatasetPublic:
+    async with engine.begin() as conn:
+        await _check_write(conn, principal, slug)
+        await publishing.publish(conn, slug, actor=principal.name, defaults=publishing_defaults(settings))
+        row = await store.get_dataset(conn, principal, slug)
+    return dataset_public(row, settings.base_url, publisher_view=True)
+
+
+@router.post(
+    "/{slug}/unpublish",
+    response_model=DatasetPublisherView,
+    summary="Make a dataset a draft again (publisher): 404 to the public on every door",
+    responses={403: {"description": "the key may not write this dataset"}, 404: {"description": "no such dataset"}},
+)
+async def unpublish_dataset(
+    slug: str, engine: EngineDep, settings: SettingsDep, principal: PublisherDep
+) -> DatasetPublic:
+    async with engine.begin() as conn:
+        await _check_write(conn, principal, slug)
+        await publishing.unpublish(conn, slug, actor=principal.name)
         row = await store.get_dataset(conn, principal, slug)
     return dataset_public(row, settings.base_url, publisher_view=True)
 

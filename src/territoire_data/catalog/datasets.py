@@ -35,6 +35,9 @@ class DatasetMeta:
     update_frequency: str | None = None
     access: str = "public"
     extra: dict[str, Any] = field(default_factory=dict)
+    # A new dataset is a draft (its writers only) until published (catalog.publishing); a connector that declares
+    # `publish: auto` with complete metadata creates it published.
+    status: str = "draft"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ def check_slug(slug: str) -> str:
 
 
 async def get_dataset(conn: asyncpg.Connection, slug: str, *, lock: bool = False) -> Dataset | None:
-    """The table dataset `slug`, optionally locked for the rest of the transaction (one import at a time)."""
+    """The table dataset `slug`, optionally locked for the rest of the transaction (one import at a time).
+
+    None when there is none, or when it was described first and holds no table yet (see `described_dataset`)."""
     sql = (
         "SELECT id, slug, kind, table_name, table_schema::text AS schema, extra->>'derived_by' AS derived_by "
         "FROM dataset WHERE slug = $1"
@@ -71,11 +76,35 @@ async def get_dataset(conn: asyncpg.Connection, slug: str, *, lock: bool = False
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), slug)
     if row is None:
         return None
-    if row["kind"] != "table" or not row["table_name"] or row["schema"] is None:
+    if row["kind"] != "table":
         raise ConflictError(f"dataset {slug!r} is not a table dataset (it holds {row['kind']})")
     if row["derived_by"]:
         raise ConflictError(f"dataset {slug!r} is computed ({row['derived_by']}): it cannot be loaded from a file")
+    if not row["table_name"] or row["schema"] is None:
+        return None
     return Dataset(row["id"], row["slug"], row["table_name"], parse_table_schema(orjson.loads(row["schema"])))
+
+
+async def described_dataset(conn: asyncpg.Connection, slug: str) -> int | None:
+    """The id of table dataset `slug` when it was described first (metadata only, no table yet), locked for the
+    caller's transaction: its first import creates its table (`attach_table`)."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT id FROM dataset WHERE slug = $1 AND kind = 'table' AND table_name IS NULL FOR UPDATE", slug
+    )
+
+
+async def attach_table(conn: asyncpg.Connection, dataset_id: int, slug: str, schema: TableSchema) -> Dataset:
+    """Create the typed table of a dataset described first, from the schema of its first file."""
+    table_name = f"ds_{dataset_id}"  # TYPED_TABLE_NAME
+    await conn.execute(
+        "UPDATE dataset SET table_name = $1, table_schema = $2::text::jsonb, row_count = 0 WHERE id = $3",
+        table_name,
+        orjson.dumps(schema.descriptor).decode(),
+        dataset_id,
+    )
+    for statement in table_ddl(table_name, schema):
+        await conn.execute(statement)
+    return Dataset(dataset_id, slug, table_name, schema)
 
 
 def _field_columns(schema: TableSchema) -> list[str]:
@@ -155,8 +184,9 @@ async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchem
         raise ConflictError(f"dataset {slug!r} already exists")
     dataset_id = await conn.fetchval(
         """INSERT INTO dataset (slug, kind, title, description, keywords, themes, licence, publisher, contact_name,
-               contact_email, update_frequency, access, table_schema, extra, row_count)
-           VALUES ($1, 'table', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13::text::jsonb, 0)
+               contact_email, update_frequency, access, table_schema, extra, row_count, status, published_at)
+           VALUES ($1, 'table', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13::text::jsonb, 0,
+                   $14, CASE WHEN $14 = 'published' THEN now() END)
            RETURNING id""",
         slug,
         (meta.title or slug)[:300],
@@ -171,12 +201,9 @@ async def create_dataset(conn: asyncpg.Connection, slug: str, schema: TableSchem
         meta.access,
         orjson.dumps(schema.descriptor).decode(),
         orjson.dumps(meta.extra).decode(),
+        meta.status,
     )
-    table_name = f"ds_{dataset_id}"  # TYPED_TABLE_NAME
-    await conn.execute("UPDATE dataset SET table_name = $1 WHERE id = $2", table_name, dataset_id)
-    for statement in table_ddl(table_name, schema):
-        await conn.execute(statement)
-    return Dataset(dataset_id, slug, table_name, schema)
+    return await attach_table(conn, dataset_id, slug, schema)
 
 
 async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: DatasetMeta) -> int:
@@ -189,8 +216,9 @@ async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: Data
     check_slug(slug)
     await conn.execute(
         """INSERT INTO dataset (slug, kind, title, description, access, licence, publisher, contact_name,
-               contact_email, keywords, themes, update_frequency, extra)
-           VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)
+               contact_email, keywords, themes, update_frequency, extra, status, published_at)
+           VALUES ($1, 'sensors', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb,
+                   $13, CASE WHEN $13 = 'published' THEN now() END)
            ON CONFLICT (slug) DO NOTHING""",
         slug,
         (meta.title or slug)[:300],
@@ -204,6 +232,7 @@ async def ensure_sensors_dataset(conn: asyncpg.Connection, slug: str, meta: Data
         list(meta.themes),
         meta.update_frequency,
         orjson.dumps(meta.extra).decode(),
+        meta.status,
     )
     row = await conn.fetchrow("SELECT id, kind FROM dataset WHERE slug = $1", slug)
     if row is None:  # deleted between the two statements
@@ -289,8 +318,11 @@ async def write_dataset_stats(conn: asyncpg.Connection, dataset: Dataset, stats:
 async def create_derived_dataset(
     conn: asyncpg.Connection, slug: str, schema: TableSchema, meta: DatasetMeta, *, derived_by: str
 ) -> Dataset:
-    """A table dataset whose rows the platform writes (`derived_by` says what computes it: imports refuse it)."""
-    meta = DatasetMeta(**{**meta.__dict__, "extra": {**meta.extra, "derived_by": derived_by}})
+    """A table dataset whose rows the platform writes (`derived_by` says what computes it: imports refuse it).
+
+    Published at once: what computes it (a declared indicator) has no draft state of its own; its access (public or
+    restricted) still follows its sources."""
+    meta = DatasetMeta(**{**meta.__dict__, "extra": {**meta.extra, "derived_by": derived_by}, "status": "published"})
     return await create_dataset(conn, slug, schema, meta)
 
 

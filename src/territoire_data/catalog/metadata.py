@@ -309,6 +309,10 @@ class DatasetPublic(BaseModel):
     publisher: str | None
     contact: Contact
     access: Access
+    status: Literal["draft", "published"] = Field(
+        description="draft: seen only by its writers, 404 to everyone else; published: in the portal and DCAT"
+    )
+    published: datetime | None = Field(default=None, description="when it was last published")
     update_frequency: str | None
     conforms_to: str | None
     spatial_coverage: str | None
@@ -329,9 +333,12 @@ class DatasetPublic(BaseModel):
 
 
 class DatasetPublisherView(DatasetPublic):
-    """What the publisher sees: the public view plus metadata quality warnings."""
+    """What the publisher sees: the public view plus metadata quality warnings and what publishing still needs."""
 
     quality_warnings: list[QualityWarning]
+    missing_for_publication: list[QualityWarning] = Field(
+        description="fields to fill before `POST …/publish` succeeds (empty: it may be published)"
+    )
 
 
 class FacetValue(BaseModel):
@@ -352,6 +359,48 @@ class DatasetList(BaseModel):
     links: list[Link]
 
 
+# Under this many characters a description says nothing a title does not (the quality warning agrees).
+MIN_DESCRIPTION = 30
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One field a dataset needs before it is published (catalog.publishing), and what to do about it."""
+
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+def missing_metadata(row: dict[str, Any]) -> list[Missing]:
+    """What a dataset row (title, description, licence, publisher, update_frequency, themes, slug) lacks to be
+    published on data.gouv.fr and harvested from our DCAT catalog."""
+    missing: list[Missing] = []
+    title = (row.get("title") or "").strip()
+    if not title or title == row.get("slug"):
+        missing.append(Missing("title", "Titre : donnez un titre lisible, pas l'identifiant du jeu de données."))
+    if len((row.get("description") or "").strip()) < MIN_DESCRIPTION:
+        missing.append(
+            Missing(
+                "description",
+                f"Description : dites en au moins {MIN_DESCRIPTION} caractères ce que contient le jeu de données.",
+            )
+        )
+    if not row.get("licence") or row["licence"] not in LICENCES:
+        missing.append(Missing("licence", "Licence : choisissez sous quelle licence les données sont réutilisables."))
+    if not (row.get("publisher") or "").strip():
+        missing.append(
+            Missing("publisher", "Producteur : nommez la collectivité ou le service qui produit les données.")
+        )
+    if not row.get("update_frequency"):
+        missing.append(Missing("update_frequency", "Fréquence de mise à jour : indiquez-la (même « Ponctuelle »)."))
+    if not row.get("themes"):
+        missing.append(Missing("themes", "Thèmes : choisissez au moins un thème."))
+    return missing
+
+
 def quality_warnings(
     *, licence: str | None, description: str, contact_name: str | None, contact_email: str | None, **_: Any
 ) -> list[QualityWarning]:
@@ -364,7 +413,7 @@ def quality_warnings(
                 message="Aucune licence : les réutilisateurs ne savent pas ce qu'ils ont le droit de faire.",
             )
         )
-    if len(description.strip()) < 30:
+    if len(description.strip()) < MIN_DESCRIPTION:
         warnings.append(
             QualityWarning(
                 field="description",
@@ -390,12 +439,28 @@ def distributions_for(row: dict[str, Any], base_url: str) -> list[Distribution]:
     api = f"{base_url}/api/v1/datasets/{slug}"
     result: list[Distribution] = []
     if row["kind"] == "sensors":
-        for datastream_id in row.get("datastream_ids") or []:
-            fmt = FORMATS["sensorthings"]
+        # The observations as files first (every series, streamed; `start`/`end` choose a period), then each
+        # Datastream's SensorThings API, named after what it measures.
+        for name in ("csv", "parquet"):
+            fmt = FORMATS[name]
+            label = "Parquet" if name == "parquet" else fmt.label
             result.append(
                 Distribution(
                     format=fmt.id,
-                    title=f"Observations (Datastream {datastream_id}) — SensorThings API",
+                    title=f"{row['title']} — mesures ({label})",
+                    media_type=fmt.media_type,
+                    url=f"{api}/exports/{name}",
+                    kind="download",
+                )
+            )
+        names = list(row.get("datastream_names") or [])
+        for index, datastream_id in enumerate(row.get("datastream_ids") or []):
+            fmt = FORMATS["sensorthings"]
+            label = names[index] if index < len(names) and names[index] else f"Datastream {datastream_id}"
+            result.append(
+                Distribution(
+                    format=fmt.id,
+                    title=f"{label} — API SensorThings",
                     media_type=fmt.media_type,
                     url=f"{base_url}/sta/v1.1/Datastreams({datastream_id})/Observations",
                     kind="api",
@@ -457,6 +522,8 @@ def dataset_public(row: dict[str, Any], base_url: str, *, publisher_view: bool =
         "publisher": row["publisher"],
         "contact": Contact(name=row["contact_name"], email=row["contact_email"]),
         "access": row["access"],
+        "status": row.get("status", "published"),
+        "published": row.get("published_at"),
         "update_frequency": row["update_frequency"],
         "conforms_to": extra.get("conforms_to"),
         "spatial_coverage": extra.get("spatial_coverage"),
@@ -478,5 +545,6 @@ def dataset_public(row: dict[str, Any], base_url: str, *, publisher_view: bool =
         "provenance": extra.get("provenance"),
     }
     if publisher_view:
-        return DatasetPublisherView(**values, quality_warnings=quality_warnings(**row))
+        missing = [QualityWarning(field=m.field, message=m.message) for m in missing_metadata(row)]
+        return DatasetPublisherView(**values, quality_warnings=quality_warnings(**row), missing_for_publication=missing)
     return DatasetPublic(**values)

@@ -56,11 +56,12 @@ FORMAT_CONDITIONS: dict[str, str] = {
 
 SELECT_COLUMNS = """
     d.id, d.identifier, d.slug, d.kind, d.title, d.description, d.keywords, d.themes, d.licence, d.publisher,
-    d.contact_name, d.contact_email, d.access, d.update_frequency, d.table_schema, d.table_name,
-    d.geometry_type, d.row_count, d.extra, d.created_at, d.modified_at,
+    d.contact_name, d.contact_email, d.access, d.status, d.published_at, d.update_frequency, d.table_schema,
+    d.table_name, d.geometry_type, d.row_count, d.extra, d.created_at, d.modified_at,
     ST_XMin(cov.box) AS west, ST_YMin(cov.box) AS south, ST_XMax(cov.box) AS east, ST_YMax(cov.box) AS north,
     tmp.temporal_start, tmp.temporal_end,
-    ARRAY(SELECT ds.id FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_ids
+    ARRAY(SELECT ds.id FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_ids,
+    ARRAY(SELECT ds.name FROM datastream ds WHERE ds.dataset_id = d.id ORDER BY ds.id LIMIT 100) AS datastream_names
 """
 
 # Coverage computed from the data: the loader's extent for tables, things' locations for sensor datasets.
@@ -97,6 +98,7 @@ class SearchQuery:
     licences: list[str] = field(default_factory=list)
     publishers: list[str] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
+    only_ids: tuple[int, ...] | None = None  # these datasets only (a publisher's own, in the back-office)
     limit: int = 20
     offset: int = 0
 
@@ -123,6 +125,9 @@ def _where(principal: Principal, query: SearchQuery, params: dict[str, Any]) -> 
     if query.publishers:
         params["publishers"] = query.publishers
         clauses.append("d.publisher = ANY(CAST(:publishers AS text[]))")
+    if query.only_ids is not None:
+        params["only_ids"] = list(query.only_ids)
+        clauses.append("d.id = ANY(CAST(:only_ids AS bigint[]))")
     if query.formats:
         unknown = [f for f in query.formats if f not in FORMAT_CONDITIONS]
         if unknown:
@@ -191,10 +196,11 @@ async def get_dataset(conn: AsyncConnection, principal: Principal, slug: str) ->
     return dict(row)
 
 
-async def dataset_access(conn: AsyncConnection, slug: str) -> tuple[int, str] | None:
-    """The id and access level of dataset `slug` (None when there is none), for the doors' own access checks."""
-    row = (await conn.execute(text("SELECT id, access FROM dataset WHERE slug = :slug"), {"slug": slug})).first()
-    return None if row is None else (int(row.id), str(row.access))
+async def dataset_access(conn: AsyncConnection, slug: str) -> tuple[int, str, str] | None:
+    """The id, access level and status of dataset `slug` (None when there is none), for the doors' own checks."""
+    sql = "SELECT id, access, status FROM dataset WHERE slug = :slug"
+    row = (await conn.execute(text(sql), {"slug": slug})).first()
+    return None if row is None else (int(row.id), str(row.access), str(row.status))
 
 
 async def list_public_datasets(conn: AsyncConnection, principal: Principal, *, limit: int, offset: int) -> SearchResult:
@@ -223,7 +229,7 @@ async def create_dataset(conn: AsyncConnection, data: DatasetCreate, *, actor: s
     row = (await conn.execute(text(sql), params)).first()
     if row is None:
         raise ConflictError(f"a dataset with slug {data.slug!r} already exists")
-    await _audit(conn, actor, "dataset.create", data.slug, {"fields": sorted(data.model_fields_set)})
+    await audit_dataset(conn, actor, "dataset.create", data.slug, {"fields": sorted(data.model_fields_set)})
     logger.info("dataset %s created by %s", data.slug, actor)
     return data.slug
 
@@ -250,7 +256,7 @@ async def update_dataset(conn: AsyncConnection, slug: str, data: DatasetUpdate, 
     sql = f"UPDATE dataset SET {', '.join(assignments)} WHERE slug = :slug RETURNING id"
     if (await conn.execute(text(sql), params)).first() is None:
         raise NotFoundError(f"no dataset {slug!r}")
-    await _audit(conn, actor, "dataset.update", slug, {"fields": sorted(sent)})
+    await audit_dataset(conn, actor, "dataset.update", slug, {"fields": sorted(sent)})
     logger.info("dataset %s updated by %s (%s)", slug, actor, ", ".join(sorted(sent)))
 
 
@@ -274,11 +280,11 @@ async def delete_dataset(conn: AsyncConnection, slug: str, *, actor: str) -> Non
         if table is None:
             raise ValidationFailedError(f"dataset {slug!r} names an unexpected table; not dropping it")
         await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
-    await _audit(conn, actor, "dataset.delete", slug, {"table": row.table_name})
+    await audit_dataset(conn, actor, "dataset.delete", slug, {"table": row.table_name})
     logger.info("dataset %s deleted by %s", slug, actor)
 
 
-async def _audit(conn: AsyncConnection, actor: str, action: str, slug: str, details: dict[str, Any]) -> None:
+async def audit_dataset(conn: AsyncConnection, actor: str, action: str, slug: str, details: dict[str, Any]) -> None:
     await conn.execute(
         text(
             "INSERT INTO audit_event (actor, action, target_type, target_id, details) "

@@ -48,6 +48,9 @@ dataset = Table(
     Column("contact_name", Text),
     Column("contact_email", Text),
     Column("access", Text, nullable=False),
+    # Migration 0013_publish: 'draft' (its writers only) or 'published'; new rows are drafts.
+    Column("status", Text, nullable=False, server_default="draft"),
+    Column("published_at", TZ),
     Column("update_frequency", Text),
     Column("table_schema", JSONB),
     Column("table_name", Text, unique=True),
@@ -303,6 +306,27 @@ api_key = Table(
     Column("expires_at", TZ),
     Column("revoked_at", TZ),
     Column("last_used_at", TZ),
+)
+
+# The back-office's sessions (migration 0013_publish): the cookie's hash, never the cookie nor a token.
+web_session = Table(
+    "web_session",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("csrf_token", Text, nullable=False),
+    Column("pending", Boolean, nullable=False),
+    Column("api_key_id", BigInteger, ForeignKey("api_key.id", ondelete="CASCADE")),
+    Column("subject", Text),
+    Column("name", Text, nullable=False),
+    Column("role", Text),
+    Column("read_slugs", ARRAY(Text), nullable=False),
+    Column("write_slugs", ARRAY(Text), nullable=False),
+    Column("oidc_state", Text),
+    Column("oidc_verifier", Text),
+    Column("created_at", TZ, nullable=False),
+    Column("last_seen_at", TZ, nullable=False),
+    Column("expires_at", TZ, nullable=False),
 )
 
 api_key_grant = Table(

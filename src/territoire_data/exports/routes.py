@@ -134,10 +134,23 @@ async def export_dataset(
     limit: int | None = Query(None, ge=1, description="At most this many rows"),
     delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
     bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
+    start: str | None = Query(None, description="Sensor datasets: phenomenon time from (inclusive), RFC 3339"),
+    end: str | None = Query(None, description="Sensor datasets: phenomenon time to (exclusive), RFC 3339"),
 ) -> Response:
     principal = await get_principal(request)
+    _check_period(start, end)
     async with read_connection(request) as conn:
-        collection = await get_collection(conn, slug, principal, sensors=False)
+        sensors = await stream.visible_sensor_dataset(conn, principal, slug)
+        if sensors is None:
+            collection = await get_collection(conn, slug, principal, sensors=False)
+    if sensors is not None:
+        if fmt == "geojson":
+            raise BadRequestError("a sensor dataset is exported as csv or parquet (one row per observation)")
+        selection = stream.ObservationSelection(start, end, dataset_id=sensors, principal=principal)
+        return _observations_response(request, f"{slug}-observations", fmt, selection, delimiter, bom)
+    if start or end:
+        raise BadRequestError("start and end select a sensor dataset's period; filter a table with datetime")
+    async with read_connection(request) as conn:
         etag = etag_for("export", fmt, collection.dataset_id, collection.modified_at, request.url.query)
         cached = not_modified(request, etag, collection.modified_at)
         if cached is not None:
@@ -196,33 +209,42 @@ async def export_observations(
     delimiter: Literal[";", ","] = Query(";", description="CSV delimiter"),
     bom: bool = Query(False, description="CSV: start with a UTF-8 byte order mark (Excel)"),
 ) -> Response:
+    _check_period(start, end)
+    principal = await get_principal(request)
+    async with read_connection(request) as conn:
+        found = await stream.visible_datastream(conn, principal, datastream_id)
+    if not found:
+        raise NotFoundError(f"no datastream {datastream_id}")
+    selection = stream.ObservationSelection(start, end, datastream_id=datastream_id)
+    return _observations_response(request, f"datastream-{datastream_id}", fmt, selection, delimiter, bom)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _check_period(start: str | None, end: str | None) -> None:
     for name, value in (("start", start), ("end", end)):
         if value:
             try:
                 datetime.fromisoformat(value)
             except ValueError:
                 raise BadRequestError(f"{name}: {value!r} is not an RFC 3339 date-time") from None
-    principal = await get_principal(request)
-    async with read_connection(request) as conn:
-        found = await stream.visible_datastream(conn, principal, datastream_id)
-    if not found:
-        raise NotFoundError(f"no datastream {datastream_id}")
+
+
+def _observations_response(
+    request: Request, name: str, fmt: str, selection: stream.ObservationSelection, delimiter: str, bom: bool
+) -> Response:
+    """Observations streamed as CSV or Parquet, on a connection of their own (see _streamed)."""
 
     def producer(c: asyncpg.Connection) -> AsyncIterator[bytes]:
         if fmt == "csv":
-            return stream.stream_observations_csv(c, datastream_id, start, end, delimiter=delimiter, bom=bom)
-        return stream.stream_observations_parquet(c, datastream_id, start, end)
+            return stream.stream_observations_csv(c, selection, delimiter=delimiter, bom=bom)
+        return stream.stream_observations_parquet(c, selection)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    headers = {
-        "Content-Disposition": f'attachment; filename="datastream-{datastream_id}-{stamp}.{fmt}"',
-        "Cache-Control": "no-cache",
-    }
+    headers = {"Content-Disposition": f'attachment; filename="{name}-{stamp}.{fmt}"', "Cache-Control": "no-cache"}
     stream_body = _streamed(request.app.state.engine, request.app.state.settings, producer, standby_pool(request))
     return StreamedResponse(stream_body, media_type=MEDIA[fmt], headers=headers)
-
-
-# --- helpers ---------------------------------------------------------------------------------------------------------
 
 
 def _query(

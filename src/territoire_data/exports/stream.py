@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyproj import CRS as ProjCRS
 
-from territoire_data.auth.policy import Principal, datastream_visible_sql
+from territoire_data.auth.policy import Principal, dataset_visible_sql, datastream_visible_sql
 from territoire_data.db.params import Params
 from territoire_data.query.collections import Collection, Field
 from territoire_data.query.crs import DEFAULT, Crs, output_geometry_sql
@@ -405,24 +405,70 @@ OBSERVATION_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
 )
 
 
-def observations_sql(params: Params, datastream_id: int, start: str | None, end: str | None, *, csv: bool) -> str:
-    """A Datastream's observations in [start, end), ordered by time; partitions outside the range are pruned.
+# Columns that say which series a row of a whole sensor dataset's export belongs to (read without the API).
+SERIES_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("datastream_id", "ds.id", pa.int64()),
+    ("thing", "th.name", pa.string()),
+    ("observed_property", "op.name", pa.string()),
+    ("unit", "(ds.unit_of_measurement->>'symbol')", pa.string()),
+)
+_NAMED = ("result_string", "result_json", "thing", "observed_property", "unit")
+
+
+@dataclass(frozen=True)
+class ObservationSelection:
+    """Which observations an export holds: one Datastream, or every visible Datastream of a sensor dataset."""
+
+    start: str | None = None
+    end: str | None = None
+    datastream_id: int | None = None
+    dataset_id: int | None = None
+    principal: Principal | None = None  # for a dataset: its Datastreams this principal may read
+
+    @property
+    def columns(self) -> tuple[tuple[str, str, pa.DataType], ...]:
+        return OBSERVATION_COLUMNS if self.dataset_id is None else SERIES_COLUMNS + OBSERVATION_COLUMNS
+
+
+def observations_sql(params: Params, selection: ObservationSelection, *, csv: bool) -> str:
+    """Observations in [start, end), ordered by series then time; partitions outside the range are pruned.
 
     For CSV: ISO 8601 times and neutralised formulas; for Parquet: times as epoch microseconds (see _parquet_cell).
     """
-    conditions = [f"o.datastream_id = {params.add(datastream_id, 'bigint')}"]
-    if start:
-        conditions.append(f"o.phenomenon_time >= {params.text_as(start, 'timestamptz')}")
-    if end:
-        conditions.append(f"o.phenomenon_time < {params.text_as(end, 'timestamptz')}")
+    if selection.dataset_id is not None and selection.principal is not None:
+        conditions = [
+            f"ds.dataset_id = {params.add(selection.dataset_id, 'bigint')}",
+            datastream_visible_sql(selection.principal, "ds"),
+        ]
+        source = (
+            "observation o JOIN datastream ds ON ds.id = o.datastream_id JOIN thing th ON th.id = ds.thing_id "
+            "JOIN observed_property op ON op.id = ds.observed_property_id"
+        )
+        order = "o.datastream_id, o.phenomenon_time"
+    else:
+        conditions = [f"o.datastream_id = {params.add(selection.datastream_id, 'bigint')}"]
+        source, order = "observation o", "o.phenomenon_time"
+    if selection.start:
+        conditions.append(f"o.phenomenon_time >= {params.text_as(selection.start, 'timestamptz')}")
+    if selection.end:
+        conditions.append(f"o.phenomenon_time < {params.text_as(selection.end, 'timestamptz')}")
     columns = []
-    for name, sql, _ in OBSERVATION_COLUMNS:
+    for name, sql, _ in selection.columns:
         if "time" in name:
             sql = f"to_json({sql}) #>> '{{}}'" if csv else f"(extract(epoch FROM {sql}) * 1000000)::bigint"
-        elif csv and name in ("result_string", "result_json"):
+        elif csv and name in _NAMED:
             sql = f"CASE WHEN left({sql}, 1) IN {_FORMULA_START} THEN '''' || {sql} ELSE {sql} END"
         columns.append(f"{sql} AS {name}")
-    return f"SELECT {', '.join(columns)} FROM observation o WHERE {' AND '.join(conditions)} ORDER BY o.phenomenon_time"
+    return f"SELECT {', '.join(columns)} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY {order}"
+
+
+async def visible_sensor_dataset(conn: asyncpg.Connection, principal: Principal, slug: str) -> int | None:
+    """The id of sensor dataset `slug` when `principal` may read it (None: missing, hidden or not sensors)."""
+    visible = dataset_visible_sql(principal, "d")
+    found = await conn.fetchval(
+        f"SELECT d.id FROM dataset d WHERE d.slug = $1 AND d.kind = 'sensors' AND {visible}", slug
+    )
+    return None if found is None else int(found)
 
 
 async def visible_datastream(conn: asyncpg.Connection, principal: Principal, datastream_id: int) -> bool:
@@ -433,10 +479,10 @@ async def visible_datastream(conn: asyncpg.Connection, principal: Principal, dat
 
 
 async def stream_observations_csv(
-    conn: asyncpg.Connection, datastream_id: int, start: str | None, end: str | None, *, delimiter: str, bom: bool
+    conn: asyncpg.Connection, selection: ObservationSelection, *, delimiter: str, bom: bool
 ) -> AsyncIterator[bytes]:
     params = Params()
-    sql = observations_sql(params, datastream_id, start, end, csv=True)
+    sql = observations_sql(params, selection, csv=True)
     if bom:
         yield BOM
     async for chunk in _coalesce(_copy(conn, sql, params.values, format="csv", header=True, delimiter=delimiter)):
@@ -444,16 +490,11 @@ async def stream_observations_csv(
 
 
 async def stream_observations_parquet(
-    conn: asyncpg.Connection,
-    datastream_id: int,
-    start: str | None,
-    end: str | None,
-    *,
-    block_bytes: int = PARQUET_BLOCK_BYTES,
+    conn: asyncpg.Connection, selection: ObservationSelection, *, block_bytes: int = PARQUET_BLOCK_BYTES
 ) -> AsyncIterator[bytes]:
     params = Params()
-    sql = observations_sql(params, datastream_id, start, end, csv=False)
-    schema = pa.schema([pa.field(name, kind) for name, _, kind in OBSERVATION_COLUMNS])
-    transfer = [pa.int64() if "time" in name else kind for name, _, kind in OBSERVATION_COLUMNS]
+    sql = observations_sql(params, selection, csv=False)
+    schema = pa.schema([pa.field(name, kind) for name, _, kind in selection.columns])
+    transfer = [pa.int64() if "time" in name else kind for name, _, kind in selection.columns]
     async for chunk in _parquet_from_copy(conn, sql, params.values, schema, transfer, block_bytes):
         yield chunk

@@ -104,6 +104,8 @@ def _self_links(url: str, params: dict[str, str], json_type: str, html_page: boo
 def _query_dict(request: Request) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
+        if key == "lang":  # the HTML pages' language, not a query of the data
+            continue
         if key in params:
             raise BadRequestError(f"{key}: given more than once")
         params[key] = value
@@ -281,8 +283,8 @@ def _collection_body(collection: Collection, base: str, html_page: bool) -> dict
         _link(f"{url}/tiles", "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", JSON, "vector tiles"),
     ]
     licence = LICENCES.get(collection.licence or "")
-    if licence is not None:
-        links.append({"href": licence.url, "rel": "license", "type": HTML, "title": licence.title})
+    if licence is not None:  # the licence's URL (what harvesters and people follow), not our id for it
+        links.append({"href": licence.url, "rel": "license", "type": "text/html", "title": licence.title})
     # The dataset's DCAT-AP record: what harvesters and catalogue-aware clients read about it
     root = base.rsplit("/ogcapi", 1)[0]
     for extension, (_, media_type) in SERIALISATIONS.items():
@@ -507,7 +509,12 @@ async def items(request: Request, collectionId: str, f: str | None = FORMAT_PARA
         return html.render(
             "items.html",
             request,
-            body={"collection": found, "features": [orjson.loads(x) for x in features], **tail},
+            body={
+                "collection": found,
+                "features": [orjson.loads(x) for x in features],
+                "json_url": _url(url, {**params, "f": "json"}),
+                **tail,
+            },
             headers=headers,
         )
     body = b'{"type":"FeatureCollection","features":[' + ",".join(features).encode() + b"]," + orjson.dumps(tail)[1:]

@@ -167,8 +167,10 @@ class ObservationStore:
         keywords: Sequence[str],
         themes: Sequence[str] = (),
         update_frequency: str | None = None,
+        status: str = "draft",
     ) -> int:
-        """The id of the connector's dataset, created through the catalog (kind 'sensors') when missing."""
+        """The id of the connector's dataset, created through the catalog (kind 'sensors') when missing: a draft,
+        or published when the connector says `publish: auto` (an existing dataset keeps its status)."""
         meta = DatasetMeta(
             title=title,
             description=description,
@@ -178,6 +180,7 @@ class ObservationStore:
             publisher=publisher,
             update_frequency=update_frequency,
             access=access,
+            status=status,
         )
         return await ensure_sensors_dataset(await self.connect(), slug, meta)
 

@@ -184,7 +184,7 @@ async def _sensors_collection(conn: asyncpg.Connection, principal: Principal) ->
     return Collection(
         id=SENSORS_ID,
         title="Réseau de capteurs",
-        description="Things of the sensor network at their current Location, with their latest observations.",
+        description="Les capteurs du territoire (Things) à leur emplacement actuel, avec leurs dernières mesures.",
         keywords=("capteurs", "SensorThings"),
         fields=_SENSOR_FIELDS,
         source=source,

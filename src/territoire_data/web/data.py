@@ -6,6 +6,7 @@ Callers pass a row already allowed by the access policy; identifiers come from t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -18,7 +19,6 @@ from territoire_data.db.bulk import quote_ident
 
 PREVIEW_ROWS = 20
 MAP_FEATURES = 5000
-CHART_POINTS = 2000
 CHART_DATASTREAMS = 12
 
 # The portal is anonymous: a Thing of a restricted dataset stays off the map even when one of its Datastreams
@@ -81,25 +81,90 @@ async def map_geojson(conn: AsyncConnection, row: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "FeatureCollection", "features": features or []})
 
 
-async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The last 24 hours of numeric observations of each of the dataset's datastreams (bounded in size)."""
+# --- sensor pages: what each sensor measures, where, its latest value; charts over a period from the rollups ----
+
+SENSOR_STREAMS = 500
+# The period picker: (label, look-back, bucket). Charts read the rollups kept by the database (15-minute ones, and
+# daily ones for the days before datastream.rollup_day_until): never the raw observations of a whole year.
+PERIODS: dict[str, tuple[str, str, timedelta, str]] = {
+    "24h": ("24 heures", "24 hours", timedelta(hours=24), "15min"),
+    "7j": ("7 jours", "7 days", timedelta(days=7), "hour"),
+    "30j": ("30 jours", "30 days", timedelta(days=30), "hour"),
+    "1an": ("un an", "a year", timedelta(days=365), "day"),
+}
+
+
+async def sensor_streams(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every visible Datastream of a sensor dataset with what people need to read it: the quantity's name, the
+    Thing, its place, the unit, the latest value and when it was measured (ordered by place, sensor, quantity)."""
     sql = f"""
-        SELECT ds.id, ds.name, ds.unit_of_measurement AS unit, obs.times, obs.values
+        SELECT ds.id, ds.name, op.name AS quantity, th.id AS thing_id, th.name AS thing, ds.unit_of_measurement AS unit,
+               coalesce(place.name, th.name) AS place, ds.latest_phenomenon_time AS latest_time,
+               latest.result_number, latest.result_boolean, latest.result_string
           FROM datastream ds
-          CROSS JOIN LATERAL (
-            SELECT array_agg(extract(epoch FROM o.phenomenon_time)::double precision ORDER BY o.phenomenon_time)
-                       AS times,
-                   array_agg(o.result_number ORDER BY o.phenomenon_time) AS values
-              FROM (SELECT phenomenon_time, result_number FROM observation
-                     WHERE datastream_id = ds.id AND phenomenon_time > now() - interval '24 hours'
-                       AND result_number IS NOT NULL
-                     ORDER BY phenomenon_time DESC LIMIT :points) o
-          ) obs
+          JOIN observed_property op ON op.id = ds.observed_property_id
+          JOIN thing th ON th.id = ds.thing_id
+          LEFT JOIN LATERAL (SELECT l.name FROM thing_location tl JOIN location l ON l.id = tl.location_id
+                              WHERE tl.thing_id = th.id ORDER BY l.id LIMIT 1) place ON true
+          LEFT JOIN LATERAL (SELECT o.result_number, o.result_boolean, o.result_string FROM observation o
+                              WHERE o.datastream_id = ds.id AND o.phenomenon_time = ds.latest_phenomenon_time
+                              LIMIT 1) latest ON true
          WHERE ds.dataset_id = :id AND {datastream_visible_sql(ANONYMOUS, "ds")}
-         ORDER BY ds.id
+         ORDER BY place, th.name, op.name, ds.id
+         LIMIT :n
+    """
+    result = await conn.execute(text(sql), {"id": row["id"], "n": SENSOR_STREAMS})
+    streams = []
+    for r in result.mappings():
+        unit = r["unit"] if isinstance(r["unit"], dict) else orjson.loads(r["unit"] or "{}")
+        value = next((r[k] for k in ("result_number", "result_boolean", "result_string") if r[k] is not None), None)
+        streams.append({**dict(r), "unit": unit, "latest_value": value})
+    return streams
+
+
+def _bucket_sql(resolution: str) -> str:
+    """The (time, mean) rows of one Datastream (`ds`) since :since, at this resolution, from the rollups."""
+    if resolution == "15min":
+        return (
+            "SELECT r.bucket AS t, r.total / r.n AS v FROM observation_rollup_15min r "
+            "WHERE r.datastream_id = ds.id AND r.bucket >= :since"
+        )
+    if resolution == "hour":
+        return (
+            "SELECT date_trunc('hour', r.bucket) AS t, sum(r.total) / sum(r.n) AS v FROM observation_rollup_15min r "
+            "WHERE r.datastream_id = ds.id AND r.bucket >= :since GROUP BY 1"
+        )
+    # Whole days: the daily rollups before rollup_day_until, the 15-minute ones from then on (UTC days).
+    return (
+        "SELECT d.bucket AS t, d.total / d.n AS v FROM observation_rollup_day d WHERE d.datastream_id = ds.id "
+        "AND d.bucket >= :since AND d.bucket < coalesce(ds.rollup_day_until, 'infinity') "
+        "UNION ALL SELECT date_bin('1 day', r.bucket, timestamptz '2000-01-01 00:00:00+00') AS t, "
+        "sum(r.total) / sum(r.n) AS v FROM observation_rollup_15min r WHERE r.datastream_id = ds.id "
+        "AND r.bucket >= greatest(:since, coalesce(ds.rollup_day_until, '-infinity')) GROUP BY 1"
+    )
+
+
+async def period_series(conn: AsyncConnection, row: dict[str, Any], period: str) -> list[dict[str, Any]]:
+    """Mean values of each numeric Datastream of the dataset over the period (24h: per quarter hour, 7 or 30 days:
+    per hour, a year: per day), for the charts; times in epoch seconds (the browser shows them in Europe/Paris)."""
+    _, _, look_back, resolution = PERIODS[period]
+    sql = f"""
+        SELECT ds.id, ds.name, op.name AS quantity, th.name AS thing, ds.unit_of_measurement AS unit, pts.times,
+               pts.values
+          FROM datastream ds
+          JOIN observed_property op ON op.id = ds.observed_property_id
+          JOIN thing th ON th.id = ds.thing_id
+          CROSS JOIN LATERAL (
+            SELECT array_agg(extract(epoch FROM b.t)::double precision ORDER BY b.t) AS times,
+                   array_agg(b.v ORDER BY b.t) AS values
+              FROM ({_bucket_sql(resolution)}) b
+          ) pts
+         WHERE ds.dataset_id = :id AND {datastream_visible_sql(ANONYMOUS, "ds")} AND pts.times IS NOT NULL
+         ORDER BY op.name, th.name, ds.id
          LIMIT :streams
     """
-    result = await conn.execute(text(sql), {"id": row["id"], "points": CHART_POINTS, "streams": CHART_DATASTREAMS})
+    since = datetime.now(UTC) - look_back
+    result = await conn.execute(text(sql), {"id": row["id"], "since": since, "streams": CHART_DATASTREAMS})
     series = []
     for r in result.mappings():
         unit = r["unit"] if isinstance(r["unit"], dict) else orjson.loads(r["unit"] or "{}")
@@ -107,9 +172,11 @@ async def recent_series(conn: AsyncConnection, row: dict[str, Any]) -> list[dict
             {
                 "id": r["id"],
                 "name": r["name"],
-                "unit": unit.get("symbol") or unit.get("name") or "",
+                "quantity": r["quantity"],
+                "thing": r["thing"],
+                "unit": unit,
                 "times": list(r["times"] or []),
-                "values": list(r["values"] or []),
+                "values": [float(v) for v in r["values"] or []],
             }
         )
     return series

@@ -24,7 +24,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "facet_publisher": ("Producteur", "Publisher"),
     "facet_format": ("Format", "Format"),
     "results": ("Résultats", "Results"),
-    "n_results": ("{n} jeu(x) de données", "{n} dataset(s)"),
+    "n_results": ("{n} jeux de données", "{n} datasets"),
+    "n_results_one": ("{n} jeu de données", "{n} dataset"),
     "no_results": ("Aucun jeu de données ne correspond à votre recherche.", "No dataset matches your search."),
     "reset": ("Effacer la recherche et les filtres", "Clear search and filters"),
     "previous": ("Page précédente", "Previous page"),
@@ -64,13 +65,30 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "La carte n'est pas disponible sur ce serveur (bibliothèques non installées).",
         "The map is not available on this server (libraries not installed).",
     ),
-    "map_features": ("{n} objet(s) affiché(s) sur la carte.", "{n} feature(s) shown on the map."),
-    "chart": ("Mesures des dernières 24 heures", "Measurements of the last 24 hours"),
+    "map_features": ("{n} objets affichés sur la carte.", "{n} features shown on the map."),
+    "map_features_one": ("{n} objet affiché sur la carte.", "{n} feature shown on the map."),
+    "chart": ("Évolution des mesures", "How the measurements changed"),
+    "by_place": ("Mesures par lieu", "Measurements by place"),
+    "sensor": ("Capteur", "Sensor"),
+    "measure": ("Mesure", "Measurement"),
+    "latest_value": ("Dernière valeur", "Latest value"),
+    "measured": ("Mesurée", "Measured"),
+    "period_nav": ("Période du graphique", "Period of the chart"),
+    "period_means": (
+        "Moyennes par quart d'heure (24 heures), par heure (7 et 30 jours) ou par jour (un an). Heures de Paris.",
+        "Means per quarter hour (24 hours), per hour (7 and 30 days) or per day (a year). Paris time.",
+    ),
+    "download_measures": ("Télécharger les mesures", "Download the measurements"),
+    "series_choice": ("Série", "Series"),
+    "all_series": ("Toutes les séries du jeu de données", "Every series of the dataset"),
+    "period_choice": ("Période", "Period"),
+    "format_choice": ("Format", "Format"),
+    "developers": ("Pour les développeurs : API", "For developers: APIs"),
     "latest": ("Dernières valeurs", "Latest values"),
     "datastream": ("Série", "Series"),
     "value": ("Valeur", "Value"),
-    "time": ("Heure (UTC)", "Time (UTC)"),
-    "no_recent": ("Aucune mesure ces dernières 24 heures.", "No measurement in the last 24 hours."),
+    "time": ("Heure (Paris)", "Time (Paris)"),
+    "no_recent": ("Aucune mesure sur cette période.", "No measurement over this period."),
     "api": ("Utiliser l'API", "Use the API"),
     "api_intro": (
         "Ces exemples lisent ce jeu de données depuis un programme.",
@@ -100,6 +118,10 @@ def translator(lang: str) -> Callable[..., str]:
     index = 1 if lang == "en" else 0
 
     def t(key: str, **values: object) -> str:
+        # A real plural: French counts 0 and 1 as singular, English only 1.
+        count = values.get("n")
+        if isinstance(count, int) and f"{key}_one" in MESSAGES and (count == 1 or (count == 0 and index == 0)):
+            key = f"{key}_one"
         text = MESSAGES[key][index]
         return text.format(**values) if values else text
 

@@ -5,12 +5,14 @@ map and chart read. Anonymous only: restricted datasets answer 404 here like eve
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import orjson
 from fastapi import APIRouter, Cookie, FastAPI, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -19,14 +21,21 @@ from territoire_data.catalog import store
 from territoire_data.catalog.metadata import FREQUENCIES, LICENCES, THEMES, DatasetPublic, dataset_public
 from territoire_data.deps import ConnDep, SettingsDep
 from territoire_data.errors import NotFoundError
-from territoire_data.web import data
+from territoire_data.settings import basemap_style
+from territoire_data.web import data, units
 from territoire_data.web.i18n import choose_language, translator
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
-VENDOR_FILES = ("leaflet/leaflet.js", "leaflet/leaflet.css", "uplot/uPlot.iife.min.js", "uplot/uPlot.min.css")
+VENDOR_FILES = (
+    "maplibre/maplibre-gl-csp.js",
+    "maplibre/maplibre-gl-csp-worker.js",
+    "maplibre/maplibre-gl.css",
+    "uplot/uPlot.iife.min.js",
+    "uplot/uPlot.min.css",
+)
 PAGE_SIZE = 20
 FACETS = ("theme", "licence", "publisher", "format")
 
@@ -168,18 +177,29 @@ async def dataset_page(
     settings: SettingsDep,
     query_lang: LangQuery = None,
     cookie_lang: LangCookie = None,
+    periode: Annotated[str | None, Query(max_length=8)] = None,
 ) -> HTMLResponse:
-    """Everything about one dataset: metadata, licence in plain words, downloads, previews, API examples."""
+    """Everything about one dataset: metadata, licence in plain words, downloads, previews, API examples; for a
+    sensor dataset, what each sensor measures where, its latest value, charts over a chosen period."""
     lang = choose_language(query_lang, cookie_lang)
     row = await _visible(conn, slug)
     if row is None:
         return _not_found(request, lang, query_lang, settings.catalog_title)
     dataset: DatasetPublic = dataset_public(row, settings.base_url)
     columns, rows = await data.table_preview(conn, row)
-    series = await data.recent_series(conn, row) if row["kind"] == "sensors" else []
+    period = periode if periode in data.PERIODS else "24h"
+    streams = await data.sensor_streams(conn, row) if row["kind"] == "sensors" else []
+    series = await data.period_series(conn, row, period) if row["kind"] == "sensors" else []
     licence = LICENCES.get(dataset.licence.id) if dataset.licence else None
     frequency = FREQUENCIES.get(dataset.update_frequency or "")
     has_map = bool(dataset.bbox) or row["kind"] == "sensors"
+    basemap, attribution = basemap_style(settings)
+    # Tables are drawn from our own vector tiles (any size, no feature cap); sensors from their few locations.
+    tiles = (
+        f"/ogcapi/collections/{slug}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}"
+        if row["kind"] == "table" and dataset.geometry_type
+        else None
+    )
     return _render(
         request,
         "dataset.html",
@@ -194,8 +214,16 @@ async def dataset_page(
         columns=columns,
         rows=rows,
         series=series,
+        places=_places(streams, lang),
+        streams=streams,
+        period=period,
+        periods=[(key, value[1] if lang == "en" else value[0]) for key, value in data.PERIODS.items()],
         refresh_seconds=settings.portal_refresh_seconds,
         has_map=has_map,
+        map_tiles=tiles,
+        map_bbox=orjson.dumps(dataset.bbox).decode() if dataset.bbox else "",
+        basemap=basemap or "",
+        basemap_attribution=attribution or "",
         assets_built=vendor_assets_built(),
         base_url=settings.base_url,
         downloads=[d for d in dataset.distributions if d.kind == "download"],
@@ -212,12 +240,75 @@ async def dataset_geojson(slug: str, conn: ConnDep) -> Response:
     return Response(await data.map_geojson(conn, row), media_type="application/geo+json")
 
 
-@router.get("/datasets/{slug}/recent.json")
-async def dataset_recent(slug: str, conn: ConnDep) -> Response:
-    """The chart's data: the last 24 hours of the dataset's datastreams."""
-    import orjson
+def _places(streams: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
+    """The dataset's Datastreams grouped by place, each as a line people read: sensor, quantity with its unit,
+    latest value written the French way and how long ago it was measured."""
+    now = datetime.now(UTC)
+    places: dict[str, list[dict[str, Any]]] = {}
+    for s in streams:
+        symbol, words = units.unit_of(s["unit"])
+        places.setdefault(s["place"], []).append(
+            {
+                "id": s["id"],
+                "thing": s["thing"],
+                "label": units.label(s["quantity"], symbol),
+                "unit_words": words,
+                "value": units.value_fr(s["latest_value"], symbol),
+                "time": s["latest_time"],
+                "age": units.age_fr(s["latest_time"], now),
+            }
+        )
+    return [{"name": name, "rows": rows} for name, rows in places.items()]
 
+
+def _chart_series(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for s in series:
+        symbol, words = units.unit_of(s["unit"])
+        out.append(
+            {
+                "id": s["id"],
+                "name": s["name"],
+                "label": units.label(s["quantity"], symbol),
+                "thing": s["thing"],
+                "unit": symbol,
+                "unit_words": words,
+                "times": s["times"],
+                "values": s["values"],
+            }
+        )
+    return out
+
+
+@router.get("/datasets/{slug}/recent.json")
+async def dataset_recent(
+    slug: str, conn: ConnDep, periode: Annotated[str, Query(pattern="^(24h|7j|30j|1an)$")] = "24h"
+) -> Response:
+    """The charts' data: mean values of the dataset's Datastreams over the period, from the rollups."""
     row = await _visible(conn, slug)
     if row is None or row["kind"] != "sensors":
         raise NotFoundError(f"no sensor dataset {slug!r}")
-    return Response(orjson.dumps(await data.recent_series(conn, row)), media_type="application/json")
+    series = _chart_series(await data.period_series(conn, row, periode))
+    return Response(orjson.dumps(series), media_type="application/json")
+
+
+@router.get("/datasets/{slug}/telechargement")
+async def sensor_download(
+    slug: str,
+    conn: ConnDep,
+    periode: Annotated[str, Query(pattern="^(24h|7j|30j|1an|tout)$")] = "30j",
+    format: Annotated[str, Query(pattern="^(csv|parquet)$")] = "csv",
+    serie: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    """The download form of a sensor page (works without JavaScript): to the streamed export of the whole dataset,
+    or of one of its Datastreams, from the start of the chosen period."""
+    row = await _visible(conn, slug)
+    if row is None or row["kind"] != "sensors":
+        raise NotFoundError(f"no sensor dataset {slug!r}")
+    params = {}
+    if periode != "tout":
+        start = datetime.now(UTC) - data.PERIODS[periode][2]
+        params["start"] = start.replace(microsecond=0).isoformat()
+    base = f"/api/v1/datastreams/{serie}" if serie is not None else f"/api/v1/datasets/{slug}"
+    query = f"?{urlencode(params)}" if params else ""
+    return RedirectResponse(f"{base}/exports/{format}{query}", status_code=303)

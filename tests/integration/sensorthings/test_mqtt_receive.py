@@ -75,7 +75,8 @@ async def test_restricted_observations_are_not_published(
     thing = await create(sta, "Things", thing_body())
     ds = (await get(sta, f"Things({thing['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     dataset = await db.fetchval(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('s', 'S', 'sensors', 'restricted') RETURNING id"
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('s', 'S', 'sensors', 'restricted', 'published') RETURNING id"
     )
     await _idle(bridge)  # the Thing created above has reached its topics already
     handled = bridge.notifications_handled
@@ -368,7 +369,8 @@ async def test_restricted_entities_are_never_published(
     sta: httpx.AsyncClient, bridge: Any, db: asyncpg.Connection, settings: Settings, topic_prefix: str
 ) -> None:
     dataset = await db.fetchval(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('r', 'R', 'sensors', 'restricted') RETURNING id"
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('r', 'R', 'sensors', 'restricted', 'published') RETURNING id"
     )
     sub = Subscriber(settings.mqtt_url, [f"{topic_prefix}/v1.1/#"])
     try:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.settings import Settings
+from tests.catalog_helpers import mark_published
 from tests.conftest import make_key
 from tests.integration.sensorthings.conftest import (
     ADMIN_TOKEN,
@@ -537,6 +538,7 @@ async def test_write_grants_follow_the_things_dataset(
             "/api/v1/datasets", json={"slug": slug, "title": slug, "kind": "sensors"}, headers=AUTH
         )
         assert response.status_code == 201, response.text
+    await mark_published("mine", "theirs")
     publisher = {"Authorization": f"Bearer {await make_key(engine, 'publisher', [('mine', 'write')])}"}
     things = {}
     for slug in ("mine", "theirs"):

@@ -20,8 +20,9 @@ ROWS_PER_DATASTREAM = 3_000  # hourly over about four months: several partitions
 @pytest.fixture
 async def observations(db: asyncpg.Connection) -> None:
     await db.execute(
-        "INSERT INTO dataset (slug, kind, title, access) VALUES ('ouvert', 'sensors', 'Ouvert', 'public'), "
-        "('ferme', 'sensors', 'Fermé', 'restricted');"
+        "INSERT INTO dataset (slug, kind, title, access, status) "
+        "VALUES ('ouvert', 'sensors', 'Ouvert', 'public', 'published'), "
+        "('ferme', 'sensors', 'Fermé', 'restricted', 'published');"
         "INSERT INTO sensor (name) VALUES ('s'); INSERT INTO observed_property (name) VALUES ('p');"
         "INSERT INTO thing (name, dataset_id) SELECT 't' || i, CASE WHEN i % 2 = 0 THEN "
         "(SELECT id FROM dataset WHERE slug = 'ferme') ELSE (SELECT id FROM dataset WHERE slug = 'ouvert') END "

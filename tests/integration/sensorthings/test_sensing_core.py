@@ -316,7 +316,8 @@ async def test_restricted_dataset_entities_are_invisible(
     public = await create(sta, "Things", thing_body("public"))
     secret = await create(sta, "Things", thing_body("secret", 5.0, 46.0))
     dataset = await db.fetchval(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('secret', 'Secret', 'sensors', 'restricted') "
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('secret', 'Secret', 'sensors', 'restricted', 'published') "
         "RETURNING id"
     )
     await db.execute("UPDATE thing SET dataset_id = $1 WHERE id = $2", dataset, secret["@iot.id"])
@@ -350,7 +351,8 @@ async def test_restricted_dataset_entities_are_invisible(
     assert (await sta.get(f"{BASE}/Things({secret['@iot.id']})", headers=AUTH)).status_code == 200
     public_ds = (await get(sta, f"Things({public['@iot.id']})/Datastreams"))["value"][0]["@iot.id"]
     opened = await db.fetchval(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('open', 'Open', 'sensors', 'public') RETURNING id"
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('open', 'Open', 'sensors', 'public', 'published') RETURNING id"
     )
     await db.execute("UPDATE thing SET dataset_id = $1 WHERE id = $2", opened, secret["@iot.id"])
     moved = await sta.patch(
@@ -415,7 +417,8 @@ async def test_latest_observation_follows_every_write_and_stays_restricted(
     assert await latest() == (["2026-07-01T00:00:00Z"], False)
     # restricted: anonymous readers get a 404, not the latest value
     dataset = await db.fetchval(
-        "INSERT INTO dataset (slug, title, kind, access) VALUES ('hidden', 'Hidden', 'sensors', 'restricted') "
+        "INSERT INTO dataset (slug, title, kind, access, status) "
+        "VALUES ('hidden', 'Hidden', 'sensors', 'restricted', 'published') "
         "RETURNING id"
     )
     await db.execute("UPDATE datastream SET dataset_id = $1 WHERE id = $2", dataset, ds)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from territoire_data.settings import Settings
+from tests.catalog_helpers import mark_published
 from tests.conftest import make_key
 from tests.integration.sensorthings.conftest import AUTH, BASE, Subscriber, thing_body
 
@@ -25,6 +26,7 @@ async def _datasets(http: httpx.AsyncClient) -> None:
             "/api/v1/datasets", json={"slug": slug, "title": slug, "kind": "sensors", "access": access}, headers=AUTH
         )
         assert response.status_code == 201, response.text
+    await mark_published("mine", "theirs", "hidden")
 
 
 def _key(key: str) -> dict[str, str]:

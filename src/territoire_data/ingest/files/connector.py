@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from territoire_data.catalog.datasets import DatasetMeta
+from territoire_data.catalog.metadata import missing_metadata
 from territoire_data.db.engine import connect_raw
 from territoire_data.errors import BadRequestError, ConfigurationError
 from territoire_data.ingest.files.geojson import GeoJsonSource
@@ -46,6 +47,16 @@ class DatasetDef(_Strict):
     contact_email: str | None = None
     update_frequency: str | None = None
     access: Literal["public", "restricted"] = "public"
+    # manual: created as a draft for a person to publish; auto: created published (complete metadata required).
+    publish: Literal["auto", "manual"] = "manual"
+
+    @model_validator(mode="after")
+    def _complete_for_auto(self) -> DatasetDef:
+        if self.publish == "auto":
+            missing = missing_metadata({**self.model_dump(), "title": self.title or ""})
+            if missing:
+                raise ValueError("publish: auto needs complete metadata: " + "; ".join(m.message for m in missing))
+        return self
 
 
 class SourceDef(_Strict):
@@ -182,7 +193,10 @@ async def run_connector(settings: Settings, path: str | Path, *, override: str |
     files = files_of(override or connector.source.path, Path.cwd() if override else base)
     if not files:
         raise BadRequestError(f"connector {connector.name}: no file at {override or connector.source.path}")
-    meta = DatasetMeta(**connector.dataset.model_dump(exclude={"slug", "create"}))
+    meta = DatasetMeta(
+        **connector.dataset.model_dump(exclude={"slug", "create", "publish"}),
+        status="published" if connector.dataset.publish == "auto" else "draft",
+    )
     results: list[dict[str, Any]] = []
     conn = await connect_raw(settings, application_name=f"connector-{connector.name}")
     try:

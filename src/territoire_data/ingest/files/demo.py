@@ -35,6 +35,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "sanisettes-paris",
         "paris_sanisettes.csv",
         DatasetMeta(
+            status="published",
             title="Sanisettes de Paris",
             description=(
                 "Toilettes publiques (sanisettes) de la Ville de Paris : adresse, arrondissement, horaires, "
@@ -51,6 +52,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "bornes-recharge-irve",
         "irve_consolidation_extrait.csv",
         DatasetMeta(
+            status="published",
             title="Bornes de recharge pour véhicules électriques (extrait IRVE)",
             description=(
                 "Extrait de 100 points de recharge de la consolidation nationale des infrastructures de recharge "
@@ -67,6 +69,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "precipitations-alba-la-romaine",
         "meteofrance_MN_07_precip_6min.csv",
         DatasetMeta(
+            status="published",
             title="Précipitations toutes les 6 minutes – Alba-la-Romaine (Ardèche)",
             description=(
                 "Hauteurs de précipitations mesurées toutes les 6 minutes par la station Météo-France 07005001 "
@@ -85,6 +88,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "sites-comptage-velo-loire",
         "ecocompteur_loire_site.csv",
         DatasetMeta(
+            status="published",
             title="Sites de comptage vélos et piétons – bords de Loire",
             description=(
                 "Sites des compteurs Eco-Compteur de Champtoceaux, Mauves-sur-Loire et de la rue Gambetta à Nantes."
@@ -132,6 +136,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "comptages-velo-loire-2022",
         "ecocompteur_loire_measure.csv",
         DatasetMeta(
+            status="published",
             title="Comptages quotidiens vélos et piétons 2022 – bords de Loire",
             description=(
                 "Nombre quotidien de passages de vélos et de piétons en 2022, par canal de comptage, "

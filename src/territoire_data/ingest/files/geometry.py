@@ -345,6 +345,11 @@ def geojson_geometry(value: Any) -> shapely.Geometry | None:
 
 # --- reprojection and area of use ----------------------------------------------------------------------------
 
+# Lambert-93 (EPSG:2154) eastings and northings of metropolitan France, with a margin: what a file of French
+# coordinates without a CRS most often holds.
+LAMBERT_93_X = (-400_000.0, 1_400_000.0)
+LAMBERT_93_Y = (5_900_000.0, 7_300_000.0)
+
 
 @dataclass(frozen=True)
 class Reprojector:
@@ -377,8 +382,18 @@ class Reprojector:
                 reasons[index] = (
                     f"coordinates ({x[index]:g}, {y[index]:g}) in {self.crs} fall outside the CRS's area of use "
                     f"(lon {west:g}..{east:g}, lat {south:g}..{north:g})"
-                )
+                ) + self._hint(float(x[index]), float(y[index]))
         return lon.tolist(), lat.tolist(), reasons
+
+    def _hint(self, x: float, y: float) -> str:
+        """Metres of Lambert-93 read as degrees (no CRS given): say which CRS they look like."""
+        if (
+            self.transformer is None
+            and LAMBERT_93_X[0] <= x <= LAMBERT_93_X[1]
+            and LAMBERT_93_Y[0] <= y <= LAMBERT_93_Y[1]
+        ):
+            return "; they look like Lambert-93 metres: give the CRS EPSG:2154 (--crs EPSG:2154, or crs in an upload)"
+        return ""
 
     def _inside(self, lon: float, lat: float) -> bool:
         west, south, east, north = self.bounds
@@ -403,7 +418,7 @@ class Reprojector:
             return geometry, (
                 f"geometry ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) falls outside the area of use of {self.crs} "
                 f"(lon {west:g}..{east:g}, lat {south:g}..{north:g})"
-            )
+            ) + self._hint(xmin, ymin)
         return geometry, None
 
 

@@ -23,3 +23,28 @@ async def get_import(conn: AsyncConnection, principal: Principal, slug: str, imp
     )
     row = result.mappings().first()
     return None if row is None else dict(row)
+
+
+async def list_imports(conn: AsyncConnection, dataset_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest imports of a dataset, newest first (the caller checked it may read the dataset)."""
+    result = await conn.execute(
+        text(
+            """SELECT id, status, source, mode, rows_read, rows_loaded, rows_rejected, started_at, finished_at
+                 FROM dataset_import WHERE dataset_id = :id ORDER BY id DESC LIMIT :limit"""
+        ),
+        {"id": dataset_id, "limit": limit},
+    )
+    return [dict(row) for row in result.mappings()]
+
+
+async def list_rejections(conn: AsyncConnection, dataset_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest messages of the dataset's connectors that could not be stored (MQTT dead letters), newest first;
+    the payload is cut to 500 characters for a page."""
+    result = await conn.execute(
+        text(
+            """SELECT at, source, topic, reason, left(payload, 500) AS payload, payload_bytes
+                 FROM ingest_rejection WHERE dataset_id = :id AND import_id IS NULL ORDER BY id DESC LIMIT :limit"""
+        ),
+        {"id": dataset_id, "limit": limit},
+    )
+    return [dict(row) for row in result.mappings()]

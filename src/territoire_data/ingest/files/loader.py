@@ -30,13 +30,16 @@ from territoire_data.catalog.datasets import (
     SCHEMA,
     Dataset,
     DatasetMeta,
+    attach_table,
     create_dataset,
+    described_dataset,
     get_dataset,
     index_ddl,
     index_names,
     refresh_dataset_stats,
     write_dataset_stats,
 )
+from territoire_data.catalog.publishing import humanised_title, missing_metadata
 from territoire_data.catalog.schema import TableSchema, parse_table_schema
 from territoire_data.db.bulk import copy_and_merge, qualified, quote_ident
 from territoire_data.db.raw import connect_raw
@@ -313,15 +316,22 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     try:
         async with conn.transaction():
             dataset = await get_dataset(conn, slug, lock=True)
-            existed = dataset is not None
+            described = None if dataset is not None else await described_dataset(conn, slug)
+            existed = dataset is not None or described is not None
             if dataset is None:
-                if not options.create:
+                if described is None and not options.create:
                     raise NotFoundError(f"dataset {slug!r} does not exist (use --create to create it)")
                 rows = [cells for _, cells, _ in sample] + getattr(source, "late_rows", [])
                 schema = options.schema or infer_table_schema(source.header, rows)
                 report["schema_inferred"] = options.schema is None
                 report["table_schema"] = schema.descriptor
-                dataset = await create_dataset(conn, slug, schema, options.meta)
+                if described is not None:  # described first (metadata only): its first file makes its table
+                    dataset = await attach_table(conn, described, slug, schema)
+                else:
+                    meta = options.meta
+                    if not meta.title:
+                        meta = dataclasses.replace(meta, title=humanised_title(source.label))
+                    dataset = await create_dataset(conn, slug, schema, meta)
             elif options.schema is not None and _shape(options.schema) != _shape(dataset.schema):
                 raise ConflictError(
                     f"dataset {slug!r} already has a different Table Schema; import without --schema to use it"
@@ -354,6 +364,7 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
                 await refresh_dataset_stats(conn, dataset, only_points=only_points)
             run.lap("extents_s")
             report.update(counts, status="succeeded", duration_s=round(time.monotonic() - started, 3))
+            report.update(await _publication(conn, dataset.id))
             report["timings"] = run.timings
             await conn.execute(
                 """UPDATE dataset_import SET status = 'succeeded', rows_read = $2, rows_loaded = $3,
@@ -387,6 +398,17 @@ async def run_import(conn: asyncpg.Connection, source: RowSource, slug: str, opt
     first = run.errors[0] if run.errors else None
     where = f" (first: line {first['line']}, {first['column'] or 'row'}: {first['reason']})" if first else ""
     raise ImportFailedError(f"{run.error_count} error(s) in {source.label}; nothing was loaded{where}", report)
+
+
+async def _publication(conn: asyncpg.Connection, dataset_id: int) -> dict[str, Any]:
+    """The dataset's status and, for a draft, what it lacks to be published: the report shows them at once."""
+    row = await conn.fetchrow(
+        "SELECT slug, title, description, licence, publisher, update_frequency, themes, status FROM dataset "
+        "WHERE id = $1",
+        dataset_id,
+    )
+    missing = [m.as_dict() for m in missing_metadata(dict(row))] if row is not None else []
+    return {"dataset_status": row["status"] if row else None, "metadata_missing": missing}
 
 
 async def _drop_load_tables(conn: asyncpg.Connection, run: _Run) -> None:

@@ -44,14 +44,14 @@ async def _check_import_writer(request: Request, slug: str) -> Principal:
     async with request.app.state.engine.connect() as conn:
         found = await dataset_access(conn, slug)
     if found is not None:
-        dataset_id, access = found
-        if not can_read(principal, dataset_id, access):
+        dataset_id, access, status = found
+        if not can_read(principal, dataset_id, access, status):
             raise NotFoundError(f"no dataset {slug!r}")
         check_dataset_write(principal, dataset_id)
     return principal
 
 
-async def _spool(upload: StarletteUpload, suffix: str, limit: int) -> Path:
+async def spool_upload(upload: StarletteUpload, suffix: str, limit: int) -> Path:
     """Copy the upload to a temporary file chunk by chunk: never the whole file in memory."""
     handle, name = tempfile.mkstemp(prefix="td-import-", suffix=suffix)
     size = 0
@@ -68,7 +68,7 @@ async def _spool(upload: StarletteUpload, suffix: str, limit: int) -> Path:
     return Path(name)
 
 
-def _format_of(upload: StarletteUpload, declared: str | None) -> str:
+def format_of(upload: StarletteUpload, declared: str | None) -> str:
     if declared:
         if declared not in ("csv", "geojson"):
             raise BadRequestError("format must be csv or geojson")
@@ -147,8 +147,8 @@ async def create_import(
                 table_schema = parse_table_schema(orjson.loads(await schema_part.read(8 * 1024 * 1024)))
             except orjson.JSONDecodeError as exc:
                 raise BadRequestError(f"the schema is not valid JSON: {exc}") from None
-        kind = _format_of(upload, fields.get("format"))
-        path = await _spool(upload, f".{kind}", settings.import_max_bytes)
+        kind = format_of(upload, fields.get("format"))
+        path = await spool_upload(upload, f".{kind}", settings.import_max_bytes)
         label = Path(upload.filename or f"upload.{kind}").name
     options = ImportOptions(
         mode=mode,  # type: ignore[arg-type]

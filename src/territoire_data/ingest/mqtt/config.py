@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from territoire_data.catalog.metadata import missing_metadata
 from territoire_data.errors import ConfigurationError
 
 DecoderName = Literal["chirpstack-v4", "ttn-v3", "senml", "json"]
@@ -86,6 +87,17 @@ class DatasetSpec(Strict):
     keywords: list[str] = Field(default_factory=list)
     themes: list[str] = Field(default_factory=lambda: ["ENVI", "TRAN"])
     update_frequency: str | None = "UPDATE_CONT"
+    # manual: the dataset is created as a draft, published by a person (CLI, API, back-office); auto: created
+    # published, for a feed whose metadata here is complete (checked when the file is read).
+    publish: Literal["auto", "manual"] = "manual"
+
+    @model_validator(mode="after")
+    def _complete_for_auto(self) -> DatasetSpec:
+        if self.publish == "auto":
+            missing = missing_metadata(self.model_dump())
+            if missing:
+                raise ValueError("publish: auto needs complete metadata: " + "; ".join(m.message for m in missing))
+        return self
 
 
 class ConnectorConfig(Strict):

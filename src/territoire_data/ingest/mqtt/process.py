@@ -57,6 +57,7 @@ async def prepare_store(settings: Settings, config: ConnectorConfig) -> Observat
                 keywords=dataset.keywords,
                 themes=dataset.themes,
                 update_frequency=dataset.update_frequency,
+                status="published" if dataset.publish == "auto" else "draft",
             )
             break
         except Exception as exc:

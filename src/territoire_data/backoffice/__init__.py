@@ -1,0 +1,1 @@
+"""The publishers' back-office at /admin (sessions, OpenID Connect sign-in, pages): see routes."""
