@@ -10,8 +10,8 @@ import asyncpg
 async def pm10_sensor(db: asyncpg.Connection, lon: float, lat: float) -> int:
     """A public sensor dataset's Thing at (lon, lat) with a PM10 Datastream (ObservedProperty key `pm10`)."""
     dataset_id = await db.fetchval(
-        "INSERT INTO dataset (slug, kind, title, description, keywords, themes, access, extra) "
-        "VALUES ('capteurs-air', 'sensors', 'Capteurs air', '', '{}', '{}', 'public', '{}') "
+        "INSERT INTO dataset (slug, kind, title, description, keywords, themes, access, extra, status) "
+        "VALUES ('capteurs-air', 'sensors', 'Capteurs air', '', '{}', '{}', 'public', '{}', 'published') "
         "ON CONFLICT (slug) DO UPDATE SET title = EXCLUDED.title RETURNING id"
     )
     thing = await db.fetchval("INSERT INTO thing (name, dataset_id) VALUES ('Air', $1) RETURNING id", dataset_id)

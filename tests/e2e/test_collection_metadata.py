@@ -28,6 +28,7 @@ META = DatasetMeta(
     description="Sanisettes de la Ville de Paris : adresse, horaires, accès PMR.",
     keywords=("sanisettes", "toilettes", "propreté"),
     licence="odbl-1.0",
+    status="published",
 )
 RDF_FORMATS = {"ttl": "turtle", "jsonld": "json-ld", "rdf": "xml"}
 
@@ -36,7 +37,7 @@ RDF_FORMATS = {"ttl": "turtle", "jsonld": "json-ld", "rdf": "xml"}
 async def loaded(db: asyncpg.Connection) -> None:
     csv = FIXTURES / "csv" / "paris_sanisettes.csv"
     await import_csv(db, csv, "sanisettes", ImportOptions(create=True, meta=META))
-    secret = DatasetMeta(title="Registre interne", description="interne", access="restricted")
+    secret = DatasetMeta(title="Registre interne", description="interne", access="restricted", status="published")
     await import_csv(db, csv, "registre", ImportOptions(create=True, meta=secret))
 
 

@@ -38,6 +38,7 @@ META = DatasetMeta(
     description="Sanisettes de la Ville de Paris : adresse, horaires, accès PMR.",
     keywords=("sanisettes", "toilettes", "propreté"),
     licence="odbl-1.0",
+    status="published",
 )
 
 

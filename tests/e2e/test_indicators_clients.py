@@ -91,12 +91,12 @@ async def test_rdflib_reads_the_dcat_entry_with_methodology_and_sources(
 ) -> None:
     graph = Graph()
     graph.parse(f"{live_server.url}/dcat/catalog.jsonld", format="json-ld")
-    node = URIRef(f"{live_server.url}/datasets/{COLLECTION}")
+    node = URIRef(f"{live_server.url}/datasets/{COLLECTION}#dataset")
     assert (node, RDF.type, DCAT.Dataset) in graph
     sources = set(graph.objects(node, PROV.wasDerivedFrom))
     assert sources == {
-        URIRef(f"{live_server.url}/datasets/bornes-recharge-irve"),
-        URIRef(f"{live_server.url}/datasets/communes-nantes-metropole"),
+        URIRef(f"{live_server.url}/datasets/bornes-recharge-irve#dataset"),
+        URIRef(f"{live_server.url}/datasets/communes-nantes-metropole#dataset"),
     }
     assert (node, DCTERMS.license, URIRef("https://www.etalab.gouv.fr/licence-ouverte-open-licence")) in graph
     statement = next(graph.objects(node, DCTERMS.provenance))

@@ -224,8 +224,8 @@ async def test_subscriptions_are_their_creators_and_restricted_entities_never_no
     assert (await client.post(f"{BASE}/subscriptions", json=anonymous, headers=anonymous_headers)).status_code == 201
     await db.execute(
         "INSERT INTO dataset (identifier, slug, kind, title, description, keywords, themes, access, extra, created_at, "
-        "modified_at) VALUES (gen_random_uuid(), 'prive', 'sensors', 'Privé', '', '{}', '{}', 'restricted', '{}', "
-        "now(), now())"
+        "modified_at, status) VALUES (gen_random_uuid(), 'prive', 'sensors', 'Privé', '', '{}', '{}', 'restricted', "
+        "'{}', now(), now(), 'published')"
     )
     private = await client.post(f"{BASE}/entities", json=vehicle(80), headers={**LD, "NGSILD-Dataset": "prive"})
     assert private.status_code == 201

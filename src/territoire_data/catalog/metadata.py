@@ -541,7 +541,7 @@ def dataset_public(row: dict[str, Any], base_url: str, *, publisher_view: bool =
             Link(rel="alternate", href=f"{base_url}/datasets/{slug}", type="text/html", title="Page du jeu de données"),
             Link(rel="describedby", href=f"{base_url}/dcat/catalog.jsonld", type="application/ld+json"),
         ],
-        "was_derived_from": [f"{base_url}/datasets/{source}" for source in extra.get("derived_from") or []],
+        "was_derived_from": [f"{base_url}/datasets/{source}#dataset" for source in extra.get("derived_from") or []],
         "provenance": extra.get("provenance"),
     }
     if publisher_view:
