@@ -37,7 +37,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.db, pytest.mark.slow]
 EXAMPLES = int(os.environ.get("TERRITOIRE_FUZZ_EXAMPLES", "60"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
-schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json")
+# NGSI-LD's writes take JSON-LD bodies whose media types and error answers (415, 207 multi-status) the OpenAPI
+# document does not declare yet: ETSI's conformance suite checks them (issue 21); its reads are fuzzed here.
+schema = schemathesis.openapi.from_path(ROOT / "openapi" / "openapi.json").exclude(
+    path_regex="^/ngsi-ld/", method=["POST", "PUT", "PATCH"]
+)
 
 # Ids the demo territory holds: random ids only ever reach the 404 branch, so half the cases aim at real ones.
 TABULAR = ["sanisettes-paris", "bornes-recharge-irve", "sites-comptage-velo-loire", "precipitations-alba-la-romaine"]
