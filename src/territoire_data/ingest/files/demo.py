@@ -103,6 +103,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "communes-nantes-metropole",
         "communes_nantes_metropole.geojson",
         DatasetMeta(
+            status="published",
             title="Communes de Nantes Métropole et leur population",
             description=(
                 "Contours des 24 communes de Nantes Métropole (IGN, GEOFLA) avec leur code INSEE et leur population "
@@ -120,6 +121,7 @@ DEMO_DATASETS: tuple[DemoDataset, ...] = (
         "quartiers-nantes",
         "quartiers_nantes.geojson",
         DatasetMeta(
+            status="published",
             title="Quartiers de Nantes",
             description=(
                 "Contours des 11 quartiers de la Ville de Nantes (limites administratives de niveau 10 "
