@@ -52,7 +52,7 @@ def test_cli_describe_then_ingest_then_publish(settings: Settings, db: asyncpg.C
     refused = cli(settings, "datasets", "publish", "sanisettes")
     assert refused.returncode == 2
     assert "cannot be published yet" in refused.stderr
-    for word in ("Description", "Licence", "Producteur", "Fréquence", "Thèmes"):
+    for word in ("Description", "Licence", "Fréquence", "Thèmes"):  # the producer defaults to the territory
         assert word in refused.stderr, refused.stderr
     assert "Titre" not in refused.stderr, "the title given at creation is fine"
 
@@ -140,7 +140,7 @@ async def test_publish_refusal_lists_what_is_missing(client: httpx.AsyncClient, 
     assert refused.status_code == 422
     assert refused.headers["content-type"].startswith("application/problem+json")
     fields = [m["field"] for m in refused.json()["missing"]]
-    assert fields == ["title", "description", "licence", "publisher", "update_frequency", "themes"]
+    assert fields == ["title", "description", "licence", "update_frequency", "themes"]
     assert await db.fetchval("SELECT status FROM dataset WHERE slug = 'vide'") == "draft"
 
 

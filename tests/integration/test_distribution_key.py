@@ -42,6 +42,9 @@ REFERENCE = {
     "sensor",
     "observed_property",
     "dataset",
+    # Steering indicators' bookkeeping: a few rows per indicator and period, read and written by every node.
+    "indicator_sensor_source",
+    "indicator_dirty",
 }
 
 

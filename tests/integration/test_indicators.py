@@ -159,8 +159,8 @@ async def test_weekly_bike_counts_equal_the_file_summed_by_iso_week_and_are_serv
 
     # DCAT-AP: a dataset with its methodology, derived from the bike counts, under its licence.
     graph = Graph().parse(data=(await client.get("/dcat/catalog.ttl")).text, format="turtle")
-    node = URIRef("http://testserver/datasets/indicateur-velos-passages-hebdo")
-    assert (node, PROV.wasDerivedFrom, URIRef("http://testserver/datasets/comptages-velo-loire-2022")) in graph
+    node = URIRef("http://testserver/datasets/indicateur-velos-passages-hebdo#dataset")
+    assert (node, PROV.wasDerivedFrom, URIRef("http://testserver/datasets/comptages-velo-loire-2022#dataset")) in graph
     assert "comptages quotidiens" in graph.serialize(format="turtle")
 
 

@@ -18,8 +18,12 @@ BASE = "/ngsi-ld/v1"
 
 async def load_sensor_history(settings: Settings, hours: int = 2) -> int:
     """A couple of hours of the demo's simulated traffic, through the shipped ChirpStack connector's pipeline."""
+    from tests.catalog_helpers import mark_published
+
     config = load_connector(shipped("connectors") / DEMO_CONNECTORS["application"])
-    return await _store_history(settings, config, _history(hours, seed=7)["application"])
+    stored = await _store_history(settings, config, _history(hours, seed=7)["application"])
+    await mark_published(config.dataset.slug)  # a connector's new dataset is a draft until published
+    return stored
 
 
 async def test_a_demo_sensor_reads_the_same_through_sensorthings_features_and_ngsi_ld(
