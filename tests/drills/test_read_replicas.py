@@ -113,6 +113,16 @@ def replicated() -> Iterator[Replicated]:
                     "/api/v1/datasets", json={"slug": slug, "title": slug, "kind": "sensors", "access": access}
                 )
                 assert answer.status_code == 201, answer.text
+            # New datasets are drafts (hidden from the public): these two are published, as a publisher would.
+            primary = cluster.primary()
+            assert primary is not None
+            asyncio.run(
+                _on(
+                    cluster.superuser_url(primary, "territoire"),
+                    f"UPDATE dataset SET status = 'published', published_at = now() "
+                    f"WHERE slug IN ('{PUBLIC}', '{SECRET}') RETURNING 1",
+                )
+            )
             answer = http.post(
                 "/sta/v1.1/Things",
                 json={"name": "Station Commerce", "description": "d", "@territoire.dataset": PUBLIC},
